@@ -1,0 +1,72 @@
+"""The `vmcfg` command: a click group whose subcommands are imported lazily.
+
+Each command group lives in its own module under vmcfg/cli/; only the module
+of the command being run is imported, so `vmcfg validate` never loads the
+emulator (unicorn, the decoder) or rich.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from .. import __version__
+
+# command name -> "module:attribute" (relative to vmcfg.cli)
+COMMANDS: dict[str, tuple[str, str, str]] = {
+    "validate": ("validate", "validate", "Check profiles against a CPU's capabilities and every VM-entry rule."),
+    "show": ("show", "show", "Show a profile's effective controls bit by bit."),
+    "explain": ("explain", "explain", "Explain a control, rule, exit reason or exit-reason value."),
+    "caps": ("caps", "caps", "Decode, import and compare capability sets."),
+    "cpus": ("caps", "cpus", "List the built-in CPU models."),
+    "launch": ("launch", "launch", "Run a guest on vmcfg's emulated VMM under a profile."),
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        spec = COMMANDS.get(name)
+        if spec is None:
+            return None
+        mod = importlib.import_module(f"vmcfg.cli.{spec[0]}")
+        return getattr(mod, spec[1])
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(n, COMMANDS[n][2]) for n in sorted(COMMANDS)]
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
+
+    def resolve_command(self, ctx, args):  # did-you-mean for commands
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as e:
+            import difflib
+            if args and args[0] not in COMMANDS:
+                hint = difflib.get_close_matches(args[0], list(COMMANDS), n=1)
+                if hint:
+                    raise click.UsageError(f"{e.message} Did you mean {hint[0]!r}?", ctx) from None
+            raise
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="vmcfg")
+def cli() -> None:
+    """vmcfg: craft, check and run Intel VT-x execution environments.
+
+    \b
+    Exit status: 0 ok; 1 invalid profile / differences / refused;
+    2 bad usage or unreadable input (see README for launch's codes).
+    """
+
+
+def main() -> None:
+    try:
+        cli(prog_name="vmcfg")
+    except KeyboardInterrupt:
+        click.echo("vmcfg: interrupted", err=True)
+        sys.exit(130)

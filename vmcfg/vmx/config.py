@@ -1,0 +1,174 @@
+"""VmxConfig: the effective VMCS execution environment of one profile.
+
+This is what the validator checks, what exports encode and what the emulated
+VMM runs under: the control-field values exactly as they would be written to
+the VMCS (forced and reserved default1 bits filled in) and the settings with
+defaults applied, in normalised form:
+
+* ``exceptions.intercept``: sorted list of vectors
+* ``io.intercept``, ``msr.intercept_read``/``intercept_write``: merged
+  inclusive ``(lo, hi)`` ranges
+* everything else: plain ints/bools/strings/lists.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field as _dcf
+from typing import Any, Iterable
+
+from .table import CONTROL_BY_PATH, FIELD_BY_KEY, FIELDS
+
+MSR_LOW_END = 0x1FFF
+MSR_HIGH_BASE = 0xC0000000
+MSR_HIGH_END = 0xC0001FFF
+
+
+def in_ranges(value: int, ranges: Iterable[tuple[int, int]]) -> bool:
+    return any(lo <= value <= hi for lo, hi in ranges)
+
+
+def merge_ranges(ranges: Iterable[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo <= out[-1][1] + 1:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out
+
+
+@dataclass
+class VmxConfig:
+    controls: dict[str, int]
+    settings: dict[str, dict[str, Any]]
+    cpu: str = "cvmm"
+    name: str = ""
+    _active: dict[str, int] = _dcf(default_factory=dict, repr=False, compare=False)
+
+    # ---- control bits ----------------------------------------------------
+    def active(self, field: str) -> int:
+        """The value the CPU acts on: secondary/tertiary read as 0 unless activated."""
+        v = self._active.get(field)
+        if v is None:
+            f = FIELD_BY_KEY[field]
+            v = self.controls.get(field, 0)
+            if f.activated_by:
+                c = CONTROL_BY_PATH[f.activated_by]
+                if not self.controls.get(c.field, 0) & c.mask:
+                    v = 0
+            self._active[field] = v
+        return v
+
+    def on(self, path: str) -> bool:
+        c = CONTROL_BY_PATH[path]
+        return bool(self.active(c.field) & c.mask)
+
+    def setting(self, path: str) -> Any:
+        table, key = path.split(".", 1)
+        return self.settings[table][key]
+
+    # ---- derived VMCS data -------------------------------------------------
+    def exception_bitmap(self) -> int:
+        bm = 0
+        for v in self.settings["exceptions"]["intercept"]:
+            bm |= 1 << v
+        return bm
+
+    def io_port_intercepted(self, port: int) -> bool:
+        return in_ranges(port & 0xFFFF, self.settings["io"]["intercept"])
+
+    def io_bitmaps(self) -> tuple[bytes, bytes]:
+        bm = bytearray(8192)
+        for lo, hi in self.settings["io"]["intercept"]:
+            for p in range(lo, hi + 1):
+                bm[p >> 3] |= 1 << (p & 7)
+        return bytes(bm[:4096]), bytes(bm[4096:])
+
+    def msr_intercepted(self, msr: int, write: bool) -> bool:
+        """Whether RDMSR/WRMSR of `msr` exits (vmx-facts.md §4.7)."""
+        if not self.on("primary.use_msr_bitmaps"):
+            return True
+        if not (msr <= MSR_LOW_END or MSR_HIGH_BASE <= msr <= MSR_HIGH_END):
+            return True
+        key = "intercept_write" if write else "intercept_read"
+        return in_ranges(msr, self.settings["msr"][key])
+
+    def msr_bitmap(self) -> bytes:
+        bm = bytearray(4096)
+        for key, base in (("intercept_read", 0), ("intercept_write", 0x800)):
+            for lo, hi in self.settings["msr"][key]:
+                for m in range(lo, hi + 1):
+                    if m <= MSR_LOW_END:
+                        off = base + (m >> 3)
+                    elif MSR_HIGH_BASE <= m <= MSR_HIGH_END:
+                        off = base + 0x400 + ((m - MSR_HIGH_BASE) >> 3)
+                    else:
+                        continue
+                    bm[off] |= 1 << (m & 7)
+        return bytes(bm)
+
+    def eptp(self, pml4_address: int = 0) -> int:
+        e = self.settings["ept"]
+        mt = {"uc": 0, "wb": 6}[e["memory_type"]]
+        return (pml4_address & ~0xFFF) | mt | ((int(e["walk_length"]) - 1) << 3) | (
+            (1 << 6) if e["accessed_dirty"] else 0)
+
+    def vm_function_controls(self) -> int:
+        from .msrs import cap_bit
+        v = 0
+        for key, on in self.settings["vmfunc"].items():
+            if on:
+                v |= 1 << cap_bit(0x491, key).lo
+        return v
+
+    def entry_interruption_info(self) -> int:
+        from .settings import INJECT_TYPES
+        inj = self.settings["inject"]
+        if inj["type"] is None:
+            return 0
+        v = (1 << 31) | (INJECT_TYPES[inj["type"]] << 8) | (inj["vector"] & 0xFF)
+        if inj["error_code"] is not None:
+            v |= 1 << 11
+        return v
+
+    def vmcs_fields(self) -> dict[int, int]:
+        """VMCS field encoding -> value for every field this config determines."""
+        from .settings import SETTINGS
+        out: dict[int, int] = {}
+        for f in FIELDS:
+            out[f.encoding] = self.controls.get(f.key, 0)
+        s = self.settings
+        out[0x4004] = self.exception_bitmap()
+        out[0x4006] = s["exceptions"]["pf_error_code_mask"]
+        out[0x4008] = s["exceptions"]["pf_error_code_match"]
+        out[0x400A] = len(s["cr3"]["targets"])
+        for i, t in enumerate(s["cr3"]["targets"]):
+            out[0x6008 + 2 * i] = t
+        out[0x6000], out[0x6004] = s["cr0"]["mask"], s["cr0"]["shadow"]
+        out[0x6002], out[0x6006] = s["cr4"]["mask"], s["cr4"]["shadow"]
+        out[0x2010] = s["tsc"]["offset"] & ((1 << 64) - 1)
+        out[0x2032] = s["tsc"]["multiplier"]
+        out[0x482E] = s["preemption_timer"]["value"]
+        out[0x4020], out[0x4022] = s["ple"]["gap"], s["ple"]["window"]
+        out[0x0000] = s["vpid"]["id"]
+        out[0x201A] = self.eptp()
+        out[0x0002] = s["posted_interrupts"]["vector"]
+        out[0x2018] = self.vm_function_controls()
+        out[0x401C] = s["apic"]["tpr_threshold"]
+        out[0x4016] = self.entry_interruption_info()
+        if s["inject"]["error_code"] is not None:
+            out[0x4018] = s["inject"]["error_code"]
+        out[0x401A] = s["inject"]["instruction_length"]
+        for st in SETTINGS:
+            if st.table == "vmcs" and st.vmcs is not None:
+                v = s["vmcs"][st.key]
+                if v is not None:
+                    out[st.vmcs] = v
+        return dict(sorted(out.items()))
+
+    def to_json(self) -> dict:
+        """JSON-ready form (ranges as [lo, hi] pairs)."""
+        return {"name": self.name, "cpu": self.cpu,
+                "controls": dict(self.controls),
+                "settings": {t: {k: ([list(r) for r in v] if t in ("io", "msr") and isinstance(v, list) else v)
+                                 for k, v in tbl.items()} for t, tbl in self.settings.items()}}

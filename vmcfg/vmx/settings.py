@@ -1,0 +1,190 @@
+"""The execution-environment settings that live beside the control bits.
+
+One declarative table: profile table, key, kind, default, the VMCS field it
+ends up in, and its meaning.  The profile loader, validation, `explain`, the
+exports and the JSON Schema all derive from it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+# Exception vector names (SDM vol. 3A table 6-1); accepted with or without '#'.
+VECTOR_NAMES: dict[str, int] = {
+    "DE": 0, "DB": 1, "NMI": 2, "BP": 3, "OF": 4, "BR": 5, "UD": 6, "NM": 7, "DF": 8,
+    "TS": 10, "NP": 11, "SS": 12, "GP": 13, "PF": 14, "MF": 16, "AC": 17, "MC": 18,
+    "XM": 19, "VE": 20, "CP": 21,
+}
+# Exceptions that push an error code (used by rule N5).
+ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
+
+INJECT_TYPES: dict[str, int] = {
+    "external": 0, "nmi": 2, "hw_exception": 3, "sw_interrupt": 4,
+    "priv_sw_exception": 5, "sw_exception": 6, "other": 7,
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    table: str
+    key: str
+    kind: str                 # u8 u16 u32 u64 i64 bool enum vectors ports msrs u64list
+                              # size str cpuid handlers regions
+    default: Any
+    title: str
+    meaning: str
+    vmcs: int | None = None   # VMCS field encoding, where there is one
+    choices: tuple = ()
+    optional: bool = False    # None allowed (absent means "not used / VMM chooses")
+
+    @property
+    def path(self) -> str:
+        return f"{self.table}.{self.key}"
+
+
+def _s(table: str, key: str, kind: str, default: Any, title: str, meaning: str,
+       vmcs: int | None = None, choices: tuple = (), optional: bool = False) -> Setting:
+    return Setting(table, key, kind, default, title, meaning, vmcs, choices, optional)
+
+
+SETTINGS: tuple[Setting, ...] = (
+    _s("exceptions", "intercept", "vectors", [], "Exception bitmap",
+       "Exception vectors (names like \"PF\"/\"#UD\" or numbers 0-31) that cause VM exits.",
+       0x4004),
+    _s("exceptions", "pf_error_code_mask", "u32", 0, "Page-fault error-code mask",
+       "#PF exits iff ((error_code & mask) == match) equals exception-bitmap bit 14.", 0x4006),
+    _s("exceptions", "pf_error_code_match", "u32", 0, "Page-fault error-code match",
+       "See pf_error_code_mask.", 0x4008),
+    _s("io", "intercept", "ports", [], "I/O bitmaps A/B",
+       "Ports (numbers or \"lo-hi\" ranges) whose accesses exit when primary.use_io_bitmaps is on.",
+       0x2000),
+    _s("msr", "intercept_read", "msrs", [], "MSR bitmap (read)",
+       "MSRs whose RDMSR exits when primary.use_msr_bitmaps is on.", 0x2004),
+    _s("msr", "intercept_write", "msrs", [], "MSR bitmap (write)",
+       "MSRs whose WRMSR exits when primary.use_msr_bitmaps is on.", 0x2004),
+    _s("cr0", "mask", "u64", 0, "CR0 guest/host mask",
+       "CR0 bits owned by the host: guest writes that change them exit; reads return the shadow.",
+       0x6000),
+    _s("cr0", "shadow", "u64", 0, "CR0 read shadow",
+       "Values the guest reads for host-owned CR0 bits.", 0x6004),
+    _s("cr4", "mask", "u64", 0, "CR4 guest/host mask",
+       "CR4 bits owned by the host: guest writes that change them exit; reads return the shadow.",
+       0x6002),
+    _s("cr4", "shadow", "u64", 0, "CR4 read shadow",
+       "Values the guest reads for host-owned CR4 bits.", 0x6006),
+    _s("cr3", "targets", "u64list", [], "CR3-target values",
+       "MOV to CR3 with one of these values does not exit under CR3-load exiting "
+       "(CR3_TARGET_COUNT = number of entries).", 0x6008),
+    _s("tsc", "offset", "i64", 0, "TSC offset",
+       "Added to the TSC the guest reads when primary.use_tsc_offsetting is on.", 0x2010),
+    _s("tsc", "multiplier", "u64", 1 << 48, "TSC multiplier",
+       "Fixed-point multiplier with 48 fraction bits used with secondary.use_tsc_scaling "
+       "(1.0 = 0x1000000000000).", 0x2032),
+    _s("preemption_timer", "value", "u32", 0, "VMX-preemption timer value",
+       "Initial count; decremented at TSC / 2^X (X = IA32_VMX_MISC[4:0]).", 0x482E),
+    _s("ple", "gap", "u32", 128, "PLE_Gap",
+       "Max TSC ticks between two PAUSEs of one loop (pause-loop exiting).", 0x4020),
+    _s("ple", "window", "u32", 4096, "PLE_Window",
+       "TSC ticks a PAUSE loop may last before it exits (pause-loop exiting).", 0x4022),
+    _s("vpid", "id", "u16", 1, "Virtual-processor identifier",
+       "VPID used with secondary.enable_vpid (must not be 0).", 0x0000),
+    _s("ept", "memory_type", "enum", "wb", "EPTP memory type",
+       "Memory type of the EPT paging structures (EPTP bits 2:0).", 0x201A, ("uc", "wb")),
+    _s("ept", "walk_length", "enum", 4, "EPTP page-walk length",
+       "Levels of the EPT page walk (EPTP bits 5:3 = length - 1).", 0x201A, (4, 5)),
+    _s("ept", "accessed_dirty", "bool", False, "EPTP accessed/dirty flags",
+       "Enable EPT accessed and dirty flags (EPTP bit 6).", 0x201A),
+    _s("ept", "regions", "regions", [], "EPT regions",
+       "Guest-physical regions mapped by EPT: [{base, size, access = \"rwx\"}] "
+       "(empty: all guest RAM, rwx).", None),
+    _s("ept", "on_violation", "enum", "stop", "EPT-violation default policy",
+       "What the default handler does on an EPT violation: map the page on demand, or stop with a report.",
+       None, ("stop", "map")),
+    _s("posted_interrupts", "vector", "u16", 0xF2, "Posted-interrupt notification vector",
+       "Vector that signals posted interrupts (must be 0-255).", 0x0002),
+    _s("vmfunc", "eptp_switching", "bool", False, "VM-function control: EPTP switching",
+       "Enables VMFUNC leaf 0 (EPTP switching) when secondary.enable_vm_functions is on.", 0x2018),
+    _s("apic", "tpr_threshold", "u32", 0, "TPR threshold",
+       "VM exit when the virtual TPR drops below this value (use TPR shadow).", 0x401C),
+    _s("apic", "vtpr", "u8", 0, "Virtual TPR",
+       "Initial VTPR byte (offset 0x80 of the virtual-APIC page).", None),
+    # Addresses the VMM chooses unless the profile pins them (for exports and checks).
+    _s("vmcs", "io_bitmap_a", "u64", None, "I/O bitmap A address", "", 0x2000, optional=True),
+    _s("vmcs", "io_bitmap_b", "u64", None, "I/O bitmap B address", "", 0x2002, optional=True),
+    _s("vmcs", "msr_bitmap", "u64", None, "MSR bitmap address", "", 0x2004, optional=True),
+    _s("vmcs", "virtual_apic_page", "u64", None, "Virtual-APIC page address", "", 0x2012,
+       optional=True),
+    _s("vmcs", "apic_access_page", "u64", None, "APIC-access page address", "", 0x2014,
+       optional=True),
+    _s("vmcs", "posted_intr_desc", "u64", None, "Posted-interrupt descriptor address", "",
+       0x2016, optional=True),
+    _s("vmcs", "pml_address", "u64", None, "PML address", "", 0x200E, optional=True),
+    _s("vmcs", "vmread_bitmap", "u64", None, "VMREAD bitmap address", "", 0x2026,
+       optional=True),
+    _s("vmcs", "vmwrite_bitmap", "u64", None, "VMWRITE bitmap address", "", 0x2028,
+       optional=True),
+    _s("vmcs", "ve_info_address", "u64", None, "Virtualization-exception information address",
+       "", 0x202A, optional=True),
+    _s("vmcs", "eptp_list_address", "u64", None, "EPTP-list address", "", 0x2024,
+       optional=True),
+    _s("vmcs", "spptp", "u64", None, "Sub-page-permission-table pointer", "", 0x2030,
+       optional=True),
+    _s("vmcs", "exit_msr_store_address", "u64", None, "VM-exit MSR-store address", "", 0x2006,
+       optional=True),
+    _s("vmcs", "exit_msr_store_count", "u32", 0, "VM-exit MSR-store count", "", 0x400E),
+    _s("vmcs", "exit_msr_load_address", "u64", None, "VM-exit MSR-load address", "", 0x2008,
+       optional=True),
+    _s("vmcs", "exit_msr_load_count", "u32", 0, "VM-exit MSR-load count", "", 0x4010),
+    _s("vmcs", "entry_msr_load_address", "u64", None, "VM-entry MSR-load address", "", 0x200A,
+       optional=True),
+    _s("vmcs", "entry_msr_load_count", "u32", 0, "VM-entry MSR-load count", "", 0x4014),
+    # Event injection on the first VM entry (VM-entry interruption-information field).
+    _s("inject", "type", "enum", None, "VM-entry interruption type",
+       "Event injected at VM entry.", 0x4016, tuple(INJECT_TYPES), optional=True),
+    _s("inject", "vector", "u8", 0, "VM-entry interruption vector", "", 0x4016),
+    _s("inject", "error_code", "u32", None, "VM-entry exception error code",
+       "Present: deliver an error code (bit 11 of the interruption information).", 0x4018,
+       optional=True),
+    _s("inject", "instruction_length", "u32", 0, "VM-entry instruction length",
+       "Length for software interrupts/exceptions.", 0x401A),
+    # The guest and the emulated platform (used by `vmcfg launch`).
+    _s("guest", "image", "str", None, "Guest image",
+       "Flat binary, ELF, assembly source (.asm/.s) or builtin:NAME; relative to the profile.",
+       optional=True),
+    _s("guest", "mode", "enum", 64, "Guest mode", "16, 32 or 64-bit start state.", None,
+       (16, 32, 64)),
+    _s("guest", "memory", "size", "16M", "Guest RAM", "Guest RAM size (e.g. \"16M\").", None),
+    _s("guest", "load_address", "u64", 0x100000, "Load address",
+       "Guest-physical address of a flat image.", None),
+    _s("guest", "entry", "u64", None, "Entry point",
+       "Guest start address (default: the load address, or the ELF entry).", optional=True),
+    _s("cpuid", "*", "cpuid", {}, "CPUID overrides",
+       "Leaf overrides, one sub-table per leaf: [cpuid.\"0x40000000\"] eax = ... (leaf or \"leaf.subleaf\"; keys eax/ebx/ecx/edx).", None),
+    _s("handlers", "*", "handlers", {}, "Exit handlers",
+       "Python exit handlers: CPUID = \"module:function\" (key: exit-reason name or number).", None),
+)
+
+SETTING_BY_PATH: dict[str, Setting] = {s.path: s for s in SETTINGS}
+SETTINGS_BY_TABLE: dict[str, tuple[Setting, ...]] = {}
+for _st in SETTINGS:
+    SETTINGS_BY_TABLE[_st.table] = SETTINGS_BY_TABLE.get(_st.table, ()) + (_st,)
+SETTING_TABLES: tuple[str, ...] = tuple(SETTINGS_BY_TABLE)
+
+INT_RANGES: dict[str, tuple[int, int]] = {
+    "u8": (0, 0xFF), "u16": (0, 0xFFFF), "u32": (0, 0xFFFFFFFF), "u64": (0, (1 << 64) - 1),
+    "i64": (-(1 << 63), (1 << 63) - 1),
+}
+
+
+def default_settings() -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for s in SETTINGS:
+        if s.key == "*":
+            out[s.table] = {}
+            continue
+        d = s.default
+        if isinstance(d, (list, dict)):
+            d = type(d)(d)
+        out.setdefault(s.table, {})[s.key] = d
+    return out

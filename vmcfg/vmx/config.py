@@ -108,6 +108,9 @@ class VmxConfig:
         return bytes(bm)
 
     def eptp(self, pml4_address: int = 0) -> int:
+        raw = self.settings["vmcs"].get("eptp")
+        if raw is not None:
+            return raw
         e = self.settings["ept"]
         mt = {"uc": 0, "wb": 6}[e["memory_type"]]
         return (pml4_address & ~0xFFF) | mt | ((int(e["walk_length"]) - 1) << 3) | (
@@ -124,6 +127,8 @@ class VmxConfig:
     def entry_interruption_info(self) -> int:
         from .settings import INJECT_TYPES
         inj = self.settings["inject"]
+        if inj.get("info") is not None:
+            return inj["info"]
         if inj["type"] is None:
             return 0
         v = (1 << 31) | (INJECT_TYPES[inj["type"]] << 8) | (inj["vector"] & 0xFF)
@@ -156,11 +161,11 @@ class VmxConfig:
         out[0x2018] = self.vm_function_controls()
         out[0x401C] = s["apic"]["tpr_threshold"]
         out[0x4016] = self.entry_interruption_info()
-        if s["inject"]["error_code"] is not None:
-            out[0x4018] = s["inject"]["error_code"]
+        if s["inject"]["error_code"] is not None or out[0x4016] & (1 << 11):
+            out[0x4018] = s["inject"]["error_code"] or 0
         out[0x401A] = s["inject"]["instruction_length"]
         for st in SETTINGS:
-            if st.table == "vmcs" and st.vmcs is not None:
+            if st.table == "vmcs" and st.vmcs is not None and st.key != "eptp":
                 v = s["vmcs"][st.key]
                 if v is not None:
                     out[st.vmcs] = v

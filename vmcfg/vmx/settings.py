@@ -37,15 +37,33 @@ class Setting:
     vmcs: int | None = None   # VMCS field encoding, where there is one
     choices: tuple = ()
     optional: bool = False    # None allowed (absent means "not used / VMM chooses")
+    needs: str | None = None  # the control without which this setting has no effect
 
     @property
     def path(self) -> str:
         return f"{self.table}.{self.key}"
 
 
+_NEEDS: dict[str, str] = {
+    "io": "primary.use_io_bitmaps",
+    "msr": "primary.use_msr_bitmaps",
+    "cr3": "primary.cr3_load_exiting",
+    "tsc.offset": "primary.use_tsc_offsetting",
+    "tsc.multiplier": "secondary.use_tsc_scaling",
+    "preemption_timer": "pin.activate_vmx_preemption_timer",
+    "ple": "secondary.pause_loop_exiting",
+    "vpid": "secondary.enable_vpid",
+    "ept": "secondary.enable_ept",
+    "posted_interrupts": "pin.process_posted_interrupts",
+    "vmfunc": "secondary.enable_vm_functions",
+    "apic": "primary.use_tpr_shadow",
+}
+
+
 def _s(table: str, key: str, kind: str, default: Any, title: str, meaning: str,
        vmcs: int | None = None, choices: tuple = (), optional: bool = False) -> Setting:
-    return Setting(table, key, kind, default, title, meaning, vmcs, choices, optional)
+    needs = _NEEDS.get(f"{table}.{key}", _NEEDS.get(table))
+    return Setting(table, key, kind, default, title, meaning, vmcs, choices, optional, needs)
 
 
 SETTINGS: tuple[Setting, ...] = (
@@ -110,6 +128,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("apic", "vtpr", "u8", 0, "Virtual TPR",
        "Initial VTPR byte (offset 0x80 of the virtual-APIC page).", None),
     # Addresses the VMM chooses unless the profile pins them (for exports and checks).
+    _s("vmcs", "eptp", "u64", None, "EPT pointer (raw)",
+       "A raw EPTP value; overrides ept.memory_type/walk_length/accessed_dirty.", 0x201A,
+       optional=True),
     _s("vmcs", "io_bitmap_a", "u64", None, "I/O bitmap A address", "", 0x2000, optional=True),
     _s("vmcs", "io_bitmap_b", "u64", None, "I/O bitmap B address", "", 0x2002, optional=True),
     _s("vmcs", "msr_bitmap", "u64", None, "MSR bitmap address", "", 0x2004, optional=True),
@@ -140,6 +161,9 @@ SETTINGS: tuple[Setting, ...] = (
        optional=True),
     _s("vmcs", "entry_msr_load_count", "u32", 0, "VM-entry MSR-load count", "", 0x4014),
     # Event injection on the first VM entry (VM-entry interruption-information field).
+    _s("inject", "info", "u32", None, "VM-entry interruption information (raw)",
+       "A raw interruption-information value; overrides inject.type/vector/error_code presence.",
+       0x4016, optional=True),
     _s("inject", "type", "enum", None, "VM-entry interruption type",
        "Event injected at VM entry.", 0x4016, tuple(INJECT_TYPES), optional=True),
     _s("inject", "vector", "u8", 0, "VM-entry interruption vector", "", 0x4016),

@@ -1,0 +1,86 @@
+"""Shared CLI plumbing: options, exit codes, output helpers (no heavy imports)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any, Callable
+
+import click
+
+EXIT_OK = 0
+EXIT_INVALID = 1     # invalid profile, differences found, refused
+EXIT_USAGE = 2       # bad usage or unreadable input
+
+
+def emit_json(doc: Any) -> None:
+    """JSON goes to stdout."""
+    sys.stdout.write(json.dumps(doc, indent=2, default=_json_default) + "\n")
+    sys.stdout.flush()
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "to_json"):
+        return o.to_json()
+    if isinstance(o, (set, frozenset, tuple)):
+        return list(o)
+    raise TypeError(type(o).__name__)
+
+
+def err(msg: str = "", **style: Any) -> None:
+    """Human text goes to stderr."""
+    click.echo(click.style(msg, **style) if style else msg, err=True)
+
+
+def fail(msg: str, code: int = EXIT_USAGE) -> "NoReturn":  # type: ignore[name-defined]
+    err(f"vmcfg: {msg}", fg="red")
+    sys.exit(code)
+
+
+def cpu_options(f: Callable) -> Callable:
+    f = click.option("--caps", "caps_file", metavar="FILE",
+                     type=click.Path(dir_okay=False),
+                     help="Capability file (TOML [msr] table) instead of a CPU model.")(f)
+    f = click.option("--cpu", metavar="MODEL", shell_complete=complete_cpu,
+                     help="CPU model to check against (default: the profile's cpu, else cvmm).")(f)
+    return f
+
+
+def check_cpu_caps(cpu: str | None, caps_file: str | None) -> None:
+    if cpu and caps_file:
+        raise click.UsageError("--cpu and --caps are mutually exclusive")
+
+
+def complete_cpu(ctx, param, incomplete):
+    from ..vmx.models import MODEL_NAMES
+    return [n for n in MODEL_NAMES if n.startswith(incomplete.lower())]
+
+
+def complete_profile(ctx, param, incomplete):
+    from click.shell_completion import CompletionItem
+    from ..profile.loader import builtin_names
+    items = [CompletionItem(n) for n in builtin_names() if n.startswith(incomplete)]
+    items.append(CompletionItem(incomplete, type="file"))
+    return items
+
+
+def complete_control(ctx, param, incomplete):
+    from ..vmx.settings import SETTINGS
+    from ..vmx.table import CONTROLS
+    names = [c.path for c in CONTROLS] + [s.path for s in SETTINGS if s.key != "*"]
+    return [n for n in names if n.startswith(incomplete)]
+
+
+def format_location(pos) -> str:
+    return f"{pos.path}:{pos.line}:{pos.col}" if pos else ""
+
+
+def render_violations(resolved, *, color: bool | None = None) -> None:
+    """file:line:col: error[RULE] title: message / fix: ... (to stderr)."""
+    for sev, items, fg in (("error", resolved.errors, "red"), ("warning", resolved.warnings, "yellow")):
+        for v in items:
+            pos = resolved.position(v)
+            loc = format_location(pos) or (resolved.profile.path or "")
+            head = click.style(f"{sev}[{v.rule}]", fg=fg, bold=True)
+            err(f"{loc}: {head} {v.title}: {v.message}")
+            err(f"    fix: {v.fix}", fg="cyan")

@@ -22,6 +22,16 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "caps": ("caps", "caps", "Decode, import and compare capability sets."),
     "cpus": ("caps", "cpus", "List the built-in CPU models."),
     "launch": ("launch", "launch", "Run a guest on vmcfg's emulated VMM under a profile."),
+    "new": ("new", "new", "Write a new, valid, commented profile (optionally from goals: --want)."),
+    "set": ("set_", "set_", "Set keys in a profile in place, keeping its formatting."),
+    "unset": ("set_", "unset", "Remove keys from a profile in place, keeping its formatting."),
+    "edit": ("edit", "edit", "Edit a profile in $EDITOR with validation before saving."),
+    "diff": ("diff", "diff", "Compare two profiles or two capability sets bit by bit."),
+    "export": ("export", "export", "Export a profile: raw, json, C header or QEMU flags."),
+    "matrix": ("matrix", "matrix", "Which CPU models each profile is valid on."),
+    "profiles": ("profiles", "profiles", "List the built-in profiles."),
+    "schema": ("schema", "schema", "Print the JSON Schema of the profile format."),
+    "completion": ("completion", "completion", "Print the shell-completion script (bash, zsh, fish)."),
 }
 
 

@@ -1,0 +1,220 @@
+"""vmcfg caps [MODEL | --caps FILE] / caps import / caps diff; vmcfg cpus"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, complete_cpu, emit_json, err
+
+
+def _load(spec: str | None, caps_file: str | None):
+    """A CPU model name or a capability file path."""
+    import os
+
+    from ..profile.capfile import load_capfile
+    from ..profile.source import ProfileError
+    from ..vmx.models import MODEL_NAMES, UnknownModel, get_model
+    try:
+        if caps_file:
+            return load_capfile(caps_file)
+        if spec is None:
+            return get_model("cvmm")
+        if spec.lower() not in MODEL_NAMES and os.path.exists(spec):
+            return load_capfile(spec)
+        return get_model(spec)
+    except UnknownModel as e:
+        err(f"vmcfg: {e} (or give a capability file)", fg="red")
+    except ProfileError as e:
+        err(f"vmcfg: {e}", fg="red")
+    sys.exit(EXIT_USAGE)
+
+
+class CapsGroup(click.Group):
+    """`vmcfg caps MODEL` shows a model; `vmcfg caps import|diff ...` are subcommands."""
+
+    def parse_args(self, ctx, args):
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
+            args = ["show"] + list(args)
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=CapsGroup)
+def caps():
+    """Decode, import and compare VMX capability sets.
+
+    \b
+    vmcfg caps [MODEL | --caps FILE] [--json]   decode like QEMU's vmxcap
+    vmcfg caps import SOURCE -o FILE            write a capability file
+    vmcfg caps diff A B                         compare control by control
+    """
+
+
+@caps.command("show")
+@click.argument("model", required=False, shell_complete=complete_cpu)
+@click.option("--caps", "caps_file", metavar="FILE", help="A capability file.")
+@click.option("--json", "as_json", is_flag=True)
+def show_caps(model, caps_file, as_json):
+    """Decode a capability set (yes / no / forced / default per control)."""
+    cs = _load(model, caps_file)
+    if as_json:
+        emit_json(cs.decode())
+        return
+    _render_caps(cs)
+
+
+def _render_caps(cs) -> None:
+    from ..vmx.msrs import CAP_LAYOUTS, MSR_INDEX, MSR_NAMES
+    from ..vmx.table import CONTROLS_BY_FIELD, FIELDS
+    colors = {"yes": "green", "no": "red", "forced": "yellow", "default": "cyan"}
+    head = f"{cs.name}" + (f" — {cs.title}" if cs.title else "") + (f" ({cs.year})" if cs.year else "")
+    err(click.style(head, bold=True))
+    if cs.source:
+        err(f"source: {cs.source}")
+    if cs.partial:
+        err(click.style("partial: " + "; ".join(cs.notes or ["incomplete information"]), fg="yellow"))
+    for f in FIELDS:
+        idx = cs.field_msr(f)
+        exists = cs.field_exists(f.key)
+        err(click.style(f"\n{f.title} ({MSR_NAMES[idx]} {idx:#x})"
+                        + ("" if exists else ": not present"), bold=True))
+        if not exists:
+            continue
+        for c in CONTROLS_BY_FIELD[f.key]:
+            v = cs.support(f.key, c.bit)
+            err(f"  {c.key:42s} {click.style(v, fg=colors[v])}")
+    for idx, layout in CAP_LAYOUTS.items():
+        present = cs.msr_exists(idx) and idx in cs.msrs
+        err(click.style(f"\n{MSR_NAMES[idx]} ({idx:#x})" + ("" if present else ": not present"),
+                        bold=True))
+        if not present:
+            continue
+        v = cs.msr(idx)
+        err(f"  Hex: {v:#x}")
+        for b in layout:
+            x = b.get(v)
+            shown = ("yes" if x else "no") if b.is_flag else str(x)
+            err(f"  {b.title:52s} {shown}")
+    for idx in (0x486, 0x487, 0x488, 0x489, 0x48A):
+        if idx in cs.msrs:
+            err(f"{MSR_NAMES[idx]:24s} {cs.msr(idx):#x}")
+    err(f"MAXPHYADDR {cs.maxphyaddr}")
+
+
+@caps.command("import")
+@click.argument("source", required=False, type=click.Path(dir_okay=False, allow_dash=True))
+@click.option("--host", is_flag=True, help="Read this host's MSRs (/dev/cpu/N/msr or /proc/cpuinfo).")
+@click.option("--cpu-index", default=0, show_default=True, help="CPU number for --host.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "dump", "vmxcap"]), default="auto",
+              show_default=True, help="Format of SOURCE.")
+@click.option("--section", help="For a file with several dumps ('== name' lines): which one.")
+@click.option("--name", help="Name of the capability set (default: from the file name).")
+@click.option("-o", "--output", metavar="FILE", help="Capability file to write ('-' = stdout).",
+              default="-")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+def import_caps(source, host, cpu_index, fmt, section, name, output, force):
+    """Write a capability file from an MSR dump, vmxcap output, or this host."""
+    import os
+
+    from ..profile.capfile import dump_capfile, host_caps, parse_msr_dump, parse_vmxcap
+    from ..profile.source import ProfileError, read_text
+    from ..vmx.caps import CapSet
+
+    if bool(source) == bool(host):
+        raise click.UsageError("give exactly one of SOURCE or --host")
+    try:
+        if host:
+            cs = host_caps(cpu_index)
+            if name:
+                cs.name = name
+        else:
+            text = sys.stdin.read() if source == "-" else read_text(source)
+            if fmt == "auto":
+                fmt = "vmxcap" if "Basic VMX Information" in text else "dump"
+            base = name or (os.path.splitext(os.path.basename(source))[0] if source != "-" else "imported")
+            if fmt == "vmxcap":
+                msrs = parse_vmxcap(text)
+                if 0x481 not in msrs:
+                    raise ProfileError("no vmxcap control sections found", source)
+                cs = CapSet(name=base, msrs=msrs, source=f"vmxcap output: {source}")
+            else:
+                sections = parse_msr_dump(text)
+                if not sections:
+                    raise ProfileError("no VMX capability MSR lines found (expected lines like "
+                                       "'MSR 00000481: 0000007F 00000016')", source)
+                if section is None and len(sections) > 1:
+                    raise ProfileError("several dumps in this file; choose one with --section: "
+                                       + ", ".join(repr(s) for s in sections), source)
+                key = section if section is not None else next(iter(sections))
+                match = [s for s in sections if key and key in s] if key not in sections else [key]
+                if not match:
+                    raise ProfileError(f"no section {section!r}; sections: "
+                                       + ", ".join(repr(s) for s in sections), source)
+                cs = CapSet(name=name or (os.path.splitext(os.path.basename(match[0]))[0] if match[0] else base),
+                            msrs=sections[match[0]],
+                            source=f"MSR dump: {source}" + (f" [{match[0]}]" if match[0] else ""))
+            if 0x480 not in cs.msrs:
+                cs.partial = True
+                cs.notes.append("no IA32_VMX_BASIC in the source")
+    except ProfileError as e:
+        err(f"vmcfg: {e}", fg="red")
+        sys.exit(EXIT_USAGE)
+    text = dump_capfile(cs)
+    if output == "-":
+        sys.stdout.write(text)
+        return
+    if os.path.exists(output) and not force:
+        err(f"vmcfg: {output} exists (use --force to overwrite)", fg="red")
+        sys.exit(EXIT_USAGE)
+    tmp = f"{output}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, output)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        err(f"vmcfg: cannot write {output}: {e.strerror}", fg="red")
+        sys.exit(EXIT_USAGE)
+    err(f"wrote {output} ({len(cs.msrs)} MSRs{', partial' if cs.partial else ''})")
+
+
+@caps.command("diff")
+@click.argument("a", shell_complete=complete_cpu)
+@click.argument("b", shell_complete=complete_cpu)
+@click.option("--json", "as_json", is_flag=True)
+def diff_caps_cmd(a, b, as_json):
+    """Compare two capability sets (models or files). Exit 1 when they differ."""
+    from ..vmx.capdiff import diff_caps
+    ca, cb = _load(a, None), _load(b, None)
+    d = diff_caps(ca, cb)
+    if as_json:
+        emit_json({"a": ca.name, "b": cb.name, "equal": not d, "differences": d})
+    else:
+        if not d:
+            err(f"{ca.name} and {cb.name} are identical")
+        for x in d:
+            err(f"  {x['name']:55s} {ca.name}: {x['a']!s:8s} {cb.name}: {x['b']}")
+        if d:
+            err(f"{len(d)} difference{'s' if len(d) != 1 else ''}")
+    sys.exit(EXIT_INVALID if d else EXIT_OK)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True)
+def cpus(as_json):
+    """List the built-in CPU models with their year and number of supported controls."""
+    from ..vmx.models import all_models
+    rows = [{"name": m.name, "title": m.title, "year": m.year,
+             "controls": len(m.supported_controls()), "true_ctls": m.has_true_ctls(),
+             "source": m.source} for m in all_models()]
+    if as_json:
+        emit_json(rows)
+        return
+    for r in rows:
+        err(f"{r['name']:20s} {str(r['year'] or '-'):5s} {r['controls']:3d} controls  {r['title']}")

@@ -131,7 +131,7 @@ def import_caps(source, host, cpu_index, fmt, section, name, output, force):
         else:
             text = sys.stdin.read() if source == "-" else read_text(source)
             if fmt == "auto":
-                fmt = "vmxcap" if "Basic VMX Information" in text else "dump"
+                fmt = "vmxcap" if "controls" in text and ("yes" in text or "forced" in text) and "MSR 0" not in text.upper() else "dump"
             base = name or (os.path.splitext(os.path.basename(source))[0] if source != "-" else "imported")
             if fmt == "vmxcap":
                 msrs = parse_vmxcap(text)

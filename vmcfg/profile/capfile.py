@@ -24,7 +24,7 @@ import re
 import struct
 
 from ..vmx.caps import CapSet, make_msr, msrs_from_features, pack_bits
-from ..vmx.msrs import CAP_LAYOUTS, MSR_INDEX, MSR_NAMES, parse_msr_name
+from ..vmx.msrs import ALLOWED1_ONLY, CAP_LAYOUTS, MSR_INDEX, MSR_NAMES, parse_msr_name
 from ..vmx.table import CONTROLS_BY_FIELD, FIELD_BY_KEY, FIELDS
 from .source import ProfileError, load_toml
 
@@ -130,96 +130,82 @@ def parse_msr_dump(text: str) -> dict[str, dict[int, int]]:
     return sections
 
 
-_VMXCAP_HEADER = re.compile(r"^(.+?)\s*\((0x[0-9A-Fa-f]+)(?:,\s*(0x[0-9A-Fa-f]+))?\)\s*$")
-_VMXCAP_BIT = re.compile(r"^\s+(.+?)\s{2,}(yes|no|forced|default)\s*$")
-_VMXCAP_FIELD = re.compile(r"^\s+(.+?)\s{2,}(\S+)\s*$")
+_VMXCAP_BIT = re.compile(r"^\s+(.+?)\s+(yes|no|forced|default)\s*$")
 _VMXCAP_HEX = re.compile(r"^\s+Hex:\s*(0x[0-9A-Fa-f]+)")
+
+# vmxcap's section names (scripts/kvm/vmxcap) -> control field or capability MSR.
+_VMXCAP_SECTIONS: dict[str, str | int] = {
+    "basic vmx information": 0x480,
+    "pin based controls": "pin",
+    "primary processor based controls": "primary",
+    "secondary processor based controls": "secondary",
+    "tertiary processor based controls": "tertiary",
+    "vm exit controls": "exit",
+    "secondary vm exit controls": 0x493,
+    "vm entry controls": "entry",
+    "miscellaneous data": 0x485,
+    "vpid and ept capabilities": 0x48C,
+    "vm functions": 0x491,
+}
 
 
 def parse_vmxcap(text: str) -> dict[int, int]:
     """Rebuild capability MSRs from the text printed by QEMU's vmxcap.
 
-    Control sections list each bit as yes/no/forced/default; the MSR is
-    reconstructed as: forced -> must be 1 (and may be 1); default -> legacy
-    MSR must be 1, TRUE MSR may be 0; yes -> may be 1; no -> must be 0.
-    Non-control sections print "Hex: 0x..." which is taken verbatim.
+    Control sections list each bit as yes/no/forced/default; the MSRs are
+    reconstructed as: forced -> must be 1; default -> the legacy MSR says
+    must be 1, the TRUE MSR allows 0; yes -> may be 1; no -> must be 0.
+    Capability sections print "Hex: 0x..." which is taken verbatim.
+    Reserved default1 bits (not printed by vmxcap) are restored.
     """
     msrs: dict[int, int] = {}
-    cur: tuple[int, int | None] | None = None
-    cur_title = ""
-    legacy0 = true0 = may1 = 0
-    layout_by_title = {"basic vmx information": 0x480, "miscellaneous data": 0x485,
-                       "vpid and ept capabilities": 0x48C, "vm functions": 0x491}
-    ctl_titles = {
-        "pin-based controls": "pin", "primary processor-based controls": "primary",
-        "secondary processor-based controls": "secondary",
-        "tertiary processor-based controls": "tertiary",
-        "vm-exit controls": "exit", "vm-entry controls": "entry",
-    }
-
-    def flush():
-        nonlocal cur
-        if cur is None:
-            return
-        idx, tidx = cur
-        if idx in (0x492, 0x493):
-            msrs[idx] = may1
-        elif idx in MSR_NAMES and idx not in CAP_LAYOUTS:
-            msrs[idx] = make_msr(legacy0, may1)
-            if tidx:
-                msrs[tidx] = make_msr(true0, may1)
-        cur = None
-
-    field_key = None
+    acc: dict[str, list[int]] = {}     # field -> [legacy must, true must, may]
+    saw_default = False
+    section: str | int | None = None
     for line in text.splitlines():
-        m = _VMXCAP_HEADER.match(line)
-        if m and not line.startswith(" "):
-            flush()
-            cur_title = m.group(1).strip().lower()
-            idx = int(m.group(2), 16)
-            tidx = int(m.group(3), 16) if m.group(3) else None
-            cur = (idx, tidx)
-            legacy0 = true0 = may1 = 0
-            field_key = ctl_titles.get(cur_title)
-            if field_key is None:
-                for f in FIELDS:
-                    if MSR_INDEX[f.cap_msr] == idx:
-                        field_key = f.key
+        if not line.strip():
             continue
-        if cur is None:
+        if not line[0].isspace():
+            section = _VMXCAP_SECTIONS.get(_norm_title(line))
+            if isinstance(section, str):
+                acc.setdefault(section, [0, 0, 0])
+            continue
+        if section is None:
             continue
         h = _VMXCAP_HEX.match(line)
         if h:
-            if cur[0] in CAP_LAYOUTS:
-                msrs[cur[0]] = int(h.group(1), 16)
+            if isinstance(section, int):
+                msrs[section] = int(h.group(1), 16)
             continue
         b = _VMXCAP_BIT.match(line)
-        if b and field_key:
-            title = b.group(1).strip().lower()
-            verdict = b.group(2)
-            bit = _vmxcap_bit(field_key, title)
+        if b and isinstance(section, str):
+            bit = _vmxcap_bit(section, b.group(1))
             if bit is None:
                 continue
             m_ = 1 << bit
-            if verdict in ("yes", "forced", "default"):
-                may1 |= m_
+            a = acc[section]
+            verdict = b.group(2)
+            if verdict != "no":
+                a[2] |= m_
+            if verdict in ("forced", "default"):
+                a[0] |= m_
             if verdict == "forced":
-                legacy0 |= m_
-                true0 |= m_
-            if verdict == "default":
-                legacy0 |= m_
-    flush()
-    # default1 reserved bits are not printed by vmxcap: restore them.
+                a[1] |= m_
+            saw_default |= verdict == "default"
+    has_true = bool(msrs.get(0x480, 0) >> 55 & 1) or saw_default
     for f in FIELDS:
+        if f.key not in acc:
+            continue
+        lmust, tmust, may = acc[f.key]
         idx = MSR_INDEX[f.cap_msr]
-        if idx in msrs and idx not in (0x492, 0x493):
-            lo, hi = msrs[idx] & 0xFFFFFFFF, msrs[idx] >> 32
-            named = sum(c.mask for c in CONTROLS_BY_FIELD[f.key])
-            res = f.default1 & ~named
-            msrs[idx] = make_msr(lo | res, hi | res)
-            if f.true_msr and MSR_INDEX[f.true_msr] in msrs:
-                t = msrs[MSR_INDEX[f.true_msr]]
-                msrs[MSR_INDEX[f.true_msr]] = make_msr((t & 0xFFFFFFFF) | res, (t >> 32) | res)
+        if idx in ALLOWED1_ONLY:
+            msrs[idx] = may
+            continue
+        named = sum(c.mask for c in CONTROLS_BY_FIELD[f.key])
+        res = f.default1 & ~named
+        msrs[idx] = make_msr(lmust | res, may | res)
+        if f.true_msr and has_true:
+            msrs[MSR_INDEX[f.true_msr]] = make_msr(tmust | res, may | res)
     return msrs
 
 
@@ -241,6 +227,7 @@ _VMXCAP_TITLE_ALIASES = {
     "sub page write permissions": "sub-page write permissions for ept",
     "gpa translation for pt": "intel pt uses guest physical addresses",
     "tsc scaling": "use tsc scaling",
+    "enclv exiting": "enable enclv exiting",
     "user wait and pause": "enable user wait and pause",
     "external interrupt exiting": "external-interrupt exiting",
     "rdtsc exiting": "rdtsc exiting",

@@ -175,6 +175,7 @@ def _cap_check(field: str):
             m = 1 << bit
             c = CONTROL_BY_FIELD_BIT[field].get(bit)
             name = c.path if c else f"{field} bit {bit}"
+            fname = c.path if c else f"{field}.bit{bit}"
             if bad1 & m:
                 if not exists:
                     why = f"{ctx.caps.name} has no {f.title.lower()} ({msr_name} does not exist)"
@@ -183,7 +184,7 @@ def _cap_check(field: str):
                 else:
                     why = f"{ctx.caps.name} does not support {name} ({msr_name} allowed-1 bit {bit} is 0)"
                 fix = (f"clear {name}" if c else f"clear bit {bit} in [raw] {field}")
-                out.append(rule.violation(f"{name} is set but {why}.", fix, [name]))
+                out.append(rule.violation(f"{name} is set but {why}.", fix, [fname]))
             elif bad0 & m:
                 why = f"{ctx.caps.name} requires it to be 1 ({msr_name} allowed-0 bit {bit} is 1)"
                 if c is not None:
@@ -191,7 +192,7 @@ def _cap_check(field: str):
                         else f"set {name}"
                 else:
                     fix = f"set bit {bit} in [raw] {field} (reserved default1)"
-                out.append(rule.violation(f"{name} is 0 but {why}.", fix, [name]))
+                out.append(rule.violation(f"{name} is 0 but {why}.", fix, [fname]))
         return out
 
     return fn
@@ -483,7 +484,8 @@ value_rule("E33", "Bits of an inactive secondary/tertiary field",
 # ---- VM-exit control fields (X) ----------------------------------------------------
 
 def _x2(ctx: Ctx, rule: Rule):
-    if ctx.on("exit.activate_secondary_controls") and not ctx.caps.msr_exists(0x493):
+    if ctx.on("exit.activate_secondary_controls") and not (
+            ctx.caps.msr_exists(0x493) and 0x493 in ctx.caps.msrs):
         yield rule.violation(f"exit.activate_secondary_controls is set but {ctx.caps.name} "
                              f"has no IA32_VMX_EXIT_CTLS2.", "clear exit.activate_secondary_controls")
 

@@ -1,0 +1,31 @@
+import os
+import sys
+import textwrap
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "data")
+ROOT = os.path.dirname(HERE)
+
+
+@pytest.fixture
+def write_profile(tmp_path):
+    """write_profile(text, name="p.toml") -> path (text is dedented)."""
+    def _w(text: str, name: str = "p.toml") -> str:
+        p = tmp_path / name
+        p.write_text(textwrap.dedent(text).lstrip())
+        return str(p)
+    return _w
+
+
+@pytest.fixture
+def cli():
+    """Run the vmcfg CLI in-process: cli(*args) -> Result (exit_code, stdout, stderr)."""
+    from click.testing import CliRunner
+    from vmcfg.cli.main import cli as group
+
+    def _run(*args, input=None, env=None):
+        runner = CliRunner()
+        return runner.invoke(group, list(args), input=input, env=env, catch_exceptions=False)
+    return _run

@@ -75,7 +75,8 @@ def test_validate_adjust_shows_coercion(cli, write_profile):
     assert ("exit.load_ia32_efer", 0) in dropped and ("entry.load_ia32_efer", 0) in dropped
     assert ("primary.cr3_load_exiting", 1) not in dropped   # forced bits were already filled in
     r = cli("validate", p, "--cpu", "penryn", "--adjust")
-    assert "adjust: exit.load_ia32_efer -> 0 (dropped (penryn does not support it))" in r.stderr
+    assert "adjust: exit.load_ia32_efer -> 0: dropped (penryn does not support it)" in r.stderr
+    assert "valid on penryn after adjustment" in r.stderr
 
 
 def test_adjust_still_checks_inter_control_rules(cli, write_profile):

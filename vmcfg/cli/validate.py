@@ -68,14 +68,15 @@ def _render(r, adjust: bool, quiet: bool) -> None:
     if adjust and r.adjusted:
         for c in r.adjusted:
             name = c.control or f"{c.field} bit {c.bit}"
-            err(f"{path}: adjust: {name} -> {c.new} ({c.reason})", fg="magenta")
+            err(f"{path}: adjust: {name} -> {c.new}: {c.reason}", fg="magenta")
     render_violations(r)
     if quiet:
         return
     values = " ".join(f"{f.key}={r.config.controls[f.key]:#x}" for f in FIELDS)
     if r.valid:
         w = f" ({len(r.warnings)} warning{'s' if len(r.warnings) != 1 else ''})" if r.warnings else ""
-        err(click.style(f"{path}: valid on {r.caps.name}{w}", fg="green") + f"  [{values}]")
+        how = " after adjustment" if adjust and r.adjusted else ""
+        err(click.style(f"{path}: valid on {r.caps.name}{how}{w}", fg="green") + f"  [{values}]")
     else:
         n = len(r.errors)
         err(click.style(f"{path}: INVALID on {r.caps.name}: {n} error{'s' if n != 1 else ''}",

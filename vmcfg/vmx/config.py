@@ -18,6 +18,11 @@ from typing import Any, Iterable
 
 from .table import CONTROL_BY_PATH, FIELD_BY_KEY, FIELDS
 
+# path -> (field, mask), and field -> (activating field, mask) for the hot path
+_BIT: dict[str, tuple[str, int]] = {p: (c.field, 1 << c.bit) for p, c in CONTROL_BY_PATH.items()}
+_ACT: dict[str, tuple[str, int] | None] = {
+    f.key: (_BIT[f.activated_by] if f.activated_by else None) for f in FIELDS}
+
 MSR_LOW_END = 0x1FFF
 MSR_HIGH_BASE = 0xC0000000
 MSR_HIGH_END = 0xC0001FFF
@@ -50,18 +55,19 @@ class VmxConfig:
         """The value the CPU acts on: secondary/tertiary read as 0 unless activated."""
         v = self._active.get(field)
         if v is None:
-            f = FIELD_BY_KEY[field]
             v = self.controls.get(field, 0)
-            if f.activated_by:
-                c = CONTROL_BY_PATH[f.activated_by]
-                if not self.controls.get(c.field, 0) & c.mask:
-                    v = 0
+            act = _ACT[field]
+            if act is not None and not self.controls.get(act[0], 0) & act[1]:
+                v = 0
             self._active[field] = v
         return v
 
     def on(self, path: str) -> bool:
-        c = CONTROL_BY_PATH[path]
-        return bool(self.active(c.field) & c.mask)
+        field, mask = _BIT[path]
+        v = self._active.get(field)
+        if v is None:
+            v = self.active(field)
+        return bool(v & mask)
 
     def setting(self, path: str) -> Any:
         table, key = path.split(".", 1)

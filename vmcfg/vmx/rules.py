@@ -45,19 +45,17 @@ class Ctx:
     """What a rule sees: the effective config, the capability set, and which
     control bits the profile set explicitly (for better messages)."""
 
-    __slots__ = ("cfg", "caps", "explicit", "controls", "settings", "mode")
+    __slots__ = ("cfg", "caps", "explicit", "controls", "settings", "mode", "on")
 
     def __init__(self, cfg: VmxConfig, caps: CapSet, explicit: dict[str, bool] | None = None,
                  mode: int | None = None):
         self.cfg = cfg
+        self.on = cfg.on
         self.caps = caps
         self.explicit = explicit or {}
         self.controls = cfg.controls
         self.settings = cfg.settings
         self.mode = mode
-
-    def on(self, path: str) -> bool:
-        return self.cfg.on(path)
 
     def s(self, path: str):
         t, k = path.split(".", 1)

@@ -201,14 +201,23 @@ INT_RANGES: dict[str, tuple[int, int]] = {
 }
 
 
-def default_settings() -> dict[str, dict[str, Any]]:
+def _defaults() -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for s in SETTINGS:
-        if s.key == "*":
-            out[s.table] = {}
-            continue
-        d = s.default
-        if isinstance(d, (list, dict)):
-            d = type(d)(d)
-        out.setdefault(s.table, {})[s.key] = d
+        out.setdefault(s.table, {})
+        if s.key != "*":
+            out[s.table][s.key] = s.default
+    return out
+
+
+_DEFAULTS = _defaults()
+_MUTABLE = [(s.table, s.key, type(s.default)) for s in SETTINGS
+            if s.key != "*" and isinstance(s.default, (list, dict))]
+
+
+def default_settings() -> dict[str, dict[str, Any]]:
+    """A fresh copy of every setting's default (mutable values copied)."""
+    out = {t: dict(v) for t, v in _DEFAULTS.items()}
+    for t, k, typ in _MUTABLE:
+        out[t][k] = typ()
     return out

@@ -55,15 +55,12 @@ def _err(msg: str, pos: Pos | None, path: str | None) -> ProfileError:
 # ---- builtin profiles -------------------------------------------------------------
 
 def builtin_dir() -> str:
-    try:
-        from importlib.resources import files
-        d = str(files("vmcfg.builtin_profiles"))
-        if os.path.isdir(d):
-            return d
-    except (ModuleNotFoundError, TypeError):
-        pass
-    here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    return os.path.join(here, "profiles")
+    """profiles/ of the source tree, or vmcfg/builtin_profiles/ when installed."""
+    pkg = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    installed = os.path.join(pkg, "builtin_profiles")
+    if os.path.isdir(installed):
+        return installed
+    return os.path.join(os.path.dirname(pkg), "profiles")
 
 
 def builtin_names() -> list[str]:

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "profiles": ("profiles", "profiles", "List the built-in profiles."),
     "schema": ("schema", "schema", "Print the JSON Schema of the profile format."),
     "completion": ("completion", "completion", "Print the shell-completion script (bash, zsh, fish)."),
+    "smoke": ("smoke", "smoke", "Run a matrix of profiles × guests with expectations; JUnit XML."),
 }
 
 

@@ -32,6 +32,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "profiles": ("profiles", "profiles", "List the built-in profiles."),
     "schema": ("schema", "schema", "Print the JSON Schema of the profile format."),
     "completion": ("completion", "completion", "Print the shell-completion script (bash, zsh, fish)."),
+    "ps": ("live", "ps", "List this user's running guests."),
+    "apply": ("live", "apply", "Apply a profile to a running guest (or --rollback)."),
+    "watch": ("live", "watch", "Apply a profile to a running guest every time it is saved."),
+    "stats": ("live", "stats", "Live exit counters of a running guest."),
+    "history": ("live", "history", "Every change applied to a running guest."),
+    "stop": ("live", "stop", "End a running guest cleanly and show its summary."),
+    "inject": ("live", "inject", "Deliver an NMI or interrupt to a running guest."),
     "smoke": ("smoke", "smoke", "Run a matrix of profiles × guests with expectations; JUnit XML."),
 }
 

@@ -1,0 +1,147 @@
+"""The live side of a named guest: plans and applies profile changes, keeps the
+history, answers status/stats, and serves it all on the control channel.
+
+The guest itself is reached through a small target interface, implemented by
+the emulated VMM (vmcfg.vmm) and by fakes in tests:
+
+    target.caps                 CapSet the guest runs under
+    target.config               the VmxConfig in force
+    target.mode                 16 / 32 / 64
+    target.apply(cfg) -> dict   swap the config between two guest instructions;
+                                returns {"instructions": n, "tsc": t}
+    target.snapshot() -> dict   {"state", "instructions", "tsc", "exits": {NAME: count}}
+    target.stop() -> None       end the guest cleanly
+    target.inject(kind, vector) -> dict
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from ..vmx.configdiff import diff_configs
+from .channel import ChannelError, ControlServer
+from .runtime import Registration
+
+
+class LiveSession:
+    def __init__(self, target: Any, *, name: str, profile_path: str | None,
+                 register: bool = True, extra_record: dict | None = None):
+        self.target = target
+        self.name = name
+        self.profile_path = profile_path
+        self.started = time.time()
+        self.lock = threading.Lock()          # one apply at a time
+        self.history: list[dict] = []
+        self._configs: list[Any] = []
+        self._record(target.config, profile_path, {"instructions": 0, "tsc": 0}, [], "launch")
+        self.reg: Registration | None = None
+        self.server: ControlServer | None = None
+        if register:
+            self.reg = Registration(name, {"profile": profile_path, "cpu": target.caps.name,
+                                           **(extra_record or {})})
+            self.server = ControlServer(self.reg.p.sock, self.handle)
+            self.server.start()
+
+    # ---- history -----------------------------------------------------------------
+    def _record(self, cfg, profile, at: dict, diff: list, kind: str, latency_ms: float | None = None):
+        entry = {"seq": len(self.history), "kind": kind, "time": time.time(),
+                 "profile": profile, "instructions": at.get("instructions"),
+                 "tsc": at.get("tsc"), "diff": diff}
+        if latency_ms is not None:
+            entry["latency_ms"] = latency_ms
+        self.history.append(entry)
+        self._configs.append(cfg)
+        return entry
+
+    # ---- planning ----------------------------------------------------------------
+    def plan(self, profile: str) -> tuple[Any, list[dict], list[dict]]:
+        """(new config, diff, refusals) for a profile path; raises ChannelError when invalid."""
+        from ..profile import ProfileError, load_profile, resolve_profile
+        from ..vmx.rules import check_entry_state
+        try:
+            prof = load_profile(profile)
+            r = resolve_profile(prof, self.target.caps)
+        except ProfileError as e:
+            raise ChannelError(str(e), 2, {"errors": [e.to_json()]}) from None
+        if not r.valid:
+            raise ChannelError(f"{profile} is invalid on {r.caps.name}", 1,
+                               {"errors": r.to_json()["errors"]})
+        entry = check_entry_state(r.config, self.target.caps, self.target.mode)
+        if entry:
+            raise ChannelError("the change would make VM entry fail", 1,
+                               {"errors": [v.to_json() for v in entry]})
+        diff = diff_configs(self.target.config, r.config)
+        refusals = [d for d in diff if not d["live"]]
+        return r.config, diff, refusals
+
+    def _apply_config(self, cfg, profile: str | None, diff: list, kind: str) -> dict:
+        t0 = time.perf_counter()
+        at = self.target.apply(cfg)
+        latency = (time.perf_counter() - t0) * 1e3
+        entry = self._record(cfg, profile, at, diff, kind, latency)
+        return {"applied": True, "seq": entry["seq"], "diff": diff,
+                "instructions": at.get("instructions"), "tsc": at.get("tsc"),
+                "latency_ms": latency}
+
+    # ---- request handler ----------------------------------------------------------
+    def handle(self, op: str, args: dict) -> dict:
+        if op == "status":
+            snap = self.target.snapshot()
+            return {"name": self.name, "pid": self.reg.record["pid"] if self.reg else None,
+                    "profile": self.profile_path, "cpu": self.target.caps.name,
+                    "uptime": time.time() - self.started, "applies": len(self.history) - 1,
+                    **snap}
+        if op == "stats":
+            return self.target.snapshot()
+        if op == "history":
+            return {"history": self.history}
+        if op in ("plan", "apply"):
+            with self.lock:
+                cfg, diff, refusals = self.plan(args["profile"])
+                if op == "plan":
+                    return {"plan": diff, "refused": refusals, "would_apply": not refusals}
+                if refusals:
+                    keys = ", ".join(d["key"] for d in refusals)
+                    raise ChannelError(f"cannot change {keys} on a running guest (needs a new guest)",
+                                       1, {"plan": diff, "refused": refusals})
+                if not diff:
+                    snap = self.target.snapshot()
+                    return {"applied": False, "diff": [], "message": "no changes",
+                            "instructions": snap.get("instructions"), "tsc": snap.get("tsc")}
+                self.profile_path = args["profile"]
+                return self._apply_config(cfg, args["profile"], diff, "apply")
+        if op == "rollback":
+            with self.lock:
+                if "to" in args:
+                    idx = args["to"]
+                else:
+                    idx = len(self._configs) - 1 - args.get("steps", 1)
+                if not 0 <= idx < len(self._configs):
+                    raise ChannelError(f"no configuration #{idx} in the history "
+                                       f"(0..{len(self._configs) - 1})", 1)
+                cfg = self._configs[idx]
+                diff = diff_configs(self.target.config, cfg)
+                res = self._apply_config(cfg, self.history[idx]["profile"], diff, f"rollback to #{idx}")
+                self.profile_path = self.history[idx]["profile"]
+                return res
+        if op == "stop":
+            self.target.stop()
+            return {"stopping": True}
+        if op == "inject":
+            kind = args["kind"]
+            if kind not in ("nmi", "irq"):
+                raise ChannelError("inject: kind must be 'nmi' or 'irq'", 2)
+            if kind == "irq" and not 0 <= args.get("vector", -1) <= 255:
+                raise ChannelError("inject irq: vector must be 0-255", 2)
+            return self.target.inject(kind, args.get("vector", 2))
+        raise ChannelError(f"unknown op {op!r}", 2)
+
+    def close(self, summary: dict | None = None) -> None:
+        if self.server:
+            self.server.close()
+        if self.reg:
+            if summary is not None:
+                summary = {**summary, "history": self.history}
+            self.reg.close(summary)

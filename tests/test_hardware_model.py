@@ -142,3 +142,41 @@ def test_cvmm_is_valid_for_its_own_baseline():
     r = resolve("baseline")
     assert r.valid and r.caps.name == "cvmm"
     assert r.config.controls["pin"] == 0x16
+
+
+def test_host_import_from_msr_device_and_cpuinfo(tmp_path, monkeypatch):
+    import errno
+    import struct
+    import vmcfg.profile.capfile as capfile
+    from vmcfg.profile.capfile import host_caps
+    from vmcfg.profile.source import ProfileError
+    # a fake /dev/cpu/0/msr: pread(fd, 8, index) returns the MSR, EIO when absent
+    ref = get_model("broadwell")
+    dev = tmp_path / "msr"
+    dev.write_bytes(b"")
+
+    def pread(fd, n, off):
+        if off not in ref.msrs:
+            raise OSError(errno.EIO, "Input/output error")
+        return struct.pack("<Q", ref.msrs[off])
+    monkeypatch.setattr(capfile.os, "pread", pread)
+    cs = host_caps(dev=str(dev), cpuinfo=str(tmp_path / "none"))
+    monkeypatch.undo()
+    assert not cs.partial and cs.msrs[0x481] == ref.msrs[0x481] and cs.msrs[0x48C] == ref.msrs[0x48C]
+    # no MSR device: the vmx flags line of /proc/cpuinfo, marked partial
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nvmx flags\t: vnmi preemption_timer posted_intr invvpid ept_x_only "
+                    "ept_ad ept_1gb flexpriority apicv tsc_offset vtpr mtf vapic ept vpid "
+                    "unrestricted_guest vapic_reg vid ple shadow_vmcs pml tsc_scaling\n")
+    cs = host_caps(dev=str(tmp_path / "nodev"), cpuinfo=str(info))
+    assert cs.partial and cs.notes
+    for path in ("pin.virtual_nmis", "pin.process_posted_interrupts", "primary.use_tpr_shadow",
+                 "primary.monitor_trap_flag", "secondary.enable_ept", "secondary.unrestricted_guest",
+                 "secondary.use_tsc_scaling", "primary.activate_secondary_controls"):
+        assert cs.supports(path), path
+    assert cs.ept("accessed_dirty") and cs.ept("execute_only")
+    assert not cs.supports("secondary.enable_xsaves_xrstors")
+    info.write_text("processor\t: 0\n")
+    with pytest.raises(ProfileError) as e:
+        host_caps(dev=str(tmp_path / "nodev"), cpuinfo=str(info))
+    assert "no VMX capabilities" in str(e.value)

@@ -243,9 +243,9 @@ def _vmxcap_bit(field: str, title: str) -> int | None:
     return None
 
 
-def host_caps(cpu: int = 0) -> CapSet:
+def host_caps(cpu: int = 0, *, dev: str | None = None, cpuinfo: str = "/proc/cpuinfo") -> CapSet:
     """This machine's VMX capabilities: /dev/cpu/N/msr, else /proc/cpuinfo (partial)."""
-    dev = f"/dev/cpu/{cpu}/msr"
+    dev = dev or f"/dev/cpu/{cpu}/msr"
     msrs: dict[int, int] = {}
     notes: list[str] = []
     try:
@@ -253,16 +253,18 @@ def host_caps(cpu: int = 0) -> CapSet:
         try:
             for idx in MSR_NAMES:
                 try:
-                    msrs[idx] = struct.unpack("<Q", os.pread(fd, 8, idx))[0]
+                    raw = os.pread(fd, 8, idx)
                 except OSError:
-                    pass
+                    continue          # MSR not implemented on this CPU
+                if len(raw) == 8:
+                    msrs[idx] = struct.unpack("<Q", raw)[0]
         finally:
             os.close(fd)
     except OSError as e:
         notes.append(f"{dev} not readable ({e.strerror}); used /proc/cpuinfo vmx flags")
     if msrs.get(0x480):
         return CapSet(name="host", msrs=msrs, title="this host", source=dev)
-    flags = _cpuinfo_vmx_flags()
+    flags = _cpuinfo_vmx_flags(cpuinfo)
     if flags is None:
         raise ProfileError("this host reports no VMX capabilities: /dev/cpu/0/msr is not "
                            "readable (try 'modprobe msr' as root) and /proc/cpuinfo has no "
@@ -280,13 +282,13 @@ def host_caps(cpu: int = 0) -> CapSet:
                               vmfunc=1 if "eptp_switching" in flags else 0)
     notes.append("partial: built from the /proc/cpuinfo 'vmx flags' line, which lists only "
                  "the controls Linux knows; BASIC/MISC/EPT details are assumed")
-    return CapSet(name="host", msrs=msrs, title="this host (partial)", source="/proc/cpuinfo",
+    return CapSet(name="host", msrs=msrs, title="this host (partial)", source=cpuinfo,
                   partial=True, notes=notes)
 
 
-def _cpuinfo_vmx_flags() -> list[str] | None:
+def _cpuinfo_vmx_flags(path: str = "/proc/cpuinfo") -> list[str] | None:
     try:
-        with open("/proc/cpuinfo") as fh:
+        with open(path) as fh:
             for line in fh:
                 if line.startswith("vmx flags"):
                     return line.split(":", 1)[1].split()

@@ -29,6 +29,8 @@ class ProfileError(Exception):
         self.col = col
 
     def __str__(self) -> str:
+        if self.path is None and self.line is None:
+            return self.message
         where = self.path or "<input>"
         if self.line is not None:
             where += f":{self.line}"

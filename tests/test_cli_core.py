@@ -133,8 +133,13 @@ def test_caps_decode_and_diff(cli):
     assert r.exit_code == 0 and json.loads(r.stdout)["equal"]
     r = cli("caps", "diff", "sapphirerapids", "sierraforest", "--json")
     assert r.exit_code == 1
-    names = {x["name"] for x in json.loads(r.stdout)["differences"]}
-    assert "IA32_VMX_EPT_VPID_CAP.walk_length_5" in names
+    doc = json.loads(r.stdout)
+    assert doc["fields"] == []                      # same controls
+    assert {"key": "IA32_VMX_EPT_VPID_CAP.walk_length_5", "a": True, "b": False} in doc["other"]
+    r = cli("caps", "diff", "skylake-server", "sapphirerapids", "--json")
+    bits = {(f["field"], b["control"]): (b["a"], b["b"]) for f in json.loads(r.stdout)["fields"]
+            for b in f["bits"]}
+    assert bits[("secondary", "enable_pml")] == ("no", "yes")
 
 
 def test_caps_import_formats(cli, tmp_path):
@@ -142,8 +147,7 @@ def test_caps_import_formats(cli, tmp_path):
     r = cli("caps", "import", os.path.join(DATA, "vmxcap-skylake-x.txt"), "-o", str(out))
     assert r.exit_code == 0
     r = cli("caps", "diff", str(out), "skylake-server", "--json")
-    diffs = json.loads(r.stdout)["differences"]
-    assert [d for d in diffs if d["kind"] == "control"] == []
+    assert json.loads(r.stdout)["fields"] == []
     r = cli("caps", "import", os.path.join(DATA, "vmxcap-skylake-x.txt"), "-o", str(out))
     assert r.exit_code == 2 and "exists" in r.stderr
     r = cli("caps", "import", os.path.join(DATA, "real-msr-dumps.txt"))

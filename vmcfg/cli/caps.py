@@ -65,7 +65,7 @@ def show_caps(model, caps_file, as_json):
 
 
 def _render_caps(cs) -> None:
-    from ..vmx.msrs import CAP_LAYOUTS, MSR_INDEX, MSR_NAMES
+    from ..vmx.msrs import CAP_LAYOUTS, MSR_NAMES
     from ..vmx.table import CONTROLS_BY_FIELD, FIELDS
     colors = {"yes": "green", "no": "red", "forced": "yellow", "default": "cyan"}
     head = f"{cs.name}" + (f" — {cs.title}" if cs.title else "") + (f" ({cs.year})" if cs.year else "")
@@ -189,20 +189,17 @@ def import_caps(source, host, cpu_index, fmt, section, name, output, force):
 @click.argument("b", shell_complete=complete_cpu)
 @click.option("--json", "as_json", is_flag=True)
 def diff_caps_cmd(a, b, as_json):
-    """Compare two capability sets (models or files). Exit 1 when they differ."""
+    """Compare two capability sets (models or files). Exit 1 when they differ.
+
+    The same comparison as `vmcfg diff A B` on two capability sets."""
     from ..vmx.capdiff import diff_caps
-    ca, cb = _load(a, None), _load(b, None)
-    d = diff_caps(ca, cb)
+    from .diff import _render
+    d = diff_caps(_load(a, None), _load(b, None))
     if as_json:
-        emit_json({"a": ca.name, "b": cb.name, "equal": not d, "differences": d})
+        emit_json(d)
     else:
-        if not d:
-            err(f"{ca.name} and {cb.name} are identical")
-        for x in d:
-            err(f"  {x['name']:55s} {ca.name}: {x['a']!s:8s} {cb.name}: {x['b']}")
-        if d:
-            err(f"{len(d)} difference{'s' if len(d) != 1 else ''}")
-    sys.exit(EXIT_INVALID if d else EXIT_OK)
+        _render(d)
+    sys.exit(EXIT_OK if d["equal"] else EXIT_INVALID)
 
 
 @click.command()

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import click
 
@@ -32,9 +33,34 @@ def err(msg: str = "", **style: Any) -> None:
     click.echo(click.style(msg, **style) if style else msg, err=True)
 
 
-def fail(msg: str, code: int = EXIT_USAGE) -> "NoReturn":  # type: ignore[name-defined]
+def fail(msg: str, code: int = EXIT_USAGE) -> NoReturn:
     err(f"vmcfg: {msg}", fg="red")
     sys.exit(code)
+
+
+def load_shared_caps(cpu: str | None, caps_file: str | None):
+    """--cpu/--caps -> CapSet (None when neither is given); exits 2 on a bad one."""
+    from ..profile import ProfileError, load_caps
+    check_cpu_caps(cpu, caps_file)
+    if not (cpu or caps_file):
+        return None
+    try:
+        return load_caps(cpu, caps_file)
+    except ProfileError as e:
+        fail(str(e))
+
+
+def profile_file(spec: str, what: str = "edit") -> str:
+    """The file a PROFILE argument names; built-in profiles are read-only."""
+    from ..profile.loader import builtin_path
+    if os.path.exists(spec):
+        if not os.path.isfile(spec):
+            fail(f"{spec}: not a regular file")
+        return spec
+    if "/" not in spec and not spec.endswith(".toml") and builtin_path(spec):
+        fail(f"{spec!r} is a built-in profile and cannot be changed in place; copy it "
+                   f"first: vmcfg new my-{spec} --from {spec}")
+    fail(f"{spec}: no such file (create one with: vmcfg new NAME)")
 
 
 def cpu_options(f: Callable) -> Callable:

@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+from typing import NoReturn
 
 import click
 
@@ -34,7 +35,7 @@ def _call(name: str, op: str, timeout: float = 10.0, **args):
         raise ChannelError(str(e), EXIT_USAGE) from None
 
 
-def _refused(e, as_json: bool) -> "NoReturn":  # type: ignore[name-defined]
+def _refused(e, as_json: bool) -> NoReturn:
     if as_json:
         emit_json({"ok": False, "error": e.message, **e.detail})
     else:

@@ -43,6 +43,17 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+def _unavailable(name: str, e: ImportError) -> click.Command:
+    """A command whose module cannot be imported (a missing dependency): say so, exit 2."""
+    def run(**_kw):
+        click.echo(click.style(f"vmcfg: the '{name}' command is unavailable: {e}", fg="red"),
+                   err=True)
+        sys.exit(2)
+    return click.Command(name, callback=run, help=f"(unavailable: {e})",
+                         context_settings={"ignore_unknown_options": True,
+                                           "allow_extra_args": True})
+
+
 class LazyGroup(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -51,7 +62,10 @@ class LazyGroup(click.Group):
         spec = COMMANDS.get(name)
         if spec is None:
             return None
-        mod = importlib.import_module(f"vmcfg.cli.{spec[0]}")
+        try:
+            mod = importlib.import_module(f"vmcfg.cli.{spec[0]}")
+        except ImportError as e:
+            return _unavailable(name, e)
         return getattr(mod, spec[1])
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:

@@ -17,7 +17,6 @@ def bit_states(r) -> dict[str, list[dict]]:
     for f in FIELDS:
         v = r.config.controls[f.key]
         must, may = r.caps.allowed(f.key)
-        active = r.config.active(f.key) == v or not v
         rows = []
         for c in CONTROLS_BY_FIELD[f.key]:
             on = bool(v & c.mask)

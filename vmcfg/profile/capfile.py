@@ -24,8 +24,8 @@ import re
 import struct
 
 from ..vmx.caps import CapSet, make_msr, msrs_from_features, pack_bits
-from ..vmx.msrs import ALLOWED1_ONLY, CAP_LAYOUTS, MSR_INDEX, MSR_NAMES, parse_msr_name
-from ..vmx.table import CONTROLS_BY_FIELD, FIELD_BY_KEY, FIELDS
+from ..vmx.msrs import ALLOWED1_ONLY, MSR_INDEX, MSR_NAMES, parse_msr_name
+from ..vmx.table import CONTROLS_BY_FIELD, FIELDS
 from .source import ProfileError, load_toml
 
 META_KEYS = {"name", "title", "source", "maxphyaddr", "partial", "year", "notes"}

@@ -15,10 +15,9 @@ from dataclasses import dataclass, field as _dcf
 from typing import Any
 
 from ..vmx.config import merge_ranges
-from ..vmx.settings import (INJECT_TYPES, INT_RANGES, SETTING_BY_PATH, SETTINGS_BY_TABLE,
-                            SETTING_TABLES, VECTOR_NAMES, Setting)
-from ..vmx.table import (ALIASES, CONTROL_BY_FIELD_KEY, FIELD_BY_KEY, FIELD_KEYS, _norm,
-                         resolve_control)
+from ..vmx.settings import (INT_RANGES, SETTINGS_BY_TABLE, SETTING_TABLES, VECTOR_NAMES,
+                            Setting)
+from ..vmx.table import CONTROL_BY_FIELD_KEY, FIELD_BY_KEY, FIELD_KEYS, resolve_control
 from .source import Pos, ProfileError, load_toml
 
 META_KEYS = ("name", "description", "extends", "cpu")

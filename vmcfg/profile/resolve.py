@@ -10,7 +10,7 @@ from ..vmx import rules as _rules
 from ..vmx.caps import CapSet
 from ..vmx.config import VmxConfig
 from ..vmx.models import DEFAULT_CPU, UnknownModel, get_model
-from ..vmx.settings import SETTINGS, default_settings
+from ..vmx.settings import default_settings
 from ..vmx.table import CONTROLS_BY_FIELD, FIELDS, NAMED_MASK
 from .loader import Profile, load_profile
 from .source import Pos, ProfileError
@@ -136,7 +136,7 @@ def effective(profile: Profile, caps: CapSet) -> tuple[VmxConfig, dict, dict, di
 
 def adjust(cfg: VmxConfig, caps: CapSet) -> tuple[VmxConfig, list[BitChange]]:
     """The usual hypervisor coercion (value | allowed0) & allowed1, made visible."""
-    from ..vmx.table import CONTROL_BY_FIELD_BIT, FIELD_BY_KEY
+    from ..vmx.table import CONTROL_BY_FIELD_BIT
     changes: list[BitChange] = []
     new = dict(cfg.controls)
     for f in FIELDS:

@@ -56,7 +56,7 @@ class Pos:
 _BARE = re.compile(r"[A-Za-z0-9_-]+")
 
 
-def _parse_key(s: str, i: int) -> tuple[list[str], int] | None:
+def parse_key(s: str, i: int) -> tuple[list[str], int] | None:
     """Parse a dotted key starting at s[i]; return (segments, index after)."""
     segs: list[str] = []
     n = len(s)
@@ -131,12 +131,12 @@ def scan_positions(text: str, path: str | None = None) -> dict[tuple[str, ...], 
             continue
         if stripped.startswith("["):
             arr = stripped.startswith("[[")
-            k = _parse_key(stripped, 2 if arr else 1)
+            k = parse_key(stripped, 2 if arr else 1)
             if k:
                 table = tuple(k[0])
                 pos.setdefault(table, Pos(path, ln, col0 + (2 if arr else 1)))
             continue
-        k = _parse_key(line, col0 - 1)
+        k = parse_key(line, col0 - 1)
         if not k:
             continue
         segs, after = k

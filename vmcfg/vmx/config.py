@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field as _dcf
 from typing import Any, Iterable
 
-from .table import CONTROL_BY_PATH, FIELD_BY_KEY, FIELDS
+from .table import CONTROL_BY_PATH, FIELDS
 
 # path -> (field, mask), and field -> (activating field, mask) for the hot path
 _BIT: dict[str, tuple[str, int]] = {p: (c.field, 1 << c.bit) for p, c in CONTROL_BY_PATH.items()}

@@ -11,14 +11,14 @@ same data.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field as _dcf
+from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from .caps import CapSet
 from .config import MSR_HIGH_BASE, MSR_HIGH_END, MSR_LOW_END, VmxConfig
 from .msrs import MSR_INDEX
-from .settings import ERROR_CODE_VECTORS, INJECT_TYPES, SETTING_BY_PATH, SETTINGS
-from .table import CONTROL_BY_FIELD_BIT, CONTROL_BY_PATH, FIELD_BY_KEY, FIELDS, NAMED_MASK
+from .settings import ERROR_CODE_VECTORS, SETTINGS
+from .table import CONTROL_BY_FIELD_BIT, FIELD_BY_KEY
 
 SDM_CTRL = "SDM 27.2.1.1 (VM-execution control fields)"
 SDM_EXIT = "SDM 27.2.1.2 (VM-exit control fields)"

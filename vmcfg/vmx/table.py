@@ -11,7 +11,7 @@ QEMU target/i386/cpu.c for the vendor spellings).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field as _dc_field
+from dataclasses import dataclass
 
 
 @dataclass(frozen=True)

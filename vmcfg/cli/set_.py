@@ -1,0 +1,224 @@
+"""vmcfg set PROFILE KEY=VALUE... / vmcfg unset PROFILE KEY...
+
+Edits a profile file in place, format-preserving (tomlkit), validated before
+it is written, written atomically under a lock.  Also home of the small
+helpers the other authoring commands share (`load_shared_caps`,
+`profile_file`, completion callbacks for keys).
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .common import (EXIT_INVALID, EXIT_OK, cpu_options, emit_json,
+                     err, fail, load_shared_caps, profile_file, render_violations)
+
+
+# ---- helpers shared by new / set / unset / edit ------------------------------------------------
+
+def complete_profile_file(ctx, param, incomplete):
+    from click.shell_completion import CompletionItem
+    return [CompletionItem(incomplete, type="file")]
+
+
+def complete_assignment(ctx, param, incomplete):
+    """KEY=VALUE completion for `set`: keys from the tables, then values of that key."""
+    from click.shell_completion import CompletionItem
+    from ..profile.edit import set_key_names, value_choices
+    # bash splits "KEY=VALUE" at '=' (COMP_WORDBREAKS): the words before are KEY and '='
+    prior = list((ctx.params or {}).get("assignments") or ())
+    if prior and prior[-1] == "=" and len(prior) >= 2:
+        key = prior[-2].rstrip("+-")
+        return [CompletionItem(v) for v in value_choices(key) if v.startswith(incomplete)]
+    if "=" in incomplete:
+        key, _, val = incomplete.partition("=")
+        key = key.rstrip("+-")
+        op = incomplete[len(key):incomplete.index("=") + 1]
+        return [CompletionItem(f"{key}{op}{v}") for v in value_choices(key) if v.startswith(val)]
+    keys = [k for k in set_key_names() if k.startswith(incomplete)]
+    if not incomplete or "." not in incomplete:
+        tables = sorted({k.split(".")[0] + "." for k in keys})
+        if len(tables) > 1:
+            return [CompletionItem(t, type="plain") for t in tables]
+    return [CompletionItem(k + "=") for k in keys]
+
+
+def complete_key(ctx, param, incomplete):
+    from click.shell_completion import CompletionItem
+    from ..profile.edit import set_key_names
+    from ..vmx.settings import SETTING_TABLES
+    from ..vmx.table import FIELD_KEYS
+    keys = set_key_names() + list(FIELD_KEYS) + list(SETTING_TABLES)
+    return [CompletionItem(k) for k in keys if k.startswith(incomplete)]
+
+
+# ---- set / unset ------------------------------------------------------------------------------
+
+def _fmt(key: str, v) -> str:
+    from ..profile.edit import display_value
+    return display_value(key, v)
+
+
+def run_edit(path: str, ops: list[tuple], *, cpu, caps_file, force: bool, dry_run: bool,
+             as_json: bool) -> int:
+    from ..profile.atomic import WriteError, atomic_write, locked
+    from ..profile.edit import EditError, ProfileEditor, effective_value, validate_text
+    from ..profile.source import ProfileError, read_text
+
+    caps = load_shared_caps(cpu, caps_file)
+    try:
+        with locked(path):
+            text = read_text(path)
+            try:
+                ed = ProfileEditor(text, path)
+                changes = []
+                for op in ops:
+                    if op[0] == "unset":
+                        changes.append(ed.unset(op[1]))
+                    else:
+                        changes.append(ed.set(op[1], op[2], op[3]))
+            except EditError as e:
+                fail(f"{path}: {e}")
+            new_text = ed.text()
+            old_res, _ = validate_text(text, path, caps=caps)
+            new_res, load_err = validate_text(new_text, path, caps=caps)
+            for ch in changes:
+                ch.before = effective_value(old_res, ch.key) if old_res else None
+                ch.after = effective_value(new_res, ch.key) if new_res else None
+            changed = new_text != text
+            valid = new_res is not None and new_res.valid
+            doc = {"profile": path, "changes": [c.to_json() for c in changes],
+                   "changed": changed, "written": False, "valid": valid,
+                   "cpu": new_res.caps.name if new_res else None,
+                   "errors": [], "warnings": []}
+            if new_res is not None:
+                j = new_res.to_json()
+                doc["errors"], doc["warnings"] = j["errors"], j["warnings"]
+            if load_err is not None:
+                doc["errors"] = [{"rule": None, "message": str(load_err),
+                                  "location": load_err.to_json()}]
+            if not as_json:
+                for ch in changes:
+                    _render_change(ch)
+            refused = changed and not valid and not force
+            if refused:
+                doc["refused"] = True
+                if not as_json:
+                    if load_err is not None:
+                        err(f"{load_err}", fg="red")
+                    else:
+                        render_violations(new_res)
+                    was = ""
+                    if old_res is not None and not old_res.valid:
+                        was = f" (it was already invalid: {len(old_res.errors)} error(s))"
+                    err(click.style(f"{path}: refused: the result would be invalid{was}; "
+                                    f"nothing written (use --force to write it anyway)",
+                                    fg="red", bold=True))
+            elif changed and not dry_run:
+                atomic_write(path, new_text)
+                doc["written"] = True
+            if dry_run:
+                doc["dry_run"] = True
+                doc["text"] = new_text
+    except ProfileError as e:
+        fail(str(e))
+    except WriteError as e:
+        fail(str(e))
+    if as_json:
+        emit_json(doc)
+    else:
+        _summary(path, doc, new_res, dry_run)
+        if dry_run:
+            import difflib
+            sys.stdout.writelines(difflib.unified_diff(
+                text.splitlines(True), new_text.splitlines(True), path, f"{path} (new)"))
+    return EXIT_INVALID if doc.get("refused") else EXIT_OK
+
+
+def _render_change(ch) -> None:
+    before, after = _fmt(ch.key, ch.before), _fmt(ch.key, ch.after)
+    what = {"unchanged": "unchanged", "removed": "removed", "uncommented": "set (uncommented)",
+            "added": "set", "changed": "set"}.get(ch.how, ch.how)
+    line = f"{ch.key}: {before} -> {after}" if before != after else f"{ch.key}: {after}"
+    if ch.how == "unchanged" or ch.how == "removed":
+        line = f"{ch.key}: {what}" + (f" (now {after})" if ch.how == "removed" else "")
+    err(line + (f"  [{ch.note}]" if ch.note else ""))
+
+
+def _summary(path: str, doc: dict, res, dry_run: bool) -> None:
+    if doc.get("refused"):
+        return
+    if res is not None and (res.warnings or res.errors):
+        render_violations(res)
+    state = (f"valid on {doc['cpu']}" if doc["valid"]
+             else click.style("INVALID (written with --force)" if doc["written"]
+                              else "INVALID", fg="red", bold=True))
+    if dry_run:
+        err(f"{path}: dry run, nothing written; the result is {state}")
+    elif doc["written"]:
+        err(click.style(f"{path}: written", fg="green") + f"; {state}")
+    else:
+        err(f"{path}: no change; {state}")
+
+
+@click.command("set")
+@click.argument("profile", metavar="PROFILE", shell_complete=complete_profile_file)
+@click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...",
+                shell_complete=complete_assignment)
+@cpu_options
+@click.option("--force", is_flag=True, help="Write the result even if it is invalid.")
+@click.option("-n", "--dry-run", is_flag=True,
+              help="Validate and print the change as a diff (stdout); write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def set_(profile, assignments, cpu, caps_file, force, dry_run, as_json):
+    """Set KEY=VALUE in PROFILE in place, keeping every other byte of the file.
+
+    \b
+    KEY is dotted: a control (TABLE.CONTROL, or any alias: the bare name, its
+    QEMU vmx-* or Linux spelling), a setting (tsc.offset, io.intercept),
+    profile.<name|description|extends|cpu>, raw.<field>, cpuid."LEAF".REG or
+    handlers.REASON.  VALUE: on/off/true/false for controls; integers in any
+    base (0x60, -5000); lists as 0x60,0x64 or [0x60, "0x70-0x7f"].  Lists
+    also take KEY+=VALUE and KEY-=VALUE (port/MSR ranges are split).
+
+    \b
+    The result is validated (against --cpu/--caps, else the profile's cpu,
+    else cvmm) before it is written; an invalid result is refused unless
+    --force.  Writes are atomic and serialized with a lock file.
+    Exit status: 0 written or nothing to do, 1 refused (invalid result),
+    2 bad key/value or unreadable file.
+    """
+    from ..profile.edit import EditError, split_assignment
+    path = profile_file(profile, "set")
+    ops = []
+    for a in assignments:
+        try:
+            key, op, value = split_assignment(a)
+        except EditError as e:
+            fail(str(e))
+        ops.append(("set", key, op, value))
+    sys.exit(run_edit(path, ops, cpu=cpu, caps_file=caps_file, force=force, dry_run=dry_run,
+                      as_json=as_json))
+
+
+@click.command()
+@click.argument("profile", metavar="PROFILE", shell_complete=complete_profile_file)
+@click.argument("keys", nargs=-1, required=True, metavar="KEY...", shell_complete=complete_key)
+@cpu_options
+@click.option("--force", is_flag=True, help="Write the result even if it is invalid.")
+@click.option("-n", "--dry-run", is_flag=True,
+              help="Validate and print the change as a diff (stdout); write nothing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+def unset(profile, keys, cpu, caps_file, force, dry_run, as_json):
+    """Remove KEYs from PROFILE in place (the value falls back to the parent's or
+    the default).
+
+    KEY is as for `vmcfg set`, or a whole table (e.g. `tsc`).  Removing a key
+    that is not in the file is not an error.  Exit status as for `vmcfg set`.
+    """
+    path = profile_file(profile, "unset")
+    ops = [("unset", k) for k in keys]
+    sys.exit(run_edit(path, ops, cpu=cpu, caps_file=caps_file, force=force, dry_run=dry_run,
+                      as_json=as_json))

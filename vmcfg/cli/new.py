@@ -71,7 +71,8 @@ def new(name, from_, cpu, caps_file, wants, description, output, force, as_json)
     """
     from ..profile import ProfileError, load_caps, load_profile, resolve_profile
     from ..profile.atomic import WriteError, atomic_write
-    from ..profile.edit import (EditError, Target, load_profile_text, parse_value)
+    from ..profile.edit import EditError, Target, parse_value
+    from ..profile.loader import load_profile_text
     from ..profile.loader import builtin_path, normalize_setting
     from ..profile.resolve import effective
     from ..profile.writer import render_new_profile

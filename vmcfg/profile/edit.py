@@ -14,7 +14,6 @@ sizes like "16M") and checked with the loader's own normaliser.  Lists take
 from __future__ import annotations
 
 import difflib
-import os
 import re
 import tomllib
 from collections.abc import MutableMapping
@@ -27,8 +26,8 @@ from tomlkit.items import Comment, Null, Table, Whitespace
 
 from ..vmx.settings import INT_RANGES, SETTING_BY_PATH, SETTINGS_BY_TABLE, Setting
 from ..vmx.table import ALIASES, CONTROL_BY_FIELD_KEY, FIELD_BY_KEY, FIELD_KEYS, Control, resolve_control
-from .loader import META_KEYS, Profile, from_document, load_profile, merge, normalize_setting
-from .source import ProfileError, parse_key, parse_toml
+from .loader import META_KEYS, Profile, load_profile_text, normalize_setting
+from .source import ProfileError, parse_key
 from .writer import literal, toml_key, toml_string
 
 LIST_KINDS = ("vectors", "ports", "msrs", "u64list")
@@ -48,26 +47,6 @@ class EditError(Exception):
 
 
 # ---- loading from text -------------------------------------------------------------------
-
-def load_profile_text(text: str, path: str) -> Profile:
-    """Like load_profile(path), but for `text` as if it were the content of `path`."""
-    data, pos = parse_toml(text, path)
-    prof = from_document(data, pos, path)
-    prof.chain = [path]
-    if prof.extends:
-        real = os.path.realpath(path)
-        try:
-            parent = load_profile(prof.extends, path, (real,))
-        except ProfileError as e:
-            if e.line is None and e.path != path:
-                p = prof.pos.get("profile.extends")
-                raise ProfileError(f"extends = {prof.extends!r}: {e.message}"
-                                   + (f" ({e.path})" if e.path else ""),
-                                   path, p.line if p else None, p.col if p else None) from None
-            raise
-        prof = merge(parent, prof)
-    return prof
-
 
 def parse_key_path(name: str) -> list[str] | None:
     """'cpuid."0x7.0".eax' -> ['cpuid', '0x7.0', 'eax'] (None if not a dotted TOML key)."""

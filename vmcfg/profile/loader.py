@@ -18,7 +18,7 @@ from ..vmx.config import merge_ranges
 from ..vmx.settings import (INT_RANGES, SETTINGS_BY_TABLE, SETTING_TABLES, VECTOR_NAMES,
                             Setting)
 from ..vmx.table import CONTROL_BY_FIELD_KEY, FIELD_BY_KEY, FIELD_KEYS, resolve_control
-from .source import Pos, ProfileError, load_toml
+from .source import Pos, ProfileError, load_toml, parse_toml
 
 META_KEYS = ("name", "description", "extends", "cpu")
 MAX_EXTENDS_DEPTH = 16
@@ -416,11 +416,21 @@ def load_profile(spec: str, relative_to: str | None = None, _seen: tuple[str, ..
         raise ProfileError(f"'extends' forms a cycle: {cycle}", path)
     if len(_seen) >= MAX_EXTENDS_DEPTH:
         raise ProfileError(f"'extends' chain deeper than {MAX_EXTENDS_DEPTH}", path)
-    prof = load_file(path)
+    return _follow_extends(load_file(path), path, _seen + (real,))
+
+
+def load_profile_text(text: str, path: str) -> Profile:
+    """Like load_profile(path), but for `text` as if it were the content of `path`."""
+    data, positions = parse_toml(text, path)
+    return _follow_extends(from_document(data, positions, path), path,
+                           (os.path.realpath(path),))
+
+
+def _follow_extends(prof: Profile, path: str, seen: tuple[str, ...]) -> Profile:
     prof.chain = [path]
     if prof.extends:
         try:
-            parent = load_profile(prof.extends, path, _seen + (real,))
+            parent = load_profile(prof.extends, path, seen)
         except ProfileError as e:
             if e.line is None and e.path != path:
                 p = prof.pos.get("profile.extends")

@@ -171,6 +171,12 @@ def _qemu(pin: list[str], sec: list[str], *, misc: int, ept: dict, vmfunc: int =
         cr4_fixed1=cr4_fixed1)
 
 
+def _spr(**ept: int) -> dict[int, int]:
+    """The VMX set QEMU gives SapphireRapids and its successors."""
+    return _qemu(PIN4 + ["process_posted_interrupts"], SEC_SPR, misc=_kvm_misc(vmwrite_any=True),
+                 ept={**STD_EPT, "accessed_dirty": 1, **ept}, vmfunc=1, cr4_fixed1=0x1F7FFFF)
+
+
 # cvmm: what vmcfg's emulated VMM implements (see README "The cvmm capability set").
 CVMM_FEATURES = {
     "pin": PIN4,
@@ -254,22 +260,13 @@ _MODELS: dict[str, tuple] = {
                                      vmfunc=1, cr4_fixed1=0x77FFFF)),
     "sapphirerapids": ("Intel Xeon Sapphire Rapids", 2023, 52,
                        "QEMU SapphireRapids VMX feature words (2022 model patch)",
-                       lambda: _qemu(PIN4 + ["process_posted_interrupts"], SEC_SPR,
-                                     misc=_kvm_misc(vmwrite_any=True),
-                                     ept={**STD_EPT, "accessed_dirty": 1, "walk_length_5": 1},
-                                     vmfunc=1, cr4_fixed1=0x1F7FFFF)),
+                       lambda: _spr(walk_length_5=1)),
     "graniterapids": ("Intel Xeon Granite Rapids", 2024, 52,
                       "QEMU GraniteRapids VMX feature words (same VMX set as SapphireRapids)",
-                      lambda: _qemu(PIN4 + ["process_posted_interrupts"], SEC_SPR,
-                                    misc=_kvm_misc(vmwrite_any=True),
-                                    ept={**STD_EPT, "accessed_dirty": 1, "walk_length_5": 1},
-                                    vmfunc=1, cr4_fixed1=0x1F7FFFF)),
+                      lambda: _spr(walk_length_5=1)),
     "sierraforest": ("Intel Xeon Sierra Forest", 2024, 46,
                      "QEMU SierraForest VMX feature words (SapphireRapids set without 5-level EPT)",
-                     lambda: _qemu(PIN4 + ["process_posted_interrupts"], SEC_SPR,
-                                   misc=_kvm_misc(vmwrite_any=True),
-                                   ept={**STD_EPT, "accessed_dirty": 1}, vmfunc=1,
-                                   cr4_fixed1=0x1F7FFFF)),
+                     lambda: _spr()),
     "cvmm": ("vmcfg's emulated cooperative VMM", None, 39,
              "vmcfg: exactly what the emulated VMM implements", _cvmm_msrs),
 }

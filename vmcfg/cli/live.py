@@ -163,6 +163,10 @@ def watch(profile, name, interval, max_events, as_json):
         except OSError:
             return None
 
+    try:
+        _call(name, "status", timeout=5.0)
+    except ChannelError as e:
+        _refused(e, as_json)
     last = stamp()
     events = 0
     err(f"watching {profile} for {name} (Ctrl-C to stop)")

@@ -97,8 +97,18 @@ def cli() -> None:
 
 
 def main() -> None:
+    """Entry point: click's usage errors exit 2; Ctrl-C exits 130 like a shell."""
     try:
-        cli(prog_name="vmcfg")
+        rv = cli.main(prog_name="vmcfg", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("vmcfg: interrupted", err=True)
+        sys.exit(130)
     except KeyboardInterrupt:
         click.echo("vmcfg: interrupted", err=True)
         sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    sys.exit(rv if isinstance(rv, int) else 0)

@@ -1,0 +1,189 @@
+"""vmcfg smoke FILE [-k EXPRESSION] [-j N] [--junit FILE] [--json] [--results DIR] [--keep] [-x] [--list]"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import click
+
+from .common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, emit_json, err
+
+
+def _cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+@click.command()
+@click.argument("smoke_file", metavar="FILE", type=click.Path())
+@click.option("-k", "keyword", metavar="EXPRESSION",
+              help="Only cases whose id matches: substrings joined with and/or/not and "
+                   "parentheses, case-insensitive, like pytest -k (e.g. \"baseline and not hello\").")
+@click.option("-j", "--jobs", type=click.IntRange(min=1), metavar="N",
+              help="Cases run at once, each in its own process (default: the number of CPUs).")
+@click.option("--junit", "junit_file", metavar="FILE", type=click.Path(), help="Write a JUnit XML report to FILE.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option("--results", "results_dir", metavar="DIR", default="smoke-results",
+              type=click.Path(),
+              show_default=True,
+              help="Folder for the artefacts (console, trace, summary) of failing cases; "
+                   "emptied at the start of each run.")
+@click.option("--keep", "keep_all", is_flag=True,
+              help="Keep the artefacts of passing cases too.")
+@click.option("-x", "--exitfirst", is_flag=True,
+              help="Start no new case after the first one that fails.")
+@click.option("--list", "list_only", is_flag=True,
+              help="List the selected cases and exit without running them.")
+def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all, exitfirst,
+          list_only):
+    """Run the cases of a smoke FILE: profiles x guests with expectations.
+
+    Each case runs `vmcfg launch ... --json` in its own process; at most N at
+    a time (-j).  Failing cases keep their console, trace and summary in the
+    results folder (--results).  Paths in FILE are relative to FILE; the
+    format is described in docs/smoke.md.
+
+    \b
+    Exit status: 0 every case passed (or was skipped); 1 some case failed or
+    could not run; 2 bad smoke file or usage.
+    """
+    from ..smoke.loader import load_smoke
+    from ..smoke.model import SmokeFileError
+    from ..smoke.select import SelectError, compile_k
+
+    try:
+        suite = load_smoke(smoke_file)
+    except SmokeFileError as e:
+        err(str(e), fg="red")
+        sys.exit(EXIT_USAGE)
+    cases = suite.cases
+    if keyword is not None:
+        try:
+            pred = compile_k(keyword)
+        except SelectError as e:
+            err(f"vmcfg: {e}", fg="red")
+            sys.exit(EXIT_USAGE)
+        cases = [c for c in cases if pred(c.id)]
+        if not cases:
+            err(f"vmcfg: -k {keyword!r} matches none of the {len(suite.cases)} cases of "
+                f"{smoke_file} (see --list)", fg="red")
+            sys.exit(EXIT_USAGE)
+    deselected = len(suite.cases) - len(cases)
+
+    if list_only:
+        if as_json:
+            emit_json({"smoke_file": smoke_file, "suite": suite.name,
+                       "cases": [c.to_json() for c in cases], "deselected": deselected})
+        else:
+            from ..smoke.runner import display_command
+            for c in cases:
+                skip = f"  [skip: {c.skip}]" if c.skip else ""
+                err(f"{c.id}{skip}")
+                err(f"    {display_command(c)}", fg="bright_black")
+            err(f"{len(cases)} case{'s' if len(cases) != 1 else ''}"
+                + (f", {deselected} deselected" if deselected else ""))
+        sys.exit(EXIT_OK)
+
+    if junit_file and os.path.isdir(junit_file):
+        err(f"vmcfg: --junit {junit_file}: is a folder", fg="red")
+        sys.exit(EXIT_USAGE)
+
+    from ..smoke.report import Progress, closing_line, echo_closing, summary_table
+    from ..smoke.runner import ResultsDirError, Runner, prepare_results_dir
+
+    try:
+        prepare_results_dir(results_dir)
+    except ResultsDirError as e:
+        err(f"vmcfg: {e}", fg="red")
+        sys.exit(EXIT_USAGE)
+    jobs = jobs or _cpus()
+    runnable = sum(1 for c in cases if not c.skip)
+    workers = min(jobs, runnable) if runnable else 0
+    err(f"smoke: {smoke_file}: {len(cases)} case{'s' if len(cases) != 1 else ''}"
+        + (f" ({deselected} deselected)" if deselected else "")
+        + f", {workers} worker{'s' if workers != 1 else ''}", bold=True)
+
+    t0 = time.monotonic()
+    try:
+        with Progress(len(cases)) as progress:
+            runner = Runner(suite, cases, jobs=jobs, results_dir=results_dir,
+                            keep_all=keep_all, exitfirst=exitfirst, on_start=progress.start,
+                            on_done=progress.done)
+            results = runner.run()
+    except KeyboardInterrupt:      # the runner has killed every running launch
+        err(f"vmcfg: interrupted after {progress.n} of {len(cases)} cases; no report written",
+            fg="red")
+        sys.exit(130)
+    seconds = time.monotonic() - t0
+    ok = all(r.passed for r in results) and runner.not_run == 0
+
+    err()
+    summary_table(results)
+    err()
+    kept = [r for r in results if r.artifacts]
+    failing = [r for r in results if not r.passed]
+    if kept:
+        what = "cases" if keep_all else "failing cases"
+        err(f"artefacts of {len(kept)} {what} (console.txt, trace.jsonl, summary.json, "
+            f"stderr.txt, command.txt): {os.path.join(results_dir, '')}")
+        for r in failing:
+            if r.artifacts:
+                err(f"  {r.case.id}: {r.artifacts}")
+    if runner.not_run:
+        err(f"stopped after the first failure (-x): {runner.not_run} case"
+            f"{'s' if runner.not_run != 1 else ''} not run", fg="yellow")
+
+    doc = {
+        "smoke_file": smoke_file, "suite": suite.name,
+        "summary": {"total": len(cases), "passed": _count(results, "passed"),
+                    "failed": _count(results, "failed"), "errors": _count(results, "error"),
+                    "skipped": _count(results, "skipped"), "deselected": deselected,
+                    "not_run": runner.not_run, "seconds": round(seconds, 3), "ok": ok},
+        "results_dir": results_dir if kept else None,
+        "junit": junit_file,
+        "cases": [r.to_json() for r in results],
+    }
+    if kept:
+        import json
+        try:
+            with open(os.path.join(results_dir, "report.json"), "w", encoding="utf-8") as fh:
+                json.dump(doc, fh, indent=2)
+                fh.write("\n")
+        except OSError:
+            pass
+    else:
+        _remove_empty_results(results_dir)
+
+    status = EXIT_OK if ok else EXIT_INVALID
+    if junit_file:
+        from ..smoke import junit
+        try:
+            junit.write(junit_file, junit.build(suite.name, smoke_file, results, seconds,
+                                                results_dir=results_dir if kept else None))
+            err(f"JUnit XML: {junit_file}")
+        except OSError as e:
+            err(f"vmcfg: cannot write {junit_file}: {e.strerror}", fg="red")
+            status = EXIT_USAGE
+    if as_json:
+        emit_json(doc)
+    echo_closing(closing_line(results, seconds, deselected, runner.not_run), ok)
+    sys.exit(status)
+
+
+def _count(results, outcome: str) -> int:
+    return sum(1 for r in results if r.outcome == outcome)
+
+
+def _remove_empty_results(path: str) -> None:
+    """Nothing kept: remove the folder again if it holds only our marker."""
+    from ..smoke.runner import MARKER
+    try:
+        if os.listdir(path) == [MARKER]:
+            os.unlink(os.path.join(path, MARKER))
+            os.rmdir(path)
+    except OSError:
+        pass

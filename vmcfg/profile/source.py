@@ -111,12 +111,29 @@ def _depth_change(text: str) -> int:
     return d
 
 
-def scan_positions(text: str, path: str | None = None) -> dict[tuple[str, ...], Pos]:
-    """Map each key path (and each table header) to where it is written."""
-    pos: dict[tuple[str, ...], Pos] = {}
-    table: tuple[str, ...] = ()
+def scan_positions(text: str, path: str | None = None) -> dict[tuple, Pos]:
+    """Key path -> position, with array-of-tables elements as integer path segments.
+
+    ``[[case]]`` number 2's ``profile`` key is ``("case", 1, "profile")``; the
+    header itself is ``("case", 1)``; ``[[matrix.cell]]`` under the first matrix
+    is ``("matrix", 0, "cell", k)``.  Keys inside inline tables and arrays are not
+    mapped: callers fall back to the nearest enclosing key.
+    """
+    pos: dict[tuple, Pos] = {}
+    counts: dict[tuple, int] = {}
+    table: tuple = ()
     depth = 0
     in_ml: str | None = None
+
+    def resolve(segs: list[str]) -> tuple:
+        out: list[Any] = []
+        for s in segs:
+            out.append(s)
+            t = tuple(out)
+            if t in counts:
+                out.append(counts[t] - 1)
+        return tuple(out)
+
     for ln, line in enumerate(text.splitlines(), 1):
         if in_ml:
             if in_ml in line:
@@ -132,9 +149,18 @@ def scan_positions(text: str, path: str | None = None) -> dict[tuple[str, ...], 
         if stripped.startswith("["):
             arr = stripped.startswith("[[")
             k = parse_key(stripped, 2 if arr else 1)
-            if k:
-                table = tuple(k[0])
-                pos.setdefault(table, Pos(path, ln, col0 + (2 if arr else 1)))
+            if not k:
+                continue
+            segs = k[0]
+            if arr:
+                parent = resolve(segs[:-1])
+                key = parent + (segs[-1],)
+                counts[key] = counts.get(key, 0) + 1
+                table = key + (counts[key] - 1,)
+                pos.setdefault(key, Pos(path, ln, col0 + 2))
+            else:
+                table = resolve(segs)
+            pos.setdefault(table, Pos(path, ln, col0 + (2 if arr else 1)))
             continue
         k = parse_key(line, col0 - 1)
         if not k:
@@ -145,7 +171,8 @@ def scan_positions(text: str, path: str | None = None) -> dict[tuple[str, ...], 
             continue
         value = rest[1:]
         full = table + tuple(segs)
-        pos.setdefault(full, Pos(path, ln, col0))
+        for i in range(len(table) + 1, len(full) + 1):       # dotted keys: each prefix
+            pos.setdefault(full[:i], Pos(path, ln, col0))
         v = value.strip()
         for q in ('"""', "'''"):
             if v.startswith(q) and v.count(q) == 1:

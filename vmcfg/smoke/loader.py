@@ -33,7 +33,7 @@ import os
 import re
 from typing import Any
 
-from ..profile.source import Pos, ProfileError, parse_toml, read_text
+from ..profile.source import Pos, ProfileError, parse_toml, read_text, scan_positions
 from .model import (DEFAULT_GRACE, DEFAULT_TIMEOUT, STATUSES, Bound, Case, Expect,
                     SmokeFileError, Suite, parse_bound, short_name)
 
@@ -54,135 +54,6 @@ OPTION_FLAGS = {"--guest": "guest", "--mode": "mode", "--memory": "memory",
 ID_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+:=@,\[\]-]*$")
 _ID_BAD = re.compile(r"[^A-Za-z0-9_.+:=@,\[\]-]")
 DEFAULT_ID = "{profile}-x-{guest}"
-
-
-# ---- positions ------------------------------------------------------------------------
-
-_BARE = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _parse_key(s: str, i: int) -> tuple[list[str], int] | None:
-    segs: list[str] = []
-    n = len(s)
-    while True:
-        while i < n and s[i] in " \t":
-            i += 1
-        if i >= n:
-            return None
-        ch = s[i]
-        if ch in "\"'":
-            j = s.find(ch, i + 1)
-            if j < 0:
-                return None
-            segs.append(s[i + 1:j])
-            i = j + 1
-        else:
-            m = _BARE.match(s, i)
-            if not m:
-                return None
-            segs.append(m.group(0))
-            i = m.end()
-        while i < n and s[i] in " \t":
-            i += 1
-        if i < n and s[i] == ".":
-            i += 1
-            continue
-        return segs, i
-
-
-def _depth_change(text: str) -> int:
-    d = 0
-    q = None
-    i = 0
-    while i < len(text):
-        c = text[i]
-        if q:
-            if c == "\\" and q == '"':
-                i += 2
-                continue
-            if c == q:
-                q = None
-        elif c in "\"'":
-            q = c
-        elif c == "#":
-            break
-        elif c in "[{":
-            d += 1
-        elif c in "]}":
-            d -= 1
-        i += 1
-    return d
-
-
-def scan_positions(text: str, path: str | None) -> dict[tuple, Pos]:
-    """Key path -> position, with array-of-tables elements as integer path segments.
-
-    ``[[case]]`` number 2's ``profile`` key is ``("case", 1, "profile")``; the
-    header itself is ``("case", 1)``; ``[[matrix.cell]]`` under the first matrix
-    is ``("matrix", 0, "cell", k)``.  Keys inside inline tables and arrays are not
-    mapped: callers fall back to the nearest enclosing key.
-    """
-    pos: dict[tuple, Pos] = {}
-    counts: dict[tuple, int] = {}
-    table: tuple = ()
-    depth = 0
-    in_ml: str | None = None
-
-    def resolve(segs: list[str]) -> tuple:
-        out: list[Any] = []
-        for s in segs:
-            out.append(s)
-            t = tuple(out)
-            if t in counts:
-                out.append(counts[t] - 1)
-        return tuple(out)
-
-    for ln, line in enumerate(text.splitlines(), 1):
-        if in_ml:
-            if in_ml in line:
-                in_ml = None
-            continue
-        if depth > 0:
-            depth += _depth_change(line)
-            continue
-        stripped = line.lstrip()
-        col0 = len(line) - len(stripped) + 1
-        if not stripped or stripped.startswith("#"):
-            continue
-        if stripped.startswith("["):
-            arr = stripped.startswith("[[")
-            k = _parse_key(stripped, 2 if arr else 1)
-            if not k:
-                continue
-            segs = k[0]
-            if arr:
-                parent = resolve(segs[:-1])
-                key = parent + (segs[-1],)
-                counts[key] = counts.get(key, 0) + 1
-                table = key + (counts[key] - 1,)
-                pos.setdefault(key, Pos(path, ln, col0 + 2))
-            else:
-                table = resolve(segs)
-            pos.setdefault(table, Pos(path, ln, col0 + (2 if arr else 1)))
-            continue
-        k = _parse_key(line, col0 - 1)
-        if not k:
-            continue
-        segs, after = k
-        rest = line[after:].lstrip()
-        if not rest.startswith("="):
-            continue
-        value = rest[1:]
-        full = table + tuple(segs)
-        for i in range(len(table) + 1, len(full) + 1):       # dotted keys: each prefix
-            pos.setdefault(full[:i], Pos(path, ln, col0))
-        v = value.strip()
-        for q in ('"""', "'''"):
-            if v.startswith(q) and v.count(q) == 1:
-                in_ml = q
-        if not in_ml:
-            depth = max(0, _depth_change(value))
-    return pos
 
 
 # ---- the loader -----------------------------------------------------------------------

@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "profiles": ("profiles", "profiles", "List the built-in profiles."),
     "schema": ("schema", "schema", "Print the JSON Schema of the profile format."),
     "completion": ("completion", "completion", "Print the shell-completion script (bash, zsh, fish)."),
+    "demo": ("demo", "demo", "Launch a guest, apply a profile live, show the exit statistics change."),
     "ps": ("live", "ps", "List this user's running guests."),
     "apply": ("live", "apply", "Apply a profile to a running guest (or --rollback)."),
     "watch": ("live", "watch", "Apply a profile to a running guest every time it is saved."),

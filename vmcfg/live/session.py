@@ -110,8 +110,9 @@ class LiveSession:
                     snap = self.target.snapshot()
                     return {"applied": False, "diff": [], "message": "no changes",
                             "instructions": snap.get("instructions"), "tsc": snap.get("tsc")}
-                self.profile_path = args["profile"]
-                return self._apply_config(cfg, args["profile"], diff, "apply")
+                res = self._apply_config(cfg, args["profile"], diff, "apply")
+                self._set_profile(args["profile"])
+                return res
         if op == "rollback":
             with self.lock:
                 if "to" in args:
@@ -124,7 +125,7 @@ class LiveSession:
                 cfg = self._configs[idx]
                 diff = diff_configs(self.target.config, cfg)
                 res = self._apply_config(cfg, self.history[idx]["profile"], diff, f"rollback to #{idx}")
-                self.profile_path = self.history[idx]["profile"]
+                self._set_profile(self.history[idx]["profile"])
                 return res
         if op == "stop":
             self.target.stop()
@@ -137,6 +138,11 @@ class LiveSession:
                 raise ChannelError("inject irq: vector must be 0-255", 2)
             return self.target.inject(kind, args.get("vector", 2))
         raise ChannelError(f"unknown op {op!r}", 2)
+
+    def _set_profile(self, path: str | None) -> None:
+        self.profile_path = path
+        if self.reg:
+            self.reg.update(profile=path)
 
     def close(self, summary: dict | None = None) -> None:
         if self.server:

@@ -1,0 +1,162 @@
+"""Live reconfiguration of guests running on the emulated VMM: launch --name
+--detach, apply, stats, history, rollback, stop, several guests at once, and
+the soak test (1,000 applies while a guest computes a checksum)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT
+
+BASE = '[profile]\nextends = "baseline"\n'
+RDTSC_ON = BASE + "[primary]\nrdtsc_exiting = true\n"
+IO_80 = BASE + "[io]\nintercept = [0x80]\n"
+RDTSC_AND_IO = BASE + "[primary]\nrdtsc_exiting = true\n[io]\nintercept = [0x80]\n"
+
+# the soak guest's loop: 7 instructions per iteration; RDTSC is the 5th, OUT the 6th
+LOOP_LEN, RDTSC_AT, OUT_AT = 7, 4, 5
+
+
+@pytest.fixture
+def rundir(tmp_path, monkeypatch):
+    d = tmp_path / "xdg"
+    d.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(d))
+    return d
+
+
+def vmcfg(*args, check=False, timeout=60):
+    r = subprocess.run([sys.executable, "-m", "vmcfg.cli", *args], capture_output=True, text=True,
+                       cwd=ROOT, timeout=timeout)
+    if check:
+        assert r.returncode == 0, r.stderr
+    return r
+
+
+@pytest.fixture
+def launched(rundir):
+    names = []
+
+    def start(name, profile, guest="builtin:soak", extra=()):
+        r = vmcfg("launch", profile, "--guest", guest, "--name", name, "--detach", *extra)
+        assert r.returncode == 0, r.stderr
+        names.append(name)
+        return r
+    yield start
+    for n in names:
+        vmcfg("stop", n)
+
+
+LOOP_BYTES = bytes.fromhex("48ffc1" "4889c8" "480fafc1" "4801c3" "0f31" "e680")
+LOOP_OFFSETS = [0, 3, 6, 10, 13, 15, 17]     # inc, mov, imul, add, rdtsc, out, jmp
+
+
+def soak_loop_address() -> int:
+    img = open(os.path.join(ROOT, "vmcfg", "guests", "soak.bin"), "rb").read()
+    return 0x100000 + img.index(LOOP_BYTES)
+
+
+def predicted(windows, final, first_loop_insn, offset):
+    """How many loop instructions at `offset` ran inside the 'on' windows."""
+    def upto(n):  # instructions with index < n at that offset
+        k = n - first_loop_insn - offset
+        return 0 if k <= 0 else (k + LOOP_LEN - 1) // LOOP_LEN
+    total = 0
+    for (a, b, on) in windows:
+        if on:
+            total += upto(b) - upto(a)
+    return total
+
+
+def test_launch_detach_apply_stop(launched, write_profile):
+    a = write_profile(BASE, "a.toml")
+    b = write_profile(RDTSC_ON, "b.toml")
+    launched("g1", a)
+    rows = json.loads(vmcfg("ps", "--json", check=True).stdout)
+    assert [r["name"] for r in rows] == ["g1"] and rows[0]["state"] == "running"
+    time.sleep(0.2)
+    s0 = json.loads(vmcfg("stats", "g1", "--json", check=True).stdout)
+    assert "RDTSC" not in s0["exits"]
+    r = vmcfg("apply", b, "--to", "g1", "--json", check=True)
+    res = json.loads(r.stdout)
+    assert res["applied"] and res["instructions"] > 0
+    assert [d["key"] for d in res["diff"]] == ["primary.rdtsc_exiting"]
+    time.sleep(0.2)
+    s1 = json.loads(vmcfg("stats", "g1", "--json", check=True).stdout)
+    assert s1["exits"]["RDTSC"] > 0
+    r = vmcfg("apply", "--rollback", "--to", "g1", "--json", check=True)
+    assert json.loads(r.stdout)["diff"][0]["new"] == 0
+    r = vmcfg("stop", "g1", "--json", check=True)
+    summ = json.loads(r.stdout)
+    assert summ["summary"]["status"] == "stopped"
+    assert [h["kind"] for h in summ["summary"]["history"]] == ["launch", "apply", "rollback to #0"]
+    assert json.loads(vmcfg("ps", "--json").stdout) == []
+
+
+def test_refused_apply_leaves_guest_running(launched, write_profile):
+    a = write_profile(BASE, "a.toml")
+    launched("g2", a)
+    mem = write_profile(BASE + '[guest]\nmemory = "32M"\n', "mem.toml")
+    r = vmcfg("apply", mem, "--to", "g2")
+    assert r.returncode == 1 and "needs a new guest" in r.stderr
+    bad = write_profile(BASE + "[primary]\nuse_tpr_shadow = true\n", "bad.toml")
+    r = vmcfg("apply", bad, "--to", "g2", "--json")
+    assert r.returncode == 1 and json.loads(r.stdout)["errors"][0]["rule"] == "E2"
+    before = json.loads(vmcfg("stats", "g2", "--json", check=True).stdout)["instructions"]
+    time.sleep(0.1)
+    after = json.loads(vmcfg("stats", "g2", "--json", check=True).stdout)["instructions"]
+    assert after > before
+    assert len(json.loads(vmcfg("history", "g2", "--json", check=True).stdout)) == 1
+
+
+def test_two_guests_independent(launched, write_profile):
+    a = write_profile(BASE, "a.toml")
+    b = write_profile(IO_80, "b.toml")
+    launched("ga", a)
+    launched("gb", a)
+    vmcfg("apply", b, "--to", "gb", check=True)
+    time.sleep(0.3)
+    sa = json.loads(vmcfg("stats", "ga", "--json", check=True).stdout)
+    sb = json.loads(vmcfg("stats", "gb", "--json", check=True).stdout)
+    assert "IO_INSTRUCTION" not in sa["exits"] and sb["exits"]["IO_INSTRUCTION"] > 0
+    assert len(json.loads(vmcfg("history", "ga", "--json", check=True).stdout)) == 1
+
+
+def test_soak_1000_applies_exact_exit_counts(launched, write_profile):
+    """1,000 applies alternating two profiles while the soak guest runs; then the
+    checksum is right and every exit count matches the windows in the history."""
+    p_on = write_profile(RDTSC_AND_IO, "on.toml")
+    p_off = write_profile(BASE, "off.toml")
+    launched("soak", p_off)
+    from vmcfg.live.channel import request
+    from vmcfg.live.runtime import paths
+    sock = paths("soak").sock
+    for i in range(1000):
+        res = request(sock, "apply", profile=p_on if i % 2 == 0 else p_off)
+        assert res["applied"], res
+    r = vmcfg("stop", "soak", "--json", check=True)
+    summ = json.loads(r.stdout)["summary"]
+    hist = summ["history"]
+    assert len(hist) == 1001
+    final = summ["instructions"]
+    # instruction windows and which profile was in force
+    starts = [h["instructions"] for h in hist] + [final]
+    windows = [(starts[i], starts[i + 1], i % 2 == 1) for i in range(len(hist))]
+    assert all(a <= b for a, b, _ in windows)
+    # where the guest stopped: RIP names the next loop instruction j, RCX the iteration
+    regs = summ["registers"]
+    n, j = regs["rcx"], LOOP_OFFSETS.index(regs["rip"] - soak_loop_address())
+    in_loop = LOOP_LEN * n if j == 0 else LOOP_LEN * (n - 1) + j
+    first = final - in_loop
+    exits = {e["name"]: e["count"] for e in summ["exits"]}
+    assert exits.get("RDTSC", 0) == predicted(windows, final, first, RDTSC_AT)
+    assert exits.get("IO_INSTRUCTION", 0) == predicted(windows, final, first, OUT_AT)
+    # the checksum: rbx = sum of squares up to the iteration in rcx (or one behind
+    # if the guest stopped between 'inc rcx' and 'add rbx')
+    sq = lambda k: (k * (k + 1) * (2 * k + 1) // 6) % (1 << 64)  # noqa: E731
+    assert regs["rbx"] == (sq(n - 1) if j in (1, 2, 3) else sq(n))
+    assert n > 1000

@@ -1,0 +1,77 @@
+"""The emulated VMM's vCPU as a live-reconfiguration target (see session.py).
+
+The control channel runs on its own thread; the vCPU runs on the main thread.
+An apply hands the new VmxConfig to the vCPU (`request_apply`), which stops
+emulation at the next instruction boundary, swaps the configuration (re-hooks
+the trapped instruction kinds, flushes translations) and resumes; the caller
+waits for that moment and reports the instruction count and TSC at which the
+change took effect.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ..vmx.exits import exit_name
+from .channel import ChannelError
+
+GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
+APPLY_TIMEOUT = 5.0
+
+
+class VmmTarget:
+    def __init__(self, vcpu, caps, mode: int):
+        self.vcpu = vcpu
+        self.caps = caps
+        self.mode = mode
+        self.started = time.time()
+
+    @property
+    def config(self):
+        return self.vcpu.cfg
+
+    def apply(self, cfg) -> dict:
+        v = self.vcpu
+        with v.apply_cond:
+            seq = v.apply_seq
+            v.request_apply(cfg)
+            done = v.apply_cond.wait_for(lambda: v.apply_seq > seq or v.status is not None,
+                                         APPLY_TIMEOUT)
+            if v.apply_seq > seq:
+                ic, tsc = v.applied_at
+                return {"instructions": ic, "tsc": tsc}
+        if not done:
+            raise ChannelError(f"the guest did not reach an instruction boundary within "
+                               f"{APPLY_TIMEOUT:g} s; nothing was changed", 1)
+        raise ChannelError(f"the guest ended ({v.status}) before the change took effect", 1)
+
+    def snapshot(self) -> dict:
+        v = self.vcpu
+        exits = {exit_name(r): s.count for r, s in sorted(v.exit_stats.items()) if s.count}
+        return {"state": v.status or ("halted" if getattr(v, "halted", False) else "running"),
+                "instructions": v.icount, "tsc": v.tsc, "exits": exits}
+
+    def registers(self) -> dict:
+        v = self.vcpu
+        n = len(GPRS) if self.mode == 64 else 8
+        regs = {GPRS[i]: v.gpr(i) for i in range(n)}
+        regs["rip"] = v.rip
+        return regs
+
+    def stop(self) -> None:
+        self.vcpu.request_end("stopped", "stopped by 'vmcfg stop'")
+
+    def inject(self, kind: str, vector: int) -> dict:
+        v = self.vcpu
+        if not hasattr(v, "queue_event"):
+            raise ChannelError("this VMM build cannot inject events yet", 1)
+        v.queue_event(kind, vector)
+        return {"queued": kind, "vector": vector, "instructions": v.icount}
+
+
+def make_session(vcpu, caps, mode: int, *, name: str, profile_path: str | None,
+                 record: dict | None = None):
+    from .session import LiveSession
+    return LiveSession(VmmTarget(vcpu, caps, mode), name=name, profile_path=profile_path,
+                       extra_record=record)

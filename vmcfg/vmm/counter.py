@@ -1,0 +1,199 @@
+"""Deterministic retired-instruction counting without a callback per instruction.
+
+Unicorn has no instruction counter it will report, and its ``count=`` mode
+adds a C callback per instruction (about 2x slower).  vmcfg counts per
+translated block instead:
+
+* a UC_HOOK_BLOCK callback runs at the start of every executed block with
+  (address, size); the number of instructions in the block is looked up in a
+  table indexed by guest address (one u32 per byte: size | count << 16),
+  filled by decoding the block the first time it is seen;
+* the callback is a few machine instructions assembled at start-up (with
+  keystone) into an executable anonymous mapping, so the common path never
+  enters Python.  A miss (new block, address outside the table) tail-calls a
+  Python function that decodes the block and fills the table.
+* it also stops emulation *before* a block that would run past a deadline
+  (instruction limit, preemption timer) or when another thread raised the
+  stop word (live apply, timeout) -- stopping inside the block hook leaves
+  RIP at the block start with the block not executed, so the count is exact.
+
+Where the guest stops inside a block (a trapped instruction, a fault), the
+count is corrected by decoding the block prefix (``Vcpu._retired_at``).
+
+On hosts where the native stub cannot be built (not x86-64 SysV, no
+executable mappings) the same logic runs as a Python block hook: slower,
+identical counts.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import platform
+import sys
+
+# u64 words of the shared state block
+W_COUNTER, W_BASE, W_LIMIT, W_TABLE, W_SLOW, W_LAST_ADDR, W_LAST_SIZE, W_DEADLINE, \
+    W_STOP, W_EMU_STOP, W_LAST_N, W_STOPPED = range(12)
+N_WORDS = 16
+NO_DEADLINE = (1 << 63) - 1
+
+# rdi = uc, rsi = address, edx = size, rcx = state (SysV x86-64)
+_STUB = """
+    cmp qword ptr [rcx + 64], 0
+    jne stop
+    mov rax, rsi
+    sub rax, [rcx + 8]
+    cmp rax, [rcx + 16]
+    jae slow
+    mov r8, [rcx + 24]
+    mov r9d, dword ptr [r8 + rax*4]
+    mov r10d, r9d
+    and r10d, 0xffff
+    cmp r10d, edx
+    jne slow
+    shr r9d, 16
+    mov rax, [rcx]
+    add rax, r9
+    cmp rax, [rcx + 56]
+    ja stop
+    mov [rcx], rax
+    mov [rcx + 40], rsi
+    mov [rcx + 48], rdx
+    mov [rcx + 80], r9
+    ret
+stop:
+    mov qword ptr [rcx + 88], 1
+    jmp qword ptr [rcx + 72]
+slow:
+    jmp qword ptr [rcx + 32]
+"""
+
+_BLOCK_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
+                             ctypes.c_void_p)
+
+
+class BlockCounter:
+    """Counts retired instructions per executed block (see module doc)."""
+
+    def __init__(self, uc, count_block, table_base: int, table_size: int,
+                 native: bool | None = None):
+        """`count_block(address, size) -> int` decodes a block's instruction count."""
+        from unicorn import UC_HOOK_BLOCK
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        self.uc = uc
+        self._count_block = count_block
+        self.state = (ctypes.c_uint64 * N_WORDS)()
+        st = self.state
+        st[W_BASE] = table_base
+        st[W_LIMIT] = table_size
+        st[W_DEADLINE] = NO_DEADLINE
+        self._table_map = mmap.mmap(-1, max(4096, table_size * 4))
+        self._table_addr = ctypes.addressof(ctypes.c_char.from_buffer(self._table_map))
+        st[W_TABLE] = self._table_addr
+        self._table = (ctypes.c_uint32 * max(1024, table_size)).from_address(self._table_addr)
+        self.table_base = table_base
+        self.table_size = table_size
+        self._slow_cb = _BLOCK_CB(self._slow)
+        st[W_SLOW] = ctypes.cast(self._slow_cb, ctypes.c_void_p).value
+        st[W_EMU_STOP] = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
+        self.native = False
+        self._code_map = None
+        if native is not False and _native_ok():
+            try:
+                self._code_map = _build_stub()
+                self.native = True
+            except Exception:  # pragma: no cover - host without exec mappings
+                if native:
+                    raise
+                self._code_map = None
+        handle = ctypes.c_size_t()
+        if self.native:
+            fn = ctypes.c_void_p(ctypes.addressof(ctypes.c_char.from_buffer(self._code_map)))
+        else:
+            fn = ctypes.cast(self._slow_cb, ctypes.c_void_p)
+        err = uclib.uc_hook_add(uc._uch, ctypes.byref(handle), UC_HOOK_BLOCK, fn,
+                                ctypes.cast(st, ctypes.c_void_p),
+                                ctypes.c_uint64(1), ctypes.c_uint64(0))
+        if err:
+            from unicorn import UcError
+            raise UcError(err)
+        self._handle = handle.value
+
+    # ---- the slow path (also the whole path without the native stub) -------
+    def _slow(self, uch, address, size, _user):
+        st = self.state
+        if st[W_STOP]:
+            st[W_STOPPED] = 1
+            self.uc.emu_stop()
+            return
+        off = address - self.table_base
+        n = self._count_block(address, size)
+        if 0 <= off < self.table_size and size < 0x10000 and n < 0x10000:
+            self._table[off] = size | (n << 16)
+        total = st[W_COUNTER] + n
+        if total > st[W_DEADLINE]:
+            st[W_STOPPED] = 1
+            self.uc.emu_stop()
+            return
+        st[W_COUNTER] = total
+        st[W_LAST_ADDR] = address
+        st[W_LAST_SIZE] = size
+        st[W_LAST_N] = n
+
+    # ---- helpers used by the vCPU -------------------------------------------
+    @property
+    def count(self) -> int:
+        return self.state[W_COUNTER]
+
+    def set_count(self, value: int) -> None:
+        st = self.state
+        st[W_COUNTER] = value
+        st[W_LAST_ADDR] = 0
+        st[W_LAST_SIZE] = 0
+        st[W_LAST_N] = 0
+
+    def last_block(self) -> tuple[int, int, int]:
+        st = self.state
+        return st[W_LAST_ADDR], st[W_LAST_SIZE], st[W_LAST_N]
+
+    def set_deadline(self, value: int | None) -> None:
+        self.state[W_DEADLINE] = NO_DEADLINE if value is None else min(value, NO_DEADLINE)
+
+    def request_stop(self) -> None:
+        """Thread-safe: stop before the next block starts."""
+        self.state[W_STOP] = 1
+
+    def clear_stop(self) -> bool:
+        """Clear the stop request; True if the stub stopped emulation."""
+        st = self.state
+        stopped = bool(st[W_STOPPED])
+        st[W_STOPPED] = 0
+        return stopped
+
+    def stop_pending(self) -> bool:
+        return bool(self.state[W_STOP])
+
+    def clear_stop_request(self) -> None:
+        self.state[W_STOP] = 0
+
+    def invalidate(self, begin: int, end: int) -> None:
+        """Forget cached block counts for guest addresses [begin, end)."""
+        lo = max(begin - self.table_base - 0x1000, 0)
+        hi = min(end - self.table_base, self.table_size)
+        if hi > lo:
+            ctypes.memset(self._table_addr + lo * 4, 0, (hi - lo) * 4)
+
+
+def _native_ok() -> bool:
+    return (sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64")
+            and ctypes.sizeof(ctypes.c_void_p) == 8)
+
+
+def _build_stub() -> mmap.mmap:
+    from keystone import KS_ARCH_X86, KS_MODE_64, Ks
+    code = bytes(Ks(KS_ARCH_X86, KS_MODE_64).asm(_STUB, 0)[0])
+    m = mmap.mmap(-1, 4096, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+    m.write(code)
+    return m

@@ -1,0 +1,533 @@
+"""Exit handlers: the API user handlers see, and the VMM's default handlers.
+
+A handler is a Python function ``handler(ctx: ExitContext) -> None`` named
+in a profile's ``[handlers]`` table (``CPUID = "mymod:on_cpuid"``) or with
+``vmcfg launch --handler CPUID=mymod:on_cpuid``.  It runs at the VM exit,
+with the guest stopped at the exiting instruction, and decides how the guest
+resumes:
+
+* ``ctx.emulate()`` -- do what the built-in default handler does (emulate the
+  instruction as a minimal host would and skip it);
+* ``ctx.skip()`` -- advance RIP past the exiting instruction (after the
+  handler emulated it itself, e.g. by setting ``ctx.regs.rax``);
+* neither -- the guest resumes at RIP as the handler left it (re-executing
+  the instruction if RIP was not changed);
+* ``ctx.inject(vector, error_code=None)`` -- deliver an exception to the
+  guest instead;
+* ``ctx.set_control("primary.rdtsc_exiting", False)`` /
+  ``ctx.set_setting("tsc.offset", 100)`` / ``ctx.apply(config)`` -- change the
+  controls; they take effect before the guest resumes;
+* ``ctx.end(exit_code=None)`` -- end the run (status "halted", or
+  "debug-exit" with an exit code).
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import importlib.util
+import os
+import sys
+from typing import Any, Callable
+
+from ..vmx.config import VmxConfig
+from ..vmx.exits import lookup_exit
+from ..vmx.table import CONTROL_BY_PATH
+from .exitinfo import VmExit
+
+
+class Registers:
+    """Attribute access to the guest's registers: ``ctx.regs.rax = 1``."""
+
+    _GPR = {n: i for i, n in enumerate(("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
+                                        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"))}
+    _GPR32 = {"e" + n[1:]: i for n, i in list(_GPR.items())[:8]}
+
+    def __init__(self, vcpu):
+        object.__setattr__(self, "_v", vcpu)
+
+    def __getattr__(self, name: str) -> int:
+        v = object.__getattribute__(self, "_v")
+        if name in self._GPR:
+            return v.gpr(self._GPR[name])
+        if name in self._GPR32:
+            return v.gpr(self._GPR32[name], 4)
+        if name in ("rip", "eip"):
+            return v.rip
+        if name in ("rflags", "eflags"):
+            return v.rflags
+        if name in ("cr0", "cr2", "cr3", "cr4", "cr8"):
+            return v.cr(int(name[2:]))
+        raise AttributeError(name)
+
+    def __setattr__(self, name: str, value: int) -> None:
+        v = object.__getattribute__(self, "_v")
+        if name in self._GPR:
+            v.set_gpr(self._GPR[name], value)
+        elif name in self._GPR32:
+            v.set_gpr(self._GPR32[name], value, 4)
+        elif name in ("rip", "eip"):
+            v.set_rip(value)
+        elif name in ("rflags", "eflags"):
+            v.set_rflags(value)
+        elif name in ("cr0", "cr2", "cr3", "cr4", "cr8"):
+            v.set_cr(int(name[2:]), value)
+        else:
+            raise AttributeError(name)
+
+    def dump(self) -> dict[str, int]:
+        names = list(self._GPR) if object.__getattribute__(self, "_v").mode == 64 else list(self._GPR)[:8]
+        return {n: getattr(self, n) for n in names + ["rip", "rflags"]}
+
+
+class ExitContext:
+    """What a handler gets: the exit, the guest state, and the ways to resume."""
+
+    def __init__(self, vcpu, exit: VmExit):
+        self.vcpu = vcpu
+        self.exit = exit
+        self.ended = None            # RunEnd to raise after the handler
+        self.fault = None            # GuestFault to deliver after the handler
+
+    @property
+    def regs(self) -> Registers:
+        return Registers(self.vcpu)
+
+    # ---- the exit -------------------------------------------------------------
+    @property
+    def reason(self) -> int:
+        return self.exit.reason
+
+    @property
+    def name(self) -> str:
+        return self.exit.name
+
+    @property
+    def qualification(self) -> int:
+        return self.exit.qualification
+
+    @property
+    def instruction_length(self) -> int:
+        return self.exit.instruction_length
+
+    @property
+    def config(self) -> VmxConfig:
+        return self.vcpu.cfg
+
+    @property
+    def tsc(self) -> int:
+        return self.vcpu.tsc
+
+    @property
+    def guest_tsc(self) -> int:
+        return self.vcpu.guest_tsc()
+
+    @property
+    def instructions(self) -> int:
+        return self.vcpu.icount
+
+    @property
+    def console(self) -> str:
+        return self.vcpu.platform.serial.text
+
+    @property
+    def resume_rip(self) -> int:
+        return self.vcpu.rip
+
+    # ---- guest memory -----------------------------------------------------------
+    def read(self, address: int, size: int) -> bytes:
+        return self.vcpu.read_mem(address, size)
+
+    def write(self, address: int, data: bytes) -> None:
+        self.vcpu.write_mem(address, data)
+
+    # ---- ways to resume -----------------------------------------------------------
+    def skip(self) -> None:
+        """Resume after the exiting instruction."""
+        self.vcpu.set_rip(self.exit.rip + self.exit.instruction_length)
+
+    def emulate(self) -> None:
+        """Run the default handler (emulate the instruction like a minimal host)."""
+        DEFAULT_HANDLERS[self.exit.reason](self)
+
+    def inject(self, vector: int, error_code: int | None = None) -> None:
+        """Deliver exception `vector` to the guest at the exiting instruction."""
+        from .vcpu import GuestFault
+        self.fault = GuestFault(vector, error_code)
+
+    def end(self, exit_code: int | None = None, message: str = "") -> None:
+        from .vcpu import RunEnd
+        if exit_code is None:
+            self.ended = RunEnd("halted", None, message or f"ended by the {self.name} handler")
+        else:
+            self.ended = RunEnd("debug-exit", exit_code,
+                                message or f"ended by the {self.name} handler")
+
+    # ---- control changes ------------------------------------------------------------
+    def apply(self, config: VmxConfig) -> None:
+        self.vcpu.request_apply(config)
+
+    def _next_config(self) -> VmxConfig:
+        pending = self.vcpu._pending_cfg or self.vcpu.cfg
+        return VmxConfig(controls=dict(pending.controls), settings=copy.deepcopy(pending.settings),
+                         cpu=pending.cpu, name=pending.name)
+
+    def set_control(self, path: str, on: bool) -> None:
+        c = CONTROL_BY_PATH[path]
+        cfg = self._next_config()
+        v = cfg.controls.get(c.field, 0)
+        cfg.controls[c.field] = (v | c.mask) if on else (v & ~c.mask)
+        self.vcpu.request_apply(cfg)
+
+    def set_setting(self, path: str, value: Any) -> None:
+        table, key = path.split(".", 1)
+        cfg = self._next_config()
+        cfg.settings[table][key] = value
+        self.vcpu.request_apply(cfg)
+
+
+# ==================================================================== default handlers
+def _skip_after(fn: Callable) -> Callable:
+    def h(ctx: ExitContext) -> None:
+        fn(ctx)
+        if ctx.fault is None and ctx.ended is None:
+            ctx.skip()
+    h.__name__ = fn.__name__
+    h.__doc__ = fn.__doc__
+    return h
+
+
+def _guard_fault(fn: Callable[[ExitContext], None]) -> Callable[[ExitContext], None]:
+    def h(ctx: ExitContext) -> None:
+        from .vcpu import GuestFault
+        try:
+            fn(ctx)
+        except GuestFault as f:
+            ctx.fault = f
+    h.__name__ = fn.__name__
+    h.__doc__ = fn.__doc__
+    return h
+
+
+def h_cpuid(ctx: ExitContext) -> None:
+    """CPUID from the cvmm CPU model plus the profile's [cpuid] overrides."""
+    v = ctx.vcpu
+    g = v._gprs
+    eax, ebx, ecx, edx = v.cpuid.query(v.rr(g[0]) & 0xFFFFFFFF, v.rr(g[1]) & 0xFFFFFFFF)
+    pend = v._pend            # 32-bit results zero-extend into the 64-bit registers
+    pend[g[0]] = eax
+    pend[g[3]] = ebx
+    pend[g[1]] = ecx
+    pend[g[2]] = edx
+    ctx.skip()
+
+
+@_skip_after
+def h_rdtsc(ctx: ExitContext) -> None:
+    """The guest's TSC (virtual TSC with TSC offsetting/scaling applied)."""
+    ctx.vcpu.emulate_rdtsc(ctx.exit.insn)
+
+
+def h_hlt(ctx: ExitContext) -> None:
+    """Skip HLT, then wait for the preemption timer; with no event possible, end ('halted')."""
+    ctx.skip()
+    from .vcpu import RunEnd
+    try:
+        ctx.vcpu.emulate_hlt(None)
+    except RunEnd as e:
+        ctx.ended = e
+
+
+@_skip_after
+def h_nop(ctx: ExitContext) -> None:
+    """Nothing to emulate: skip the instruction."""
+
+
+@_skip_after
+@_guard_fault
+def h_msr(ctx: ExitContext) -> None:
+    """RDMSR/WRMSR on the virtual MSR file; #GP(0) for MSRs the virtual CPU lacks."""
+    ctx.vcpu.emulate_msr(ctx.exit.insn)
+
+
+@_skip_after
+def h_io(ctx: ExitContext) -> None:
+    """Perform the I/O on the platform (serial, debug-exit)."""
+    ctx.vcpu.emulate_io(ctx.exit.insn)
+
+
+@_skip_after
+def h_rdrand(ctx: ExitContext) -> None:
+    """Deterministic random numbers (xorshift), CF=1."""
+    ctx.vcpu.emulate_rdrand(ctx.exit.insn)
+
+
+@_skip_after
+@_guard_fault
+def h_rdpmc(ctx: ExitContext) -> None:
+    """Fixed counter 0 = retired instructions; other counters read 0."""
+    ctx.vcpu.emulate_rdpmc(ctx.exit.insn)
+
+
+def h_ud(ctx: ExitContext) -> None:
+    """VMX and SMX instructions are not offered to the guest: inject #UD."""
+    ctx.inject(6)
+
+
+@_skip_after
+def h_vmcall(ctx: ExitContext) -> None:
+    """No hypercalls are implemented: RAX = -1000 (KVM's -KVM_ENOSYS)."""
+    ctx.vcpu.set_gpr(0, -1000 & ((1 << 64) - 1), 8)
+
+
+@_skip_after
+@_guard_fault
+def h_xsetbv(ctx: ExitContext) -> None:
+    """XCR0 := EDX:EAX (ECX must be 0 and x87 state enabled, else #GP)."""
+    from .vcpu import GuestFault
+    v = ctx.vcpu
+    val = (v.gpr(2, 4) << 32) | v.gpr(0, 4)
+    if v.gpr(1, 4) != 0 or not val & 1 or val & ~0x7:
+        raise GuestFault(13, 0)
+    v.xcr0 = val
+
+
+@_skip_after
+def h_invlpg(ctx: ExitContext) -> None:
+    """Flush the emulated TLB."""
+    uc = ctx.vcpu.uc
+    if hasattr(uc, "ctl_flush_tlb"):
+        uc.ctl_flush_tlb()
+
+
+def _write_cr(v, n: int, value: int) -> None:
+    if n == 0:
+        owned = v.cr0_mask
+        v.cr0_shadow = (v.cr0_shadow & ~owned) | (value & owned)
+    elif n == 4:
+        owned = v.cr4_mask
+        v.cr4_shadow = (v.cr4_shadow & ~owned) | (value & owned)
+    v.set_cr(n, value)
+
+
+@_skip_after
+def h_cr(ctx: ExitContext) -> None:
+    """Perform the CR access; guest-visible values of host-owned bits go to the read shadow."""
+    from .exitinfo import CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO
+    v = ctx.vcpu
+    q = ctx.qualification
+    n, access, gpr = q & 0xF, (q >> 4) & 3, (q >> 8) & 0xF
+    ins = ctx.exit.insn
+    if access == CR_MOV_TO:
+        value = v.gpr(gpr, ins.gpr_size if ins else 8)
+        _write_cr(v, n, value)
+        if n == 3:
+            uc = v.uc
+            if hasattr(uc, "ctl_flush_tlb"):
+                uc.ctl_flush_tlb()
+    elif access == CR_MOV_FROM:
+        v.set_gpr(gpr, v.cr(n), 8)
+    elif access == CR_CLTS:
+        v.cr0_shadow &= ~8
+        v.set_cr(0, v.cr(0) & ~8)
+    elif access == CR_LMSW:
+        src = (q >> 16) & 0xF
+        cr0 = v.cr(0)
+        low = (src & 0xF) | (cr0 & 1)
+        v.cr0_shadow = (v.cr0_shadow & ~(v.cr0_mask & 0xF)) | (low & v.cr0_mask & 0xF)
+        v.set_cr(0, (cr0 & ~0xF) | low)
+
+
+@_skip_after
+def h_dr(ctx: ExitContext) -> None:
+    """Perform MOV to/from DRn."""
+    from unicorn import x86_const as X
+    v = ctx.vcpu
+    q = ctx.qualification
+    dr, mov_from, gpr = q & 7, bool(q & 0x10), (q >> 8) & 0xF
+    reg = getattr(X, f"UC_X86_REG_DR{dr}")
+    if mov_from:
+        v.set_gpr(gpr, v.rr(reg), 8)
+    else:
+        v.rw(reg, v.gpr(gpr, 8))
+
+
+@_skip_after
+def h_desc(ctx: ExitContext) -> None:
+    """Perform LGDT/LIDT/SGDT/SIDT/LLDT/LTR/SLDT/STR."""
+    import struct
+    from unicorn import x86_const as X
+    v = ctx.vcpu
+    ident = (ctx.exit.instruction_info >> 28) & 3
+    ins = ctx.exit.insn
+    if ctx.reason == 46:
+        reg = X.UC_X86_REG_GDTR if ident in (0, 2) else X.UC_X86_REG_IDTR
+        ea = ctx.exit.guest_linear_address or 0
+        base_size = 8 if v.mode == 64 else 4
+        if ident >= 2:
+            raw = v.read_mem(ea, 2 + base_size)
+            limit = struct.unpack_from("<H", raw)[0]
+            base = int.from_bytes(raw[2:], "little")
+            if v.mode != 64:
+                base &= 0xFFFFFFFF
+            v.uc.reg_write(reg, (0, base, limit, 0))
+        else:
+            _sel, base, limit, _fl = v.uc.reg_read(reg)
+            v.write_mem(ea, struct.pack("<H", limit) + base.to_bytes(base_size, "little"))
+        return
+    reg = X.UC_X86_REG_LDTR if ident in (0, 2) else X.UC_X86_REG_TR
+    if ident < 2:
+        sel = v.uc.reg_read(reg)[0]
+        if ins is not None and ins.has_mem:
+            v.write_mem(ctx.exit.guest_linear_address, struct.pack("<H", sel))
+        else:
+            v.set_gpr(ins.gpr, sel, ins.gpr_size if ins else 2)
+        return
+    if ins is not None and ins.has_mem:
+        sel = struct.unpack("<H", v.read_mem(ctx.exit.guest_linear_address, 2))[0]
+    else:
+        sel = v.gpr(ins.gpr, 2)
+    _s, gbase, glimit, _f = v.uc.reg_read(X.UC_X86_REG_GDTR)
+    base = limit = flags = 0
+    if sel & ~7 and (sel & ~7) + 7 <= glimit:
+        d = struct.unpack("<Q", v.read_mem(gbase + (sel & ~7), 8))[0]
+        base = ((d >> 16) & 0xFFFFFF) | (((d >> 56) & 0xFF) << 24)
+        limit = (d & 0xFFFF) | (((d >> 48) & 0xF) << 16)
+        flags = (d >> 40) & 0xF0FF
+        if v.mode == 64:
+            hi = struct.unpack("<Q", v.read_mem(gbase + (sel & ~7) + 8, 8))[0]
+            base |= (hi & 0xFFFFFFFF) << 32
+    v.uc.reg_write(reg, (sel, base, limit, flags))
+
+
+def h_exception(ctx: ExitContext) -> None:
+    """Reflect the exception into the guest (deliver it through the guest IDT)."""
+    from .exitinfo import INTR_HW_EXCEPTION
+    ex = ctx.exit
+    vector = ex.interruption_info & 0xFF
+    itype = (ex.interruption_info >> 8) & 7
+    if vector == 14:
+        ctx.vcpu.set_cr(2, ex.qualification)
+    next_rip = ex.data.get("next_rip")
+    ctx.vcpu.set_rip(ex.rip)
+    ctx.vcpu.deliver(vector, ex.interruption_error_code if itype == INTR_HW_EXCEPTION else None,
+                     ex.rip, itype=itype, next_rip=next_rip)
+
+
+def h_triple(ctx: ExitContext) -> None:
+    """The guest is dead: end the run with status 'triple-fault'."""
+    from .vcpu import RunEnd
+    ctx.vcpu.fault_dump = ctx.vcpu.register_dump()
+    ctx.ended = RunEnd("triple-fault", None,
+                       f"triple fault at RIP {ctx.exit.rip:#x} (an exception could not be "
+                       "delivered through the guest IDT)")
+
+
+def h_interrupt_window(ctx: ExitContext) -> None:
+    """No interrupt is pending on this platform: turn interrupt-window exiting off."""
+    ctx.set_control("primary.interrupt_window_exiting", False)
+
+
+def h_nmi_window(ctx: ExitContext) -> None:
+    """No NMI is pending on this platform: turn NMI-window exiting off."""
+    ctx.set_control("primary.nmi_window_exiting", False)
+
+
+def h_mtf(ctx: ExitContext) -> None:
+    """Monitor trap flag: nothing to do, resume."""
+
+
+def h_ptimer(ctx: ExitContext) -> None:
+    """Reload the preemption timer with the profile's value (at least 1) and resume."""
+    ctx.vcpu.ptimer_value = max(1, ctx.config.settings["preemption_timer"]["value"])
+
+
+def h_ept(ctx: ExitContext) -> None:
+    """ept.on_violation = "map": map the page rwx and resume; "stop": end with a report."""
+    from .vcpu import RunEnd
+    v = ctx.vcpu
+    gpa = ctx.exit.guest_physical_address or 0
+    if ctx.config.settings["ept"]["on_violation"] == "map" and gpa < v.memory:
+        v.ept_map(gpa, "rwx")
+        return
+    v.fault_dump = v.register_dump()
+    where = f", outside guest RAM (0x0-{v.memory - 1:#x})" if gpa >= v.memory else ""
+    ctx.ended = RunEnd("error", None,
+                       f"EPT violation: guest {ctx.exit.data.get('access', 'access')} of "
+                       f"guest-physical {gpa:#x}{where} (EPT permissions "
+                       f"{ctx.exit.data.get('permissions', '---')}) at RIP {ctx.exit.rip:#x}")
+
+
+def h_unhandled(ctx: ExitContext) -> None:
+    from .vcpu import RunEnd
+    ctx.ended = RunEnd("error", None, f"no default handler for exit {ctx.reason} ({ctx.name})")
+
+
+class _Defaults(dict):
+    def __missing__(self, key):
+        return h_unhandled
+
+
+DEFAULT_HANDLERS: dict[int, Callable[[ExitContext], None]] = _Defaults({
+    0: h_exception, 2: h_triple, 7: h_interrupt_window, 8: h_nmi_window,
+    10: h_cpuid, 11: h_ud, 12: h_hlt, 13: h_nop, 14: h_invlpg, 15: h_rdpmc, 16: h_rdtsc,
+    18: h_vmcall, 19: h_ud, 20: h_ud, 21: h_ud, 22: h_ud, 23: h_ud, 24: h_ud, 25: h_ud,
+    26: h_ud, 27: h_ud, 28: h_cr, 29: h_dr, 30: h_io, 31: h_msr, 32: h_msr, 36: h_nop,
+    37: h_mtf, 39: h_nop, 40: h_nop, 46: h_desc, 47: h_desc, 48: h_ept, 50: h_ud, 51: h_rdtsc,
+    52: h_ptimer, 53: h_ud, 54: h_nop, 55: h_xsetbv, 57: h_rdrand, 58: h_invlpg, 59: h_ud,
+    61: h_rdrand,
+})
+
+
+# ==================================================================== loading user handlers
+class HandlerError(Exception):
+    pass
+
+
+def load_handler(spec: str, base_dir: str | None = None) -> Callable[[ExitContext], None]:
+    """Resolve "module:function" (module may be a .py path, relative to base_dir)."""
+    if ":" not in spec:
+        raise HandlerError(f"handler {spec!r}: expected \"module:function\"")
+    mod_name, func = spec.rsplit(":", 1)
+    try:
+        if mod_name.endswith(".py") or os.sep in mod_name or "/" in mod_name:
+            path = mod_name
+            if base_dir and not os.path.isabs(path):
+                path = os.path.join(base_dir, path)
+            if not os.path.isfile(path):
+                raise HandlerError(f"handler {spec!r}: no file {path}")
+            name = "vmcfg_handler_" + os.path.splitext(os.path.basename(path))[0]
+            s = importlib.util.spec_from_file_location(name, path)
+            mod = importlib.util.module_from_spec(s)
+            s.loader.exec_module(mod)
+        else:
+            added = False
+            if base_dir and base_dir not in sys.path:
+                sys.path.insert(0, base_dir)
+                added = True
+            try:
+                mod = importlib.import_module(mod_name)
+            finally:
+                if added:
+                    sys.path.remove(base_dir)
+    except HandlerError:
+        raise
+    except Exception as e:
+        raise HandlerError(f"handler {spec!r}: cannot import {mod_name}: "
+                           f"{type(e).__name__}: {e}") from None
+    fn = getattr(mod, func, None)
+    if not callable(fn):
+        raise HandlerError(f"handler {spec!r}: {mod_name} has no function {func!r}")
+    return fn
+
+
+def resolve_handlers(table: dict[str, str], base_dir: str | None = None
+                     ) -> dict[int, Callable[[ExitContext], None]]:
+    out: dict[int, Callable] = {}
+    for key, spec in table.items():
+        r = lookup_exit(key if not isinstance(key, int) else key)
+        if r is None:
+            raise HandlerError(f"handler for {key!r}: unknown exit reason "
+                               "(use a name like CPUID or a number)")
+        out[r.number] = load_handler(spec, base_dir)
+    return out

@@ -1,0 +1,168 @@
+"""Guest images: flat binaries, ELF executables, assembly sources, bundled guests."""
+
+from __future__ import annotations
+
+import os
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MAX_IMAGE = 64 << 20
+GUESTS_DIR = Path(__file__).resolve().parent.parent / "guests"
+
+
+class ImageError(Exception):
+    """A guest image that cannot be loaded (message says why)."""
+
+
+@dataclass
+class Image:
+    name: str
+    segments: list[tuple[int, bytes]] = field(default_factory=list)   # (guest-physical, data)
+    entry: int = 0
+    kind: str = "flat"
+    mode: int | None = None          # the mode the image asks for (ELF class, asm BITS)
+
+
+def builtin_names() -> list[str]:
+    if not GUESTS_DIR.is_dir():
+        return []
+    return sorted(p.stem for p in GUESTS_DIR.glob("*.bin"))
+
+
+def resolve_spec(spec: str, base_dir: str | None = None) -> Path:
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        p = GUESTS_DIR / f"{name}.bin"
+        if not p.is_file():
+            import difflib
+            names = builtin_names()
+            hint = difflib.get_close_matches(name, names, n=1)
+            raise ImageError(f"no bundled guest {name!r}" + (f"; did you mean {hint[0]!r}?" if hint
+                                                            else f" (bundled: {', '.join(names)})"))
+        return p
+    p = Path(spec)
+    if base_dir and not p.is_absolute():
+        p = Path(base_dir) / p
+    return p
+
+
+def load_image(spec: str, *, base_dir: str | None = None, load_address: int = 0x100000,
+               entry: int | None = None, mode: int = 64) -> Image:
+    path = resolve_spec(spec, base_dir)
+    try:
+        st = path.stat()
+    except OSError:
+        raise ImageError(f"guest image {path}: no such file") from None
+    if not path.is_file():
+        raise ImageError(f"guest image {path}: not a regular file")
+    if st.st_size == 0:
+        raise ImageError(f"guest image {path}: the file is empty")
+    if st.st_size > MAX_IMAGE:
+        raise ImageError(f"guest image {path}: {st.st_size} bytes is larger than the "
+                         f"{MAX_IMAGE >> 20} MiB limit")
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ImageError(f"guest image {path}: cannot read: {e.strerror}") from None
+    if data[:4] == b"\x7fELF":
+        img = _load_elf(data, str(path))
+        if entry is not None:
+            img.entry = entry
+        return img
+    if path.suffix.lower() in (".asm", ".s", ".S"):
+        return _assemble(data, str(path), load_address, entry, mode)
+    return Image(str(path), [(load_address, data)],
+                 load_address if entry is None else entry, "flat")
+
+
+def _load_elf(data: bytes, name: str) -> Image:
+    if len(data) < 52:
+        raise ImageError(f"{name}: truncated ELF header")
+    ei_class, ei_data = data[4], data[5]
+    if ei_data != 1:
+        raise ImageError(f"{name}: big-endian ELF; vmcfg runs little-endian x86 guests")
+    if ei_class not in (1, 2):
+        raise ImageError(f"{name}: bad ELF class {ei_class}")
+    is64 = ei_class == 2
+    e_type, e_machine = struct.unpack_from("<HH", data, 16)
+    machines = {3: "x86 (EM_386)", 62: "x86-64 (EM_X86_64)", 40: "ARM", 183: "AArch64",
+                243: "RISC-V", 8: "MIPS", 20: "PowerPC", 21: "PowerPC64"}
+    if e_machine not in (3, 62):
+        raise ImageError(f"{name}: an ELF for {machines.get(e_machine, f'machine {e_machine}')}; "
+                         "vmcfg runs x86 guests (EM_386 or EM_X86_64)")
+    if e_type not in (2, 3):
+        raise ImageError(f"{name}: ELF type {e_type} is not an executable (ET_EXEC/ET_DYN)")
+    try:
+        if is64:
+            e_entry, e_phoff = struct.unpack_from("<QQ", data, 24)
+            e_phentsize, e_phnum = struct.unpack_from("<HH", data, 54)
+        else:
+            e_entry, e_phoff = struct.unpack_from("<II", data, 24)
+            e_phentsize, e_phnum = struct.unpack_from("<HH", data, 42)
+        segs = []
+        for i in range(e_phnum):
+            off = e_phoff + i * e_phentsize
+            if is64:
+                p_type, _fl, p_offset, _va, p_paddr, p_filesz, p_memsz = struct.unpack_from(
+                    "<IIQQQQQ", data, off)
+            else:
+                p_type, p_offset, _va, p_paddr, p_filesz, p_memsz = struct.unpack_from(
+                    "<IIIIII", data, off)
+            if p_type != 1:     # PT_LOAD
+                continue
+            if p_offset + p_filesz > len(data):
+                raise ImageError(f"{name}: program header {i} points past the end of the file")
+            seg = data[p_offset:p_offset + p_filesz] + b"\0" * max(0, p_memsz - p_filesz)
+            segs.append((p_paddr, seg))
+    except struct.error:
+        raise ImageError(f"{name}: truncated ELF program headers") from None
+    if not segs:
+        raise ImageError(f"{name}: the ELF has no loadable (PT_LOAD) segment")
+    return Image(name, segs, e_entry, "elf", 64 if e_machine == 62 else 32)
+
+
+def _assemble(data: bytes, name: str, load_address: int, entry: int | None, mode: int) -> Image:
+    from keystone import KS_ARCH_X86, KS_MODE_16, KS_MODE_32, KS_MODE_64, Ks, KsError
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ImageError(f"{name}: an assembly source must be UTF-8 text") from None
+    src_mode = mode
+    lines = []
+    for line in text.splitlines():
+        s = line.split(";", 1)[0].strip().lower()
+        if s in ("bits 16", "[bits 16]", ".code16"):
+            src_mode = 16
+            continue
+        if s in ("bits 32", "[bits 32]", ".code32"):
+            src_mode = 32
+            continue
+        if s in ("bits 64", "[bits 64]", ".code64"):
+            src_mode = 64
+            continue
+        lines.append(line)
+    ks = Ks(KS_ARCH_X86, {16: KS_MODE_16, 32: KS_MODE_32, 64: KS_MODE_64}[src_mode])
+    try:
+        enc, _n = ks.asm("\n".join(lines), load_address)
+    except KsError as e:
+        raise ImageError(f"{name}: assembly failed: {e}") from None
+    if not enc:
+        raise ImageError(f"{name}: the source assembled to nothing")
+    return Image(name, [(load_address, bytes(enc))], load_address if entry is None else entry,
+                 "asm", src_mode)
+
+
+def parse_size(text: str | int) -> int:
+    if isinstance(text, int):
+        return text
+    s = str(text).strip().upper().removesuffix("IB").removesuffix("B")
+    mult = 1
+    for suf, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30)):
+        if s.endswith(suf):
+            s, mult = s[:-1], m
+            break
+    try:
+        return int(s, 0) * mult
+    except ValueError:
+        raise ImageError(f"bad memory size {text!r} (use e.g. 16M, 512K, 1G)") from None

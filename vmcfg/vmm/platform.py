@@ -1,0 +1,241 @@
+"""The emulated platform: serial console, debug-exit port, CPUID model, MSR file.
+
+* COM1, a 16550-style UART at I/O 0x3F8-0x3FF: a write to THR (0x3F8 with
+  DLAB=0) appends a byte to the console; LSR (0x3FD) always reports the
+  transmitter empty and holding register empty (0x60); reads of RBR return 0;
+  the other registers read back what was written.
+* isa-debug-exit at I/O 0xF4 (QEMU-compatible): a write of value v ends the
+  run with guest exit code v and process exit status (v << 1) | 1.
+* Every other port reads as all ones and ignores writes (no device).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Callable
+
+SERIAL_BASE = 0x3F8
+DEBUG_EXIT_PORT = 0xF4
+
+
+class DebugExit(Exception):
+    """Raised by the platform when the guest writes the debug-exit port."""
+
+    def __init__(self, value: int):
+        super().__init__(value)
+        self.value = value
+
+
+class Serial:
+    def __init__(self, sink: Callable[[str], None] | None = None):
+        self.regs = bytearray(8)
+        self.regs[3] = 0x03     # LCR: 8N1
+        self.out = bytearray()
+        self.sink = sink
+
+    def read(self, off: int) -> int:
+        if off == 5:            # LSR: THR empty | transmitter empty
+            return 0x60
+        if off == 0 and not self.regs[3] & 0x80:
+            return 0            # RBR: nothing received
+        if off == 2:            # IIR: no interrupt pending
+            return 0x01
+        return self.regs[off]
+
+    def write(self, off: int, value: int) -> None:
+        if off == 0 and not self.regs[3] & 0x80:
+            self.out.append(value & 0xFF)
+            if self.sink is not None:
+                self.sink(chr(value & 0xFF))
+            return
+        if off != 5:
+            self.regs[off] = value & 0xFF
+
+    @property
+    def text(self) -> str:
+        return self.out.decode("latin-1")
+
+
+class Platform:
+    """Port I/O dispatch for the emulated board."""
+
+    def __init__(self, console_sink: Callable[[str], None] | None = None):
+        self.serial = Serial(console_sink)
+
+    def io_read(self, port: int, size: int) -> int:
+        v = 0
+        for i in range(size):
+            p = (port + i) & 0xFFFF
+            if SERIAL_BASE <= p < SERIAL_BASE + 8:
+                b = self.serial.read(p - SERIAL_BASE)
+            else:
+                b = 0xFF
+            v |= b << (8 * i)
+        return v
+
+    def io_write(self, port: int, size: int, value: int) -> None:
+        if port == DEBUG_EXIT_PORT:
+            raise DebugExit(value & ((1 << (8 * size)) - 1))
+        for i in range(size):
+            p = (port + i) & 0xFFFF
+            if SERIAL_BASE <= p < SERIAL_BASE + 8:
+                self.serial.write(p - SERIAL_BASE, (value >> (8 * i)) & 0xFF)
+
+
+# ---- CPUID ------------------------------------------------------------------------
+
+def _regs(s: str) -> tuple[int, int, int]:
+    b = s.encode().ljust(12, b"\0")[:12]
+    return struct.unpack("<III", b)
+
+
+HYPERVISOR_SIGNATURE = "vmcfg cvmm"
+BRAND = "vmcfg cvmm virtual CPU @ 1 instruction/tick"
+
+
+class CpuidModel:
+    """CPUID of the cvmm virtual CPU plus the profile's ``[cpuid]`` overrides.
+
+    Reports what the emulator implements: GenuineIntel family 6, x87/SSE..SSE4.2,
+    TSC, MSR, PAE, CX8/CX16, CMOV, POPCNT, RDRAND/RDSEED (deterministic),
+    the hypervisor bit, long mode, NX, RDTSCP (when secondary.enable_rdtscp is
+    on) and INVPCID (when secondary.enable_invpcid is on).  VMX is not
+    offered to the guest.  Leaf 0x40000000 names the hypervisor
+    ("vmcfg cvmm"); 0x40000001 reports the virtual TSC rate (ticks per
+    retired instruction) and the cost of one VM exit in ticks.
+    """
+
+    def __init__(self, overrides: dict | None = None, *, rdtscp: bool = False,
+                 invpcid: bool = False, tsc_per_insn: int = 1, exit_cost: int = 0):
+        v = _regs("GenuineIntel")
+        self.max_basic = 0x0D
+        t: dict[tuple[int, int], list[int]] = {}
+        t[(0, 0)] = [self.max_basic, v[0], v[2], v[1]]
+        fms = (6 << 8) | (0x5 << 4) | 4 | (0x5 << 16)          # family 6, model 0x55, stepping 4
+        ecx1 = (1 << 0) | (1 << 1) | (1 << 9) | (1 << 13) | (1 << 19) | (1 << 20) | (1 << 23) \
+            | (1 << 30) | (1 << 31)
+        edx1 = (1 << 0) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 13) | (1 << 15) \
+            | (1 << 16) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
+        t[(1, 0)] = [fms, (1 << 16) | (8 << 8), ecx1, edx1]
+        ebx7 = (1 << 18)                                      # RDSEED
+        if invpcid:
+            ebx7 |= 1 << 10
+        t[(7, 0)] = [0, ebx7, 0, 0]
+        ext_max = 0x80000008
+        t[(0x80000000, 0)] = [ext_max, 0, 0, 0]
+        edx_ext = (1 << 11) | (1 << 20) | (1 << 29)             # SYSCALL, NX, LM
+        if rdtscp:
+            edx_ext |= 1 << 27
+        t[(0x80000001, 0)] = [0, 0, 1, edx_ext]                 # LAHF/SAHF in 64-bit
+        brand = BRAND.encode().ljust(48, b"\0")
+        for i in range(3):
+            t[(0x80000002 + i, 0)] = list(struct.unpack("<IIII", brand[16 * i:16 * i + 16]))
+        t[(0x80000008, 0)] = [0x3027, 0, 0, 0]                  # 39-bit physical, 48-bit linear
+        h = _regs(HYPERVISOR_SIGNATURE)
+        t[(0x40000000, 0)] = [0x40000001, h[0], h[1], h[2]]
+        t[(0x40000001, 0)] = [tsc_per_insn, exit_cost, 0, 0]
+        self.table = t
+        self.subleaf_leaves = {4, 7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18, 0x1F}
+        for key, regs in (overrides or {}).items():
+            leaf, sub = _parse_leaf(key)
+            cur = list(self.table.get((leaf, sub), [0, 0, 0, 0]))
+            for i, r in enumerate(("eax", "ebx", "ecx", "edx")):
+                if r in regs and regs[r] is not None:
+                    cur[i] = int(regs[r]) & 0xFFFFFFFF
+            self.table[(leaf, sub)] = cur
+            if "." in str(key):
+                self.subleaf_leaves.add(leaf)
+            if leaf == 0:
+                self.max_basic = cur[0]
+
+    def query(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
+        leaf &= 0xFFFFFFFF
+        sub = subleaf & 0xFFFFFFFF if leaf in self.subleaf_leaves else 0
+        r = self.table.get((leaf, sub))
+        if r is not None:
+            return tuple(r)
+        ext_max = self.table.get((0x80000000, 0), [0])[0]
+        hv_max = self.table.get((0x40000000, 0), [0])[0]
+        in_range = (leaf <= self.max_basic or 0x80000000 <= leaf <= ext_max
+                    or 0x40000000 <= leaf <= hv_max)
+        if in_range:
+            return (0, 0, 0, 0)
+        # Intel: a leaf above the maximum returns the highest basic leaf's data.
+        return tuple(self.table.get((self.max_basic, 0), [0, 0, 0, 0]))
+
+
+def _parse_leaf(key) -> tuple[int, int]:
+    if isinstance(key, tuple):
+        return int(key[0]), int(key[1])
+    if isinstance(key, int):
+        return key, 0
+    s = str(key).strip()
+    if "." in s:
+        a, b = s.split(".", 1)
+        return int(a, 0), int(b, 0)
+    return int(s, 0), 0
+
+
+# ---- the virtual MSR file -----------------------------------------------------------
+
+class MsrFault(Exception):
+    """RDMSR/WRMSR of an MSR the virtual CPU does not have (#GP(0))."""
+
+
+class MsrFile:
+    """MSRs of the cvmm virtual CPU.
+
+    Plain storage for the architectural MSRs a small kernel touches; MSRs that
+    live in the emulated CPU (EFER, FS/GS base, SYSENTER, STAR...) are
+    forwarded to it; IA32_TSC reads and writes the virtual TSC.  Any other
+    index raises #GP(0), like real hardware.
+    """
+
+    STORED: dict[int, int] = {
+        0x1B: 0xFEE00900,          # IA32_APIC_BASE (BSP, enabled)
+        0x3A: 0x1,                 # IA32_FEATURE_CONTROL (locked, VMX off)
+        0x8B: 0,                   # IA32_BIOS_SIGN_ID
+        0xFE: 0x508,               # IA32_MTRRCAP
+        0x1A0: 0x1,                # IA32_MISC_ENABLE (fast strings)
+        0x277: 0x0007040600070406,  # IA32_PAT
+        0x2FF: 0xC06,              # IA32_MTRR_DEF_TYPE
+        0x48: 0,                   # IA32_SPEC_CTRL
+        0x10A: 0,                  # IA32_ARCH_CAPABILITIES
+        0xC0000103: 0,             # IA32_TSC_AUX
+    }
+    CPU: frozenset[int] = frozenset({0x174, 0x175, 0x176, 0xC0000080, 0xC0000081, 0xC0000082,
+                                     0xC0000083, 0xC0000084, 0xC0000100, 0xC0000101,
+                                     0xC0000102})
+    READ_ONLY: frozenset[int] = frozenset({0xFE, 0x10A, 0x3A})
+    TSC = 0x10
+
+    def __init__(self, cpu_read: Callable[[int], int], cpu_write: Callable[[int, int], None],
+                 tsc_read: Callable[[], int], tsc_write: Callable[[int], None]):
+        self.values = dict(self.STORED)
+        self._cpu_read, self._cpu_write = cpu_read, cpu_write
+        self._tsc_read, self._tsc_write = tsc_read, tsc_write
+
+    def read(self, msr: int) -> int:
+        if msr == self.TSC:
+            return self._tsc_read()
+        if msr in self.CPU:
+            return self._cpu_read(msr)
+        if msr in self.values:
+            return self.values[msr]
+        raise MsrFault(msr)
+
+    def write(self, msr: int, value: int) -> None:
+        value &= (1 << 64) - 1
+        if msr == self.TSC:
+            self._tsc_write(value)
+        elif msr in self.CPU:
+            if msr == 0xC0000080 and value & ~0xD01:
+                raise MsrFault(msr)     # reserved EFER bits
+            self._cpu_write(msr, value)
+        elif msr in self.values and msr not in self.READ_ONLY:
+            self.values[msr] = value
+        else:
+            raise MsrFault(msr)
+
+    def known(self, msr: int) -> bool:
+        return msr == self.TSC or msr in self.CPU or msr in self.values

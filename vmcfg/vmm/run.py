@@ -1,0 +1,267 @@
+"""Launching a guest: start state, loading, VM-entry checks, the run, the result."""
+
+from __future__ import annotations
+
+import json
+import struct
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable
+
+from ..vmx.config import VmxConfig
+from ..vmx.exits import ENTRY_FAILURE_BIT, exit_name
+from .entry import EntryProblem, check_entry, start_cr0, start_cr4
+from .loader import Image
+
+# Process exit statuses of `vmcfg launch` (debug-exit statuses are odd: (v << 1) | 1)
+EXIT_STATUS = {
+    "halted": 0,
+    "entry-failure": 4,
+    "triple-fault": 6,
+    "timeout": 8,
+    "instruction-limit": 10,
+    "error": 12,
+    "stopped": 0,
+}
+STATUSES = ("halted", "debug-exit", "triple-fault", "timeout", "instruction-limit",
+            "entry-failure", "error", "stopped")
+
+
+@dataclass
+class RunResult:
+    status: str
+    guest_exit_code: int | None = None
+    instructions: int = 0
+    tsc: int = 0
+    exits: list[dict] = field(default_factory=list)
+    console: str = ""
+    wall_seconds: float = 0.0
+    message: str = ""
+    vmm_seconds: float = 0.0
+    registers: str | None = None
+    entry_failure: dict | None = None
+    exit_order: list[int] = field(default_factory=list)
+
+    @property
+    def exit_status(self) -> int:
+        if self.status == "debug-exit":
+            return ((self.guest_exit_code or 0) << 1 | 1) & 0xFF
+        return EXIT_STATUS[self.status]
+
+    def exit_counts(self) -> dict[str, int]:
+        return {e["name"]: e["count"] for e in self.exits}
+
+    def to_json(self) -> dict:
+        d: dict[str, Any] = {
+            "status": self.status, "guest_exit_code": self.guest_exit_code,
+            "instructions": self.instructions, "tsc": self.tsc, "exits": self.exits,
+            "console": self.console, "wall_seconds": round(self.wall_seconds, 6),
+            "exit_status": self.exit_status, "message": self.message,
+        }
+        if self.entry_failure is not None:
+            d["entry_failure"] = self.entry_failure
+        if self.registers is not None:
+            d["registers"] = self.registers
+        return d
+
+
+class TraceWriter:
+    """`--trace FILE`: one JSON object per VM exit (deterministic: no wall-clock data)."""
+
+    def __init__(self, fh: IO[str]):
+        self.fh = fh
+
+    def __call__(self, ex) -> None:
+        self.fh.write(json.dumps(ex.to_json(), separators=(",", ":")) + "\n")
+
+
+def setup_start_state(vcpu, mode: int, memory: int, entry: int) -> None:
+    """Long mode with identity paging / flat protected mode / real mode (docs/vmm.md)."""
+    from unicorn import x86_const as X
+    from .vcpu import GDT_ADDR, PD_ADDR, PDPT_ADDR, PML4_ADDR
+    uc = vcpu.uc
+    gdt = struct.pack("<QQQQQ", 0,
+                      0x00AF9A000000FFFF,      # 0x08: 64-bit code
+                      0x00CF92000000FFFF,      # 0x10: data
+                      0x00CF9A000000FFFF,      # 0x18: 32-bit code
+                      0x008F9A000000FFFF)      # 0x20: 16-bit code
+    if mode == 64:
+        uc.mem_write(GDT_ADDR, gdt)
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT_ADDR, len(gdt) - 1, 0))
+        gib = (memory + (1 << 30) - 1) >> 30
+        uc.mem_write(PML4_ADDR, struct.pack("<Q", PDPT_ADDR | 3))
+        pt_next = PD_ADDR + gib * 0x1000
+        for g in range(gib):
+            pd = PD_ADDR + g * 0x1000
+            uc.mem_write(PDPT_ADDR + g * 8, struct.pack("<Q", pd | 3))
+            entries = []
+            for i in range(512):
+                base = (g << 30) | (i << 21)
+                if base + (2 << 20) <= memory:
+                    entries.append(base | 0x83)            # 2 MiB page, present, writable
+                elif base < memory:
+                    pt = pt_next
+                    pt_next += 0x1000
+                    ptes = [(base + (j << 12)) | 3 if base + (j << 12) < memory else 0
+                            for j in range(512)]
+                    uc.mem_write(pt, struct.pack("<512Q", *ptes))
+                    entries.append(pt | 3)
+                else:
+                    entries.append(0)
+            uc.mem_write(pd, struct.pack("<512Q", *entries))
+        uc.reg_write(X.UC_X86_REG_CR3, PML4_ADDR)
+        uc.reg_write(X.UC_X86_REG_CR4, start_cr4(64))
+        uc.msr_write(0xC0000080, (1 << 8) | (1 << 10) | (1 << 11))   # LME LMA NXE
+        uc.reg_write(X.UC_X86_REG_CR0, start_cr0(64))
+        uc.reg_write(X.UC_X86_REG_CS, 0x08)
+        for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS, X.UC_X86_REG_FS,
+                  X.UC_X86_REG_GS):
+            uc.reg_write(r, 0x10)
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0, 0))
+        uc.reg_write(X.UC_X86_REG_RSP, memory)
+        uc.reg_write(X.UC_X86_REG_RFLAGS, 0x2)
+        uc.reg_write(X.UC_X86_REG_RIP, entry)
+    elif mode == 32:
+        uc.mem_write(GDT_ADDR, gdt)
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT_ADDR, len(gdt) - 1, 0))
+        uc.reg_write(X.UC_X86_REG_CR4, start_cr4(32))
+        uc.reg_write(X.UC_X86_REG_CR0, start_cr0(32))
+        uc.reg_write(X.UC_X86_REG_CS, 0x18)
+        for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS, X.UC_X86_REG_FS,
+                  X.UC_X86_REG_GS):
+            uc.reg_write(r, 0x10)
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0, 0))
+        uc.reg_write(X.UC_X86_REG_ESP, min(memory, 1 << 32) & 0xFFFFFFFF if memory < (1 << 32)
+                     else 0xFFFFFFF0)
+        uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
+        uc.reg_write(X.UC_X86_REG_EIP, entry)
+    else:
+        if entry < 0x100000:
+            cs, ip = (entry >> 4) & 0xF000, entry - ((entry >> 4) & 0xF000) * 16
+        else:
+            cs, ip = 0xFFFF, entry - 0xFFFF0
+        uc.reg_write(X.UC_X86_REG_CR0, start_cr0(16))
+        for r in (X.UC_X86_REG_CS, X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS):
+            uc.reg_write(r, cs)
+        uc.reg_write(X.UC_X86_REG_FS, 0)
+        uc.reg_write(X.UC_X86_REG_GS, 0)
+        uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0x3FF, 0))
+        uc.reg_write(X.UC_X86_REG_ESP, 0xFFFE)
+        uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
+        uc.reg_write(X.UC_X86_REG_IP, ip)
+
+
+class LaunchError(Exception):
+    """Bad input found before the guest starts (exit status 2)."""
+
+
+def check_layout(image: Image, memory: int, mode: int) -> None:
+    from .vcpu import VMM_AREA_END
+    for addr, data in image.segments:
+        if addr + len(data) > memory:
+            raise LaunchError(f"{image.name}: the image needs guest-physical "
+                              f"{addr:#x}-{addr + len(data) - 1:#x}, outside guest RAM "
+                              f"(0x0-{memory - 1:#x}); use --memory or --load-address")
+        if mode == 64 and addr < VMM_AREA_END:
+            raise LaunchError(f"{image.name}: the image overlaps guest-physical "
+                              f"0x0-{VMM_AREA_END - 1:#x}, where the VMM keeps the GDT and "
+                              "page tables of the 64-bit start state; load it higher")
+    if not 0 <= image.entry < memory:
+        raise LaunchError(f"{image.name}: entry point {image.entry:#x} is outside guest RAM "
+                          f"(0x0-{memory - 1:#x})")
+    if mode == 16 and image.entry > 0x10FFEF:
+        raise LaunchError(f"{image.name}: entry point {image.entry:#x} cannot be reached in "
+                          "real mode (max 0x10FFEF)")
+    if memory < 0x20000 or memory & 0xFFF:
+        raise LaunchError(f"guest memory {memory:#x}: must be a multiple of 4 KiB and at least 128 KiB")
+    if memory > (4 << 30):
+        raise LaunchError(f"guest memory {memory >> 20} MiB: at most 4 GiB")
+
+
+def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
+              handlers: dict[int, Callable] | None = None, trace: IO[str] | None = None,
+              max_instructions: int | None = None, timeout: float | None = None,
+              console: Callable[[str], None] | None = None,
+              progress: Callable[[Any], None] | None = None,
+              on_vcpu: Callable[[Any], None] | None = None) -> RunResult:
+    """Run `image` under `cfg`; never raises for guest behaviour (see RunResult.status)."""
+    from .platform import Platform
+    from .vcpu import Vcpu
+    t0 = time.perf_counter()
+    check_layout(image, memory, mode)
+    problems = check_entry(cfg, mode)
+    if problems:
+        return _entry_failure(problems, t0)
+    plat = Platform(console)
+    vcpu = Vcpu(cfg, memory=memory, mode=mode, platform=plat, handlers=handlers,
+                trace=TraceWriter(trace) if trace is not None else None,
+                max_instructions=max_instructions)
+    for addr, data in image.segments:
+        vcpu.uc.mem_write(addr, data)
+    setup_start_state(vcpu, mode, memory, image.entry)
+    _inject_at_entry(vcpu, cfg)
+    if on_vcpu is not None:
+        on_vcpu(vcpu)
+    stop = threading.Event()
+    wall_deadline = time.monotonic() + timeout if timeout else None
+
+    def watchdog() -> None:
+        while not stop.wait(0.1 if progress is not None else 0.05):
+            if wall_deadline is not None and time.monotonic() >= wall_deadline:
+                vcpu.counter.request_stop()
+            if progress is not None:
+                progress(vcpu)
+
+    th = None
+    if wall_deadline is not None or progress is not None:
+        th = threading.Thread(target=watchdog, daemon=True)
+        th.start()
+    try:
+        if vcpu.status is None:
+            vcpu.run_loop(wall_deadline)
+    finally:
+        stop.set()
+        if th is not None:
+            th.join()
+    wall = time.perf_counter() - t0
+    exits = [{"reason": r, "name": exit_name(r), "count": vcpu.exit_stats[r].count,
+              "vmm_seconds": round(vcpu.exit_stats[r].seconds, 6)}
+             for r in sorted(vcpu.exit_stats)]
+    res = RunResult(vcpu.status or "error", vcpu.exit_code, vcpu.icount, vcpu.tsc,
+                    [{k: e[k] for k in ("reason", "name", "count")} for e in exits],
+                    plat.serial.text, wall, vcpu.message,
+                    sum(s.seconds for s in vcpu.exit_stats.values()),
+                    vcpu.fault_dump, None, list(vcpu.exit_order))
+    res.exit_seconds = {e["reason"]: e["vmm_seconds"] for e in exits}
+    return res
+
+
+def _inject_at_entry(vcpu, cfg: VmxConfig) -> None:
+    """VM-entry event injection ([inject] table): deliver the event before the first instruction."""
+    from .exitinfo import INTR_HW_EXCEPTION, INTR_SW_INTERRUPT, INTR_SW_EXCEPTION, \
+        INTR_PRIV_SW_EXCEPTION
+    from ..vmx.settings import INJECT_TYPES
+    inj = cfg.settings.get("inject") or {}
+    if not inj.get("type"):
+        return
+    itype = INJECT_TYPES[inj["type"]]
+    rip = vcpu.rip
+    nxt = rip + inj.get("instruction_length", 0) if itype in (
+        INTR_SW_INTERRUPT, INTR_SW_EXCEPTION, INTR_PRIV_SW_EXCEPTION) else None
+    from .vcpu import RunEnd
+    try:
+        vcpu.deliver(inj["vector"], inj.get("error_code") if itype == INTR_HW_EXCEPTION else None,
+                     rip, itype=itype, next_rip=nxt)
+    except RunEnd as e:
+        vcpu.status, vcpu.exit_code, vcpu.message = e.status, e.exit_code, e.message
+
+
+def _entry_failure(problems: list[EntryProblem], t0: float) -> RunResult:
+    msg = "VM entry failed (exit reason 33 | bit 31, invalid guest state):\n" + "\n".join(
+        f"  [{p.rule}] {p.message}\n    fix: {p.fix}" for p in problems)
+    return RunResult("entry-failure", None, 0, 0,
+                     [{"reason": 33, "name": exit_name(33), "count": 1}], "",
+                     time.perf_counter() - t0, msg, 0.0, None,
+                     {"reason_field": 33 | ENTRY_FAILURE_BIT, "qualification": 0,
+                      "problems": [p.to_json() for p in problems]}, [33])

@@ -49,8 +49,11 @@ class VmmTarget:
     def snapshot(self) -> dict:
         v = self.vcpu
         exits = {exit_name(r): s.count for r, s in sorted(v.exit_stats.items()) if s.count}
+        # while the guest runs, the block counter has the live count (icount is
+        # brought up to date whenever emulation stops)
+        n = v.icount if v.status is not None else max(v.icount, v.counter.count)
         return {"state": v.status or ("halted" if getattr(v, "halted", False) else "running"),
-                "instructions": v.icount, "tsc": v.tsc, "exits": exits}
+                "instructions": n, "tsc": v.tsc, "exits": exits}
 
     def registers(self) -> dict:
         v = self.vcpu

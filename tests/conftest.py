@@ -29,3 +29,12 @@ def cli():
         runner = CliRunner()
         return runner.invoke(group, list(args), input=input, env=env, catch_exceptions=False)
     return _run
+
+
+@pytest.fixture
+def rundir(tmp_path, monkeypatch):
+    """A private $XDG_RUNTIME_DIR, so named guests of a test never meet the user's."""
+    d = tmp_path / "xdg"
+    d.mkdir(mode=0o700)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(d))
+    return d

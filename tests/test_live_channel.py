@@ -19,14 +19,6 @@ RDTSC_OFF = '[profile]\nextends = "baseline"\n'
 
 
 @pytest.fixture
-def rundir(tmp_path, monkeypatch):
-    d = tmp_path / "xdg"
-    d.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(d))
-    return d
-
-
-@pytest.fixture
 def guest(rundir, write_profile):
     procs = []
 
@@ -197,8 +189,9 @@ def test_watch_survives_invalid_save(guest, write_profile, rundir):
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.6)
     for text in (RDTSC_ON, "[primary\n", RDTSC_OFF):
-        with open(path, "w") as fh:
+        with open(path + ".tmp", "w") as fh:      # saved the way editors do: write, rename
             fh.write(text)
+        os.replace(path + ".tmp", path)
         time.sleep(0.4)
     out, _ = w.communicate(timeout=30)
     events = [json.loads(line) for line in out.splitlines()]

@@ -21,14 +21,6 @@ RDTSC_AND_IO = BASE + "[primary]\nrdtsc_exiting = true\n[io]\nintercept = [0x80]
 LOOP_LEN, RDTSC_AT, OUT_AT = 7, 4, 5
 
 
-@pytest.fixture
-def rundir(tmp_path, monkeypatch):
-    d = tmp_path / "xdg"
-    d.mkdir(mode=0o700)
-    monkeypatch.setenv("XDG_RUNTIME_DIR", str(d))
-    return d
-
-
 def vmcfg(*args, check=False, timeout=60):
     r = subprocess.run([sys.executable, "-m", "vmcfg.cli", *args], capture_output=True, text=True,
                        cwd=ROOT, timeout=timeout)
@@ -160,3 +152,14 @@ def test_soak_1000_applies_exact_exit_counts(launched, write_profile):
     sq = lambda k: (k * (k + 1) * (2 * k + 1) // 6) % (1 << 64)  # noqa: E731
     assert regs["rbx"] == (sq(n - 1) if j in (1, 2, 3) else sq(n))
     assert n > 1000
+
+
+def test_demo_shows_the_statistics_change(rundir):
+    r = vmcfg("demo", "--json", "--seconds", "0.3", timeout=120)
+    assert r.returncode == 0, r.stderr
+    d = json.loads(r.stdout)
+    assert d["phase1"]["instructions"] > 0 and d["phase1"]["exits"] == {}
+    assert d["phase2"]["exits"]["RDTSC"] > 0 and d["phase2"]["exits"]["IO_INSTRUCTION"] > 0
+    assert "primary.rdtsc_exiting" in {c["key"] for c in d["apply"]["diff"]}
+    assert d["final"] == {"status": "stopped", "instructions": d["final"]["instructions"], "applies": 1}
+    assert json.loads(vmcfg("ps", "--json").stdout) == []

@@ -45,11 +45,7 @@ def demo(first, second, guest, seconds, as_json):
     sock = paths(name).sock
     doc: dict = {"name": name, "guest": guest, "first": first, "second": second}
     try:
-        s0 = request(sock, "stats")
-        time.sleep(seconds)
-        s1 = request(sock, "stats")
-        doc["phase1"] = {"instructions": s1["instructions"] - s0["instructions"],
-                         "exits": _delta(s0["exits"], s1["exits"])}
+        doc["phase1"] = _phase(request, sock, seconds)
         _show(say, f"   in {seconds:g} s under '{first}'", doc["phase1"])
         say(click.style(f"2. vmcfg apply {second} --to {name}", bold=True))
         spec = second
@@ -57,11 +53,7 @@ def demo(first, second, guest, seconds, as_json):
         doc["apply"] = {k: res[k] for k in ("instructions", "tsc", "latency_ms", "diff")}
         say(f"   {len(res['diff'])} change(s) took effect at instruction {res['instructions']:,} "
             f"in {res['latency_ms']:.2f} ms, between two guest instructions")
-        s2 = request(sock, "stats")
-        time.sleep(seconds)
-        s3 = request(sock, "stats")
-        doc["phase2"] = {"instructions": s3["instructions"] - s2["instructions"],
-                         "exits": _delta(s2["exits"], s3["exits"])}
+        doc["phase2"] = _phase(request, sock, seconds)
         _show(say, f"   in {seconds:g} s under '{second}'", doc["phase2"])
     except ChannelError as e:
         err(f"vmcfg: {e.message}", fg="red")
@@ -79,6 +71,15 @@ def demo(first, second, guest, seconds, as_json):
         say(f"   {summ.get('status')} after {summ.get('instructions') or 0:,} instructions")
     if as_json:
         emit_json(doc)
+
+
+def _phase(request, sock: str, seconds: float) -> dict:
+    """Instructions and exits by reason during `seconds` of the guest's life."""
+    a = request(sock, "stats")
+    time.sleep(seconds)
+    b = request(sock, "stats")
+    return {"instructions": b["instructions"] - a["instructions"],
+            "exits": _delta(a["exits"], b["exits"])}
 
 
 def _show(say, title: str, phase: dict) -> None:

@@ -176,6 +176,14 @@ def watch(profile, name, interval, max_events, as_json):
             cur = stamp()
             if cur is None or cur == last:
                 continue
+            while True:                  # debounce: wait until the save is complete
+                time.sleep(min(interval, 0.05))
+                again = stamp()
+                if again == cur:
+                    break
+                cur = again
+            if cur is None or cur == last:
+                continue
             last = cur
             events += 1
             try:

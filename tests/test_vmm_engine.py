@@ -161,7 +161,7 @@ def test_unrestricted_guest_needed_for_paging_off(write_profile):
     res, _ = run(p, "builtin:hello32", mode=32)
     assert res.status == "entry-failure"
     prob = {x["rule"]: x for x in res.entry_failure["problems"]}
-    assert "unrestricted_guest" in prob["CR0-FIXED"]["fix"]
+    assert "unrestricted_guest" in prob["G3"]["fix"]
 
 
 def test_ept_violation_stop_and_map(write_profile):

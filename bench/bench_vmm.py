@@ -12,6 +12,9 @@
    reported simply as wall time / exits (so it includes the 3 loop
    instructions); the median over the repetitions is shown.
 
+3. MTF single-step rate, PIT interrupt delivery cost (builtin:irqbench, with
+   and without external-interrupt exiting), exit-free rate with EPT on vs off.
+
 Not a test: nothing here asserts a time.
 """
 
@@ -101,6 +104,66 @@ def loop_image(body: str, n: int):
         os.unlink(f.name)
 
 
+def _with(cfg, *paths):
+    from vmcfg.vmx.table import CONTROL_BY_PATH
+    for path in paths:
+        c = CONTROL_BY_PATH[path]
+        cfg.controls[c.field] = cfg.controls.get(c.field, 0) | c.mask
+    cfg._active.clear()
+    return cfg
+
+
+def event_rows(a) -> list[tuple[str, str, str, str]]:
+    """3. MTF single-step rate; 4. PIT interrupt delivery cost; 5. EPT on vs off."""
+    from vmcfg.vmm.loader import load_image
+    rows = []
+    # MTF: a VM exit after every instruction of a 3-instruction loop (default handler)
+    steps = max(3, a.exits // 3) * 3
+    cfg = _with(_cfg("baseline"), "primary.monitor_trap_flag")
+    im = loop_image("nop", steps // 3)
+    rates = []
+    for _ in range(a.repeat):
+        t, res = vmm_run(cfg, im)
+        rates.append(res.exit_counts()["MONITOR_TRAP_FLAG"] / t)
+    rows.append(("MTF single-step rate (monitor_trap_flag, default handler)",
+                 f"{statistics.median(rates) / 1e3:.0f} k steps/s",
+                 f"{res.exit_counts()['MONITOR_TRAP_FLAG']:,} steps",
+                 f"max {max(rates) / 1e3:.0f} k steps/s"))
+    # interrupts: builtin:irqbench takes 20,000 PIT interrupts (period 2000 TSC ticks)
+    im = load_image("builtin:irqbench")
+    per = []
+    for _ in range(a.repeat):
+        t, res = vmm_run(_cfg("baseline"), im)
+        assert res.status == "debug-exit", res.message
+        per.append(t / 20000)
+    rows.append(("PIT interrupt through the guest IDT (handler + EOI + IRETQ, no exit)",
+                 f"{statistics.median(per) * 1e6:.1f} µs / interrupt", "20,000 interrupts",
+                 f"min {min(per) * 1e6:.1f} µs (incl. ~2000 guest instructions each)"))
+    per = []
+    for _ in range(a.repeat):
+        t, res = vmm_run(_with(_cfg("baseline"), "pin.external_interrupt_exiting",
+                               "exit.acknowledge_interrupt_on_exit"), im)
+        per.append(t / 20000)
+    rows.append(("same with external_interrupt_exiting + ack (exit, reflect)",
+                 f"{statistics.median(per) * 1e6:.1f} µs / interrupt", "20,000 interrupts",
+                 f"min {min(per) * 1e6:.1f} µs"))
+    # EPT on (one rwx region over all RAM) vs off, exit-free compute
+    img = load_image("builtin:compute")
+    off, on = [], []
+    ept = _with(_cfg("baseline"), "secondary.enable_ept")
+    ept.settings["ept"]["regions"] = [{"base": 0, "size": 16 << 20, "access": "rwx"}]
+    for _ in range(a.repeat):
+        t, res = vmm_run(_cfg("baseline"), img)
+        off.append(res.instructions / t)
+        t, res = vmm_run(ept, img)
+        on.append(res.instructions / t)
+    rows.append(("exit-free compute, EPT on (rwx region) vs off",
+                 f"{statistics.median(on) / 1e6:.0f} M instr/s",
+                 f"{statistics.median(off) / 1e6:.0f} M instr/s (off)",
+                 f"ratio {statistics.median(on) / statistics.median(off):.2f}"))
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=5)
@@ -155,6 +218,8 @@ def main(argv=None) -> int:
             per.append(t / a.exits)
         rows.append((title, f"{statistics.median(per) * 1e6:.2f} µs / exit",
                      f"{a.exits:,} exits", f"min {min(per) * 1e6:.2f} µs"))
+
+    rows.extend(event_rows(a))
 
     if a.markdown:
         print("| benchmark | vmcfg | bare Unicorn / size | note |")

@@ -52,6 +52,8 @@ def _complete_guest(ctx, param, incomplete):
               help="Write every VM exit as a JSON line to FILE.")
 @click.option("--max-instructions", "max_instructions", type=click.IntRange(min=1), metavar="N",
               help="Stop after N guest instructions (status instruction-limit).")
+@click.option("--nmi-at", "nmi_at", type=click.IntRange(min=0), metavar="N",
+              help="Deliver an NMI before instruction N (when N instructions have retired).")
 @click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Stop after SECONDS of wall-clock time (status timeout).")
 @click.option("--console", "console_file", metavar="FILE", type=click.Path(dir_okay=False),
@@ -63,7 +65,7 @@ def _complete_guest(ctx, param, incomplete):
 @click.option("--detach", is_flag=True,
               help="With --name: run in the background; return once the guest runs.")
 def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_file,
-           max_instructions, timeout, console_file, handlers, name, detach):
+           max_instructions, nmi_at, timeout, console_file, handlers, name, detach):
     """Run a guest on vmcfg's emulated VMM under PROFILE's VMX controls.
 
     VM exits happen exactly as the profile's controls say; each exit is
@@ -158,7 +160,8 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
     if detach:
         _detach(gp, name, as_json, profile=os.path.abspath(r.profile_path or profile),
                 args=_child_args(guest, spec_base, mode, memory, load_address, entry,
-                                 trace_file, max_instructions, timeout, console_file, handlers),
+                                 trace_file, max_instructions, timeout, console_file, handlers,
+                                 nmi_at),
                 console_file=console_file)
 
     from ..vmm.run import run_guest
@@ -203,7 +206,7 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
     try:
         res = run_guest(cfg, image, memory=mem, mode=run_mode, handlers=hmap, trace=trace_fh,
                         max_instructions=max_instructions, timeout=timeout, console=console,
-                        progress=progress, on_vcpu=on_vcpu)
+                        progress=progress, on_vcpu=on_vcpu, nmi_at=nmi_at)
     except LaunchError as e:
         bad(str(e))
     except Exception as e:  # noqa: BLE001 - registration problems (name taken, runtime dir)
@@ -232,7 +235,7 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
 
 
 def _child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
-                max_instructions, timeout, console_file, handlers) -> list[str]:
+                max_instructions, timeout, console_file, handlers, nmi_at=None) -> list[str]:
     """The options of this launch, for the background process (paths made absolute)."""
     a: list[str] = []
     if guest:
@@ -242,7 +245,7 @@ def _child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
         a += ["--guest", g]
     for opt, v in (("--mode", mode), ("--memory", memory), ("--load-address", load_address),
                    ("--entry", entry), ("--max-instructions", max_instructions),
-                   ("--timeout", timeout)):
+                   ("--timeout", timeout), ("--nmi-at", nmi_at)):
         if v is not None:
             a += [opt, str(v)]
     for opt, v in (("--trace", trace_file), ("--console", console_file)):

@@ -155,6 +155,36 @@ class ExitContext:
         from .vcpu import GuestFault
         self.fault = GuestFault(vector, error_code)
 
+    def inject_event(self, kind: str, vector: int | None = None, error_code: int | None = None,
+                     instruction_length: int = 0) -> None:
+        """Event injection on the next VM entry (SDM VM-entry interruption information).
+
+        kind: "external", "nmi", "hw_exception", "sw_interrupt", "priv_sw_exception",
+        "sw_exception".  The injection is checked with the N3-N8 rules of
+        vmcfg.vmx.rules (as for a profile's [inject] table); a violation raises
+        ValueError (the run ends with status "error").  The event is delivered
+        through the guest IDT before the next guest instruction, whatever RFLAGS.IF
+        says (as on VM entry).
+        """
+        from ..vmx.models import get_model
+        from ..vmx.rules import RULE_BY_ID, Ctx
+        from ..vmx.settings import INJECT_TYPES
+        if kind not in INJECT_TYPES or kind == "other":
+            raise ValueError(f"cannot inject {kind!r}: use one of "
+                             f"{', '.join(k for k in INJECT_TYPES if k != 'other')}")
+        if vector is None:
+            vector = 2 if kind == "nmi" else 0
+        cfg = self._next_config()
+        cfg.settings["inject"] = {**cfg.settings.get("inject", {}), "type": kind,
+                                  "vector": vector, "error_code": error_code,
+                                  "instruction_length": instruction_length, "info": None}
+        ctx = Ctx(cfg, get_model(cfg.cpu if isinstance(cfg.cpu, str) and cfg.cpu else "cvmm"))
+        problems = [v for rid in ("N3", "N4", "N5", "N6", "N7", "N8")
+                    for v in RULE_BY_ID[rid].check(ctx)]
+        if problems:
+            raise ValueError("; ".join(f"[{p.rule}] {p.message}" for p in problems))
+        self.vcpu.inject_event(INJECT_TYPES[kind], vector, error_code, instruction_length)
+
     def end(self, exit_code: int | None = None, message: str = "") -> None:
         from .vcpu import RunEnd
         if exit_code is None:
@@ -406,6 +436,9 @@ def h_exception(ctx: ExitContext) -> None:
     ex = ctx.exit
     vector = ex.interruption_info & 0xFF
     itype = (ex.interruption_info >> 8) & 7
+    if itype == 2:                 # an NMI exit (nmi_exiting): give the guest the NMI
+        ctx.vcpu.reflect_nmi()
+        return
     if vector == 14:
         ctx.vcpu.set_cr(2, ex.qualification)
     next_rip = ex.data.get("next_rip")
@@ -423,8 +456,19 @@ def h_triple(ctx: ExitContext) -> None:
                        "delivered through the guest IDT)")
 
 
+def h_external_interrupt(ctx: ExitContext) -> None:
+    """Like a host that passes the interrupt on: acknowledge it (if the exit did not),
+    and deliver it to the guest as soon as its RFLAGS.IF allows."""
+    v = ctx.vcpu
+    info = ctx.exit.interruption_info
+    vec = info & 0xFF if info >> 31 else v.ack_interrupt()
+    if vec is not None:
+        v.reflect_interrupt(vec)
+
+
 def h_interrupt_window(ctx: ExitContext) -> None:
-    """No interrupt is pending on this platform: turn interrupt-window exiting off."""
+    """The guest can take an interrupt: turn interrupt-window exiting off (an interrupt the
+    VMM reflects is delivered right after, before the next guest instruction)."""
     ctx.set_control("primary.interrupt_window_exiting", False)
 
 
@@ -469,7 +513,7 @@ class _Defaults(dict):
 
 
 DEFAULT_HANDLERS: dict[int, Callable[[ExitContext], None]] = _Defaults({
-    0: h_exception, 2: h_triple, 7: h_interrupt_window, 8: h_nmi_window,
+    0: h_exception, 1: h_external_interrupt, 2: h_triple, 7: h_interrupt_window, 8: h_nmi_window,
     10: h_cpuid, 11: h_ud, 12: h_hlt, 13: h_nop, 14: h_invlpg, 15: h_rdpmc, 16: h_rdtsc,
     18: h_vmcall, 19: h_ud, 20: h_ud, 21: h_ud, 22: h_ud, 23: h_ud, 24: h_ud, 25: h_ud,
     26: h_ud, 27: h_ud, 28: h_cr, 29: h_dr, 30: h_io, 31: h_msr, 32: h_msr, 36: h_nop,

@@ -42,6 +42,7 @@ class RunResult:
     registers: str | None = None
     entry_failure: dict | None = None
     exit_order: list[int] = field(default_factory=list)
+    vpid: int | None = None          # the VPID the guest ran with (secondary.enable_vpid)
 
     @property
     def exit_status(self) -> int:
@@ -63,6 +64,8 @@ class RunResult:
             d["entry_failure"] = self.entry_failure
         if self.registers is not None:
             d["registers"] = self.registers
+        if self.vpid is not None:
+            d["vpid"] = self.vpid
         return d
 
 
@@ -184,7 +187,8 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
               max_instructions: int | None = None, timeout: float | None = None,
               console: Callable[[str], None] | None = None,
               progress: Callable[[Any], None] | None = None,
-              on_vcpu: Callable[[Any], None] | None = None) -> RunResult:
+              on_vcpu: Callable[[Any], None] | None = None,
+              nmi_at: int | None = None) -> RunResult:
     """Run `image` under `cfg`; never raises for guest behaviour (see RunResult.status)."""
     from .platform import Platform
     from .vcpu import Vcpu
@@ -200,6 +204,7 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
     for addr, data in image.segments:
         vcpu.uc.mem_write(addr, data)
     setup_start_state(vcpu, mode, memory, image.entry)
+    vcpu.nmi_at = nmi_at
     _inject_at_entry(vcpu, cfg)
     if on_vcpu is not None:
         on_vcpu(vcpu)
@@ -234,6 +239,8 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
                     sum(s.seconds for s in vcpu.exit_stats.values()),
                     vcpu.fault_dump, None, list(vcpu.exit_order))
     res.exit_seconds = {e["reason"]: e["vmm_seconds"] for e in exits}
+    if cfg.on("secondary.enable_vpid"):
+        res.vpid = cfg.settings["vpid"]["id"]
     return res
 
 

@@ -48,7 +48,8 @@ _reg_write = uclib.uc_reg_write
 from ..vmx.config import VmxConfig
 from . import decode as D
 from .counter import BlockCounter
-from .exitinfo import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, INTR_HW_EXCEPTION,
+from .exitinfo import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, INTR_EXTERNAL,
+                       INTR_HW_EXCEPTION, INTR_NMI,
                        INTR_PRIV_SW_EXCEPTION, INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit,
                        cr_qualification, dr_qualification, interruption_info, io_qualification)
 from .handlers import DEFAULT_HANDLERS, ExitContext
@@ -269,6 +270,19 @@ class Vcpu:
         self._wguard: dict[int, int] = {}
         self._insns: dict[int, D.Insn] = {}
         self._prefix_cache: dict[tuple[int, int], int] = {}
+        # --- events (docs/vmm.md "Events, time and memory") ---
+        self.platform.clock = lambda: self.tsc
+        self.nmi_at: int | None = None          # --nmi-at: NMI when this many have retired
+        self._nmi_pending = False               # an NMI the CPU has not taken yet
+        self._nmi_reflect = False               # an NMI the VMM re-injects (after an NMI exit)
+        self._nmi_blocked = False               # blocking by NMI / virtual-NMI blocking (to IRET)
+        self._live_nmi = False
+        self._live_irqs: list[int] = []         # queue_event("irq", v): external interrupts
+        self._virq: list[int] = []              # interrupts the VMM reflects into the guest
+        self._entry_inject: tuple | None = None  # (itype, vector, error_code, length)
+        self._extra_trap: frozenset[str] = frozenset()
+        self._iret_unblock = False
+        self.events_delivered = 0
         self._trapped = trapped_kinds(config)
         self._trap_cfunc = _CODE_CB(self._raw_trap)
         self._trap_fn = ctypes.cast(self._trap_cfunc, ctypes.c_void_p)
@@ -651,7 +665,8 @@ class Vcpu:
                     self.set_rip(nxt)
                 else:
                     self._pend[self._pc_reg] = nxt
-                if self._pending_cfg is not None or self._event is not None or (
+                if self._pending_cfg is not None or self._event is not None or \
+                        self.platform.changed or (
                         self.exit_count != exits_before and self._reentry_needed()):
                     if self._event is None:
                         self._event = ("resume",)
@@ -683,7 +698,8 @@ class Vcpu:
             self._in_hook = False
 
     def _reentry_needed(self) -> bool:
-        return self._reentry
+        return self._reentry or self.platform.pit.next_fire is not None or bool(self._virq) \
+            or self._nmi_reflect or self._nmi_pending
 
     def _decode_at(self, address: int) -> D.Insn | None:
         try:
@@ -856,9 +872,14 @@ class Vcpu:
         if k.startswith("mov_") or k in ("clts", "lmsw", "smsw"):
             return self._cr_access(ins)
         if k in ("sti", "popf", "iret"):
-            # interrupt-window exiting: let the instruction run, then look at RFLAGS.IF
+            # interrupt-window exiting / a blocked pending event: let the instruction run,
+            # then look at RFLAGS.IF (and STI blocking); IRET ends blocking by NMI
+            if k == "iret":
+                self._iret_unblock = self._nmi_blocked
             self._skip_once = ins.address
             self._iw_steps = 2 if k == "sti" else 1
+            if self._event is None:
+                self._event = ("resume",)    # not retired: a single step must not count it
             return None
         raise GuestFault(6)
 
@@ -1013,14 +1034,31 @@ class Vcpu:
                 self.set_gpr(1, count, asz)
 
     def emulate_hlt(self, ins: D.Insn | None) -> None:
-        """Wait for an event: the preemption timer is the only one that can come."""
+        """Wait in virtual time for the next event that can wake the CPU.
+
+        Wakes: the preemption timer; an NMI (pending, --nmi-at, live); with
+        RFLAGS.IF = 1 or external-interrupt exiting, a pending or reflected
+        interrupt or the next PIT interrupt.  Nothing can come: 'halted'.
+        """
+        now = self.tsc + TSC_PER_INSN      # the HLT retires, then the CPU waits
+        cands: list[tuple[int, str]] = []
         if self.cfg.on("pin.activate_vmx_preemption_timer") and self._ptimer_fire is not None:
-            now = self.tsc + TSC_PER_INSN      # the HLT retires, then the CPU waits
-            if self._ptimer_fire > now:
-                self.idle_ticks += self._ptimer_fire - now
-            self._event = ("ptimer",)
-            return
-        raise RunEnd("halted", None, "the guest halted with no event that could wake it")
+            cands.append((self._ptimer_fire, "ptimer"))
+        if self._nmi_pending or self._nmi_reflect or self._live_nmi or self.nmi_at is not None:
+            cands.append((now, "resume"))
+        if self.rflags & (1 << 9) or self._on["pin.external_interrupt_exiting"]:
+            if self._live_irqs or self.platform.pic.pending() is not None or (
+                    self._virq and self.rflags & (1 << 9)):
+                cands.append((now, "resume"))
+            nf = self.platform.next_event()
+            if nf is not None:
+                cands.append((nf, "resume"))
+        if not cands:
+            raise RunEnd("halted", None, "the guest halted with no event that could wake it")
+        t, kind = min(cands)
+        if t > now:
+            self.idle_ticks += t - now
+        self._event = (kind,)
 
     def _rand(self) -> int:
         x = self._rng
@@ -1320,7 +1358,7 @@ class Vcpu:
                 old.on("secondary.enable_rdtscp") != cfg.on("secondary.enable_rdtscp") or \
                 old.on("secondary.enable_invpcid") != cfg.on("secondary.enable_invpcid"):
             self.cpuid = self._make_cpuid(cfg)
-        trapped = trapped_kinds(cfg)
+        trapped = trapped_kinds(cfg) | self._extra_trap
         if trapped != self._trapped:
             self._trapped = trapped
             self._rehook_all()
@@ -1351,13 +1389,124 @@ class Vcpu:
                     self._ptimer_fire = now
         else:
             self._ptimer_fire = None
-        if self._on["primary.nmi_window_exiting"] and self._on["pin.virtual_nmis"]:
-            return VmExit(8, 0, self.rip)
-        if self._on["primary.interrupt_window_exiting"] and self.rflags & (1 << 9) and not self._iw_steps:
-            return VmExit(7, 0, self.rip)
+        if self._entry_inject is not None:
+            inj, self._entry_inject = self._entry_inject, None
+            self._deliver_event(*inj)
+        # priority (vmx-facts 4.8): preemption timer > NMI-window > NMI > interrupt-window
+        # > external interrupt
         if self._ptimer_fire is not None and self._ptimer_fire <= self.tsc:
             return VmExit(52, 0, self.rip)
+        return self._events()
+
+    # ================================================================ events
+    def _events(self) -> VmExit | None:
+        """Pending NMIs and interrupts at an instruction boundary: exit, deliver or wait."""
+        on = self._on
+        plat = self.platform
+        plat.tick(self.tsc)
+        plat.changed = False
+        if self.nmi_at is not None and self.icount >= self.nmi_at:
+            self.nmi_at = None
+            self._nmi_pending = True
+        if self._live_nmi or self._live_irqs:
+            with self._cfg_lock:
+                if self._live_nmi:
+                    self._live_nmi = False
+                    self._nmi_pending = True
+        shadow = self._iw_steps > 0
+        if_on = bool(self.rflags & (1 << 9))
+        if on["primary.nmi_window_exiting"] and on["pin.virtual_nmis"] and not self._nmi_blocked:
+            return VmExit(8, 0, self.rip)
+        if self._nmi_pending and on["pin.nmi_exiting"]:
+            self._nmi_pending = False
+            return VmExit(0, 0, self.rip, interruption_info=interruption_info(2, INTR_NMI, False),
+                          data={"vector": 2, "nmi": True})
+        if (self._nmi_pending or self._nmi_reflect) and not self._nmi_blocked:
+            if self._nmi_reflect:
+                self._nmi_reflect = False
+            else:
+                self._nmi_pending = False
+            self._deliver_event(INTR_NMI, 2)
+            return None
+        if on["primary.interrupt_window_exiting"] and if_on and not shadow:
+            return VmExit(7, 0, self.rip)
+        live = self._live_irqs[0] if self._live_irqs else None
+        vec = live if live is not None else plat.pic.pending()
+        ext_exit = on["pin.external_interrupt_exiting"]
+        if vec is not None:
+            if ext_exit:
+                if on["exit.acknowledge_interrupt_on_exit"]:
+                    self.ack_interrupt()
+                    return VmExit(1, 0, self.rip,
+                                  interruption_info=interruption_info(vec, INTR_EXTERNAL, False),
+                                  data={"vector": vec, "acknowledged": True})
+                return VmExit(1, 0, self.rip, data={"vector": vec, "acknowledged": False})
+            if if_on and not shadow:
+                self.ack_interrupt()
+                self._deliver_event(INTR_EXTERNAL, vec)
+                return None
+        elif self._virq and if_on and not shadow:
+            self._deliver_event(INTR_EXTERNAL, self._virq.pop(0))
+            return None
+        # something waits for RFLAGS.IF or for IRET: watch STI/POPF/IRET
+        waiting = ((vec is not None and not ext_exit) or self._virq) and not if_on
+        nmi_wait = (self._nmi_pending or self._nmi_reflect or self._nmi_blocked)
+        extra = frozenset(("sti", "popf", "iret") if waiting else ()) | \
+            frozenset(("iret",) if nmi_wait else ())
+        if extra != self._extra_trap:
+            self._extra_trap = extra
+            trapped = trapped_kinds(self.cfg) | extra
+            if trapped != self._trapped:
+                self._trapped = trapped
+                self._rehook_all()
         return None
+
+    def ack_interrupt(self) -> int | None:
+        """INTA: take the highest-priority external interrupt (live queue first, then the PIC)."""
+        if self._live_irqs:
+            with self._cfg_lock:
+                return self._live_irqs.pop(0) if self._live_irqs else None
+        return self.platform.pic.ack()
+
+    def reflect_interrupt(self, vector: int) -> None:
+        """The VMM (a default handler) gives the guest this interrupt when RFLAGS.IF allows."""
+        self._virq.append(vector & 0xFF)
+
+    def reflect_nmi(self) -> None:
+        self._nmi_reflect = True
+
+    def inject_event(self, itype: int, vector: int, error_code: int | None = None,
+                     instruction_length: int = 0) -> None:
+        """Event injection on the next VM entry (delivered before any guest instruction)."""
+        self._entry_inject = (itype, vector & 0xFF, error_code, instruction_length)
+        if self._in_hook and self._event is None:
+            self._event = ("resume",)
+
+    def _deliver_event(self, itype: int, vector: int, error_code: int | None = None,
+                       length: int = 0) -> None:
+        rip = self.rip
+        if itype == INTR_NMI:
+            self._nmi_blocked = True
+        nxt = rip + length if itype in (INTR_SW_INTERRUPT, INTR_SW_EXCEPTION,
+                                        INTR_PRIV_SW_EXCEPTION) else None
+        self.events_delivered += 1
+        self.deliver(vector, error_code if itype == INTR_HW_EXCEPTION else None, rip,
+                     itype=itype, next_rip=nxt)
+
+    def queue_event(self, kind: str, vector: int = 2) -> None:
+        """A live NMI ("nmi") or external interrupt ("irq", vector); thread-safe, taken at
+        the next instruction boundary (like request_apply)."""
+        if kind not in ("nmi", "irq"):
+            raise ValueError(f"event kind must be 'nmi' or 'irq', not {kind!r}")
+        if kind == "irq" and not 32 <= vector <= 255:
+            raise ValueError(f"external interrupt vector must be 32-255, not {vector}")
+        with self._cfg_lock:
+            if kind == "nmi":
+                self._live_nmi = True
+            else:
+                self._live_irqs.append(vector)
+        if not self._in_hook:
+            self.counter.request_stop()
 
     def _deadline(self) -> tuple[int | None, str | None]:
         best, kind = None, None
@@ -1368,6 +1517,13 @@ class Vcpu:
             d = self.icount + max(0, (left + TSC_PER_INSN - 1) // TSC_PER_INSN)
             if best is None or d < best:
                 best, kind = d, "ptimer"
+        nf = self.platform.pit.next_fire
+        if nf is not None:
+            d = self.icount + max(0, (nf - self.tsc + TSC_PER_INSN - 1) // TSC_PER_INSN)
+            if best is None or d < best:
+                best, kind = d, "irq"
+        if self.nmi_at is not None and (best is None or self.nmi_at < best):
+            best, kind = max(self.nmi_at, self.icount), "nmi"
         return best, kind
 
     def _entry_exit(self, ex: VmExit) -> None:
@@ -1478,6 +1634,9 @@ class Vcpu:
 
     def _after_step(self) -> None:
         """After a counted single step: MTF and interrupt-window checks."""
+        if self._iret_unblock:
+            self._iret_unblock = False        # the IRET has completed: NMIs unblocked
+            self._nmi_blocked = False
         if self._iw_steps:
             self._iw_steps -= 1
             if not self._iw_steps and self.cfg.on("primary.interrupt_window_exiting") \
@@ -1658,6 +1817,7 @@ class Vcpu:
         qual = {"read": 1, "write": 2, "fetch": 4}[what]
         qual |= (8 if "r" in acc else 0) | (16 if "w" in acc else 0) | (32 if "x" in acc else 0)
         qual |= 1 << 7      # guest linear address valid
+        qual |= 1 << 8      # the access was to the translation of that linear address
         ex = VmExit(48, qual, rip, guest_physical_address=gpa, guest_linear_address=gpa,
                     data={"access": what, "permissions": acc or "---"})
         dec = self._decode_any(rip)

@@ -163,3 +163,23 @@ def test_demo_shows_the_statistics_change(rundir):
     assert "primary.rdtsc_exiting" in {c["key"] for c in d["apply"]["diff"]}
     assert d["final"] == {"status": "stopped", "instructions": d["final"]["instructions"], "applies": 1}
     assert json.loads(vmcfg("ps", "--json").stdout) == []
+
+
+def test_inject_nmi_into_running_guest(launched, write_profile):
+    """An NMI injected live exits with nmi_exiting; the default handler then delivers
+    it to the guest, which (the soak guest has no IDT) ends in a triple fault."""
+    from vmcfg.live.runtime import read_summary
+    p = write_profile(BASE + "[pin]\nnmi_exiting = true\n", "nmi.toml")
+    launched("gi", p)
+    r = vmcfg("inject", "gi", "irq", "7")
+    assert r.returncode == 2 and "32-255" in r.stderr
+    r = vmcfg("inject", "gi", "nmi", "--json", check=True)
+    assert json.loads(r.stdout)["queued"] == "nmi"
+    deadline = time.monotonic() + 10
+    summ = None
+    while time.monotonic() < deadline and summ is None:
+        summ = read_summary("gi")
+        time.sleep(0.05)
+    exits = {e["name"]: e["count"] for e in summ["summary"]["exits"]}
+    assert exits["EXCEPTION_NMI"] == 1
+    assert summ["summary"]["status"] == "triple-fault"

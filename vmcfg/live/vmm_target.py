@@ -69,7 +69,10 @@ class VmmTarget:
         v = self.vcpu
         if not hasattr(v, "queue_event"):
             raise ChannelError("this VMM build cannot inject events yet", 1)
-        v.queue_event(kind, vector)
+        try:
+            v.queue_event(kind, vector)
+        except ValueError as e:
+            raise ChannelError(f"inject {kind}: {e}", 2) from None
         return {"queued": kind, "vector": vector, "instructions": v.icount}
 
 

@@ -1505,6 +1505,8 @@ class Vcpu:
                 self._live_nmi = True
             else:
                 self._live_irqs.append(vector)
+            if self._pending_cfg is None:   # take the live-apply path out of a hook, too
+                self._pending_cfg = self.cfg
         if not self._in_hook:
             self.counter.request_stop()
 

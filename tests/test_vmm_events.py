@@ -525,3 +525,12 @@ def test_queue_event_from_another_thread_reaches_a_running_guest(tmp_path):
     th.join(20)
     res = out["res"]
     assert res.status == "debug-exit" and res.guest_exit_code == 0x40
+
+
+def test_mov_ss_blocks_interrupts_for_one_instruction(tmp_path):
+    """200 PIT interrupts hit a loop of 'mov ss, ax / nop' (period chosen so that,
+    without blocking by MOV SS, almost every one would land on the NOP): none is
+    delivered inside the MOV SS shadow."""
+    res, _ = _run(_profile(tmp_path, ""), "builtin:movss")
+    assert res.status == "debug-exit" and res.guest_exit_code == 0, res.console
+    assert "interrupts 0x00000000000000c8, inside the MOV SS shadow 0x0000000000000000" in res.console

@@ -42,12 +42,12 @@ VMX_REASON: dict[int, int] = {
 }
 
 ALL_KINDS: frozenset[str] = frozenset(_MNEMONIC_KIND.values()) | frozenset(
-    f"mov_{d}_cr{n}" for d in ("to", "from") for n in (0, 2, 3, 4, 8)) | {"mov_dr"}
+    f"mov_{d}_cr{n}" for d in ("to", "from") for n in (0, 2, 3, 4, 8)) | {"mov_dr", "ss_load"}
 
 # Bytes that can begin the opcode of a sensitive instruction (after prefixes):
-# 0F xx escapes, HLT, PAUSE (F3 90), IN/OUT, INS/OUTS, STI, POPF, IRET.
+# 0F xx escapes, HLT, PAUSE (F3 90), IN/OUT, INS/OUTS, STI, POPF, IRET, MOV SS, POP SS.
 _OPCODE_BYTES = frozenset([0x0F, 0xF4, 0x90, 0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF,
-                           0x6C, 0x6D, 0x6E, 0x6F, 0xFB, 0x9D, 0xCF])
+                           0x6C, 0x6D, 0x6E, 0x6F, 0xFB, 0x9D, 0xCF, 0x8E, 0x17])
 _PREFIX_BYTES = frozenset([0x66, 0x67, 0xF2, 0xF3, 0xF0, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65])
 _REX = frozenset(range(0x40, 0x50))
 # a stored byte in this set may create a sensitive instruction
@@ -123,6 +123,9 @@ def classify(instr: ix.Instruction) -> str | None:
     if instr.code == Code.INVALID:
         return None
     m = instr.mnemonic
+    if m in (M.MOV, M.POP) and instr.op_count and instr.op_kind(0) == OpKind.REGISTER \
+            and instr.op_register(0) == R.SS:
+        return "ss_load"                # MOV SS / POP SS: blocks events for one instruction
     if m == M.MOV:
         for i in range(instr.op_count):
             if instr.op_kind(i) == OpKind.REGISTER:

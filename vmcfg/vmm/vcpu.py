@@ -871,13 +871,13 @@ class Vcpu:
             return self._exit(29, ins, dr_qualification(ins.dr, ins.io_in, ins.gpr))
         if k.startswith("mov_") or k in ("clts", "lmsw", "smsw"):
             return self._cr_access(ins)
-        if k in ("sti", "popf", "iret"):
+        if k in ("sti", "popf", "iret", "ss_load"):
             # interrupt-window exiting / a blocked pending event: let the instruction run,
-            # then look at RFLAGS.IF (and STI blocking); IRET ends blocking by NMI
+            # then look at RFLAGS.IF (and STI / MOV SS blocking); IRET ends blocking by NMI
             if k == "iret":
                 self._iret_unblock = self._nmi_blocked
             self._skip_once = ins.address
-            self._iw_steps = 2 if k == "sti" else 1
+            self._iw_steps = 2 if k in ("sti", "ss_load") else 1
             if self._event is None:
                 self._event = ("resume",)    # not retired: a single step must not count it
             return None
@@ -1451,8 +1451,11 @@ class Vcpu:
         # something waits for RFLAGS.IF or for IRET: watch STI/POPF/IRET
         waiting = ((vec is not None and not ext_exit) or self._virq) and not if_on
         nmi_wait = (self._nmi_pending or self._nmi_reflect or self._nmi_blocked)
+        # an interrupt may become deliverable at any boundary while the timer runs: watch
+        # MOV SS / POP SS, whose blocking covers the instruction after them
+        armed = plat.pit.next_fire is not None or bool(self._live_irqs)
         extra = frozenset(("sti", "popf", "iret") if waiting else ()) | \
-            frozenset(("iret",) if nmi_wait else ())
+            frozenset(("iret",) if nmi_wait else ()) | frozenset(("ss_load",) if armed else ())
         if extra != self._extra_trap:
             self._extra_trap = extra
             trapped = trapped_kinds(self.cfg) | extra

@@ -7,18 +7,6 @@ org 0x100000
         jmp start
 %include "lib64.inc"
 
-%macro gate 2
-        lea rax, [rel %2]
-        mov rdi, idt + %1 * 16
-        mov word [rdi], ax
-        mov word [rdi + 2], 0x08
-        mov word [rdi + 4], 0x8E00
-        shr rax, 16
-        mov word [rdi + 6], ax
-        shr rax, 16
-        mov dword [rdi + 8], eax
-%endmacro
-
 start:
         gate 0, de_handler
         gate 3, bp_handler

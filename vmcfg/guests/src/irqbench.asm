@@ -6,15 +6,7 @@ org 0x100000
         jmp start
 %include "lib64.inc"
 start:
-        lea rax, [rel timer_handler]
-        mov rdi, idt + 0x20 * 16
-        mov word [rdi], ax
-        mov word [rdi + 2], 0x08
-        mov word [rdi + 4], 0x8E00
-        shr rax, 16
-        mov word [rdi + 6], ax
-        shr rax, 16
-        mov dword [rdi + 8], eax
+        gate 0x20, timer_handler
         lidt [idtr]
         mov al, 0x34
         out 0x43, al

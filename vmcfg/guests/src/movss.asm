@@ -9,24 +9,9 @@ org 0x100000
 %include "lib64.inc"
 
 start:
-        lea rax, [rel handler]
-        mov rdi, idt + 0x20 * 16
-        mov word [rdi], ax
-        mov word [rdi + 2], 0x08
-        mov byte [rdi + 5], 0x8E        ; present, DPL 0, 64-bit interrupt gate
-        shr rax, 16
-        mov word [rdi + 6], ax
-        shr rax, 16
-        mov dword [rdi + 8], eax
+        gate 0x20, handler
         lidt [idtr]
-        mov al, 0x11                    ; PIC: ICW1..ICW4, vector base 0x20
-        out 0x20, al
-        mov al, 0x20
-        out 0x21, al
-        mov al, 0x04
-        out 0x21, al
-        mov al, 0x01
-        out 0x21, al
+        pic_init
         xor al, al
         out 0x21, al
         mov al, 0x34                    ; PIT ch0, mode 2, period 30 ticks

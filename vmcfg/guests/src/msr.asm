@@ -6,15 +6,7 @@ org 0x100000
         jmp start
 %include "lib64.inc"
 start:
-        lea rax, [rel gp_handler]
-        mov rdi, idt + 13 * 16
-        mov word [rdi], ax
-        mov word [rdi + 2], 0x08
-        mov word [rdi + 4], 0x8E00
-        shr rax, 16
-        mov word [rdi + 6], ax
-        shr rax, 16
-        mov dword [rdi + 8], eax
+        gate 13, gp_handler
         lidt [idtr]
         print "msr: apic_base "
         mov ecx, 0x1B

@@ -13,31 +13,12 @@ org 0x100000
         jmp start
 %include "lib64.inc"
 
-%macro gate 2
-        lea rax, [rel %2]
-        mov rdi, idt + %1 * 16
-        mov word [rdi], ax
-        mov word [rdi + 2], 0x08
-        mov word [rdi + 4], 0x8E00
-        shr rax, 16
-        mov word [rdi + 6], ax
-        shr rax, 16
-        mov dword [rdi + 8], eax
-%endmacro
-
 start:
         gate 0x20, timer_handler
         gate 2, nmi_handler
         gate 0x40, soft_handler
         lidt [idtr]
-        mov al, 0x11                    ; ICW1: edge, cascade, ICW4 follows
-        out 0x20, al
-        mov al, 0x20                    ; ICW2: vector base 0x20
-        out 0x21, al
-        mov al, 0x04                    ; ICW3
-        out 0x21, al
-        mov al, 0x01                    ; ICW4: 8086 mode
-        out 0x21, al
+        pic_init
         xor al, al                      ; IMR: all unmasked
         out 0x21, al
         mov al, 0x34                    ; PIT ch0, lobyte/hibyte, mode 2

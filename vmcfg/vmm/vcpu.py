@@ -701,14 +701,20 @@ class Vcpu:
         return self._reentry or self.platform.pit.next_fire is not None or bool(self._virq) \
             or self._nmi_reflect or self._nmi_pending
 
-    def _decode_at(self, address: int) -> D.Insn | None:
+    def _code_bytes(self, address: int) -> bytes | None:
+        """Up to 15 bytes of guest code at `address` (fewer at the end of RAM)."""
         try:
-            raw = self.read_mem(address, 15)
+            return self.read_mem(address, 15)
         except UcError:
             try:
-                raw = self.read_mem(address, PAGE - (address & 0xFFF))
+                return self.read_mem(address, PAGE - (address & 0xFFF))
             except UcError:
                 return None
+
+    def _decode_at(self, address: int) -> D.Insn | None:
+        raw = self._code_bytes(address)
+        if raw is None:
+            return None
         instr = D.decode_one(raw, address, self.bitness)
         kind = D.classify(instr)
         if kind is None:
@@ -1168,13 +1174,9 @@ class Vcpu:
         return ec
 
     def _decode_any(self, rip: int):
-        try:
-            raw = self.read_mem(rip, 15)
-        except UcError:
-            try:
-                raw = self.read_mem(rip, PAGE - (rip & 0xFFF))
-            except UcError:
-                return None
+        raw = self._code_bytes(rip)
+        if raw is None:
+            return None
         i = D.decode_one(raw, rip, self.bitness)
         return None if i.code == 0 else i
 

@@ -554,6 +554,11 @@ class Vcpu:
         h = self._wguard.pop(page, None)
         if h is not None:
             self.uc.hook_del(h)
+        self._make_data_page(page)
+
+    def _make_data_page(self, page: int) -> None:
+        """Back to readable/writable, not executable (within its EPT rights): the next
+        fetch rescans it; its cached translations and block counts are dropped."""
         acc = self._ept_access(page)
         perms = UC_PROT_READ | UC_PROT_WRITE if acc is None else \
             (UC_PROT_READ if "r" in acc else 0) | (UC_PROT_WRITE if "w" in acc else 0)
@@ -1798,13 +1803,7 @@ class Vcpu:
 
     def _end_smc_step(self) -> None:
         page, self._smc_page = self._smc_page, None
-        acc = self._ept_access(page)
-        perms = UC_PROT_READ | UC_PROT_WRITE if acc is None else \
-            (UC_PROT_READ if "r" in acc else 0) | (UC_PROT_WRITE if "w" in acc else 0)
-        self.uc.mem_protect(page, PAGE, perms)
-        self.counter.invalidate(page, page + PAGE)
-        self._prefix_cache.clear()
-        self.uc.ctl_remove_cache(page, page + PAGE)
+        self._make_data_page(page)
 
     def _memory_fault(self, kind: str, access: int, address: int, size: int, rip: int) -> None:
         from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT, \

@@ -183,3 +183,32 @@ def test_inject_nmi_into_running_guest(launched, write_profile):
     exits = {e["name"]: e["count"] for e in summ["summary"]["exits"]}
     assert exits["EXCEPTION_NMI"] == 1
     assert summ["summary"]["status"] == "triple-fault"
+
+
+def test_halted_named_guest_waits_for_live_events(launched, write_profile):
+    """A named guest in HLT with nothing on its platform to wake it waits (state
+    'halted') instead of ending; a change applied meanwhile leaves it halted at the
+    same instruction; a live NMI wakes it (here: an NMI exit, then -- the guest has
+    no IDT -- a triple fault)."""
+    from vmcfg.live.runtime import read_summary
+    launched("gh", write_profile(BASE, "a.toml"), guest="builtin:hlt")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        s = json.loads(vmcfg("stats", "gh", "--json", check=True).stdout)
+        if s["state"] == "halted":
+            break
+        time.sleep(0.05)
+    assert s["state"] == "halted"
+    at = s["instructions"]
+    res = json.loads(vmcfg("apply", write_profile(BASE + "[pin]\nnmi_exiting = true\n", "nmi.toml"),
+                           "--to", "gh", "--json", check=True).stdout)
+    assert res["applied"] and res["instructions"] == at
+    s = json.loads(vmcfg("stats", "gh", "--json", check=True).stdout)
+    assert s["state"] == "halted" and s["instructions"] == at
+    vmcfg("inject", "gh", "nmi", check=True)
+    summ = None
+    while time.monotonic() < deadline and summ is None:
+        summ = read_summary("gh")
+        time.sleep(0.05)
+    assert [e["name"] for e in summ["summary"]["exits"]] == ["EXCEPTION_NMI", "TRIPLE_FAULT"]
+    assert summ["summary"]["status"] == "triple-fault"

@@ -79,5 +79,6 @@ class VmmTarget:
 def make_session(vcpu, caps, mode: int, *, name: str, profile_path: str | None,
                  record: dict | None = None):
     from .session import LiveSession
+    vcpu.live_wakeable = True            # HLT waits for live events instead of ending
     return LiveSession(VmmTarget(vcpu, caps, mode), name=name, profile_path=profile_path,
                        extra_record=record)

@@ -248,6 +248,10 @@ class Vcpu:
         self.apply_seq = 0
         self.applied_at: tuple[int, int] = (0, 0)
         self._end_request: tuple[str, str] | None = None
+        # a named guest can be woken from HLT by a live event (vmcfg inject)
+        self.live_wakeable = False
+        self.halted = False
+        self._rehalt = False
         self._event: tuple | None = None
         self._skip_once: int | None = None
         self._iw_steps = 0
@@ -1065,6 +1069,10 @@ class Vcpu:
             if nf is not None:
                 cands.append((nf, "resume"))
         if not cands:
+            if self.live_wakeable:
+                self._wait_live()
+                self._event = ("resume",)
+                return
             raise RunEnd("halted", None, "the guest halted with no event that could wake it")
         t, kind = min(cands)
         if t > now:
@@ -1329,8 +1337,34 @@ class Vcpu:
         """
         with self._cfg_lock:
             self._pending_cfg = new_config
+        self._wake()
         if not self._in_hook:
             self.counter.request_stop()
+
+    def _wake(self) -> None:
+        """Wake a guest waiting in HLT for a live event (see _wait_live)."""
+        with self.apply_cond:
+            self.apply_cond.notify_all()
+
+    def _wait_live(self) -> None:
+        """HLT with nothing on the platform that could wake it, in a named guest:
+        wait (in wall time; virtual time stands still) for a live event -- an NMI,
+        an interrupt the guest can take, a configuration change or `vmcfg stop`.
+        A change alone leaves the guest halted: it is applied, then HLT goes on."""
+        def woken() -> bool:
+            can_irq = bool(self.rflags & (1 << 9)) or self._on["pin.external_interrupt_exiting"]
+            return bool(self._live_nmi or (self._live_irqs and can_irq) or
+                        self._end_request is not None or self._pending_cfg is not None)
+        self.halted = True
+        try:
+            with self.apply_cond:
+                self.apply_cond.wait_for(woken)
+        finally:
+            self.halted = False
+        if self._end_request is not None:
+            raise RunEnd(self._end_request[0], None, self._end_request[1])
+        if not (self._live_nmi or self._live_irqs):
+            self._rehalt = True          # only a change: apply it, then keep halting
 
     def request_end(self, status: str, message: str) -> None:
         """End the run at the next instruction boundary (thread-safe): `vmcfg stop`."""
@@ -1338,6 +1372,7 @@ class Vcpu:
         with self._cfg_lock:             # take the same path as a live apply
             if self._pending_cfg is None:
                 self._pending_cfg = self.cfg
+        self._wake()
         if not self._in_hook:
             self.counter.request_stop()
 
@@ -1517,6 +1552,7 @@ class Vcpu:
                 self._live_irqs.append(vector)
             if self._pending_cfg is None:   # take the live-apply path out of a hook, too
                 self._pending_cfg = self.cfg
+        self._wake()
         if not self._in_hook:
             self.counter.request_stop()
 
@@ -1556,6 +1592,9 @@ class Vcpu:
         try:
             while True:
                 self._apply_pending()
+                if self._rehalt:
+                    self._rehalt = False
+                    self.emulate_hlt(None)   # still in HLT after a change
                 if wall_deadline is not None and time.monotonic() >= wall_deadline:
                     raise RunEnd("timeout", None, "the run reached its wall-clock timeout")
                 ev = self._arm_entry_events()

@@ -188,6 +188,18 @@ def trapped_kinds(cfg: VmxConfig) -> frozenset[str]:
     return frozenset(k)
 
 
+# Instruction kinds that exit when one control is on and are otherwise emulated by
+# one method (or simply retire): kind -> (control, basic exit reason, emulator).
+SIMPLE_EXITS: dict[str, tuple[str, int, str | None]] = {
+    "hlt": ("primary.hlt_exiting", 12, "emulate_hlt"),
+    "rdrand": ("secondary.rdrand_exiting", 57, "emulate_rdrand"),
+    "rdseed": ("secondary.rdseed_exiting", 61, "emulate_rdrand"),
+    "rdpmc": ("primary.rdpmc_exiting", 15, "emulate_rdpmc"),
+    "mwait": ("primary.mwait_exiting", 36, None),
+    "monitor": ("primary.monitor_exiting", 39, None),
+}
+
+
 @dataclass
 class ExitStats:
     count: int = 0
@@ -827,28 +839,13 @@ class Vcpu:
                 return self._exit(30, ins, qual, guest_linear_address=gla, data=data)
             self.emulate_io(ins)
             return nxt
-        if k == "hlt":
-            if on("primary.hlt_exiting"):
-                return self._exit(12, ins)
-            self.emulate_hlt(ins)
-            return nxt
-        if k in ("rdrand", "rdseed"):
-            if on("secondary.rdrand_exiting" if k == "rdrand" else "secondary.rdseed_exiting"):
-                return self._exit(57 if k == "rdrand" else 61, ins)
-            self.emulate_rdrand(ins)
-            return nxt
-        if k == "rdpmc":
-            if on("primary.rdpmc_exiting"):
-                return self._exit(15, ins)
-            self.emulate_rdpmc(ins)
-            return nxt
-        if k == "mwait":
-            if on("primary.mwait_exiting"):
-                return self._exit(36, ins, 0)
-            return nxt
-        if k == "monitor":
-            if on("primary.monitor_exiting"):
-                return self._exit(39, ins)
+        simple = SIMPLE_EXITS.get(k)
+        if simple is not None:
+            control, reason, emulate = simple
+            if on(control):
+                return self._exit(reason, ins)
+            if emulate is not None:
+                getattr(self, emulate)(ins)
             return nxt
         if k == "invpcid":
             if not on("secondary.enable_invpcid"):
@@ -1422,7 +1419,6 @@ class Vcpu:
 
     def _arm_entry_events(self) -> VmExit | None:
         """Events due at VM entry, before any guest instruction."""
-        cfg = self.cfg
         if self._on["pin.activate_vmx_preemption_timer"]:
             if self._ptimer_fire is None:
                 now = self.tsc

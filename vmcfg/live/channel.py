@@ -71,6 +71,21 @@ def check_request(req: Any) -> tuple[str, dict]:
     return op, args
 
 
+def read_line(conn: socket.socket, limit: int, what: str) -> bytes:
+    """One newline-terminated message (without the newline), at most `limit` bytes."""
+    buf = bytearray()
+    while True:
+        chunk = conn.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+        if len(buf) > limit:
+            raise ChannelError(f"{what} larger than {limit} bytes", 2)
+        if b"\n" in chunk:
+            break
+    return bytes(buf).split(b"\n", 1)[0]
+
+
 def peer_uid(conn: socket.socket) -> int:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
     _pid, uid, _gid = struct.unpack("3i", creds)
@@ -155,17 +170,7 @@ class ControlServer:
 
     @staticmethod
     def _read(conn: socket.socket) -> bytes:
-        buf = bytearray()
-        while True:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-            if len(buf) > MAX_REQUEST:
-                raise ChannelError(f"request larger than {MAX_REQUEST} bytes", 2)
-            if b"\n" in chunk:
-                break
-        return bytes(buf).split(b"\n", 1)[0]
+        return read_line(conn, MAX_REQUEST, "request")
 
     @staticmethod
     def _reply(conn: socket.socket, doc: dict) -> None:
@@ -188,16 +193,7 @@ def request(path: str, op: str, timeout: float = 10.0, **args: Any) -> dict:
             s.sendall(json.dumps({"op": op, **args}).encode() + b"\n")
         except (BrokenPipeError, ConnectionResetError):
             pass                      # the server may have answered and closed already
-        buf = bytearray()
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-            if len(buf) > MAX_REPLY:
-                raise ChannelError("reply too large", 2)
-            if buf.endswith(b"\n"):
-                break
+        buf = read_line(s, MAX_REPLY, "reply")
     except socket.timeout:
         raise ChannelError(f"no reply within {timeout:g} s", 2) from None
     except ConnectionResetError:

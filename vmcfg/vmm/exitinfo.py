@@ -4,11 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..vmx.exits import ENTRY_FAILURE_BIT, exit_name
+from ..vmx.exits import ENTRY_FAILURE_BIT, InterruptionType, exit_name
 
 # Interruption types (bits 10:8 of the interruption-information field)
-INTR_EXTERNAL, INTR_NMI, INTR_HW_EXCEPTION, INTR_SW_INTERRUPT, INTR_PRIV_SW_EXCEPTION, \
-    INTR_SW_EXCEPTION = 0, 2, 3, 4, 5, 6
+INTR_EXTERNAL = InterruptionType.EXTERNAL
+INTR_NMI = InterruptionType.NMI
+INTR_HW_EXCEPTION = InterruptionType.HW_EXCEPTION
+INTR_SW_INTERRUPT = InterruptionType.SW_INTERRUPT
+INTR_PRIV_SW_EXCEPTION = InterruptionType.PRIV_SW_EXCEPTION
+INTR_SW_EXCEPTION = InterruptionType.SW_EXCEPTION
 
 # CR-access qualification access types
 CR_MOV_TO, CR_MOV_FROM, CR_CLTS, CR_LMSW = 0, 1, 2, 3

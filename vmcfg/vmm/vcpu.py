@@ -46,6 +46,7 @@ _reg_write_batch = uclib.uc_reg_write_batch
 _reg_write = uclib.uc_reg_write
 
 from ..vmx.config import VmxConfig
+from ..vmx.exits import CONTRIBUTORY_VECTORS, ERROR_CODE_VECTORS
 from . import decode as D
 from .counter import BlockCounter
 from .exitinfo import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, INTR_EXTERNAL,
@@ -82,8 +83,8 @@ _SEGS = {"es": X.UC_X86_REG_ES, "cs": X.UC_X86_REG_CS, "ss": X.UC_X86_REG_SS,
          "ds": X.UC_X86_REG_DS, "fs": X.UC_X86_REG_FS, "gs": X.UC_X86_REG_GS}
 _CR = {0: X.UC_X86_REG_CR0, 2: X.UC_X86_REG_CR2, 3: X.UC_X86_REG_CR3, 4: X.UC_X86_REG_CR4,
        8: X.UC_X86_REG_CR8}
-_ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
-_CONTRIBUTORY = frozenset({0, 10, 11, 12, 13})
+_ERROR_CODE_VECTORS = ERROR_CODE_VECTORS
+_CONTRIBUTORY = CONTRIBUTORY_VECTORS
 _UNCONDITIONAL = {"cpuid": 10, "invd": 13, "xsetbv": 55, "vmcall": 18, "getsec": 11}
 
 # kinds always trapped: unconditional exits, and instructions whose results the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 
 @dataclass(frozen=True)
@@ -150,3 +151,51 @@ def decode_reason_field(value: int) -> dict:
         "flags": [t for b, t in REASON_FLAGS if value >> b & 1],
         "entry_failure": bool(value & ENTRY_FAILURE_BIT),
     }
+
+
+# The exit reasons as an IntEnum, derived from the table above: ``Exit.RDTSC == 16``.
+# The VMM, the handlers and the hardware model all name reasons through this enum.
+Exit = IntEnum("Exit", [(r.name, r.number) for r in EXIT_REASONS])
+
+
+class InterruptionType(IntEnum):
+    """Bits 10:8 of the VM-entry/VM-exit interruption-information field (SDM 24.8.3)."""
+    EXTERNAL = 0
+    NMI = 2
+    HW_EXCEPTION = 3
+    SW_INTERRUPT = 4
+    PRIV_SW_EXCEPTION = 5
+    SW_EXCEPTION = 6
+    OTHER = 7
+
+
+class Vector(IntEnum):
+    """Architectural exception vectors (SDM vol. 3A, 6.3.1)."""
+    DE = 0
+    DB = 1
+    NMI = 2
+    BP = 3
+    OF = 4
+    BR = 5
+    UD = 6
+    NM = 7
+    DF = 8
+    TS = 10
+    NP = 11
+    SS = 12
+    GP = 13
+    PF = 14
+    MF = 16
+    AC = 17
+    MC = 18
+    XM = 19
+    VE = 20
+    CP = 21
+
+
+# Exceptions that push an error code (SDM 6.15), and the contributory class (Table 6-5).
+ERROR_CODE_VECTORS = frozenset({Vector.DF, Vector.TS, Vector.NP, Vector.SS, Vector.GP,
+                                Vector.PF, Vector.AC, Vector.CP})
+CONTRIBUTORY_VECTORS = frozenset({Vector.DE, Vector.TS, Vector.NP, Vector.SS, Vector.GP})
+# The lowest vector an external interrupt may use (0-31 are reserved for exceptions).
+FIRST_EXTERNAL_VECTOR = 32

@@ -47,6 +47,9 @@ def _complete_guest(ctx, param, incomplete):
 @click.option("--load-address", "load_address", metavar="ADDR",
               help="Guest-physical load address of a flat image (default 0x100000).")
 @click.option("--entry", metavar="ADDR", help="Entry point (default: load address / ELF entry).")
+@click.option("--append", "append", metavar="TEXT",
+              help="Kernel command line of a Multiboot image (after the image name, as QEMU "
+                   "passes it).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option("--trace", "trace_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Write every VM exit as a JSON line to FILE.")
@@ -64,7 +67,7 @@ def _complete_guest(ctx, param, incomplete):
               help="Name the guest: reachable by ps, apply, watch, stats, history, stop, inject.")
 @click.option("--detach", is_flag=True,
               help="With --name: run in the background; return once the guest runs.")
-def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_file,
+def launch(profile, guest, mode, memory, load_address, entry, append, as_json, trace_file,
            max_instructions, nmi_at, timeout, console_file, handlers, name, detach):
     """Run a guest on vmcfg's emulated VMM under PROFILE's VMX controls.
 
@@ -141,6 +144,11 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
     written = (getattr(r.profile, "settings", None) or {}).get("guest", {})
     if image.mode is not None and not mode and "mode" not in written and image.kind != "flat":
         run_mode = image.mode
+    if image.multiboot and run_mode != 32:
+        bad(f"{image.name}: a Multiboot kernel is entered in 32-bit protected mode; "
+            f"--mode {run_mode} does not apply (drop --mode or use --mode 32)")
+    if append is not None and not image.multiboot:
+        bad(f"--append: {image.name} is not a Multiboot kernel (only those take a command line)")
 
     table = dict(cfg.settings.get("handlers") or {})
     hbase = {k: base_dir for k in table}
@@ -161,7 +169,7 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
         _detach(gp, name, as_json, profile=os.path.abspath(r.profile_path or profile),
                 args=_child_args(guest, spec_base, mode, memory, load_address, entry,
                                  trace_file, max_instructions, timeout, console_file, handlers,
-                                 nmi_at),
+                                 nmi_at, append),
                 console_file=console_file)
 
     from ..vmm.run import run_guest
@@ -206,7 +214,8 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
     try:
         res = run_guest(cfg, image, memory=mem, mode=run_mode, handlers=hmap, trace=trace_fh,
                         max_instructions=max_instructions, timeout=timeout, console=console,
-                        progress=progress, on_vcpu=on_vcpu, nmi_at=nmi_at)
+                        progress=progress, on_vcpu=on_vcpu, nmi_at=nmi_at,
+                        cmdline=append or "")
     except LaunchError as e:
         bad(str(e))
     except Exception as e:  # noqa: BLE001 - registration problems (name taken, runtime dir)
@@ -235,7 +244,8 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
 
 
 def _child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
-                max_instructions, timeout, console_file, handlers, nmi_at=None) -> list[str]:
+                max_instructions, timeout, console_file, handlers, nmi_at=None,
+                append=None) -> list[str]:
     """The options of this launch, for the background process (paths made absolute)."""
     a: list[str] = []
     if guest:
@@ -245,7 +255,7 @@ def _child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
         a += ["--guest", g]
     for opt, v in (("--mode", mode), ("--memory", memory), ("--load-address", load_address),
                    ("--entry", entry), ("--max-instructions", max_instructions),
-                   ("--timeout", timeout), ("--nmi-at", nmi_at)):
+                   ("--timeout", timeout), ("--nmi-at", nmi_at), ("--append", append)):
         if v is not None:
             a += [opt, str(v)]
     for opt, v in (("--trace", trace_file), ("--console", console_file)):

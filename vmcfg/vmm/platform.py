@@ -185,11 +185,63 @@ class Pit:
             self.next_fire = None
 
 
+LAPIC_BASE = 0xFEE00000
+
+
+class LapicRegisters:
+    """Interim local-APIC register page at 0xFEE00000 (xAPIC MMIO) until the device model
+    of issue 12 lands: ID 0, version 0x50014, registers read back what was written, EOI and
+    ICR writes are accepted and do nothing (no timer, no interrupts)."""
+
+    def __init__(self) -> None:
+        self.regs = {0x20: 0, 0x30: 0x00050014, 0xD0: 0, 0xE0: 0xFFFFFFFF, 0xF0: 0xFF}
+
+    def read(self, off: int, size: int) -> int:
+        reg = off & ~0xF
+        return (self.regs.get(reg, 0) >> (8 * (off & 3))) & ((1 << (8 * size)) - 1)
+
+    def write(self, off: int, size: int, value: int) -> None:
+        reg = off & ~0xF
+        if reg in (0x20, 0x30, 0xB0):        # ID and version read-only here; EOI does nothing
+            return
+        self.regs[reg] = value & 0xFFFFFFFF
+
+
+FW_CFG_PORTS = (0x510, 0x511)
+
+
+class FwCfg:
+    """Interim QEMU fw_cfg (selector 0x510, data 0x511, byte-wise) until the device model of
+    issue 12 lands: signature, ID, RAM size, number of CPUs (1) and maximum CPUs (1)."""
+
+    def __init__(self, ram_size: int = 0) -> None:
+        self.ram_size = ram_size
+        self.selector = 0
+        self.offset = 0
+
+    def item(self, key: int) -> bytes:
+        return {0x00: b"QEMU", 0x01: struct.pack("<I", 1),
+                0x03: struct.pack("<Q", self.ram_size), 0x05: struct.pack("<H", 1),
+                0x0F: struct.pack("<H", 1)}.get(key, b"")
+
+    def select(self, key: int) -> None:
+        self.selector, self.offset = key & 0xFFFF, 0
+
+    def read_byte(self) -> int:
+        data = self.item(self.selector)
+        if self.offset >= len(data):
+            return 0
+        self.offset += 1
+        return data[self.offset - 1]
+
+
 class Platform:
     """Port I/O dispatch for the emulated board."""
 
     def __init__(self, console_sink: Callable[[str], None] | None = None):
         self.serial = Serial(console_sink)
+        self.lapic = LapicRegisters()
+        self.fw_cfg = FwCfg()
         self.pic = Pic()
         self.pit = Pit()
         self.clock: Callable[[], int] = lambda: 0     # the virtual TSC (set by the vCPU)
@@ -212,6 +264,8 @@ class Platform:
                 b = self.pic.read(p)
             elif p == 0x40:
                 b = self.pit.read(self.clock())
+            elif p == 0x511:
+                b = self.fw_cfg.read_byte()
             else:
                 b = 0xFF
             v |= b << (8 * i)
@@ -220,6 +274,9 @@ class Platform:
     def io_write(self, port: int, size: int, value: int) -> None:
         if port == DEBUG_EXIT_PORT:
             raise DebugExit(value & ((1 << (8 * size)) - 1))
+        if port == 0x510:
+            self.fw_cfg.select(value)
+            return
         for i in range(size):
             p = (port + i) & 0xFFFF
             b = (value >> (8 * i)) & 0xFF

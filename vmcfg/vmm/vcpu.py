@@ -54,6 +54,8 @@ from .exitinfo import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, INTR_EXTERNAL,
                        INTR_PRIV_SW_EXCEPTION, INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit,
                        cr_qualification, dr_qualification, interruption_info, io_qualification)
 from .handlers import DEFAULT_HANDLERS, ExitContext
+from .cpu.delivery import DeliveryFault, deliver_event, nested
+from .cpu.state import CpuState
 from .platform import CpuidModel, DebugExit, MsrFault, MsrFile, Platform
 
 TSC_PER_INSN = 1
@@ -63,6 +65,7 @@ MASK64 = (1 << 64) - 1
 UNTIL = 0xFFFF_FFFF_FFFF_FFFF
 SMC_HOT_LIMIT = 4              # stores to a code page before it gets a write hook instead
 DEADLINE_MARGIN = 600          # > TCG_MAX_INSNS (512): a block never crosses it
+MAP_CHUNK = 1 << 20            # guest RAM is mapped in regions of this size (see _map_memory)
 VMM_AREA_END = 0x10000         # guest-physical area the VMM uses for start-up tables
 
 # Where the VMM puts its start-up structures in guest memory (documented in docs/vmm.md)
@@ -219,28 +222,36 @@ class Vcpu:
         if mode not in (16, 32, 64):
             raise ValueError(f"mode must be 16, 32 or 64, not {mode}")
         self._set_cfg(config)
-        self.mode = mode
+        self.start_mode = mode
+        self.mode = mode                 # the current code size (16/32/64), see _sync_mode
         self.bitness = mode
+        self.cs_base = 0
+        self.cpl = 0
+        self.real = mode == 16
         self.memory = memory
         self.platform = platform or Platform()
+        self.platform.fw_cfg.ram_size = memory
         self.user_handlers = dict(handlers or {})
         self.trace = trace
         self.max_instructions = max_instructions
-        self.uc = Uc(UC_ARCH_X86, {16: UC_MODE_16, 32: UC_MODE_32, 64: UC_MODE_64}[mode])
+        # always a 64-bit engine: the guest may switch modes itself (real -> protected -> long);
+        # the start mode is the CPU state run.setup_start_state writes (cpu.state)
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         self._uch = self.uc._uch
+        self.cpu_state = CpuState(self.uc)
         self._rbuf = ctypes.c_uint64()
         self._rref = ctypes.byref(self._rbuf)
         self._pend: dict[int, int] = {}
         self._rcache: dict[int, int] = {}
         self._pcbuf = ctypes.c_uint64()
         self._pcref = ctypes.byref(self._pcbuf)
-        self._pc_reg = {64: X.UC_X86_REG_RIP, 32: X.UC_X86_REG_EIP, 16: X.UC_X86_REG_IP}[mode]
+        self._pc_reg = X.UC_X86_REG_RIP
         self._wids = (ctypes.c_int * 64)()
         self._wvals = [ctypes.c_uint64() for _ in range(64)]
         self._wptrs = (ctypes.c_void_p * 64)(*[ctypes.addressof(v) for v in self._wvals])
-        self._gprs = _GPR64 if mode == 64 else _GPR32
-        self._rip_reg = X.UC_X86_REG_RIP if mode == 64 else X.UC_X86_REG_EIP
-        self._rflags_reg = X.UC_X86_REG_RFLAGS if mode == 64 else X.UC_X86_REG_EFLAGS
+        self._gprs = _GPR64
+        self._rip_reg = X.UC_X86_REG_RIP
+        self._rflags_reg = X.UC_X86_REG_RFLAGS
         # --- virtual time and state ---
         self.icount = 0
         self.idle_ticks = 0
@@ -365,7 +376,16 @@ class Vcpu:
         return ""
 
     def _map_memory(self) -> None:
-        self.uc.mem_map(0, self.memory, UC_PROT_READ | UC_PROT_WRITE)
+        # in 1 MiB regions: Unicorn's mem_protect on part of a region copies the whole region
+        # (2.5 s per code page on a 256 MiB guest mapped as one region)
+        for lo in range(0, self.memory, MAP_CHUNK):
+            self.uc.mem_map(lo, min(MAP_CHUNK, self.memory - lo), UC_PROT_READ | UC_PROT_WRITE)
+        from .platform import LAPIC_BASE
+        if self.memory <= LAPIC_BASE:
+            lapic = self.platform.lapic
+            self.uc.mmio_map(LAPIC_BASE, PAGE,
+                             lambda uc, off, size, _d: lapic.read(off, size), None,
+                             lambda uc, off, size, value, _d: lapic.write(off, size, value), None)
         if self._ept_regions is not None:
             # one mem_protect per run of pages with equal EPT permissions
             bounds = sorted({0, self.memory} | {min(max(x, 0), self.memory)
@@ -430,18 +450,84 @@ class Vcpu:
             m = (1 << (8 * size)) - 1
             self.rw(reg, (self.rr(reg) & ~m) | (value & m))
 
+    # ---- the current mode (the guest changes it itself) ---------------------------
+    def _sync_mode(self) -> None:
+        """Read the CPU's mode, CPL and CS base (after the guest ran: it may have switched
+        between real, protected and long mode, or to another code segment)."""
+        self.flush()
+        snap = self.cpu_state.snapshot()
+        self.mode = self.bitness = snap.mode
+        self.cs_base = snap.segs[1][1]
+        self.cpl = snap.cpl
+        self.real = snap.real
+
+    def _ip_mask(self) -> int:
+        return MASK64 if self.mode == 64 else 0xFFFFFFFF if self.mode == 32 else 0xFFFF
+
     @property
     def rip(self) -> int:
         """Linear address of the next instruction."""
-        if self.mode == 16:
-            return ((self.rr(X.UC_X86_REG_CS) << 4) + self.rr(X.UC_X86_REG_IP)) & 0xFFFFFFFF
-        return self.rr(self._rip_reg)
+        ip = self.rr(self._rip_reg)
+        if self.real:
+            return ((self.rr(X.UC_X86_REG_CS) << 4) + (ip & 0xFFFF)) & 0xFFFFF
+        return (self.cs_base + ip) & (MASK64 if self.mode == 64 else 0xFFFFFFFF)
+
+    def _rip_value(self, linear: int) -> int:
+        base = (self.rr(X.UC_X86_REG_CS) << 4) if self.real else self.cs_base
+        return (linear - base) & self._ip_mask()
 
     def set_rip(self, linear: int) -> None:
-        if self.mode == 16:
-            self.rw(X.UC_X86_REG_IP, (linear - (self.rr(X.UC_X86_REG_CS) << 4)) & 0xFFFF)
-        else:
-            self.rw(self._rip_reg, linear)
+        self.rw(self._rip_reg, self._rip_value(linear))
+
+    # ---- what cpu.delivery needs -----------------------------------------------------
+    def read_phys(self, addr: int, size: int) -> bytes:
+        if addr + size > self.memory:
+            raise UcError(UC_ERR_READ_UNMAPPED)
+        return bytes(self.uc.mem_read(addr, size))
+
+    def write_phys(self, addr: int, data: bytes) -> None:
+        if addr + len(data) > self.memory:
+            raise UcError(UC_ERR_WRITE_UNMAPPED)
+        self.write_mem(addr, data)
+
+    def gdtr(self) -> tuple[int, int]:
+        self.flush()
+        g = self.uc.reg_read(X.UC_X86_REG_GDTR)
+        return g[1], g[2]
+
+    def idtr(self) -> tuple[int, int]:
+        self.flush()
+        g = self.uc.reg_read(X.UC_X86_REG_IDTR)
+        return g[1], g[2]
+
+    def efer(self) -> int:
+        self.flush()
+        return self.uc.msr_read(0xC0000080)
+
+    def rr_rflags(self) -> int:
+        return self.rr(self._rflags_reg)
+
+    def rsp(self) -> int:
+        return self.rr(X.UC_X86_REG_RSP)
+
+    def set_rsp(self, v: int) -> None:
+        self.rw(X.UC_X86_REG_RSP, v)
+
+    def set_rflags_raw(self, v: int) -> None:
+        self.rw(self._rflags_reg, v | 2)
+
+    def set_rip_reg(self, v: int) -> None:
+        self.rw(self._rip_reg, v)
+
+    def after_state_load(self) -> None:
+        """The hidden state was rewritten (cpu.state): forget cached registers, re-read the mode."""
+        self._rcache.clear()
+        self._pend.clear()
+        self._sync_mode()
+
+    def unsupported(self, what: str) -> None:
+        self.fault_dump = self.register_dump()
+        raise RunEnd("error", None, f"the guest needs {what}, which vmcfg does not emulate")
 
     @property
     def rflags(self) -> int:
@@ -499,6 +585,7 @@ class Vcpu:
 
     # ================================================================ code pages
     def _count_block(self, address: int, size: int) -> int:
+        self._sync_mode()            # a new block: the guest may have switched modes natively
         try:
             data = self.read_mem(address, size)
         except UcError:
@@ -537,7 +624,7 @@ class Vcpu:
             data += self.read_mem(page + PAGE, 15)
         except UcError:
             pass
-        found = D.scan_page(data, page, self.bitness)
+        found = self._scan_bytes(data, page)
         self._scanned[page] = found
         for addr, (kind, _instr) in found.items():
             if kind in self._trapped:
@@ -545,6 +632,15 @@ class Vcpu:
         if page in self._hot_pages and page not in self._wguard:
             self._wguard[page] = self.uc.hook_add(UC_HOOK_MEM_WRITE, self._on_code_write,
                                                   begin=page, end=page + PAGE - 1)
+
+    def _scan_bytes(self, data: bytes, base: int, lo: int = 0, hi: int | None = None) -> dict:
+        """Sensitive instructions in `data`, decoded in the current code size and in the one
+        the guest may switch to without the VMM seeing it (32 <-> 64, 16 -> 32): a hook sits at
+        each; at the trap the instruction is decoded again in the mode the CPU is in then."""
+        other = 64 if self.bitness == 32 else 32
+        found = D.scan_page(data, base, other, lo, hi)
+        found.update(D.scan_page(data, base, self.bitness, lo, hi))
+        return found
 
     def _hook(self, addr: int) -> None:
         # registered straight with the C API: one shared ctypes callback, no binding wrapper
@@ -605,7 +701,7 @@ class Vcpu:
             j = address - lo + i
             if 0 <= j < len(window):
                 window[j] = (value >> (8 * i)) & 0xFF
-        new = D.scan_page(bytes(window), lo, self.bitness, 0, min(len(window), page + PAGE - lo))
+        new = self._scan_bytes(bytes(window), lo, 0, min(len(window), page + PAGE - lo))
         old = {a: k for a, (k, _i) in found.items() if lo <= a < page + PAGE and a < hi}
         newk = {a: k for a, (k, _i) in new.items() if a < page + PAGE}
         changed = old != newk or any(lo <= a < hi for a in self._insns)
@@ -632,11 +728,13 @@ class Vcpu:
 
     def _on_unmapped(self, uc, access, address, size, value, _ud):
         self._rcache.clear()
+        self._sync_mode()
         self._event = ("unmapped", access, address, size, self._retired_at(self.rip), self.rip)
         return False
 
     def _on_prot(self, uc, access, address, size, value, _ud):
         self._rcache.clear()
+        self._sync_mode()
         page = address & ~0xFFF
         if access == UC_MEM_WRITE_PROT and page in self._scanned and page not in self._hot_pages:
             acc = self._ept_access(page)
@@ -649,6 +747,7 @@ class Vcpu:
 
     def _on_intr(self, uc, intno, _ud):
         self._rcache.clear()
+        self._sync_mode()
         rip = self.rip
         # CR2 now: after this hook Unicorn jumps to a stale "next EIP", which may fault again
         self._event = ("intr", intno, rip, self._retired_at(rip), self.cr(2) if intno == 14 else None)
@@ -667,15 +766,16 @@ class Vcpu:
         if self._skip_once == address:
             self._skip_once = None
             return
+        self._rcache.clear()
+        self._sync_mode()
         ins = self._insns.get(address)
-        if ins is None:
+        if ins is None or ins.bitness != self.bitness:
             ins = self._decode_at(address)
             if ins is None:
                 return
         if ins.kind not in self._trapped:
             return
         self._in_hook = True
-        self._rcache.clear()
         try:
             self.icount = self._retired_at(address)
             exits_before = self.exit_count
@@ -683,10 +783,7 @@ class Vcpu:
             if nxt is not None:
                 self.icount += 1
                 self.counter.set_count(self.icount)
-                if self.mode == 16:
-                    self.set_rip(nxt)
-                else:
-                    self._pend[self._pc_reg] = nxt
+                self._pend[self._pc_reg] = self._rip_value(nxt)
                 if self._pending_cfg is not None or self._event is not None or \
                         self.platform.changed or (
                         self.exit_count != exits_before and self._reentry_needed()):
@@ -740,6 +837,7 @@ class Vcpu:
         instr = D.decode_one(raw, address, self.bitness)
         kind = D.classify(instr)
         if kind is None:
+            self._insns.pop(address, None)
             return None
         ins = D.make_insn(instr, raw, self.bitness, kind)
         self._insns[address] = ins
@@ -1238,20 +1336,33 @@ class Vcpu:
     def deliver(self, vector: int, error_code: int | None, rip: int, *,
                 itype: int = INTR_HW_EXCEPTION, next_rip: int | None = None,
                 depth: int = 0) -> None:
-        """Deliver an event through the guest IDT (or IVT in real mode)."""
+        """Deliver an event through the guest IDT (or IVT in real mode): cpu.delivery.
+
+        A fault while delivering becomes what SDM table 6-5 says: #DF for two
+        contributory faults or a #PF followed by a #PF or a contributory fault,
+        a triple fault when delivering #DF faults, else the second fault itself."""
         ret = next_rip if itype in (INTR_SW_INTERRUPT, INTR_SW_EXCEPTION, INTR_PRIV_SW_EXCEPTION) \
             and next_rip is not None else rip
-        ok = self._deliver_idt(vector, error_code if itype == INTR_HW_EXCEPTION else None, ret)
-        if ok:
+        try:
+            deliver_event(self, vector, itype, error_code if itype == INTR_HW_EXCEPTION else None,
+                          ret)
             return
-        # the delivery itself faulted (#GP/#NP on the IDT): double fault, then triple fault
-        if vector == 8 or depth >= 2:
+        except DeliveryFault as f:
+            fault = f
+        self._rcache.clear()
+        self._pend.clear()
+        first = vector if itype == INTR_HW_EXCEPTION else -1
+        how = nested(first, fault.vector)
+        if how == "triple" or depth >= 3:
             self.triple_fault(rip)
             return
-        if vector in _CONTRIBUTORY or vector == 14:
+        if fault.vector == 14 and fault.cr2 is not None:
+            self.set_cr(2, fault.cr2)
+        if how == "double":
             self.raise_exception(8, 0, rip, _depth=depth + 1)
         else:
-            self.raise_exception(13, vector * 8 + 2, rip, _depth=depth + 1)
+            self.raise_exception(fault.vector, fault.error_code, rip, cr2=fault.cr2,
+                                 _depth=depth + 1)
 
     def triple_fault(self, rip: int) -> None:
         ex = VmExit(2, 0, rip)
@@ -1260,69 +1371,6 @@ class Vcpu:
         if ctx.ended is not None:
             raise ctx.ended
         self.set_rip(ctx.resume_rip)
-
-    def _deliver_idt(self, vector: int, error_code: int | None, ret: int) -> bool:
-        idtr = self.uc.reg_read(X.UC_X86_REG_IDTR)
-        base, limit = idtr[1], idtr[2]
-        fl = self.rflags
-        try:
-            if self.mode == 16 and not self.cr(0) & 1:
-                if vector * 4 + 3 > limit:
-                    return False
-                ip, cs = struct.unpack("<HH", self.read_mem(base + vector * 4, 4))
-                sp = self.gpr(4, 2)
-                ss = self.rr(X.UC_X86_REG_SS) << 4
-                old_cs = self.rr(X.UC_X86_REG_CS)
-                frame = struct.pack("<HHH", (ret - (old_cs << 4)) & 0xFFFF, old_cs, fl & 0xFFFF)
-                sp = (sp - 6) & 0xFFFF
-                self.write_mem(ss + sp, frame)
-                self.set_gpr(4, sp, 2)
-                self.rw(X.UC_X86_REG_CS, cs)
-                self.rw(X.UC_X86_REG_IP, ip)
-                self.set_rflags(fl & ~0x300)
-                return True
-            if self.mode == 64:
-                if vector * 16 + 15 > limit:
-                    return False
-                lo, hi = struct.unpack("<QQ", self.read_mem(base + vector * 16, 16))
-                if not lo >> 47 & 1:
-                    return False
-                target = (lo & 0xFFFF) | ((lo >> 48) << 16) | ((hi & 0xFFFFFFFF) << 32)
-                sel = (lo >> 16) & 0xFFFF
-                gtype = (lo >> 40) & 0xF
-                rsp = self.gpr(4) & ~0xF
-                vals = [self.rr(X.UC_X86_REG_SS), self.gpr(4), fl, self.rr(X.UC_X86_REG_CS), ret]
-                if error_code is not None:
-                    vals.append(error_code)
-                rsp -= 8 * len(vals)
-                self.write_mem(rsp, struct.pack("<" + "Q" * len(vals), *reversed(vals)))
-                self.set_gpr(4, rsp)
-                if sel != self.rr(X.UC_X86_REG_CS):
-                    self.rw(X.UC_X86_REG_CS, sel)
-                self.set_rflags(fl & ~((1 << 8) | (1 << 16) | ((1 << 9) if gtype == 0xE else 0)))
-                self.rw(X.UC_X86_REG_RIP, target)
-                return True
-            if vector * 8 + 7 > limit:
-                return False
-            g = struct.unpack("<Q", self.read_mem(base + vector * 8, 8))[0]
-            if not g >> 47 & 1:
-                return False
-            target = (g & 0xFFFF) | ((g >> 48) << 16)
-            sel = (g >> 16) & 0xFFFF
-            gtype = (g >> 40) & 0xF
-            vals = [fl, self.rr(X.UC_X86_REG_CS), ret]
-            if error_code is not None:
-                vals.append(error_code)
-            esp = self.gpr(4, 4) - 4 * len(vals)
-            self.write_mem(esp, struct.pack("<" + "I" * len(vals), *[v & 0xFFFFFFFF for v in reversed(vals)]))
-            self.set_gpr(4, esp, 4)
-            if sel != self.rr(X.UC_X86_REG_CS):
-                self.rw(X.UC_X86_REG_CS, sel)
-            self.set_rflags(fl & ~((1 << 8) | (1 << 16) | ((1 << 9) if gtype in (0xE, 0x6) else 0)))
-            self.rw(X.UC_X86_REG_EIP, target)
-            return True
-        except UcError:
-            return False
 
     # ================================================================ control changes
     def request_apply(self, new_config: VmxConfig) -> None:
@@ -1414,8 +1462,7 @@ class Vcpu:
         return self._pc_begin()
 
     def _pc_begin(self) -> int:
-        if self.mode == 16:
-            return self.rip
+        """Where emu_start begins: the RIP register (an offset in CS; `until` is linear)."""
         return self.rr(self._rip_reg)
 
     def _arm_entry_events(self) -> VmExit | None:
@@ -1635,17 +1682,18 @@ class Vcpu:
                 if self._smc_page is not None:
                     # the store that hit a code page, alone: QEMU may restart it once when it
                     # writes into its own block, so stop at the next instruction, not by count
-                    dec = self._decode_any(begin if self.mode != 16 else self.rip)
+                    dec = self._decode_any(self.rip)
                     until = (self.rip + (dec.len if dec is not None else 1))
                     count = 2
                 try:
                     uc.emu_start(begin, until, 0, count)
                 except UcError as e:
                     err = e
+                self._sync_mode()
                 smc_step = self._smc_page is not None
                 if smc_step:
                     self._end_smc_step()
-                    if err is None and self._event is None and self._pc_now() == until:
+                    if err is None and self._event is None and self.rip == until:
                         self.icount = start_icount + 1
                         counter.set_count(self.icount)
                         self._after_step()
@@ -1790,7 +1838,7 @@ class Vcpu:
         return None
 
     def _reset_old_exception(self) -> None:
-        off = old_exception_offset(self.mode)
+        off = old_exception_offset(64)
         if off is None:
             return
         self.flush()

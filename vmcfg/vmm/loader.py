@@ -85,7 +85,14 @@ def load_image(spec: str, *, base_dir: str | None = None, load_address: int = 0x
 MULTIBOOT_MAGIC = 0x1BADB002          # in the image's Multiboot header
 MULTIBOOT_BOOTLOADER_MAGIC = 0x2BADB002   # in EAX at the kernel's entry
 MULTIBOOT_SEARCH = 8192
-MBI_ADDR = 0x9000                     # where the loader writes the Multiboot information
+MBI_SIZE = 0x1000                     # the information block, its memory map and strings
+
+
+def mbi_address(image: "Image") -> int:
+    """Where the Multiboot information goes: the page after the image's highest byte
+    (as QEMU does), so it never overlaps the kernel."""
+    end = max(addr + len(data) for addr, data in image.segments)
+    return (end + 0xFFF) & ~0xFFF
 
 
 def multiboot_header(data: bytes) -> tuple[int, int] | None:
@@ -100,10 +107,10 @@ def multiboot_header(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def multiboot_info(memory: int, cmdline: str) -> tuple[int, bytes]:
-    """The Multiboot information structure for a guest with `memory` bytes of RAM.
+def multiboot_info(memory: int, cmdline: str, addr: int) -> bytes:
+    """The Multiboot information structure for a guest with `memory` bytes of RAM, at `addr`.
 
-    Returns (guest-physical address, bytes): the 88-byte info block at MBI_ADDR
+    Returns its bytes: the 88-byte info block
     with mem_lower/mem_upper (flag 0), the command line (flag 2), no modules
     (flag 3, count 0), a BIOS-style memory map (flag 6: 0-0x9FBFF RAM, the EBDA
     and the BIOS area reserved, 1 MiB up to the end of RAM) and the boot
@@ -113,9 +120,9 @@ def multiboot_info(memory: int, cmdline: str) -> tuple[int, bytes]:
     mmap_entries = [(0, 0x9FC00, 1), (0x9FC00, 0x400, 2), (0xF0000, 0x10000, 2),
                     (0x100000, top - 0x100000, 1)]
     mmap = b"".join(struct.pack("<IQQI", 20, b, ln, t) for b, ln, t in mmap_entries)
-    mmap_addr = MBI_ADDR + 128
+    mmap_addr = addr + 128
     cmd_addr = mmap_addr + len(mmap)
-    cmd = cmdline.encode("utf-8", "replace") + b"\0"
+    cmd = cmdline.encode("utf-8", "replace")[:MBI_SIZE - 256] + b"\0"
     name_addr = cmd_addr + len(cmd)
     name = b"vmcfg\0"
     flags = (1 << 0) | (1 << 2) | (1 << 3) | (1 << 6) | (1 << 9)
@@ -123,7 +130,7 @@ def multiboot_info(memory: int, cmdline: str) -> tuple[int, bytes]:
     info += b"\0" * 16                                     # syms (unused)
     info += struct.pack("<IIIIIII", len(mmap), mmap_addr, 0, 0, 0, name_addr, 0)
     info = info.ljust(128, b"\0")
-    return MBI_ADDR, info + mmap + cmd + name
+    return info + mmap + cmd + name
 
 
 def _load_elf(data: bytes, name: str) -> Image:

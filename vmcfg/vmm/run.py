@@ -165,8 +165,9 @@ def setup_start_state(vcpu, mode: int, memory: int, entry: int) -> None:
 def setup_multiboot(vcpu, image: Image, memory: int, cmdline: str) -> None:
     """Multiboot (v1) hand-over: EAX = 0x2BADB002, EBX = the information structure."""
     from unicorn import x86_const as X
-    from .loader import MULTIBOOT_BOOTLOADER_MAGIC, multiboot_info
-    addr, info = multiboot_info(memory, cmdline)
+    from .loader import MULTIBOOT_BOOTLOADER_MAGIC, mbi_address, multiboot_info
+    addr = mbi_address(image)
+    info = multiboot_info(memory, cmdline, addr)
     vcpu.uc.mem_write(addr, info)
     vcpu.uc.reg_write(X.UC_X86_REG_RAX, MULTIBOOT_BOOTLOADER_MAGIC)
     vcpu.uc.reg_write(X.UC_X86_REG_RBX, addr)
@@ -189,12 +190,10 @@ def check_layout(image: Image, memory: int, mode: int) -> None:
                               f"0x0-{VMM_AREA_END - 1:#x}, where the VMM keeps the GDT and "
                               "page tables of the 64-bit start state; load it higher")
     if image.multiboot:
-        from .loader import MBI_ADDR
-        for addr, data in image.segments:
-            if addr < MBI_ADDR + 0x1000 and addr + len(data) > MBI_ADDR:
-                raise LaunchError(f"{image.name}: the image overlaps guest-physical "
-                                  f"{MBI_ADDR:#x}-{MBI_ADDR + 0xFFF:#x}, where the loader puts "
-                                  "the Multiboot information")
+        from .loader import MBI_SIZE, mbi_address
+        if mbi_address(image) + MBI_SIZE > min(memory, 1 << 32):
+            raise LaunchError(f"{image.name}: no room after the kernel for the Multiboot "
+                              f"information (guest RAM ends at {memory - 1:#x}); use --memory")
     if not 0 <= image.entry < memory:
         raise LaunchError(f"{image.name}: entry point {image.entry:#x} is outside guest RAM "
                           f"(0x0-{memory - 1:#x})")

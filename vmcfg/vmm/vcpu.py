@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_FETCH_UNMAPPED,
+from unicorn import (UC_HOOK_INSN, UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_FETCH_UNMAPPED,
                      UC_ERR_INSN_INVALID, UC_ERR_READ_PROT, UC_ERR_READ_UNMAPPED,
                      UC_ERR_WRITE_PROT, UC_ERR_WRITE_UNMAPPED, UC_HOOK_CODE, UC_HOOK_INTR,
                      UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_READ_PROT, UC_HOOK_MEM_UNMAPPED,
@@ -55,7 +55,7 @@ from .exitinfo import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, INTR_EXTERNAL,
                        cr_qualification, dr_qualification, interruption_info, io_qualification)
 from .handlers import DEFAULT_HANDLERS, ExitContext
 from .cpu.delivery import DeliveryFault, deliver_event, nested
-from .cpu.state import CpuState
+from .cpu.state import CpuState, unicorn_cpu_model
 from .platform import CpuidModel, DebugExit, MsrFault, MsrFile, Platform
 
 TSC_PER_INSN = 1
@@ -94,7 +94,27 @@ _UNCONDITIONAL = {"cpuid": 10, "invd": 13, "xsetbv": 55, "vmcall": 18, "getsec":
 # VMM must produce itself (virtual TSC, MSR file, platform I/O, deterministic RNG)
 ALWAYS_TRAPPED = frozenset({"cpuid", "invd", "xsetbv", "vmcall", "vmx", "getsec", "hlt",
                             "rdtsc", "rdtscp", "rdmsr", "wrmsr", "io", "rdrand", "rdseed",
-                            "rdpmc", "mwait", "monitor", "invpcid"})
+                            "rdpmc", "mwait", "monitor", "invpcid",
+                            "mov_to_cr4"})      # CR4 bits the CPU model lacks: #GP (cr4_allowed)
+
+# Instruction kinds that raise #GP(0) at CPL > 0 (this check comes before any VM exit)
+PRIVILEGED = frozenset({"rdmsr", "wrmsr", "hlt", "invd", "wbinvd", "xsetbv", "invlpg", "invpcid",
+                        "mov_dr", "clts", "lmsw", "mov_to_cr0", "mov_from_cr0", "mov_to_cr3",
+                        "mov_from_cr3", "mov_to_cr4", "mov_from_cr4", "mov_to_cr8",
+                        "mov_from_cr8", "monitor", "mwait"})
+
+
+def cr4_allowed(cpuid) -> int:
+    """CR4 bits the CPU model supports (the rest are reserved: MOV to CR4 raises #GP(0))."""
+    _a, _b, ecx1, edx1 = cpuid.query(1, 0)
+    _a, ebx7, ecx7, _d = cpuid.query(7, 0)
+    bits = 0x7FF & ~(1 << 7 if not edx1 & (1 << 13) else 0)     # VME..OSXMMEXCPT (PGE per CPUID)
+    for cond, bit in ((ecx7 & (1 << 2), 11), (ebx7 & 1, 16), (ecx1 & (1 << 17), 17),
+                      (ecx1 & (1 << 26), 18), (ebx7 & (1 << 7), 20), (ebx7 & (1 << 20), 21),
+                      (ecx7 & (1 << 3), 22), (ecx7 & (1 << 31), 24), (ecx7 & (1 << 16), 12)):
+        if cond:
+            bits |= 1 << bit
+    return bits
 
 
 _OLD_EXC_OFFSET: dict[int, int | None] = {}
@@ -237,6 +257,7 @@ class Vcpu:
         # always a 64-bit engine: the guest may switch modes itself (real -> protected -> long);
         # the start mode is the CPU state run.setup_start_state writes (cpu.state)
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.uc.ctl_set_cpu_model(unicorn_cpu_model())
         self._uch = self.uc._uch
         self.cpu_state = CpuState(self.uc)
         self._rbuf = ctypes.c_uint64()
@@ -293,6 +314,7 @@ class Vcpu:
         self._smc_count: dict[int, int] = {}
         self._hot_pages: set[int] = set()     # (reserved: pages guarded by a write hook)
         self._smc_page: int | None = None
+        self._smc_before: bytes | None = None
         self._smc_retry = False
         self._hooks: dict[int, int] = {}
         self._wguard: dict[int, int] = {}
@@ -321,6 +343,8 @@ class Vcpu:
         self.uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
         self.uc.hook_add(UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT, self._on_prot)
         self.uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_fastcall, "syscall", 1, 0, X.UC_X86_INS_SYSCALL)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_fastcall, "sysenter", 1, 0, X.UC_X86_INS_SYSENTER)
         self.msrs = MsrFile(self._cpu_msr_read, self._cpu_msr_write, self._tsc_msr_read,
                             self._tsc_msr_write)
         self.cpuid = self._make_cpuid(config)
@@ -516,6 +540,9 @@ class Vcpu:
     def set_rflags_raw(self, v: int) -> None:
         self.rw(self._rflags_reg, v | 2)
 
+    def rr_rip_reg(self) -> int:
+        return self.rr(self._rip_reg)
+
     def set_rip_reg(self, v: int) -> None:
         self.rw(self._rip_reg, v)
 
@@ -669,6 +696,19 @@ class Vcpu:
             self.uc.hook_del(h)
         self._make_data_page(page)
 
+    def _rescan(self, page: int) -> None:
+        """A guarded (hot) code page whose sensitive instructions changed: re-decode it in
+        place, keeping it executable and writable; its cached translations are dropped."""
+        found = self._scanned.pop(page, {})
+        for addr in list(found):
+            self._unhook(addr)
+        for a in [a for a in self._insns if page <= a < page + PAGE]:
+            self._insns.pop(a, None)
+        self._scan(page)
+        self.counter.invalidate(page, page + PAGE)
+        self._prefix_cache.clear()
+        self.uc.ctl_remove_cache(page, page + PAGE)
+
     def _make_data_page(self, page: int) -> None:
         """Back to readable/writable, not executable (within its EPT rights): the next
         fetch rescans it; its cached translations and block counts are dropped."""
@@ -697,14 +737,19 @@ class Vcpu:
             window = bytearray(self.read_mem(lo, hi - lo))
         except UcError:
             return
+        before = bytes(window)
         for i in range(size):
             j = address - lo + i
             if 0 <= j < len(window):
                 window[j] = (value >> (8 * i)) & 0xFF
-        new = self._scan_bytes(bytes(window), lo, 0, min(len(window), page + PAGE - lo))
-        old = {a: k for a, (k, _i) in found.items() if lo <= a < page + PAGE and a < hi}
-        newk = {a: k for a, (k, _i) in new.items() if a < page + PAGE}
-        changed = old != newk or any(lo <= a < hi for a in self._insns)
+        # the window decoded before and after the store from the same first byte (a window
+        # may begin inside an instruction: only a difference between the two counts)
+        lim = min(len(window), page + PAGE - lo)
+        old = {a: k for a, (k, _i) in self._scan_bytes(before, lo, 0, lim).items()}
+        newk = {a: k for a, (k, _i) in self._scan_bytes(bytes(window), lo, 0, lim).items()}
+        end = address + size
+        changed = old != newk or any(a < end and address < a + ins.length
+                                     for a, ins in self._insns.items() if lo <= a < hi)
         if changed:
             # hooks cannot change inside a running callback: stop (at the end of this block,
             # or at the next trapped instruction, which keeps the count exact) and rescan
@@ -751,6 +796,16 @@ class Vcpu:
         rip = self.rip
         # CR2 now: after this hook Unicorn jumps to a stale "next EIP", which may fault again
         self._event = ("intr", intno, rip, self._retired_at(rip), self.cr(2) if intno == 14 else None)
+        uc.emu_stop()
+
+    def _on_fastcall(self, uc, which):
+        # Unicorn skips SYSCALL/SYSENTER after this hook: stop there (RIP = the next
+        # instruction, the instruction retired) and do what the CPU does (cpu.fastcall)
+        self._rcache.clear()
+        self._sync_mode()
+        rip = self.rip
+        if self._event is None:
+            self._event = ("fastcall", which, rip, self._retired_at(rip))
         uc.emu_stop()
 
     def _raw_trap(self, _uch, address, size, _ud):
@@ -901,8 +956,15 @@ class Vcpu:
         on = self._on.__getitem__
         k = ins.kind
         nxt = ins.address + ins.length
+        if self.cpl and (k in PRIVILEGED or (k == "gdt_idt" and ins.mnemonic in (D.M.LGDT, D.M.LIDT))
+                         or (k == "ldt_tr" and ins.mnemonic in (D.M.LLDT, D.M.LTR))
+                         or (k == "rdpmc" and not self.cr(4) & (1 << 8))
+                         or (k in ("rdtsc", "rdtscp") and self.cr(4) & (1 << 2))):
+            raise GuestFault(13, 0)
         if k in _UNCONDITIONAL:
             if k == "getsec" and not self.cr(4) & (1 << 14):
+                raise GuestFault(6)
+            if k == "xsetbv" and not self.cr(4) & (1 << 18):
                 raise GuestFault(6)
             return self._exit(_UNCONDITIONAL[k], ins)
         if k == "vmx":
@@ -1001,6 +1063,8 @@ class Vcpu:
         if k in ("mov_to_cr0", "mov_to_cr4"):
             n = ins.cr
             val = self.gpr(ins.gpr, ins.gpr_size)
+            if n == 4 and val & ~cr4_allowed(self.cpuid):
+                raise GuestFault(13, 0)
             mask, shadow = (self.cr0_mask, self.cr0_shadow) if n == 0 else (self.cr4_mask, self.cr4_shadow)
             if (mask & val) != (mask & shadow):
                 return self._exit(28, ins, cr_qualification(n, CR_MOV_TO, ins.gpr), data={"value": val})
@@ -1780,9 +1844,22 @@ class Vcpu:
             return
         if kind == "resume":
             return
+        if kind == "fastcall":
+            from .cpu import fastcall
+            _k, which, rip, ic = ev
+            self.icount = self.counter.count
+            length = 2
+            fault = (fastcall.syscall if which == "syscall" else fastcall.sysenter)(self)
+            if fault is not None:
+                self.icount -= 1                  # faulted: not retired
+                self.counter.set_count(self.icount)
+                self.set_rip(self.rip - length)
+                self.flush()
+                self.raise_exception(fault[0], fault[1], self.rip)
+            return
         if kind == "dirty":
             self.icount = self.counter.count
-            self._drop_page(ev[1])
+            self._rescan(ev[1])
             return
         if kind == "smc":
             self._code_page_written(ev[1], ev[2], ev[3])
@@ -1877,7 +1954,13 @@ class Vcpu:
         self.icount = ic
         self.counter.set_count(ic)
         self._smc_count[page] = self._smc_count.get(page, 0) + 1
-        self._drop_page(page)
+        try:
+            self._smc_before = self.read_mem(page, PAGE + 15 if page + PAGE + 15 <= self.memory
+                                             else PAGE)
+        except UcError:
+            self._smc_before = None
+        if self._smc_before is None or page not in self._scanned:
+            self._drop_page(page)
         acc = self._ept_access(page)
         self.uc.mem_protect(page, PAGE, UC_PROT_ALL if acc is None else
                             UC_PROT_EXEC | UC_PROT_WRITE | (UC_PROT_READ if "r" in acc else 0))
@@ -1886,8 +1969,44 @@ class Vcpu:
         self.set_rip(rip)
 
     def _end_smc_step(self) -> None:
+        """After the store: if it changed no sensitive instruction (the bytes around every
+        changed byte decode to the same trapped instructions before and after, from the same
+        first byte), the page keeps its scan and hooks and only its translations go;
+        otherwise it is dropped and rescanned at its next fetch."""
         page, self._smc_page = self._smc_page, None
+        before, self._smc_before = self._smc_before, None
+        if page in self._scanned and before is not None:
+            try:
+                after = self.read_mem(page, len(before))
+            except UcError:
+                after = None
+            if after is not None and self._same_sensitive(page, before, after):
+                acc = self._ept_access(page)
+                self.uc.mem_protect(page, PAGE, UC_PROT_EXEC | (
+                    UC_PROT_READ if acc is None or "r" in acc else 0))
+                self.counter.invalidate(page, page + PAGE)
+                self._prefix_cache.clear()
+                self.uc.ctl_remove_cache(page, page + PAGE)
+                return
+            self._drop_page(page)
         self._make_data_page(page)
+
+    def _same_sensitive(self, page: int, before: bytes, after: bytes) -> bool:
+        if before == after:
+            return True
+        n = len(before)
+        first = next(i for i in range(n) if before[i] != after[i])
+        last = next(i for i in range(n - 1, -1, -1) if before[i] != after[i])
+        lo, hi = max(0, first - 15), min(n, last + 16)
+        if any(page + lo <= a + ins.length and a < page + hi for a, ins in self._insns.items()
+               if page <= a < page + PAGE + 15):
+            return False
+        lim = min(hi, PAGE) - lo
+        if lim <= 0:
+            return True
+        old = {a: k for a, (k, _i) in self._scan_bytes(before[lo:hi], page + lo, 0, lim).items()}
+        new = {a: k for a, (k, _i) in self._scan_bytes(after[lo:hi], page + lo, 0, lim).items()}
+        return old == new
 
     def _memory_fault(self, kind: str, access: int, address: int, size: int, rip: int) -> None:
         from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT, \

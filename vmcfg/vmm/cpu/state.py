@@ -28,6 +28,7 @@ LDT, TR = 6, 7
 SEG_NAMES = ("es", "cs", "ss", "ds", "fs", "gs")
 
 _EIP, _EFLAGS, _HFLAGS = 128, 136, 176
+_SEG = struct.Struct("<I4xQII")
 _SEGS = 184
 _SEG_SIZE = 24
 _GDT = _SEGS + 8 * _SEG_SIZE
@@ -63,6 +64,39 @@ class CpuStateError(Exception):
 
 _ENV_OFFSET: int | None = None
 _EFER_OFFSET: int | None = None
+_XCR0_OFFSET: int | None = None
+
+
+def unicorn_cpu_model() -> int:
+    """The emulator's CPU model: Skylake-Server (family 6, model 0x55), the processor the
+    cvmm CPUID describes, so that what CPUID offers (SSE4.2, POPCNT, XSAVE...) also runs."""
+    from unicorn import x86_const as X
+    return X.UC_CPU_X86_SKYLAKE_SERVER
+
+
+def _find_xcr0_offset(env: int) -> int:
+    """env->xcr0, found by running XSETBV with two values in a scratch engine."""
+    from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+    from unicorn import x86_const as X
+    from unicorn.unicorn_py3.unicorn import uclib
+    uc = Uc(UC_ARCH_X86, UC_MODE_64)
+    uc.ctl_set_cpu_model(unicorn_cpu_model())
+    uc.mem_map(0, 0x10000)
+    uc.reg_write(X.UC_X86_REG_CR4, uc.reg_read(X.UC_X86_REG_CR4) | (1 << 18))
+    code = bytes.fromhex("31c931d20f01d1f4")          # xor ecx,ecx; xor edx,edx; xsetbv; hlt
+    uc.mem_write(0x1000, code)
+    size = uclib.uc_context_size(uc._uch)
+    hits = None
+    for val in (3, 7):
+        uc.reg_write(X.UC_X86_REG_RAX, val)
+        uc.emu_start(0x1000, 0x1007)
+        blob = ctypes.string_at(_ctx_addr(uc.context_save()), size)
+        pat = struct.pack("<Q", val)
+        found = {i for i in range(env + _EIP, size - 7, 8) if blob[i:i + 8] == pat}
+        hits = found if hits is None else hits & found
+    if not hits or len(hits) != 1:
+        raise CpuStateError("cannot locate XCR0 in this Unicorn build's CPU state")
+    return hits.pop() - env
 
 
 def _find_env_offset() -> int:
@@ -144,15 +178,24 @@ class CpuState:
 
     # ---- reading ---------------------------------------------------------------
     def snapshot(self) -> "Snapshot":
-        self._load()
-        hf = self._u32(_HFLAGS)
-        segs = []
-        for i in range(8):
-            o = _SEGS + i * _SEG_SIZE
-            segs.append((self._u32(o), self._u64(o + 8), self._u32(o + 16), self._u32(o + 20)))
-        return Snapshot(hf, segs, self._u64(_CR), self._u64(_EFLAGS))
+        b = self._load()
+        raw = ctypes.string_at(b + _EFLAGS, _CR + 8 - _EFLAGS)
+        eflags = struct.unpack_from("<Q", raw, 0)[0]
+        hf = struct.unpack_from("<I", raw, _HFLAGS - _EFLAGS)[0]
+        segs = [_SEG.unpack_from(raw, _SEGS - _EFLAGS + i * _SEG_SIZE) for i in range(8)]
+        cr0 = struct.unpack_from("<Q", raw, _CR - _EFLAGS)[0]
+        return Snapshot(hf, [(sel, base, limit, fl) for sel, base, limit, fl in segs], cr0, eflags)
 
     # ---- writing ---------------------------------------------------------------
+    def set_xcr0(self, value: int) -> None:
+        """XCR0 as XSETBV writes it (the VMM traps XSETBV: it is an unconditional exit)."""
+        global _XCR0_OFFSET
+        if _XCR0_OFFSET is None:
+            _XCR0_OFFSET = _find_xcr0_offset(self.env)
+        self._load()
+        ctypes.c_uint64.from_address(self._base + _XCR0_OFFSET).value = value
+        self.uc.context_restore(self._ctx)
+
     def set_efer(self, value: int) -> None:
         """EFER as written, LMA included (WRMSR keeps LMA; only a mode switch sets it), with
         hflags.LMA to match: how a VMM loads the guest's EFER at VM entry."""

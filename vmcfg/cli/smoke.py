@@ -164,9 +164,10 @@ def _smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all
     interrupted = cancel.reason
     ok = all(r.passed for r in results) and runner.not_run == 0 and not interrupted
 
-    err()
-    summary_table(results)
-    err()
+    if results:                    # none when interrupted before any case ended
+        err()
+        summary_table(results)
+        err()
     kept = [r for r in results if r.artifacts]
     failing = [r for r in results if not r.passed]
     if kept:

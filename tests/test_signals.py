@@ -7,7 +7,7 @@ then waits for the signal), a line the guest prints, a file that appears -- neve
 after a sleep.  The programs must then end with 128 + the signal (130, 143), kill
 every process they started, write what finished, and print no traceback.
 
-bench/signals_loop.sh runs this file many times in a row under load.
+bench/signals_loop.py runs this file many times in a row under load.
 """
 
 import json
@@ -16,6 +16,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import xml.etree.ElementTree as ET
 
 import pytest
@@ -61,9 +62,15 @@ class Child:
 
     def finish(self, sig):
         """Send sig; return (returncode, stdout, stderr) once the program has ended."""
+        t0 = time.monotonic()
         self.p.send_signal(sig)
         out, err = self.p.communicate()
         self._timer.cancel()
+        log = os.environ.get("VMCFG_SIGNAL_TIMES")   # bench/signals_loop.py: never asserted
+        if log:
+            with open(log, "a") as fh:
+                fh.write(json.dumps({"test": os.environ.get("PYTEST_CURRENT_TEST", ""),
+                                     "seconds": time.monotonic() - t0}) + "\n")
         err = "".join(self.err) + err
         assert not self.hung, f"still running {PATIENCE:g} s after the signal:\n{err}"
         assert "Traceback" not in err, err

@@ -104,14 +104,17 @@ def summary(file, as_json, top, output):
 def export(file, fmt, clock, rate_window, output):
     """Export a trace for a timeline viewer: one track per exit reason,
     a slice per exit with its handling time, exit-rate counters."""
-    from ..trace.export import export_perfetto
-    from ..trace.reader import TraceReader
+    from ..trace.export import ExportError, export_perfetto
+    from ..trace.reader import TraceError, TraceReader
 
     def work():
         rd = TraceReader(file)
-        with _output(output) as fh:
-            info = export_perfetto(rd, fh, clock=clock, window_ns=int(rate_window * 1e6),
-                                   source=file, totals=lambda: rd.totals)
+        try:
+            with _output(output) as fh:
+                info = export_perfetto(rd, fh, clock=clock, window_ns=int(rate_window * 1e6),
+                                       source=file, totals=lambda: rd.totals)
+        except ExportError as e:
+            raise TraceError(str(e), file, rd.lines) from None
         if output and output != "-":
             err(f"{output}: {info['exits']:,} exits on {info['reasons']} track(s), "
                 f"{info['events']:,} events (clock {info['clock']}); open it in "

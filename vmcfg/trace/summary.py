@@ -137,7 +137,7 @@ def render_text(doc: dict, source: str = "") -> str:
             ("; counts and host time exact from the totals line)" if doc["counts_exact"]
              else "; counts estimated)")
     if doc.get("instructions") is not None:
-        head += f", {doc['instructions']:,} guest instructions"
+        head += f", the last at guest instruction {doc['instructions']:,}"
     if timed:
         head += f", {fmt_ns(doc['host_ns'])} of host time handling them"
     out.append(head)
@@ -156,13 +156,16 @@ def render_text(doc: dict, source: str = "") -> str:
         else:
             out.append(f"{r['name']:24s} {r['count']:11,d}")
         for t in r["top_rips"]:
-            n = f"{t['count']:,}" + ("+" if t.get("overcount_at_most") else "")
+            n = ("~" if doc["sample"] > 1 else "") + f"{t['count']:,}" + \
+                ("+" if t.get("overcount_at_most") else "")
             out.append(f"    rip {t['rip']:#018x} {n:>11s}  {t['disassembly'] or '(no instruction)'}")
     notes = []
     if timed:
         notes.append(f"median/p99 within {100 * doc['quantile_relative_error']:g} %")
     if any(t.get("overcount_at_most") for r in doc["reasons"] for t in r["top_rips"]):
         notes.append("'+': a RIP count that may be over (more distinct RIPs than slots)")
+    if doc["sample"] > 1:
+        notes.append("'~': a RIP count estimated from the sampled records")
     if notes:
         out.append(f"({'; '.join(notes)})")
     return "\n".join(out) + "\n"

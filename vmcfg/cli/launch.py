@@ -51,7 +51,11 @@ def _complete_guest(ctx, param, incomplete):
 @click.option("--entry", metavar="ADDR", help="Entry point (default: load address / ELF entry).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option("--trace", "trace_file", metavar="FILE", type=click.Path(dir_okay=False),
-              help="Write every VM exit as a JSON line to FILE.")
+              help="Write every VM exit as a JSON line to FILE (gzip-compressed when FILE "
+                   "ends in .gz); read it with 'vmcfg trace summary|export'.")
+@click.option("--trace-sample", "trace_sample", type=click.IntRange(min=1), default=1,
+              metavar="N", help="With --trace: write one exit in N of each reason, plus a "
+                                "line of exact totals (default 1: every exit).")
 @click.option("--max-instructions", "max_instructions", type=click.IntRange(min=1), metavar="N",
               help="Stop after N guest instructions (status instruction-limit).")
 @click.option("--nmi-at", "nmi_at", type=click.IntRange(min=0), metavar="N",
@@ -67,7 +71,7 @@ def _complete_guest(ctx, param, incomplete):
 @click.option("--detach", is_flag=True,
               help="With --name: run in the background; return once the guest runs.")
 def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_file,
-           max_instructions, nmi_at, timeout, console_file, handlers, name, detach):
+           trace_sample, max_instructions, nmi_at, timeout, console_file, handlers, name, detach):
     """Run a guest on vmcfg's emulated VMM under PROFILE's VMX controls.
 
     VM exits happen exactly as the profile's controls say; each exit is
@@ -163,7 +167,7 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
         _detach(gp, name, as_json, profile=os.path.abspath(r.profile_path or profile),
                 args=_child_args(guest, spec_base, mode, memory, load_address, entry,
                                  trace_file, max_instructions, timeout, console_file, handlers,
-                                 nmi_at),
+                                 nmi_at, trace_sample),
                 console_file=console_file)
 
     from ..vmm.run import run_guest
@@ -191,7 +195,8 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
     trace_fh = None
     if trace_file:
         try:
-            trace_fh = open(trace_file, "w", encoding="utf-8")
+            from ..vmm.run import open_trace_file
+            trace_fh = open_trace_file(trace_file)
         except OSError as e:
             bad(f"--trace {trace_file}: {e.strerror}")
 
@@ -214,7 +219,8 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
         try:
             hook("launch:start")
             res = run_guest(cfg, image, memory=mem, mode=run_mode, handlers=hmap,
-                            trace=trace_fh, max_instructions=max_instructions, timeout=timeout,
+                            trace=trace_fh, trace_sample=trace_sample,
+                            max_instructions=max_instructions, timeout=timeout,
                             console=console, progress=progress, on_vcpu=on_vcpu, nmi_at=nmi_at)
         except LaunchError as e:
             bad(str(e))
@@ -280,7 +286,8 @@ class _Stopper:
 
 
 def _child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
-                max_instructions, timeout, console_file, handlers, nmi_at=None) -> list[str]:
+                max_instructions, timeout, console_file, handlers, nmi_at=None,
+                trace_sample=1) -> list[str]:
     """The options of this launch, for the background process (paths made absolute)."""
     a: list[str] = []
     if guest:
@@ -296,6 +303,8 @@ def _child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
     for opt, v in (("--trace", trace_file), ("--console", console_file)):
         if v:
             a += [opt, os.path.abspath(v)]
+    if trace_file and trace_sample > 1:
+        a += ["--trace-sample", str(trace_sample)]
     for h in handlers:
         a += ["--handler", h]
     return a

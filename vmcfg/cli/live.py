@@ -224,11 +224,18 @@ def _watch(profile, name, interval, max_events, as_json):
 
 @click.command()
 @click.argument("name", shell_complete=complete_guest)
-@click.option("--follow", "-f", is_flag=True, help="Print again every second until the guest ends.")
+@click.option("--follow", "-f", is_flag=True,
+              help="Exit rates by reason over time until the guest ends: a live chart on a "
+                   "terminal, one line per sample in a pipe (JSON lines with --json).")
+@click.option("--interval", default=1.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(min=0.05), help="With -f: seconds between samples.")
 @click.option("--json", "as_json", is_flag=True)
-def stats(name, follow, as_json):
+def stats(name, follow, interval, as_json):
     """Live exit counters of guest NAME, by reason."""
     from ..live.channel import ChannelError
+    if follow:       # issue 17: rates over time (vmcfg/cli/stats_follow.py)
+        from .stats_follow import follow as follow_rates
+        return follow_rates(name, _call, _refused, as_json=as_json, interval=interval)
     while True:
         try:
             s = _call(name, "stats")

@@ -82,8 +82,8 @@ def run(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_dir,
     cancel = _Cancel()
     with SignalWatch(cancel.signal) as sig:
         try:
-            _smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
-                   exitfirst, list_only, sig, cancel)
+            _smoke(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_dir,
+                   keep_all, exitfirst, list_only, sig, cancel)
         except SystemExit:
             if sig.status:          # a signal at any point: 130 / 143, whatever else happened
                 sys.exit(sig.status)
@@ -116,8 +116,8 @@ class _Cancel:
             runner.cancel(reason)
 
 
-def _smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all, exitfirst,
-           list_only, sig, cancel):
+def _smoke(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_dir, keep_all,
+           exitfirst, list_only, sig, cancel):
     from ..interrupt import hook
     from ..smoke.loader import load_smoke
     from ..smoke.model import SmokeFileError

@@ -151,7 +151,20 @@ def apply(profile, name, dry_run, rollback, as_json):
 @click.option("--max-events", type=int, default=None, hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per event on stdout.")
 def watch(profile, name, interval, max_events, as_json):
-    """Apply PROFILE to guest NAME every time the file is saved."""
+    """Apply PROFILE to guest NAME every time the file is saved.
+
+    Ctrl-C (SIGINT) or SIGTERM ends it with status 130 or 143."""
+    from ..interrupt import Interrupted, SignalWatch, hook
+    with SignalWatch(raise_in_main=True):
+        try:
+            hook("watch:start")
+            _watch(profile, name, interval, max_events, as_json)
+        except Interrupted as e:
+            err(f"vmcfg watch: stopped by {e}")
+            sys.exit(e.status)
+
+
+def _watch(profile, name, interval, max_events, as_json):
     from ..live.channel import ChannelError
     path = os.path.abspath(profile)
 
@@ -170,46 +183,43 @@ def watch(profile, name, interval, max_events, as_json):
     last = stamp()
     events = 0
     err(f"watching {profile} for {name} (Ctrl-C to stop)")
-    try:
-        while max_events is None or events < max_events:
-            time.sleep(interval)
-            cur = stamp()
-            if cur is None or cur == last:
-                continue
-            while True:                  # debounce: wait until the save is complete
-                time.sleep(min(interval, 0.05))
-                again = stamp()
-                if again == cur:
-                    break
-                cur = again
-            if cur is None or cur == last:
-                continue
-            last = cur
-            events += 1
-            try:
-                res = _call(name, "apply", profile=path)
-                ev = {"event": "applied" if res.get("applied") else "unchanged", **res}
-                if not as_json:
-                    if res.get("applied"):
-                        err(click.style(f"applied {len(res['diff'])} change(s)", fg="green")
-                            + f" at instruction {res['instructions']} ({res['latency_ms']:.2f} ms)")
-                        _render_diff(res["diff"])
-                    else:
-                        err("saved; no changes")
-            except ChannelError as e:
-                if e.status == EXIT_USAGE and "no running guest" in e.message:
-                    err(f"vmcfg: {e.message}", fg="red")
-                    sys.exit(EXIT_USAGE)
-                ev = {"event": "refused", "error": e.message, **e.detail}
-                if not as_json:
-                    err(click.style(f"refused: {e.message}", fg="red"))
-                    for x in e.detail.get("errors", []):
-                        err(f"  {x.get('rule', '')} {x.get('message', '')}")
-            if as_json:
-                sys.stdout.write(json.dumps(ev, default=str) + "\n")
-                sys.stdout.flush()
-    except KeyboardInterrupt:
-        pass
+    while max_events is None or events < max_events:
+        time.sleep(interval)
+        cur = stamp()
+        if cur is None or cur == last:
+            continue
+        while True:                  # debounce: wait until the save is complete
+            time.sleep(min(interval, 0.05))
+            again = stamp()
+            if again == cur:
+                break
+            cur = again
+        if cur is None or cur == last:
+            continue
+        last = cur
+        events += 1
+        try:
+            res = _call(name, "apply", profile=path)
+            ev = {"event": "applied" if res.get("applied") else "unchanged", **res}
+            if not as_json:
+                if res.get("applied"):
+                    err(click.style(f"applied {len(res['diff'])} change(s)", fg="green")
+                        + f" at instruction {res['instructions']} ({res['latency_ms']:.2f} ms)")
+                    _render_diff(res["diff"])
+                else:
+                    err("saved; no changes")
+        except ChannelError as e:
+            if e.status == EXIT_USAGE and "no running guest" in e.message:
+                err(f"vmcfg: {e.message}", fg="red")
+                sys.exit(EXIT_USAGE)
+            ev = {"event": "refused", "error": e.message, **e.detail}
+            if not as_json:
+                err(click.style(f"refused: {e.message}", fg="red"))
+                for x in e.detail.get("errors", []):
+                    err(f"  {x.get('rule', '')} {x.get('message', '')}")
+        if as_json:
+            sys.stdout.write(json.dumps(ev, default=str) + "\n")
+            sys.stdout.flush()
 
 
 @click.command()

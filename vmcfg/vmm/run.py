@@ -23,9 +23,10 @@ EXIT_STATUS = {
     "instruction-limit": 10,
     "error": 12,
     "stopped": 0,
+    "interrupted": 130,      # Ctrl-C; `vmcfg launch` exits 128 + the signal (143 for SIGTERM)
 }
 STATUSES = ("halted", "debug-exit", "triple-fault", "timeout", "instruction-limit",
-            "entry-failure", "error", "stopped")
+            "entry-failure", "error", "stopped", "interrupted")
 
 
 @dataclass

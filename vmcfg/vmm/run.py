@@ -23,9 +23,11 @@ EXIT_STATUS = {
     "instruction-limit": 10,
     "error": 12,
     "stopped": 0,
+    "reset": 14,
+    "poweroff": 0,
 }
 STATUSES = ("halted", "debug-exit", "triple-fault", "timeout", "instruction-limit",
-            "entry-failure", "error", "stopped")
+            "entry-failure", "error", "stopped", "reset", "poweroff")
 
 
 @dataclass
@@ -190,17 +192,18 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
               on_vcpu: Callable[[Any], None] | None = None,
               nmi_at: int | None = None) -> RunResult:
     """Run `image` under `cfg`; never raises for guest behaviour (see RunResult.status)."""
-    from .platform import Platform
+    from .devices import Board
     from .vcpu import Vcpu
     t0 = time.perf_counter()
     check_layout(image, memory, mode)
     problems = check_entry(cfg, mode)
     if problems:
         return _entry_failure(problems, t0)
-    plat = Platform(console)
+    plat = Board(console, memory=memory)
     vcpu = Vcpu(cfg, memory=memory, mode=mode, platform=plat, handlers=handlers,
                 trace=TraceWriter(trace) if trace is not None else None,
                 max_instructions=max_instructions)
+    plat.install(vcpu.uc.mem_write)          # ACPI tables (the image may overwrite them)
     for addr, data in image.segments:
         vcpu.uc.mem_write(addr, data)
     setup_start_state(vcpu, mode, memory, image.entry)

@@ -167,8 +167,16 @@ class CpuState:
 
     def _load(self) -> int:
         self.uc.context_update(self._ctx)
-        self._base = _ctx_addr(self._ctx) + self.env
+        if not self._base:
+            self._base = _ctx_addr(self._ctx) + self.env
         return self._base
+
+    def mode_bits(self) -> tuple[int, int, int]:
+        """(hflags, CS base, EFLAGS): what the current mode, CPL and linear RIP need."""
+        b = self._load()
+        return (ctypes.c_uint32.from_address(b + _HFLAGS).value,
+                ctypes.c_uint64.from_address(b + _SEGS + CS * _SEG_SIZE + 8).value,
+                ctypes.c_uint64.from_address(b + _EFLAGS).value)
 
     def _u32(self, off: int) -> int:
         return ctypes.c_uint32.from_address(self._base + off).value
@@ -249,6 +257,15 @@ class CpuState:
         self.uc.context_restore(self._ctx)
 
 
+def mode_of(hflags: int, eflags: int) -> int:
+    """Code size from QEMU's hflags: 16 (real, virtual-8086, 16-bit segment), 32 or 64."""
+    if hflags & HF_CS64:
+        return 64
+    if not hflags & HF_PE or eflags & (1 << 17):
+        return 16
+    return 32 if hflags & HF_CS32 else 16
+
+
 class Snapshot:
     """The hidden state at one moment."""
 
@@ -264,12 +281,7 @@ class Snapshot:
     @property
     def mode(self) -> int:
         """Code size: 16 (real, virtual-8086 or a 16-bit segment), 32 or 64."""
-        hf = self.hflags
-        if hf & HF_CS64:
-            return 64
-        if not hf & HF_PE or self.eflags & (1 << 17):
-            return 16
-        return 32 if hf & HF_CS32 else 16
+        return mode_of(self.hflags, self.eflags)
 
     @property
     def real(self) -> bool:

@@ -49,6 +49,8 @@ from ..vmx.config import VmxConfig
 from ..vmx.exits import CONTRIBUTORY_VECTORS, ERROR_CODE_VECTORS
 from . import decode as D
 from .counter import BlockCounter
+from ..vmx.exits import Exit
+from .exitinfo import descriptor_table_info, ldt_tr_info, rdrand_info
 from .exitinfo import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, INTR_EXTERNAL,
                        INTR_HW_EXCEPTION, INTR_NMI,
                        INTR_PRIV_SW_EXCEPTION, INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit,
@@ -157,6 +159,20 @@ def old_exception_offset(mode: int) -> int | None:
         off = None
     _OLD_EXC_OFFSET[mode] = off
     return off
+
+
+def _prefixes(ins: D.Insn) -> bytes:
+    """The legacy/REX prefix bytes of a two-byte-opcode (0F xx) instruction."""
+    i = ins.raw.find(b"\x0f")
+    return ins.raw[:i] if i > 0 else b""
+
+
+def _address_size(ins: D.Insn, mode: int) -> int:
+    """Address size of a memory operand in bytes (the 0x67 prefix flips the default)."""
+    default = 8 if mode == 64 else 4 if mode == 32 else 2
+    if 0x67 in _prefixes(ins):
+        return 4 if mode == 64 else 2 if mode == 32 else 4
+    return default
 
 
 class RunEnd(Exception):
@@ -316,6 +332,7 @@ class Vcpu:
         self._hot_pages: set[int] = set()     # (reserved: pages guarded by a write hook)
         self._smc_page: int | None = None
         self._smc_before: bytes | None = None
+        self._monitor_armed = False             # MONITOR armed the address-monitoring hardware
         self._smc_retry = False
         self._hooks: dict[int, int] = {}
         self._wguard: dict[int, int] = {}
@@ -1070,7 +1087,18 @@ class Vcpu:
         if simple is not None:
             control, reason, emulate = simple
             if on(control):
+                if k in ("rdrand", "rdseed"):
+                    return self._exit(reason, ins, instruction_info=rdrand_info(ins))
+                if k == "mwait":
+                    # qualification bit 0: the monitoring hardware is armed (MONITOR ran)
+                    return self._exit(reason, ins, 1 if self._monitor_armed else 0)
+                if k == "monitor":
+                    self._monitor_armed = True
                 return self._exit(reason, ins)
+            if k == "monitor":
+                self._monitor_armed = True
+            elif k == "mwait":
+                self._monitor_armed = False
             if emulate is not None:
                 getattr(self, emulate)(ins)
             return nxt
@@ -1094,16 +1122,16 @@ class Vcpu:
         if k == "gdt_idt":
             m = ins.mnemonic
             ident = {D.M.SGDT: 0, D.M.SIDT: 1, D.M.LGDT: 2, D.M.LIDT: 3}[m]
-            return self._exit(46, ins, self._mem_displacement(ins),
-                              instruction_info=ident << 28,
+            asz = _address_size(ins, self.mode)
+            osz = 2 if self.mode != 64 and (self.mode == 16) != (0x66 in _prefixes(ins)) else 4
+            return self._exit(Exit.GDTR_IDTR_ACCESS, ins, self._mem_displacement(ins),
+                              instruction_info=descriptor_table_info(ins, ident, asz, osz),
                               guest_linear_address=self.effective_address(ins))
         if k == "ldt_tr":
             m = ins.mnemonic
             ident = {D.M.SLDT: 0, D.M.STR: 1, D.M.LLDT: 2, D.M.LTR: 3}[m]
-            info = ident << 28
-            if not ins.has_mem:
-                info |= (1 << 10) | ((ins.gpr & 0xF) << 3)
-            return self._exit(47, ins, self._mem_displacement(ins) if ins.has_mem else 0,
+            info = ldt_tr_info(ins, ident, _address_size(ins, self.mode))
+            return self._exit(Exit.LDTR_TR_ACCESS, ins, self._mem_displacement(ins) if ins.has_mem else 0,
                               instruction_info=info,
                               guest_linear_address=self.effective_address(ins) if ins.has_mem else None)
         if k == "mov_dr":

@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from .common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, complete_cpu, emit_json, err
+from .common import EXIT_INVALID, EXIT_OK, complete_cpu, emit_json, err
+from .report import fail, finish
 
 
 def _load(spec: str | None, caps_file: str | None):
@@ -27,8 +28,7 @@ def _load(spec: str | None, caps_file: str | None):
     except UnknownModel as e:
         err(f"vmcfg: {e} (or give a capability file)", fg="red")
     except ProfileError as e:
-        err(f"vmcfg: {e}", fg="red")
-    sys.exit(EXIT_USAGE)
+        fail(str(e))
 
 
 class CapsGroup(click.Group):
@@ -158,15 +158,13 @@ def import_caps(source, host, cpu_index, fmt, section, name, output, force):
                 cs.partial = True
                 cs.notes.append("no IA32_VMX_BASIC in the source")
     except ProfileError as e:
-        err(f"vmcfg: {e}", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(str(e))
     text = dump_capfile(cs)
     if output == "-":
         sys.stdout.write(text)
         return
     if os.path.exists(output) and not force:
-        err(f"vmcfg: {output} exists (use --force to overwrite)", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(f"{output} exists (use --force to overwrite)")
     tmp = f"{output}.tmp{os.getpid()}"
     try:
         with open(tmp, "w") as fh:
@@ -179,8 +177,7 @@ def import_caps(source, host, cpu_index, fmt, section, name, output, force):
             os.unlink(tmp)
         except OSError:
             pass
-        err(f"vmcfg: cannot write {output}: {e.strerror}", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(f"cannot write {output}: {e.strerror}")
     err(f"wrote {output} ({len(cs.msrs)} MSRs{', partial' if cs.partial else ''})")
 
 
@@ -199,7 +196,7 @@ def diff_caps_cmd(a, b, as_json):
         emit_json(d)
     else:
         _render(d)
-    sys.exit(EXIT_OK if d["equal"] else EXIT_INVALID)
+    finish(EXIT_OK if d["equal"] else EXIT_INVALID)
 
 
 @click.command()

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import click
 
-from .common import (EXIT_INVALID, EXIT_OK, EXIT_USAGE, check_cpu_caps, cpu_options, emit_json,
-                     err)
+from .common import EXIT_INVALID, EXIT_OK, check_cpu_caps, cpu_options, emit_json, err
+from .report import fail, finish
 
 
 def complete_diff_arg(ctx, param, incomplete):
@@ -165,8 +164,7 @@ def diff(a, b, cpu, caps_file, as_json):
         kb, xb = classify(b)
         if ka != kb:
             what = {"profile": "a profile", "caps": "a capability set"}
-            err(f"vmcfg: cannot compare {what[ka]} ({a}) with {what[kb]} ({b})", fg="red")
-            sys.exit(EXIT_USAGE)
+            fail(f"cannot compare {what[ka]} ({a}) with {what[kb]} ({b})")
         if ka == "profile":
             shared = load_caps(cpu, caps_file) if (cpu or caps_file) else None
             pa, pb = load_profile(xa), load_profile(xb)
@@ -175,15 +173,13 @@ def diff(a, b, cpu, caps_file, as_json):
             d = diff_profiles(ra, rb, a, b)
         else:
             if cpu or caps_file:
-                err("vmcfg: --cpu/--caps apply to profiles, not to capability sets", fg="red")
-                sys.exit(EXIT_USAGE)
+                fail("--cpu/--caps apply to profiles, not to capability sets")
             from ..vmx.capdiff import diff_caps
             d = diff_caps(xa, xb)
     except ProfileError as e:
-        err(f"vmcfg: {e}", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(str(e))
     if as_json:
         emit_json(d)
     else:
         _render(d)
-    sys.exit(EXIT_OK if d["equal"] else EXIT_INVALID)
+    finish(EXIT_OK if d["equal"] else EXIT_INVALID)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 
-from .common import EXIT_USAGE, complete_control, emit_json, err
+from .common import complete_control, emit_json, err
+from .report import fail
 
 
 @click.command()
@@ -20,9 +20,7 @@ def explain(name, as_json):
     doc = lookup(name)
     if doc is None:
         s = suggestions(name)
-        err(f"vmcfg: nothing called {name!r}" + (f"; did you mean {', '.join(s)}?" if s else ""),
-            fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(f"nothing called {name!r}" + (f"; did you mean {', '.join(s)}?" if s else ""))
     if as_json:
         emit_json(doc)
         return

@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from .common import EXIT_OK, EXIT_USAGE, err
+from .common import EXIT_OK, err
+from .report import fail, finish
 
 
 @click.command()
@@ -33,9 +34,8 @@ def schema(output, as_json):
         try:
             atomic_write(output, text)
         except WriteError as e:
-            err(f"vmcfg: {e}", fg="red")
-            sys.exit(EXIT_USAGE)
+            fail(str(e))
         err(f"wrote {output}")
     else:
         sys.stdout.write(text)
-    sys.exit(EXIT_OK)
+    finish(EXIT_OK)

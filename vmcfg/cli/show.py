@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 
-from .common import (EXIT_OK, EXIT_USAGE, check_cpu_caps, complete_profile, cpu_options,
-                     emit_json, err)
+from .common import EXIT_OK, check_cpu_caps, complete_profile, cpu_options, emit_json
+from .report import fail, finish
 
 
 def bit_states(r) -> dict[str, list[dict]]:
@@ -50,8 +49,7 @@ def show(profile, cpu, caps_file, show_all, as_json):
     try:
         r = resolve(profile, cpu, caps_file)
     except ProfileError as e:
-        err(f"vmcfg: {e}", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(str(e))
     states = bit_states(r)
     if as_json:
         doc = r.to_json()
@@ -96,4 +94,4 @@ def show(profile, cpu, caps_file, show_all, as_json):
         con.print("[bold]settings[/] (non-default)")
         for t, k, val in changed:
             con.print(f"  {t}.{k} = {val!r}")
-    sys.exit(EXIT_OK)
+    finish(EXIT_OK)

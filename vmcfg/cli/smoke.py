@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 
 import click
 
 from .common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, emit_json, err
+from .report import fail, finish
+from .. import status as S
 
 
 def _cpus() -> int:
@@ -58,20 +59,17 @@ def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
     try:
         suite = load_smoke(smoke_file)
     except SmokeFileError as e:
-        err(str(e), fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(str(e).removeprefix("vmcfg: "))
     cases = suite.cases
     if keyword is not None:
         try:
             pred = compile_k(keyword)
         except SelectError as e:
-            err(f"vmcfg: {e}", fg="red")
-            sys.exit(EXIT_USAGE)
+            fail(str(e))
         cases = [c for c in cases if pred(c.id)]
         if not cases:
-            err(f"vmcfg: -k {keyword!r} matches none of the {len(suite.cases)} cases of "
-                f"{smoke_file} (see --list)", fg="red")
-            sys.exit(EXIT_USAGE)
+            fail(f"-k {keyword!r} matches none of the {len(suite.cases)} cases of "
+                 f"{smoke_file} (see --list)")
     deselected = len(suite.cases) - len(cases)
 
     if list_only:
@@ -86,11 +84,10 @@ def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
                 err(f"    {display_command(c)}", fg="bright_black")
             err(f"{len(cases)} case{'s' if len(cases) != 1 else ''}"
                 + (f", {deselected} deselected" if deselected else ""))
-        sys.exit(EXIT_OK)
+        finish(EXIT_OK)
 
     if junit_file and os.path.isdir(junit_file):
-        err(f"vmcfg: --junit {junit_file}: is a folder", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(f"--junit {junit_file}: is a folder")
 
     from ..smoke.report import Progress, closing_line, echo_closing, summary_table
     from ..smoke.runner import ResultsDirError, Runner, prepare_results_dir
@@ -98,8 +95,7 @@ def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
     try:
         prepare_results_dir(results_dir)
     except ResultsDirError as e:
-        err(f"vmcfg: {e}", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(str(e))
     jobs = jobs or _cpus()
     runnable = sum(1 for c in cases if not c.skip)
     workers = min(jobs, runnable) if runnable else 0
@@ -115,9 +111,8 @@ def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
                             on_done=progress.done)
             results = runner.run()
     except KeyboardInterrupt:      # the runner has killed every running launch
-        err(f"vmcfg: interrupted after {progress.n} of {len(cases)} cases; no report written",
-            fg="red")
-        sys.exit(130)
+        fail(f"interrupted after {progress.n} of {len(cases)} cases; no report written",
+             S.INTERRUPTED)
     seconds = time.monotonic() - t0
     ok = all(r.passed for r in results) and runner.not_run == 0
 
@@ -171,7 +166,7 @@ def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
     if as_json:
         emit_json(doc)
     echo_closing(closing_line(results, seconds, deselected, runner.not_run), ok)
-    sys.exit(status)
+    finish(status)
 
 
 def _count(results, outcome: str) -> int:

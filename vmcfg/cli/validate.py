@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 
 from .common import (EXIT_INVALID, EXIT_OK, EXIT_USAGE, check_cpu_caps, complete_profile,
                      cpu_options, emit_json, err, render_violations)
+from .report import fail, finish
 
 
 @click.command()
@@ -36,8 +36,7 @@ def validate(profiles, cpu, caps_file, adjust, as_json, quiet):
         try:
             shared_caps = load_caps(cpu, caps_file)
         except ProfileError as e:
-            err(f"vmcfg: {e}", fg="red")
-            sys.exit(EXIT_USAGE)
+            fail(str(e))
     for spec in profiles:
         try:
             prof = load_profile(spec)
@@ -59,7 +58,7 @@ def validate(profiles, cpu, caps_file, adjust, as_json, quiet):
     elif not quiet and len(profiles) > 1:
         ok = len(profiles) - invalid - unreadable
         err(f"{ok} valid, {invalid} invalid, {unreadable} unreadable")
-    sys.exit(EXIT_USAGE if unreadable else EXIT_INVALID if invalid else EXIT_OK)
+    finish(EXIT_USAGE if unreadable else EXIT_INVALID if invalid else EXIT_OK)
 
 
 def _render(r, adjust: bool, quiet: bool) -> None:

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from dataclasses import dataclass, field as _dcf
 from typing import Any
 
 from ..vmx.config import merge_ranges
+from ..vmx.sizes import parse_size  # noqa: F401 - the one size grammar
 from ..vmx.settings import (INT_RANGES, SETTINGS_BY_TABLE, SETTING_TABLES, VECTOR_NAMES,
                             Setting)
 from ..vmx.table import CONTROL_BY_FIELD_KEY, FIELD_BY_KEY, FIELD_KEYS, resolve_control
@@ -98,23 +98,6 @@ def find_profile(spec: str, relative_to: str | None = None) -> str:
 
 
 # ---- value normalisation ----------------------------------------------------------
-
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMG]i?B?|B)?\s*$", re.I)
-
-
-def parse_size(v: Any) -> int:
-    if isinstance(v, bool):
-        raise ValueError("expected a size like \"16M\"")
-    if isinstance(v, int):
-        return v
-    if isinstance(v, str):
-        m = _SIZE.match(v)
-        if m:
-            mult = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[
-                (m.group(2) or "")[:1].upper()]
-            return int(m.group(1)) * mult
-    raise ValueError(f"expected a size like \"16M\" or a number of bytes, got {v!r}")
-
 
 def _int(v: Any, kind: str = "u64") -> int:
     if isinstance(v, bool):

@@ -14,6 +14,7 @@ import re
 from typing import Any, Iterable
 
 from ..vmx.caps import CapSet
+from ..vmx.sizes import format_size
 from ..vmx.settings import SETTINGS_BY_TABLE, SETTING_TABLES, VECTOR_NAMES, Setting
 from ..vmx.table import CONTROLS_BY_FIELD, FIELDS, Field
 from .loader import Profile
@@ -43,10 +44,8 @@ def toml_int(v: int, hex_: bool = False) -> str:
 
 
 def _size(v: int) -> str:
-    for suffix, unit in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if v and v % unit == 0:
-            return toml_string(f"{v // unit}{suffix}")
-    return str(v)
+    text = format_size(v)
+    return text if text.isdigit() else toml_string(text)
 
 
 def _range_item(lo: int, hi: int) -> str:

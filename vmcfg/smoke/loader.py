@@ -148,7 +148,7 @@ def _options(ctx: _Ctx, t: dict, key: tuple) -> dict[str, Any]:
                             key + ("mode",))
         out["mode"] = v
     if "memory" in t:
-        from ..profile.loader import parse_size
+        from ..vmx.sizes import parse_size
         v = t["memory"]
         try:
             n = parse_size(v)

@@ -7,6 +7,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..vmx.sizes import parse_size  # noqa: F401 - the one size grammar
+
 MAX_IMAGE = 64 << 20
 GUESTS_DIR = Path(__file__).resolve().parent.parent / "guests"
 
@@ -151,18 +153,3 @@ def _assemble(data: bytes, name: str, load_address: int, entry: int | None, mode
         raise ImageError(f"{name}: the source assembled to nothing")
     return Image(name, [(load_address, bytes(enc))], load_address if entry is None else entry,
                  "asm", src_mode)
-
-
-def parse_size(text: str | int) -> int:
-    if isinstance(text, int):
-        return text
-    s = str(text).strip().upper().removesuffix("IB").removesuffix("B")
-    mult = 1
-    for suf, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30)):
-        if s.endswith(suf):
-            s, mult = s[:-1], m
-            break
-    try:
-        return int(s, 0) * mult
-    except ValueError:
-        raise ImageError(f"bad memory size {text!r} (use e.g. 16M, 512K, 1G)") from None

@@ -10,22 +10,13 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable
 
 from ..vmx.config import VmxConfig
+from ..vmx.registers import GPR_NAMES, gpr_count
 from ..vmx.exits import ENTRY_FAILURE_BIT, exit_name
 from .entry import EntryProblem, check_entry, start_cr0, start_cr4
 from .loader import Image
+from ..status import LAUNCH_STATUSES, exit_code
 
-# Process exit statuses of `vmcfg launch` (debug-exit statuses are odd: (v << 1) | 1)
-EXIT_STATUS = {
-    "halted": 0,
-    "entry-failure": 4,
-    "triple-fault": 6,
-    "timeout": 8,
-    "instruction-limit": 10,
-    "error": 12,
-    "stopped": 0,
-}
-STATUSES = ("halted", "debug-exit", "triple-fault", "timeout", "instruction-limit",
-            "entry-failure", "error", "stopped")
+STATUSES = LAUNCH_STATUSES
 
 
 @dataclass
@@ -39,16 +30,15 @@ class RunResult:
     wall_seconds: float = 0.0
     message: str = ""
     vmm_seconds: float = 0.0
-    registers: str | None = None
+    registers: dict[str, int] | None = None     # at an error: register_state()
     entry_failure: dict | None = None
     exit_order: list[int] = field(default_factory=list)
     vpid: int | None = None          # the VPID the guest ran with (secondary.enable_vpid)
+    fault_text: str | None = None    # the VMM's register dump at an error (human report only)
 
     @property
     def exit_status(self) -> int:
-        if self.status == "debug-exit":
-            return ((self.guest_exit_code or 0) << 1 | 1) & 0xFF
-        return EXIT_STATUS[self.status]
+        return exit_code(self.status, self.guest_exit_code)
 
     def exit_counts(self) -> dict[str, int]:
         return {e["name"]: e["count"] for e in self.exits}
@@ -237,11 +227,32 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
                     [{k: e[k] for k in ("reason", "name", "count")} for e in exits],
                     plat.serial.text, wall, vcpu.message,
                     sum(s.seconds for s in vcpu.exit_stats.values()),
-                    vcpu.fault_dump, None, list(vcpu.exit_order))
+                    register_state(vcpu, mode) if vcpu.fault_dump else None, None,
+                    list(vcpu.exit_order))
     res.exit_seconds = {e["reason"]: e["vmm_seconds"] for e in exits}
+    res.fault_text = vcpu.fault_dump
     if cfg.on("secondary.enable_vpid"):
         res.vpid = cfg.settings["vpid"]["id"]
     return res
+
+
+def register_state(vcpu, mode: int) -> dict[str, int]:
+    """The guest's registers as an object: {"rax": ..., ..., "rip": ..., "rflags": ...}."""
+    regs = {GPR_NAMES[i]: vcpu.gpr(i) for i in range(gpr_count(mode))}
+    regs["rip"] = vcpu.rip
+    regs["rflags"] = vcpu.rflags
+    return regs
+
+
+def run_plan(plan, *, trace: IO[str] | None = None,
+             console: Callable[[str], None] | None = None,
+             progress: Callable[[Any], None] | None = None,
+             on_vcpu: Callable[[Any], None] | None = None) -> RunResult:
+    """Run a LaunchPlan (vmm/plan.py); the arguments are where the run's output goes."""
+    return run_guest(plan.config, plan.image, memory=plan.memory, mode=plan.mode,
+                     handlers=plan.handlers, trace=trace,
+                     max_instructions=plan.max_instructions, timeout=plan.timeout,
+                     console=console, progress=progress, on_vcpu=on_vcpu, nmi_at=plan.nmi_at)
 
 
 def _inject_at_entry(vcpu, cfg: VmxConfig) -> None:

@@ -17,7 +17,8 @@ from typing import Callable, Iterable
 from .caps import CapSet
 from .config import MSR_HIGH_BASE, MSR_HIGH_END, MSR_LOW_END, VmxConfig
 from .msrs import MSR_INDEX
-from .settings import ERROR_CODE_VECTORS, SETTINGS
+from .exits import ERROR_CODE_VECTORS, LAST_VECTOR
+from .settings import SETTINGS
 from .table import CONTROL_BY_FIELD_BIT, FIELD_BY_KEY
 
 SDM_CTRL = "SDM 27.2.1.1 (VM-execution control fields)"
@@ -293,9 +294,9 @@ requires("E16", "Posted interrupts need acknowledge-interrupt-on-exit",
 def _e17(ctx: Ctx, rule: Rule):
     if ctx.on("pin.process_posted_interrupts"):
         v = ctx.s("posted_interrupts.vector")
-        if v > 0xFF:
+        if v > LAST_VECTOR:
             yield rule.violation(f"posted_interrupts.vector = {v:#x} has bits 15:8 set.",
-                                 "use a vector from 0 to 255")
+                                 f"use a vector from 0 to {LAST_VECTOR}")
 
 
 value_rule("E17", "Posted-interrupt notification vector", "POSTED_INTR_NV bits 15:8 are 0",

@@ -13,13 +13,13 @@ from __future__ import annotations
 from typing import Any
 
 from .models import MODEL_NAMES
+from .sizes import SIZE_PATTERN
 from .settings import INT_RANGES, SETTINGS_BY_TABLE, SETTING_TABLES, VECTOR_NAMES, Setting
 from .table import CONTROLS_BY_FIELD, FIELDS, _norm
 
 SCHEMA_ID = "urn:vmcfg:schema:profile"
 _NUM = r"(0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+|[0-9_]+)"
 RANGE_PATTERN = rf"^\s*{_NUM}\s*-\s*{_NUM}\s*$"
-SIZE_PATTERN = r"^\s*[0-9]+\s*([KMGkmg]([iI])?[bB]?|[bB])?\s*$"
 
 
 def _int(kind: str) -> dict:

@@ -10,19 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-# Exception vector names (SDM vol. 3A table 6-1); accepted with or without '#'.
-VECTOR_NAMES: dict[str, int] = {
-    "DE": 0, "DB": 1, "NMI": 2, "BP": 3, "OF": 4, "BR": 5, "UD": 6, "NM": 7, "DF": 8,
-    "TS": 10, "NP": 11, "SS": 12, "GP": 13, "PF": 14, "MF": 16, "AC": 17, "MC": 18,
-    "XM": 19, "VE": 20, "CP": 21,
-}
-# Exceptions that push an error code (used by rule N5).
-ERROR_CODE_VECTORS = frozenset({8, 10, 11, 12, 13, 14, 17, 21})
+from .exits import ERROR_CODE_VECTORS, InterruptionType, Vector  # noqa: F401
 
-INJECT_TYPES: dict[str, int] = {
-    "external": 0, "nmi": 2, "hw_exception": 3, "sw_interrupt": 4,
-    "priv_sw_exception": 5, "sw_exception": 6, "other": 7,
-}
+# Exception vector names (SDM vol. 3A table 6-1, from the Vector enum); accepted with or
+# without '#'.
+VECTOR_NAMES: dict[str, int] = {v.name: int(v) for v in Vector}
+# Profile names of the VM-entry interruption types (the InterruptionType enum, lower case).
+INJECT_TYPES: dict[str, int] = {t.name.lower(): int(t) for t in InterruptionType}
 
 
 @dataclass(frozen=True)
@@ -178,7 +172,7 @@ SETTINGS: tuple[Setting, ...] = (
        optional=True),
     _s("guest", "mode", "enum", 64, "Guest mode", "16, 32 or 64-bit start state.", None,
        (16, 32, 64)),
-    _s("guest", "memory", "size", "16M", "Guest RAM", "Guest RAM size (e.g. \"16M\").", None),
+    _s("guest", "memory", "size", 16 << 20, "Guest RAM", "Guest RAM size (e.g. \"16M\").", None),
     _s("guest", "load_address", "u64", 0x100000, "Load address",
        "Guest-physical address of a flat image.", None),
     _s("guest", "entry", "u64", None, "Entry point",

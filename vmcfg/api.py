@@ -1,0 +1,119 @@
+"""vmcfg's Python API: what the CLI does, as functions (exported from `import vmcfg`).
+
+    import vmcfg
+    r = vmcfg.validate("baseline", cpu="skylake")        # -> Resolved (r.valid, r.errors)
+    plan = vmcfg.plan("io-sandbox", guest="builtin:io")  # -> LaunchPlan (checked, not run)
+    res = vmcfg.launch(plan)                             # -> RunResult (res.status, res.exits)
+    vmcfg.apply("web", "io-sandbox")                     # a running named guest
+
+Errors: ProfileError (a profile or capability file), PlanError (a launch that
+cannot start: .status is "usage" or "invalid"), LiveError (a named guest that
+refuses or is not there: .status is the exit status).  The status table is in
+vmcfg.status.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import IO, Any, Callable
+
+from .live.channel import ChannelError as LiveError
+from .live.target import LiveTarget
+from .profile import Profile, ProfileError, Resolved
+from .profile import load_profile as _load_profile
+from .profile import load_caps, resolve_profile
+from .vmm.plan import LaunchPlan, PlanError, build_plan
+
+__all__ = ["LaunchPlan", "LiveError", "LiveTarget", "PlanError", "Profile", "ProfileError",
+           "Resolved", "apply", "launch", "load_profile", "plan", "rollback", "stats", "stop",
+           "validate"]
+
+
+def load_profile(spec: str) -> Profile:
+    """Read a profile (a file or a built-in name) with its extends chain; ProfileError if bad."""
+    return _load_profile(spec)
+
+
+def validate(profile: str | Profile, cpu: str | None = None, caps: str | None = None, *,
+             adjust: bool = False) -> Resolved:
+    """Check a profile against a CPU model (or a capability file `caps`) and every rule.
+
+    The result says `valid`, lists `errors`/`warnings` (with the rule and the fix)
+    and holds the effective `config`.
+    """
+    prof = profile if isinstance(profile, Profile) else _load_profile(profile)
+    return resolve_profile(prof, load_caps(cpu, caps, prof), do_adjust=adjust)
+
+
+def plan(profile: str, **options: Any) -> LaunchPlan:
+    """A checked launch (see vmm.plan.build_plan for the options); PlanError if it cannot run."""
+    return build_plan(profile, **options)
+
+
+def launch(what: str | LaunchPlan, *, name: str | None = None, trace: IO[str] | None = None,
+           console: Callable[[str], None] | None = None,
+           progress: Callable[[Any], None] | None = None, record: dict | None = None,
+           **options: Any):
+    """Run a guest to its end and return its RunResult (res.status, res.exit_status, ...).
+
+    `what` is a LaunchPlan or a profile (then `options` go to plan()).  With
+    `name`, the guest is reachable while it runs (apply, stats, stop, inject).
+    """
+    from .vmm.run import run_plan
+    p = what if isinstance(what, LaunchPlan) else build_plan(what, **options)
+    live: dict[str, Any] = {}
+
+    def on_vcpu(vcpu) -> None:
+        if name:
+            from .live.vmm_target import make_session
+            live["session"] = make_session(
+                vcpu, p.caps, p.mode, name=name,
+                profile_path=os.path.abspath(p.profile_path) if p.profile_path else p.profile,
+                record={"guest": p.guest, **(record or {})})
+
+    res = None
+    try:
+        res = run_plan(p, trace=trace, console=console, progress=progress, on_vcpu=on_vcpu)
+    finally:
+        if "session" in live:
+            s = live["session"]
+            summary = res.to_json() if res is not None else {"status": "error"}
+            summary["registers"] = s.target.registers()
+            s.close(summary)
+    return res
+
+
+def _live(name: str, op: str, timeout: float = 10.0, **args) -> dict:
+    from .live.channel import request
+    from .live.runtime import RuntimeError_, check_name, clean_stale, is_alive, paths
+    from .status import USAGE
+    try:
+        check_name(name)
+        p = paths(name)
+        if not is_alive(p):
+            clean_stale(p)
+            raise LiveError(f"no running guest named {name!r} (see 'vmcfg ps')", USAGE)
+        return request(p.sock, op, timeout=timeout, **args)
+    except RuntimeError_ as e:
+        raise LiveError(str(e), USAGE) from None
+
+
+def apply(name: str, profile: str, *, dry_run: bool = False) -> dict:
+    """Apply a profile to the running guest `name` (all or nothing); LiveError if refused."""
+    spec = os.path.abspath(profile) if os.path.exists(profile) else profile
+    return _live(name, "plan" if dry_run else "apply", profile=spec)
+
+
+def rollback(name: str, steps: int = 1) -> dict:
+    """Return guest `name` to the configuration `steps` applies back."""
+    return _live(name, "rollback", steps=steps)
+
+
+def stats(name: str) -> dict:
+    """Live counters of guest `name`: state, instructions, tsc, exits [{reason, name, count}]."""
+    return _live(name, "stats")
+
+
+def stop(name: str) -> dict:
+    """Ask guest `name` to end cleanly."""
+    return _live(name, "stop")

@@ -187,7 +187,7 @@ def test_watch_survives_invalid_save(guest, write_profile, rundir):
     w = subprocess.Popen([sys.executable, "-m", "vmcfg.cli", "watch", path, "--to", "g6", "--json",
                           "--interval", "0.05", "--max-events", "3"], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.6)
+    assert "watching" in w.stderr.readline()     # it has taken its first look at the file
     for text in (RDTSC_ON, "[primary\n", RDTSC_OFF):
         with open(path + ".tmp", "w") as fh:      # saved the way editors do: write, rename
             fh.write(text)

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from typing import IO, Any, Callable
 
-from .live.channel import ChannelError as LiveError
+from .live.client import LiveError, apply, rollback, stats, stop
 from .live.target import LiveTarget
 from .profile import Profile, ProfileError, Resolved
 from .profile import load_profile as _load_profile
@@ -81,39 +81,3 @@ def launch(what: str | LaunchPlan, *, name: str | None = None, trace: IO[str] | 
             summary["registers"] = s.target.registers()
             s.close(summary)
     return res
-
-
-def _live(name: str, op: str, timeout: float = 10.0, **args) -> dict:
-    from .live.channel import request
-    from .live.runtime import RuntimeError_, check_name, clean_stale, is_alive, paths
-    from .status import USAGE
-    try:
-        check_name(name)
-        p = paths(name)
-        if not is_alive(p):
-            clean_stale(p)
-            raise LiveError(f"no running guest named {name!r} (see 'vmcfg ps')", USAGE)
-        return request(p.sock, op, timeout=timeout, **args)
-    except RuntimeError_ as e:
-        raise LiveError(str(e), USAGE) from None
-
-
-def apply(name: str, profile: str, *, dry_run: bool = False) -> dict:
-    """Apply a profile to the running guest `name` (all or nothing); LiveError if refused."""
-    spec = os.path.abspath(profile) if os.path.exists(profile) else profile
-    return _live(name, "plan" if dry_run else "apply", profile=spec)
-
-
-def rollback(name: str, steps: int = 1) -> dict:
-    """Return guest `name` to the configuration `steps` applies back."""
-    return _live(name, "rollback", steps=steps)
-
-
-def stats(name: str) -> dict:
-    """Live counters of guest `name`: state, instructions, tsc, exits [{reason, name, count}]."""
-    return _live(name, "stats")
-
-
-def stop(name: str) -> dict:
-    """Ask guest `name` to end cleanly."""
-    return _live(name, "stop")

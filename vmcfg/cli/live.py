@@ -23,8 +23,8 @@ def complete_guest(ctx, param, incomplete):
 
 
 def _call(name: str, op: str, timeout: float = 10.0, **args):
-    from ..api import _live
-    return _live(name, op, timeout, **args)
+    from ..live.client import call
+    return call(name, op, timeout, **args)
 
 
 def _refused(e, as_json: bool) -> NoReturn:
@@ -101,7 +101,7 @@ def ps(as_json):
 def apply(profile, name, dry_run, rollback, as_json):
     """Apply PROFILE to the running guest NAME (all-or-nothing, between two
     guest instructions). Exit 0 applied, 1 refused, 2 bad usage / no such guest."""
-    from .. import api
+    from ..live import client as api
     if rollback is None and not profile:
         raise click.UsageError("give a PROFILE, or --rollback [N]")
     if rollback is not None and profile:

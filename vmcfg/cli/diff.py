@@ -6,8 +6,8 @@ import os
 
 import click
 
-from .common import EXIT_INVALID, EXIT_OK, check_cpu_caps, cpu_options, emit_json, err
-from .report import fail, finish
+from .common import EXIT_INVALID, EXIT_OK, check_cpu_caps, cpu_options, emit_json
+from .report import fail, finish, out
 
 
 def complete_diff_arg(ctx, param, incomplete):
@@ -105,39 +105,39 @@ def _v(x) -> str:
 def _render(d: dict) -> None:
     a, b = d["a"], d["b"]
     if d["kind"] == "profile":
-        err(click.style(f"--- {a['spec']} (on {a['cpu']})", fg="red"))
-        err(click.style(f"+++ {b['spec']} (on {b['cpu']})", fg="green"))
+        out(click.style(f"--- {a['spec']} (on {a['cpu']})", fg="red"))
+        out(click.style(f"+++ {b['spec']} (on {b['cpu']})", fg="green"))
         for f in d["fields"]:
-            err(click.style(f"[{f['field']}] {f['a']} -> {f['b']}", bold=True))
+            out(click.style(f"[{f['field']}] {f['a']} -> {f['b']}", bold=True))
             for r in f["bits"]:
                 name = r["control"] or "(unnamed bit)"
                 old, new = ("on" if r["a"] else "off"), ("on" if r["b"] else "off")
                 sign = "+" if r["b"] else "-"
-                err(click.style(f"  {sign} bit {r['bit']:2d}  {name:<38} {old} -> {new}",
+                out(click.style(f"  {sign} bit {r['bit']:2d}  {name:<38} {old} -> {new}",
                                 fg="green" if r["b"] else "red"))
         for s in d["settings"]:
-            err(f"  ~ {s['key']}: {s['a_text']} -> {s['b_text']}")
+            out(f"  ~ {s['key']}: {s['a_text']} -> {s['b_text']}")
     else:
-        err(click.style(f"--- {a['spec']}", fg="red"))
-        err(click.style(f"+++ {b['spec']}", fg="green"))
+        out(click.style(f"--- {a['spec']}", fg="red"))
+        out(click.style(f"+++ {b['spec']}", fg="green"))
         for f in d["fields"]:
             ex = "" if f["exists"][0] == f["exists"][1] else \
                 f" (field exists: {f['exists'][0]} -> {f['exists'][1]})"
-            err(click.style(f"[{f['field']}] allowed0 {f['a']['allowed0']} -> {f['b']['allowed0']}, "
+            out(click.style(f"[{f['field']}] allowed0 {f['a']['allowed0']} -> {f['b']['allowed0']}, "
                             f"allowed1 {f['a']['allowed1']} -> {f['b']['allowed1']}{ex}",
                             bold=True))
             for r in f["bits"]:
                 name = r["control"] or "(unnamed bit)"
-                err(f"  bit {r['bit']:2d}  {name:<38} {r['a']} -> {r['b']}")
+                out(f"  bit {r['bit']:2d}  {name:<38} {r['a']} -> {r['b']}")
         for o in d["other"]:
-            err(f"  ~ {o['key']}: {_v(o['a'])} -> {_v(o['b'])}")
+            out(f"  ~ {o['key']}: {_v(o['a'])} -> {_v(o['b'])}")
     if d["equal"]:
-        err(click.style("no differences", fg="green"))
+        out(click.style("no differences", fg="green"))
     else:
         nb = sum(len(f["bits"]) for f in d["fields"])
         extra = len(d.get("settings", d.get("other", [])))
         what = "setting(s)" if d["kind"] == "profile" else "other capabilities"
-        err(f"{len(d['fields'])} field(s), {nb} bit(s), {extra} {what} differ")
+        out(f"{len(d['fields'])} field(s), {nb} bit(s), {extra} {what} differ")
 
 
 @click.command()

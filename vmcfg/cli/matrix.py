@@ -7,7 +7,7 @@ import os
 import click
 
 from .common import EXIT_INVALID, EXIT_OK, complete_profile, emit_json
-from .report import fail, finish
+from .report import fail, finish, console as rich_console
 
 
 def complete_cpus(ctx, param, incomplete):
@@ -95,9 +95,8 @@ def _label(spec: str, prof) -> str:
 
 
 def _render(profs, caps_list, results, verbose: bool) -> None:
-    from rich.console import Console
     from rich.table import Table
-    console = Console(stderr=True, highlight=False)
+    console = rich_console()
     labels = [_label(spec, prof) for spec, prof in profs]
     wide = len(profs) <= 3
     need = max(len(c.name) for c in caps_list) + 4 + sum(

@@ -6,8 +6,8 @@ import sys
 
 import click
 
-from .common import EXIT_OK, emit_json, err
-from .report import fail, finish
+from .common import EXIT_OK, emit_json
+from .report import fail, finish, out
 
 
 def complete_builtin(ctx, param, incomplete):
@@ -64,5 +64,5 @@ def profiles(name, as_json):
     width = max([len(i["name"]) for i in items] + [4])
     for i in items:
         ext = f"  (extends {i['extends']})" if i["extends"] else ""
-        err(f"{click.style(i['name'].ljust(width), bold=True)}  {i['description']}{ext}")
+        out(f"{click.style(i['name'].ljust(width), bold=True)}  {i['description']}{ext}")
     finish(EXIT_OK)

@@ -73,7 +73,9 @@ def console(stderr: bool = False, **kw: Any):
 
 
 def _echo(msg: str, stream, style: dict) -> None:
-    if style and color_enabled(stream):
+    if not color_enabled(stream):
+        msg = click.unstyle(msg)
+    elif style:
         msg = click.style(msg, **style)
     stream.write(msg + "\n")
     stream.flush()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import click
 
 from .common import EXIT_OK, check_cpu_caps, complete_profile, cpu_options, emit_json
-from .report import fail, finish
+from .report import fail, finish, console
 
 
 def bit_states(r) -> dict[str, list[dict]]:
@@ -57,9 +57,8 @@ def show(profile, cpu, caps_file, show_all, as_json):
         doc["settings"] = r.config.to_json()["settings"]
         emit_json(doc)
         return
-    from rich.console import Console
     from rich.table import Table
-    con = Console(stderr=True, soft_wrap=True)
+    con = console()
     colors = {"on": "green", "forced": "yellow", "off": "dim", "reserved": "blue"}
     con.print(f"[bold]{r.profile.path}[/] on [bold]{r.caps.name}[/]: "
               + ("[green]valid[/]" if r.valid else f"[red]INVALID ({len(r.errors)} errors)[/]"))

@@ -7,7 +7,7 @@ import click
 
 from .common import (EXIT_INVALID, EXIT_OK, EXIT_USAGE, check_cpu_caps, complete_profile,
                      cpu_options, emit_json, err, render_violations)
-from .report import fail, finish
+from .report import fail, finish, out
 
 
 @click.command()
@@ -57,7 +57,7 @@ def validate(profiles, cpu, caps_file, adjust, as_json, quiet):
         emit_json(results)
     elif not quiet and len(profiles) > 1:
         ok = len(profiles) - invalid - unreadable
-        err(f"{ok} valid, {invalid} invalid, {unreadable} unreadable")
+        out(f"{ok} valid, {invalid} invalid, {unreadable} unreadable")
     finish(EXIT_USAGE if unreadable else EXIT_INVALID if invalid else EXIT_OK)
 
 
@@ -67,7 +67,7 @@ def _render(r, adjust: bool, quiet: bool) -> None:
     if adjust and r.adjusted:
         for c in r.adjusted:
             name = c.control or f"{c.field} bit {c.bit}"
-            err(f"{path}: adjust: {name} -> {c.new}: {c.reason}", fg="magenta")
+            out(f"{path}: adjust: {name} -> {c.new}: {c.reason}", fg="magenta")
     render_violations(r)
     if quiet:
         return
@@ -75,8 +75,8 @@ def _render(r, adjust: bool, quiet: bool) -> None:
     if r.valid:
         w = f" ({len(r.warnings)} warning{'s' if len(r.warnings) != 1 else ''})" if r.warnings else ""
         how = " after adjustment" if adjust and r.adjusted else ""
-        err(click.style(f"{path}: valid on {r.caps.name}{how}{w}", fg="green") + f"  [{values}]")
+        out(click.style(f"{path}: valid on {r.caps.name}{how}{w}", fg="green") + f"  [{values}]")
     else:
         n = len(r.errors)
-        err(click.style(f"{path}: INVALID on {r.caps.name}: {n} error{'s' if n != 1 else ''}",
+        out(click.style(f"{path}: INVALID on {r.caps.name}: {n} error{'s' if n != 1 else ''}",
                         fg="red", bold=True))

@@ -53,27 +53,33 @@ def plan(profile: str, **options: Any) -> LaunchPlan:
 def launch(what: str | LaunchPlan, *, name: str | None = None, trace: IO[str] | None = None,
            console: Callable[[str], None] | None = None,
            progress: Callable[[Any], None] | None = None, record: dict | None = None,
+           trace_sample: int = 1, on_vcpu: Callable[[Any], None] | None = None,
            **options: Any):
     """Run a guest to its end and return its RunResult (res.status, res.exit_status, ...).
 
     `what` is a LaunchPlan or a profile (then `options` go to plan()).  With
     `name`, the guest is reachable while it runs (apply, stats, stop, inject).
+    `trace` gets one JSON line per exit (one in `trace_sample` of each reason);
+    `on_vcpu(vcpu)` is called once the vCPU exists, before the guest runs.
     """
     from .vmm.run import run_plan
     p = what if isinstance(what, LaunchPlan) else build_plan(what, **options)
     live: dict[str, Any] = {}
 
-    def on_vcpu(vcpu) -> None:
+    def started(vcpu) -> None:
         if name:
             from .live.vmm_target import make_session
             live["session"] = make_session(
                 vcpu, p.caps, p.mode, name=name,
                 profile_path=os.path.abspath(p.profile_path) if p.profile_path else p.profile,
                 record={"guest": p.guest, **(record or {})})
+        if on_vcpu is not None:
+            on_vcpu(vcpu)
 
     res = None
     try:
-        res = run_plan(p, trace=trace, console=console, progress=progress, on_vcpu=on_vcpu)
+        res = run_plan(p, trace=trace, trace_sample=trace_sample, console=console,
+                       progress=progress, on_vcpu=started)
     finally:
         if "session" in live:
             s = live["session"]

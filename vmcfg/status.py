@@ -27,6 +27,7 @@ OUTCOMES: tuple[Outcome, ...] = (
     Outcome("ok", 0, False, "the command did what was asked"),
     Outcome("halted", 0, True, "the guest halted with nothing left to wake it"),
     Outcome("stopped", 0, True, "a named guest was ended by 'vmcfg stop'"),
+    Outcome("poweroff", 0, True, "the guest powered off through ACPI (S5)"),
     Outcome("debug-exit", 0, True,
             "the guest wrote a value to the debug-exit port 0xF4 (the value is in "
             "guest_exit_code; a value other than 0 gives exit status 3)"),
@@ -42,7 +43,10 @@ OUTCOMES: tuple[Outcome, ...] = (
     Outcome("error", 12, True,
             "a guest access outside its RAM, an EPT violation with on_violation = \"stop\", "
             "or a failing exit handler"),
-    Outcome("interrupted", 130, False, "interrupted (Ctrl-C)"),
+    Outcome("reset", 14, True, "the guest reset the machine (port 0x64 or 0xCF9)"),
+    Outcome("interrupted", 130, True,
+            "interrupted: 128 + the signal (130 for Ctrl-C/SIGINT, 143 for SIGTERM); a guest "
+            "run is stopped and its report printed"),
 )
 
 BY_NAME: dict[str, Outcome] = {o.name: o for o in OUTCOMES}

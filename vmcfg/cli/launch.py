@@ -40,7 +40,11 @@ def _complete_guest(ctx, param, incomplete):
 @click.option("--entry", metavar="ADDR", help="Entry point (default: load address / ELF entry).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option("--trace", "trace_file", metavar="FILE", type=click.Path(dir_okay=False),
-              help="Write every VM exit as a JSON line to FILE.")
+              help="Write every VM exit as a JSON line to FILE (gzip-compressed when FILE "
+                   "ends in .gz); read it with 'vmcfg trace summary|export'.")
+@click.option("--trace-sample", "trace_sample", type=click.IntRange(min=1), default=1,
+              metavar="N", help="With --trace: write one exit in N of each reason, plus a "
+                                "line of exact totals (default 1: every exit).")
 @click.option("--max-instructions", "max_instructions", type=click.IntRange(min=1), metavar="N",
               help="Stop after N guest instructions (status instruction-limit).")
 @click.option("--nmi-at", "nmi_at", type=click.IntRange(min=0), metavar="N",
@@ -56,7 +60,7 @@ def _complete_guest(ctx, param, incomplete):
 @click.option("--detach", is_flag=True,
               help="With --name: run in the background; return once the guest runs.")
 def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_file,
-           max_instructions, nmi_at, timeout, console_file, handlers, name, detach):
+           trace_sample, max_instructions, nmi_at, timeout, console_file, handlers, name, detach):
     """Run a guest on vmcfg's emulated VMM under PROFILE's VMX controls.
 
     VM exits happen exactly as the profile's controls say; each exit is
@@ -94,30 +98,46 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
         view.detach(gp, name, as_json, profile=os.path.abspath(plan.profile_path or profile),
                     args=view.child_args(guest, base, mode, memory, load_address, entry,
                                          trace_file, max_instructions, timeout, console_file,
-                                         handlers, nmi_at),
+                                         handlers, nmi_at, trace_sample),
                     console_file=console_file)
-    res = _run(plan, name, as_json, trace_file, console_file)
-    if as_json:
-        emit_json(res.to_json())
-    else:
-        view.render_result(res, plan.image.name, plan.mode)
-    finish(res.exit_status)
+    # Ctrl-C / SIGTERM: the guest ends at its next block (status "interrupted"), the
+    # report is written as usual and the exit status is 128 + the signal (130 / 143)
+    from ..interrupt import SignalWatch, hook
+    stopper = view.Stopper()
+    with SignalWatch(stopper.signal) as sig:
+        hook("launch:start")
+        res = _run(plan, name, as_json, trace_file, trace_sample, console_file, stopper.attach)
+        hook("launch:report")
+        doc = res.to_json()
+        if sig.status:
+            doc["exit_status"] = sig.status
+        if as_json:
+            emit_json(doc)
+        else:
+            view.render_result(res, plan.image.name, plan.mode)
+        finish(sig.status or res.exit_status)
 
 
-def _run(plan, name, as_json: bool, trace_file: str | None, console_file: str | None):
+def _run(plan, name, as_json: bool, trace_file: str | None, trace_sample: int,
+         console_file: str | None, on_vcpu):
     """Run the plan with its console, trace and progress line wired to files and streams."""
     from .. import api
     from ..live.runtime import RuntimeError_
+    from ..vmm.run import open_trace_file
     from . import launch_view as view
 
     files = {}
     try:
-        for key, path, enc in (("console", console_file, "latin-1"), ("trace", trace_file, "utf-8")):
-            if path:
-                try:
-                    files[key] = open(path, "w", encoding=enc)
-                except OSError as e:
-                    fail(f"--{key} {path}: {e.strerror}")
+        try:
+            if console_file:
+                files["console"] = open(console_file, "w", encoding="latin-1")
+        except OSError as e:
+            fail(f"--console {console_file}: {e.strerror}")
+        try:
+            if trace_file:
+                files["trace"] = open_trace_file(trace_file)
+        except OSError as e:
+            fail(f"--trace {trace_file}: {e.strerror}")
         progress = view.Progress() if sys.stderr.isatty() and not as_json else None
         con_fh = files.get("console")
 
@@ -133,7 +153,8 @@ def _run(plan, name, as_json: bool, trace_file: str | None, console_file: str | 
 
         try:
             return api.launch(plan, name=name, trace=files.get("trace"), console=console,
-                              progress=progress, record={"console": console_file})
+                              progress=progress, record={"console": console_file},
+                              trace_sample=trace_sample, on_vcpu=on_vcpu)
         except RuntimeError_ as e:          # registration problems (name taken, runtime dir)
             fail(str(e))
         finally:

@@ -15,7 +15,8 @@ from .report import console as rich_console
 
 
 def child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
-                max_instructions, timeout, console_file, handlers, nmi_at=None) -> list[str]:
+               max_instructions, timeout, console_file, handlers, nmi_at=None,
+               trace_sample=1) -> list[str]:
     """The options of this launch, for the background process (paths made absolute)."""
     a: list[str] = []
     if guest:
@@ -31,6 +32,8 @@ def child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
     for opt, v in (("--trace", trace_file), ("--console", console_file)):
         if v:
             a += [opt, os.path.abspath(v)]
+    if trace_file and trace_sample > 1:
+        a += ["--trace-sample", str(trace_sample)]
     for h in handlers:
         a += ["--handler", h]
     return a
@@ -79,6 +82,39 @@ def detach(gp, name: str, as_json: bool, *, profile: str, args: list[str],
     else:
         err(f"launched {name} (pid {child.pid}); console: {console}")
     finish(0)
+
+
+class Stopper:
+    """Ends the run on a signal, whether it comes before or after the vCPU exists."""
+
+    def __init__(self):
+        import threading
+        self._lock = threading.Lock()
+        self.vcpu = None
+        self.message: str | None = None
+
+    def signal(self, signum: int) -> None:       # the SignalWatch thread
+        from ..interrupt import signal_name
+        with self._lock:
+            if self.message is None:
+                self.message = f"interrupted by {signal_name(signum)}"
+            vcpu = self.vcpu
+        if vcpu is not None:
+            self._end(vcpu)
+
+    def attach(self, vcpu) -> None:               # the main thread, before the guest runs
+        with self._lock:
+            self.vcpu = vcpu
+            pending = self.message is not None
+        if pending:
+            self._end(vcpu)
+
+    def _end(self, vcpu) -> None:
+        vcpu.request_end("interrupted", self.message)
+        # request_end leaves the stop to the hook when it thinks one is running; ask the
+        # native block stub as well, so a guest spinning without exits ends too (harmless:
+        # the run loop ends at its next turn either way)
+        vcpu.counter.request_stop()
 
 
 class Progress:

@@ -118,31 +118,38 @@ def _json_default(o: Any) -> Any:
 
 # ---- ends of a command -----------------------------------------------------------------------
 
-def error_doc(message: str, code: int, **detail: Any) -> dict:
-    """The JSON error object every --json command prints on failure."""
-    return {"ok": False, "status": S.name_of(code), "exit_status": code, "error": message,
-            **detail}
+def error_doc(message: str, code: int, error: dict | None = None, **detail: Any) -> dict:
+    """The JSON error object every --json command prints on failure:
+    {"ok": false, "status": NAME, "exit_status": N, "error": {"message", [file, line, column]}}."""
+    return {"ok": False, "status": S.name_of(code), "exit_status": code,
+            "error": {"message": message, **(error or {})}, **detail}
 
 
 class Failure(click.ClickException):
     """A command ended with an error: message on stderr, JSON error object under --json."""
 
     def __init__(self, message: str, code: int = EXIT_USAGE, detail: dict | None = None,
-                 quiet: bool = False):
+                 quiet: bool = False, error: dict | None = None):
         super().__init__(message)
         self.exit_code = code
         self.detail = detail or {}
+        self.error = error
         self.quiet = quiet            # the message was already shown in detail
 
     def show(self, file=None) -> None:  # noqa: ARG002 - click's signature
         if not self.quiet:
             err(f"vmcfg: {self.message}", fg="red")
         if json_mode():
-            emit_json(error_doc(self.message, self.exit_code, **self.detail))
+            emit_json(error_doc(self.message, self.exit_code, self.error, **self.detail))
 
 
-def fail(msg: str, code: int = EXIT_USAGE, *, quiet: bool = False, **detail: Any) -> NoReturn:
-    raise Failure(msg, code, detail, quiet)
+def fail(msg: Any, code: int = EXIT_USAGE, *, quiet: bool = False, **detail: Any) -> NoReturn:
+    """End the command with an error; `msg` is a string or an error with to_json() (a
+    ProfileError: its file, line and column go into the JSON error object)."""
+    error = msg.to_json() if hasattr(msg, "to_json") else None
+    if error is not None:
+        error = {k: v for k, v in error.items() if v is not None}
+    raise Failure(str(msg), code, detail, quiet, error)
 
 
 def finish(code: int = EXIT_OK) -> NoReturn:

@@ -1,15 +1,16 @@
-"""vmcfg smoke FILE [-k EXPRESSION] [-j N] [--junit FILE] [--json] [--results DIR] [--keep] [-x] [--list]"""
+"""vmcfg smoke FILE [-k EXPRESSION] [--shard K/N] [-j N] [--junit FILE] [--json] [--results DIR] [--keep] [-x] [--list]
+vmcfg smoke merge -o OUT.xml IN.xml..."""
 
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 import click
 
 from .common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, emit_json, err
-from .report import fail, finish
-from .. import status as S
+from .report import Failure, fail, finish
 
 
 def _cpus() -> int:
@@ -19,11 +20,34 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-@click.command()
+class SmokeGroup(click.Group):
+    """`vmcfg smoke FILE ...` runs a smoke file; `vmcfg smoke merge ...` merges JUnit reports."""
+
+    def parse_args(self, ctx, args):
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
+            args = ["run"] + list(args)
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=SmokeGroup)
+def smoke():
+    """Run a matrix of profiles x guests with expectations; JUnit XML.
+
+    \b
+    vmcfg smoke FILE [--shard K/N] [--junit OUT.xml] ...   run a smoke file (see `vmcfg smoke run -h`)
+    vmcfg smoke merge -o ALL.xml SHARD.xml...            merge the JUnit reports of several shards
+    """
+
+
+@smoke.command("run")
 @click.argument("smoke_file", metavar="FILE", type=click.Path())
 @click.option("-k", "keyword", metavar="EXPRESSION",
               help="Only cases whose id matches: substrings joined with and/or/not and "
                    "parentheses, case-insensitive, like pytest -k (e.g. \"baseline and not hello\").")
+@click.option("--shard", "shard_spec", metavar="K/N",
+              help="Run only the K-th of N slices of the selected cases (K = 1..N), to split a "
+                   "run across CI machines: every case is in exactly one slice, the same on "
+                   "every machine (cases are dealt round-robin in the order of their ids).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), metavar="N",
               help="Cases run at once, each in its own process (default: the number of CPUs).")
 @click.option("--junit", "junit_file", metavar="FILE", type=click.Path(), help="Write a JUnit XML report to FILE.")
@@ -39,8 +63,8 @@ def _cpus() -> int:
               help="Start no new case after the first one that fails.")
 @click.option("--list", "list_only", is_flag=True,
               help="List the selected cases and exit without running them.")
-def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all, exitfirst,
-          list_only):
+def run(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_dir, keep_all,
+        exitfirst, list_only):
     """Run the cases of a smoke FILE: profiles x guests with expectations.
 
     Each case runs `vmcfg launch ... --json` in its own process; at most N at
@@ -50,12 +74,64 @@ def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
 
     \b
     Exit status: 0 every case passed (or was skipped); 1 some case failed or
-    could not run; 2 bad smoke file or usage.
+    could not run; 2 bad smoke file or usage; 130 (Ctrl-C) / 143 (SIGTERM):
+    interrupted -- the running cases are killed and the report (table, JUnit,
+    --json, results folder) covers what finished.
     """
+    from ..interrupt import SignalWatch
+
+    cancel = _Cancel()
+    with SignalWatch(cancel.signal) as sig:
+        try:
+            _smoke(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_dir,
+                   keep_all, exitfirst, list_only, sig, cancel)
+        except (click.exceptions.Exit, Failure):
+            if sig.status:          # a signal at any point: 130 / 143, whatever else happened
+                finish(sig.status)
+            raise
+
+
+class _Cancel:
+    """Hands a signal to the runner, whether it arrives before or after the runner exists."""
+
+    def __init__(self):
+        import threading
+        self._lock = threading.Lock()
+        self.runner = None
+        self.reason: str | None = None
+
+    def signal(self, signum: int) -> None:
+        from ..interrupt import signal_name
+        with self._lock:
+            if self.reason is None:
+                self.reason = f"interrupted by {signal_name(signum)}"
+            runner = self.runner
+        if runner is not None:
+            runner.cancel(self.reason)
+
+    def attach(self, runner) -> None:
+        with self._lock:
+            self.runner = runner
+            reason = self.reason
+        if reason is not None:
+            runner.cancel(reason)
+
+
+def _smoke(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_dir, keep_all,
+           exitfirst, list_only, sig, cancel):
+    from ..interrupt import hook
     from ..smoke.loader import load_smoke
     from ..smoke.model import SmokeFileError
-    from ..smoke.select import SelectError, compile_k
+    from ..smoke.select import SelectError, compile_k, parse_shard, shard
 
+    shard_kn = None
+    if shard_spec is not None:
+        try:
+            shard_kn = parse_shard(shard_spec)
+        except SelectError as e:
+            fail(str(e))
+
+    hook("smoke:start")
     try:
         suite = load_smoke(smoke_file)
     except SmokeFileError as e:
@@ -70,11 +146,14 @@ def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
         if not cases:
             fail(f"-k {keyword!r} matches none of the {len(suite.cases)} cases of "
                  f"{smoke_file} (see --list)")
+    if shard_kn:
+        cases = shard(cases, *shard_kn)
+    shard_label = f"{shard_kn[0]}/{shard_kn[1]}" if shard_kn else None
     deselected = len(suite.cases) - len(cases)
 
     if list_only:
         if as_json:
-            emit_json({"smoke_file": smoke_file, "suite": suite.name,
+            emit_json({"smoke_file": smoke_file, "suite": suite.name, "shard": shard_label,
                        "cases": [c.to_json() for c in cases], "deselected": deselected})
         else:
             from ..smoke.runner import display_command
@@ -100,25 +179,28 @@ def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
     runnable = sum(1 for c in cases if not c.skip)
     workers = min(jobs, runnable) if runnable else 0
     err(f"smoke: {smoke_file}: {len(cases)} case{'s' if len(cases) != 1 else ''}"
+        + (f" (shard {shard_label})" if shard_label else "")
         + (f" ({deselected} deselected)" if deselected else "")
         + f", {workers} worker{'s' if workers != 1 else ''}", bold=True)
 
     t0 = time.monotonic()
-    try:
-        with Progress(len(cases)) as progress:
-            runner = Runner(suite, cases, jobs=jobs, results_dir=results_dir,
-                            keep_all=keep_all, exitfirst=exitfirst, on_start=progress.start,
-                            on_done=progress.done)
-            results = runner.run()
-    except KeyboardInterrupt:      # the runner has killed every running launch
-        fail(f"interrupted after {progress.n} of {len(cases)} cases; no report written",
-             S.INTERRUPTED)
+    with Progress(len(cases)) as progress:
+        runner = Runner(suite, cases, jobs=jobs, results_dir=results_dir,
+                        keep_all=keep_all, exitfirst=exitfirst, on_start=progress.start,
+                        on_done=progress.done)
+        cancel.attach(runner)      # a signal from now on kills the running cases
+        results = runner.run()
     seconds = time.monotonic() - t0
-    ok = all(r.passed for r in results) and runner.not_run == 0
+    hook("smoke:report")
+    interrupted = cancel.reason
+    ok = all(r.passed for r in results) and runner.not_run == 0 and not interrupted
 
-    err()
-    summary_table(results)
-    err()
+    if results:                    # none when interrupted before any case ended
+        err()
+        summary_table(results)
+        err()
+    elif shard_label:
+        err(f"shard {shard_label} has no cases (the selection has fewer cases than shards)")
     kept = [r for r in results if r.artifacts]
     failing = [r for r in results if not r.passed]
     if kept:
@@ -128,16 +210,21 @@ def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
         for r in failing:
             if r.artifacts:
                 err(f"  {r.case.id}: {r.artifacts}")
-    if runner.not_run:
+    if interrupted:
+        err(f"vmcfg: {interrupted}: {runner.not_run} case{'s' if runner.not_run != 1 else ''} "
+            f"not run; the report covers the {len(results)} that finished or were stopped",
+            fg="red")
+    elif runner.not_run:
         err(f"stopped after the first failure (-x): {runner.not_run} case"
             f"{'s' if runner.not_run != 1 else ''} not run", fg="yellow")
 
     doc = {
-        "smoke_file": smoke_file, "suite": suite.name,
+        "smoke_file": smoke_file, "suite": suite.name, "shard": shard_label,
         "summary": {"total": len(cases), "passed": _count(results, "passed"),
                     "failed": _count(results, "failed"), "errors": _count(results, "error"),
                     "skipped": _count(results, "skipped"), "deselected": deselected,
-                    "not_run": runner.not_run, "seconds": round(seconds, 3), "ok": ok},
+                    "not_run": runner.not_run, "seconds": round(seconds, 3), "ok": ok,
+                    "interrupted": interrupted},
         "results_dir": results_dir if kept else None,
         "junit": junit_file,
         "cases": [r.to_json() for r in results],
@@ -158,7 +245,8 @@ def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
         from ..smoke import junit
         try:
             junit.write(junit_file, junit.build(suite.name, smoke_file, results, seconds,
-                                                results_dir=results_dir if kept else None))
+                                                results_dir=results_dir if kept else None,
+                                                shard=shard_label))
             err(f"JUnit XML: {junit_file}")
         except OSError as e:
             err(f"vmcfg: cannot write {junit_file}: {e.strerror}", fg="red")
@@ -166,7 +254,52 @@ def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
     if as_json:
         emit_json(doc)
     echo_closing(closing_line(results, seconds, deselected, runner.not_run), ok)
-    finish(status)
+    finish(sig.status or status)
+
+
+@smoke.command("merge")
+@click.argument("reports", nargs=-1, required=True, metavar="IN.xml...",
+                type=click.Path(dir_okay=False))
+@click.option("-o", "--output", metavar="OUT.xml", required=True, type=click.Path(),
+              help="The merged JUnit XML report to write ('-' = stdout).")
+@click.option("--json", "as_json", is_flag=True, help="Print the merged counts as JSON.")
+def merge(reports, output, as_json):
+    """Merge JUnit XML reports (the shards of one smoke run) into one.
+
+    Suites of the same name become one suite; a test case found in two reports is
+    an error (the shards overlapped).  Prints the merged counts.
+
+    \b
+    Exit status: 0 merged, no failures or errors; 1 merged, and some case failed or
+    had an error; 2 unreadable, malformed or overlapping reports.
+    """
+    from ..smoke import junit
+    if as_json and output == "-":
+        fail("--json prints the counts on stdout: give -o FILE for the XML")
+    try:
+        tree, summary = junit.merge(list(reports))
+    except junit.MergeError as e:
+        fail(str(e))
+    if output == "-":
+        import xml.etree.ElementTree as ET
+        sys.stdout.write(ET.tostring(tree.getroot(), encoding="unicode") + "\n")
+    else:
+        try:
+            junit.write(output, tree)
+        except OSError as e:
+            fail(f"cannot write {output}: {e.strerror}")
+        err(f"merged {summary['files']} reports into {output}")
+    ok = summary["failures"] == 0 and summary["errors"] == 0
+    line = (f"{summary['passed']} passed, {summary['failures']} failed, "
+            f"{summary['errors']} errors, {summary['skipped']} skipped "
+            f"in {summary['tests']} cases from {summary['files']} reports")
+    if as_json:
+        emit_json({**summary, "output": output, "ok": ok})
+    elif output == "-":
+        err(line)
+    else:
+        click.echo(line)
+    finish(EXIT_OK if ok else EXIT_INVALID)
 
 
 def _count(results, outcome: str) -> int:

@@ -1,7 +1,7 @@
 """vmcfg's Python API: what the CLI does, as functions (exported from `import vmcfg`).
 
     import vmcfg
-    r = vmcfg.validate("baseline", cpu="skylake")        # -> Resolved (r.valid, r.errors)
+    r = vmcfg.validate("baseline", cpu="skylake-server")        # -> Resolved (r.valid, r.errors)
     plan = vmcfg.plan("io-sandbox", guest="builtin:io")  # -> LaunchPlan (checked, not run)
     res = vmcfg.launch(plan)                             # -> RunResult (res.status, res.exits)
     vmcfg.apply("web", "io-sandbox")                     # a running named guest

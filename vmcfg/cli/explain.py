@@ -86,6 +86,9 @@ def _render(d: dict) -> None:
             + (f"; VMCS {d['vmcs_encoding']}" if d["vmcs_encoding"] else ""))
         if d["needs"]:
             out(f"  takes effect with {d['needs']}")
+    elif k == "flag":
+        out(b(d["flag"]) + f" — {d['meaning']}")
+        out(f"  controls: {', '.join(d['controls'])}")
     elif k == "cpu":
         out(b(d["cpu"]) + f" — {d['title']} ({d['year'] or 'n/a'})")
         out(f"  source: {d['source']}; {d['controls_supported']} controls supported")

@@ -24,7 +24,7 @@ from .table import CONTROL_BY_FIELD_BIT, FIELD_BY_KEY
 SDM_CTRL = "SDM 27.2.1.1 (VM-execution control fields)"
 SDM_EXIT = "SDM 27.2.1.2 (VM-exit control fields)"
 SDM_ENTRY = "SDM 27.2.1.3 (VM-entry control fields)"
-SDM_HOST = "SDM 27.2.2/27.2.3 (host state)"
+SDM_ADDRESS_SPACE = "SDM 27.2.4 (checks related to address-space size)"
 SDM_GUEST = "SDM 27.3.1 (guest state)"
 
 
@@ -740,7 +740,7 @@ def _g3(ctx: Ctx, rule: Rule):
 
 value_rule("H1", "Host address-space size", "exit.host_address_space_size equals the host's "
            "IA32_EFER.LMA (1: vmcfg's VMM is a 64-bit host)", ("exit.host_address_space_size",),
-           _h1, sdm=SDM_HOST, stage="launch")
+           _h1, sdm=SDM_ADDRESS_SPACE, stage="launch")
 value_rule("G2", "IA-32e mode guest vs guest mode", "entry.ia32e_mode_guest is 1 exactly for a "
            "64-bit guest (IA-32e mode needs CR0.PG = 1 and CR4.PAE = 1)",
            ("entry.ia32e_mode_guest", "guest.mode"), _g2, sdm=SDM_GUEST, stage="launch")

@@ -11,7 +11,7 @@ from typing import IO, Any, Callable
 
 from ..vmx.config import VmxConfig
 from ..vmx.registers import GPR_NAMES, gpr_count
-from ..vmx.exits import ENTRY_FAILURE_BIT, exit_name
+from ..vmx.exits import ENTRY_FAILURE_BIT, Exit, exit_name, exits_json
 from .entry import EntryProblem, check_entry, start_cr0, start_cr4
 from .loader import Image
 from ..status import LAUNCH_STATUSES, exit_code
@@ -332,7 +332,8 @@ def _entry_failure(problems: list[EntryProblem], t0: float) -> RunResult:
     msg = "VM entry failed (exit reason 33 | bit 31, invalid guest state):\n" + "\n".join(
         f"  [{p.rule}] {p.message}\n    fix: {p.fix}" for p in problems)
     return RunResult("entry-failure", None, 0, 0,
-                     [{"reason": 33, "name": exit_name(33), "count": 1}], "",
+                     exits_json({Exit.ENTRY_FAIL_GUEST_STATE: 1}), "",
                      time.perf_counter() - t0, msg, 0.0, None,
-                     {"reason_field": 33 | ENTRY_FAILURE_BIT, "qualification": 0,
-                      "problems": [p.to_json() for p in problems]}, [33])
+                     {"reason_field": Exit.ENTRY_FAIL_GUEST_STATE | ENTRY_FAILURE_BIT,
+                      "qualification": 0, "problems": [p.to_json() for p in problems]},
+                     [Exit.ENTRY_FAIL_GUEST_STATE])

@@ -265,3 +265,19 @@ def test_one_exit_point_and_a_thin_cli():
                 assert "sys.exit(" not in text, f"{rel}: sys.exit outside vmcfg/cli/main.py"
             if os.path.basename(dirpath) == "cli":
                 assert text.count("\n") <= 320, f"{rel}: {text.count(chr(10))} lines"
+
+
+def test_every_setting_kind_has_one_class():
+    """Setting kinds as data: each kind of the settings table is one class of vmx/kinds.py,
+    and its parse/literal round-trip holds on every default."""
+    from vmcfg.vmx.kinds import KINDS, kind_of
+    from vmcfg.vmx.settings import SETTINGS
+    assert {s.kind for s in SETTINGS} <= set(KINDS)
+    for s in SETTINGS:
+        k = kind_of(s)
+        if s.default is None or s.key == "*":
+            continue
+        v = k.parse(s, s.default)
+        assert k.parse(s, v) == v, s.path
+        import tomllib
+        assert k.parse(s, tomllib.loads(f"x = {k.literal(s, v)}")["x"]) == v, s.path

@@ -16,7 +16,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 __all__ = ["LaunchPlan", "LiveError", "LiveTarget", "PlanError", "Profile", "ProfileError",
-           "Resolved", "apply", "launch", "load_profile", "plan", "rollback", "stats", "stop",
+           "Resolved", "apply", "guests", "launch", "load_profile", "plan", "rollback", "stats", "stop",
            "validate", "__version__"]
 
 

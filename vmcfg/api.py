@@ -25,8 +25,14 @@ from .profile import load_caps, resolve_profile
 from .vmm.plan import LaunchPlan, PlanError, build_plan
 
 __all__ = ["LaunchPlan", "LiveError", "LiveTarget", "PlanError", "Profile", "ProfileError",
-           "Resolved", "apply", "launch", "load_profile", "plan", "rollback", "stats", "stop",
+           "Resolved", "apply", "guests", "launch", "load_profile", "plan", "rollback", "stats", "stop",
            "validate"]
+
+
+def guests() -> list[str]:
+    """The bundled guests (for --guest builtin:NAME)."""
+    from .vmm.loader import builtin_names
+    return builtin_names()
 
 
 def load_profile(spec: str) -> Profile:

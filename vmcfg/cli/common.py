@@ -66,6 +66,11 @@ def complete_profile(ctx, param, incomplete):
     return items
 
 
+def complete_profile_file(ctx, param, incomplete):
+    from click.shell_completion import CompletionItem
+    return [CompletionItem(incomplete, type="file")]
+
+
 def complete_control(ctx, param, incomplete):
     from ..vmx.settings import SETTINGS
     from ..vmx.table import CONTROLS

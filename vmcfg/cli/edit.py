@@ -18,10 +18,10 @@ import tempfile
 
 import click
 
-from .common import (EXIT_INVALID, EXIT_OK, cpu_options, emit_json, err, fail, load_shared_caps,
+from .common import (EXIT_INVALID, EXIT_OK, complete_profile_file, cpu_options, emit_json, err,
+                     fail, load_shared_caps,
                      profile_file, render_violations)
 from .report import finish
-from .set_ import complete_profile_file
 
 
 def editor_command() -> list[str]:

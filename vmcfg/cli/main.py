@@ -35,7 +35,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("demo", "demo", "Launch a guest, apply a profile live, show the exit statistics change."),
     "ps": ("live", "ps", "List this user's running guests."),
     "apply": ("live", "apply", "Apply a profile to a running guest (or --rollback)."),
-    "watch": ("live", "watch", "Apply a profile to a running guest every time it is saved."),
+    "watch": ("watch", "watch", "Apply a profile to a running guest every time it is saved."),
     "stats": ("live", "stats", "Live exit counters of a running guest."),
     "history": ("live", "history", "Every change applied to a running guest."),
     "stop": ("live", "stop", "End a running guest cleanly and show its summary."),

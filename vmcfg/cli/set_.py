@@ -12,17 +12,13 @@ import sys
 
 import click
 
-from .common import (EXIT_INVALID, EXIT_OK, cpu_options, emit_json, err, fail, load_shared_caps,
+from .common import (EXIT_INVALID, EXIT_OK, complete_profile_file, cpu_options, emit_json, err,
+                     fail, load_shared_caps,
                      profile_file, render_violations)
 from .report import finish
 
 
 # ---- helpers shared by new / set / unset / edit ------------------------------------------------
-
-def complete_profile_file(ctx, param, incomplete):
-    from click.shell_completion import CompletionItem
-    return [CompletionItem(incomplete, type="file")]
-
 
 def complete_assignment(ctx, param, incomplete):
     """KEY=VALUE completion for `set`: keys from the tables, then values of that key."""

@@ -288,8 +288,8 @@ def _make_expect(layers: list[dict[str, Any]]) -> Expect:
 
 def _bundled_guests() -> list[str]:
     try:
-        from ..vmm.loader import builtin_names
-        return builtin_names()
+        from ..api import guests
+        return guests()
     except Exception:     # the VMM is not importable: look at the folder ourselves
         d = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "guests")
         try:

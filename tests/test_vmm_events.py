@@ -76,7 +76,7 @@ def test_external_interrupt_exiting_without_acknowledge_leaves_it_pending(tmp_pa
 
     def on_ext(ctx):
         v = ctx.vcpu
-        seen.append((ctx.exit.interruption_info, v.platform.pic.irr, v.platform.pic.isr))
+        seen.append((ctx.exit.interruption_info, v.platform.pic.master.irr, v.platform.pic.master.isr))
         ctx.emulate()                      # the default: acknowledge, reflect into the guest
 
     res, recs = _run(_profile(tmp_path, """

@@ -24,9 +24,11 @@ EXIT_STATUS = {
     "error": 12,
     "stopped": 0,
     "interrupted": 130,      # Ctrl-C; `vmcfg launch` exits 128 + the signal (143 for SIGTERM)
+    "reset": 14,             # the guest reset the machine (port 0x64 or 0xCF9)
+    "poweroff": 0,           # the guest powered off through ACPI (S5)
 }
 STATUSES = ("halted", "debug-exit", "triple-fault", "timeout", "instruction-limit",
-            "entry-failure", "error", "stopped", "interrupted")
+            "entry-failure", "error", "stopped", "interrupted", "reset", "poweroff")
 
 
 @dataclass
@@ -240,18 +242,19 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
               on_vcpu: Callable[[Any], None] | None = None,
               nmi_at: int | None = None) -> RunResult:
     """Run `image` under `cfg`; never raises for guest behaviour (see RunResult.status)."""
-    from .platform import Platform
+    from .devices import Board
     from .vcpu import Vcpu
     t0 = time.perf_counter()
     check_layout(image, memory, mode)
     problems = check_entry(cfg, mode)
     if problems:
         return _entry_failure(problems, t0)
-    plat = Platform(console)
+    plat = Board(console, memory=memory)
     writer = TraceWriter(trace, trace_sample) if trace is not None else None
     vcpu = Vcpu(cfg, memory=memory, mode=mode, platform=plat, handlers=handlers,
                 trace=writer,
                 max_instructions=max_instructions)
+    plat.install(vcpu.uc.mem_write)          # ACPI tables (the image may overwrite them)
     for addr, data in image.segments:
         vcpu.uc.mem_write(addr, data)
     setup_start_state(vcpu, mode, memory, image.entry)

@@ -5,17 +5,18 @@ Two back ends give the same bytes:
 * ``nasm`` (``nasm -f bin``) when it is installed -- the reference;
 * vmcfg's own NASM front end over keystone otherwise.  Keystone alone is not
   safe for NASM sources: in its NASM mode plain numbers are read as hex
-  (``shl rdx, 32`` shifts by 0x32), ``db "text"``, ``times`` and ``$`` are
-  refused or silently dropped, in its Intel mode ``byte [x]`` operands are
-  silently dropped, and it prefixes LGDT/LIDT with 0x66 in 32-bit code (a
-  24-bit base).  So the front end does what an assembler's front end does --
-  the preprocessor (``%include``, ``%define``, ``%macro`` with ``%%`` labels),
+  (``shl rdx, 32`` shifts by 0x32) -- and from then on in every keystone
+  instance of the process --, ``db "text"``, ``times`` and ``$`` are refused
+  or silently dropped; in its Intel mode ``byte [x]`` operands are silently
+  dropped; in 32-bit code it prefixes LGDT/LIDT with 0x66 (a 24-bit base).
+  So the front end does what an assembler's front end does -- the
+  preprocessor (``%include``, ``%define``, ``%macro`` with ``%%`` labels),
   labels (``.local`` ones too), ``equ``, ``$``/``$$``, expressions, data
   (``db``/``dw``/``dd``/``dq``, ``times``, ``align``), the layout passes and
-  the choice of branch forms -- and hands keystone only single instructions
-  with every operand a hex number, then puts absolute memory operands in the
-  form NASM uses.  tests/test_guest_asm.py checks that both back ends give
-  identical images for every bundled source.
+  the choice of branch forms -- and hands keystone (Intel syntax) only single
+  instructions with every operand a hex number, then puts absolute memory
+  operands in the form NASM uses.  tests/test_guest_asm.py checks that both
+  back ends give identical images for every bundled source.
 
 Errors are ``AsmError`` with the file and line of the source (inside an
 ``%include`` or a macro, the line that holds the problem).
@@ -68,8 +69,13 @@ def have_nasm() -> str | None:
 
 
 def assemble(path: str | os.PathLike, *, include: tuple[str, ...] = (),
-             backend: str = "auto") -> Assembled:
-    """Assemble the NASM source at `path` (backend "auto": nasm if installed, else keystone)."""
+             backend: str = "auto", origin: int | None = None,
+             bits: int | None = None) -> Assembled:
+    """Assemble the NASM source at `path`.  Backend "auto" is $VMCFG_ASSEMBLER when set
+    (nasm or keystone), else nasm when installed, else keystone.
+
+    `origin` and `bits` are defaults for a source without its own `org` / `bits`
+    (NASM's own defaults are 0 and 16)."""
     path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8")
@@ -79,22 +85,40 @@ def assemble(path: str | os.PathLike, *, include: tuple[str, ...] = (),
         raise AsmError("an assembly source must be UTF-8 text", str(path)) from None
     dirs = [str(path.parent)] + [str(d) for d in include] + [str(BUNDLED_SRC)]
     if backend == "auto":
+        backend = os.environ.get("VMCFG_ASSEMBLER", "auto").strip().lower() or "auto"
+    if backend == "auto":
         backend = "nasm" if have_nasm() else "keystone"
-    if backend == "nasm":
-        return _nasm(path, dirs)
-    if backend != "keystone":
+    if backend not in ("nasm", "keystone"):
         raise AsmError(f"unknown assembler {backend!r} (nasm, keystone or auto)")
-    return _Assembler(dirs).run(str(path), text)
+    src_org, src_bits = _scan_org_bits(path, text, dirs)
+    head = ""
+    if bits is not None and src_bits is None:
+        head += f"bits {bits}\n"
+    if origin is not None and src_org is None:
+        head += f"org {origin:#x}\n"
+    mode = src_bits or bits or 16
+    if backend == "nasm":
+        res = _nasm(path, dirs, head)
+    elif head:
+        res = _Assembler(dirs).run("<defaults>", head + f'%include "{path.resolve()}"\n')
+    else:
+        res = _Assembler(dirs).run(str(path), text)
+    res.bits = mode
+    if res.origin == 0 and src_org is None and origin is not None:
+        res.origin = origin
+    return res
 
 
 def assemble_text(text: str, name: str = "<source>", *, base_dir: str | None = None,
-                  backend: str = "auto") -> Assembled:
+                  backend: str = "auto", origin: int | None = None,
+                  bits: int | None = None) -> Assembled:
     """Assemble source text (for `vmcfg launch` of an .asm file read elsewhere)."""
     with tempfile.TemporaryDirectory(prefix="vmcfg-asm-") as d:
         p = Path(d) / (Path(name).name or "source.asm")
         p.write_text(text, encoding="utf-8")
         try:
-            return assemble(p, include=((base_dir,) if base_dir else ()), backend=backend)
+            return assemble(p, include=((base_dir,) if base_dir else ()), backend=backend,
+                            origin=origin, bits=bits)
         except AsmError as e:
             if e.file == str(p):
                 e.file = name
@@ -106,7 +130,7 @@ def assemble_text(text: str, name: str = "<source>", *, base_dir: str | None = N
 _NASM_MSG = re.compile(r"^(.*?):(\d+): (error|fatal|warning): (.*)$")
 
 
-def _nasm(path: Path, dirs: list[str]) -> Assembled:
+def _nasm(path: Path, dirs: list[str], head: str = "") -> Assembled:
     nasm = have_nasm()
     if nasm is None:
         raise AsmError("nasm is not installed (apt-get install nasm), or use the keystone "
@@ -117,7 +141,7 @@ def _nasm(path: Path, dirs: list[str]) -> Assembled:
         wrapper = os.path.join(d, "wrapper.asm")
         # the map gives the symbols (and the origin) without parsing the source
         with open(wrapper, "w", encoding="utf-8") as fh:
-            fh.write(f'[map symbols {mapf}]\n%include "{path.resolve()}"\n')
+            fh.write(f'[map symbols {mapf}]\n{head}%include "{path.resolve()}"\n')
         args = [nasm, "-f", "bin", "-o", out] + [f"-I{x}/" for x in dirs] + [wrapper]
         r = subprocess.run(args, capture_output=True, text=True)
         if r.returncode != 0:
@@ -129,8 +153,11 @@ def _nasm(path: Path, dirs: list[str]) -> Assembled:
             raise AsmError(r.stderr.strip() or f"nasm failed (status {r.returncode})", str(path))
         data = Path(out).read_bytes()
         symbols = _read_nasm_map(mapf)
-    origin, bits = _scan_org_bits(path, dirs)
-    return Assembled(data, origin, bits, "nasm", symbols)
+    org = _scan_org_bits(path, path.read_text(encoding="utf-8"), dirs)[0]
+    if org is None:
+        m = re.search(r"^org (0x[0-9a-f]+)$", head, re.M)
+        org = int(m.group(1), 16) if m else 0
+    return Assembled(data, org, 16, "nasm", symbols)
 
 
 def _read_nasm_map(path: str) -> dict[str, int]:
@@ -147,13 +174,13 @@ def _read_nasm_map(path: str) -> dict[str, int]:
     return out
 
 
-def _scan_org_bits(path: Path, dirs: list[str]) -> tuple[int, int]:
-    origin, bits = 0, 16
+def _scan_org_bits(path: Path, text: str, dirs: list[str]) -> tuple[int | None, int | None]:
+    """The source's first `org` and `bits` (None when it has none)."""
+    origin = bits = None
     try:
-        pre = _Preprocessor(dirs).run(str(path), path.read_text(encoding="utf-8"))
+        pre = _Preprocessor(dirs).run(str(path), text)
     except AsmError:
-        return origin, bits
-    seen_org = seen_bits = False
+        return None, None
     for st in pre:
         m = re.match(r"^\s*\[?\s*(org|bits)\s+([^\]]+)\]?\s*$", st.text, re.I)
         if not m:
@@ -162,10 +189,10 @@ def _scan_org_bits(path: Path, dirs: list[str]) -> tuple[int, int]:
             v = _Expr(m.group(2), {}, 0, 0, st).value()
         except AsmError:
             continue
-        if m.group(1).lower() == "org" and not seen_org:
-            origin, seen_org = v, True
-        elif m.group(1).lower() == "bits" and not seen_bits:
-            bits, seen_bits = v, True
+        if m.group(1).lower() == "org" and origin is None:
+            origin = v
+        elif m.group(1).lower() == "bits" and bits is None:
+            bits = v
     return origin, bits
 
 
@@ -589,6 +616,12 @@ class _Assembler:
 
     # statements -> items
     def run(self, file: str, text: str) -> Assembled:
+        try:
+            return self._run(file, text)
+        finally:
+            self._ks.clear()
+
+    def _run(self, file: str, text: str) -> Assembled:
         stmts = _Preprocessor(self.dirs).run(file, text)
         items: list[_Item] = []
         glob = ""
@@ -798,10 +831,10 @@ class _Assembler:
     def _ks_for(self, bits: int):
         ks = self._ks.get(bits)
         if ks is None:
-            from keystone import KS_ARCH_X86, KS_MODE_16, KS_MODE_32, KS_MODE_64, \
-                KS_OPT_SYNTAX_NASM, Ks
+            # Intel syntax, never keystone's NASM mode: that mode switches the number radix
+            # of every Ks in the process to hex, for good (the VMM's exit counter uses one)
+            from keystone import KS_ARCH_X86, KS_MODE_16, KS_MODE_32, KS_MODE_64, Ks
             ks = Ks(KS_ARCH_X86, {16: KS_MODE_16, 32: KS_MODE_32, 64: KS_MODE_64}[bits])
-            ks.syntax = KS_OPT_SYNTAX_NASM
             self._ks[bits] = ks
         return ks
 
@@ -908,6 +941,8 @@ class _Assembler:
             size += w[0].lower() + " "
             o = w[1].strip()
             w = o.split(None, 1)
+        if o.startswith("[") and size:
+            size = size.strip().split()[-1] + " ptr "   # Intel syntax drops `byte [x]` silently
         if o.startswith("["):
             if not o.endswith("]"):
                 raise it.st.error(f"missing ']' in {op!r}")

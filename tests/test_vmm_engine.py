@@ -242,10 +242,10 @@ def test_python_fallback_counter_gives_same_counts():
 def test_self_modifying_code_is_rescanned(tmp_path):
     a = tmp_path / "smc.asm"
     a.write_text(
-        "mov byte ptr [rip + target], 0x0f\n"
-        "mov byte ptr [rip + target + 1], 0xa2\n"      # nop; nop -> cpuid
-        "mov byte ptr [rip + gone], 0x90\n"
-        "mov byte ptr [rip + gone + 1], 0x90\n"        # cpuid -> nop; nop
+        "mov byte [rel target], 0x0f\n"
+        "mov byte [rel target + 1], 0xa2\n"      # nop; nop -> cpuid
+        "mov byte [rel gone], 0x90\n"
+        "mov byte [rel gone + 1], 0x90\n"        # cpuid -> nop; nop
         "target: nop\n nop\n"
         "gone: cpuid\n"
         "mov al, 5\n out 0xf4, al\n")
@@ -260,11 +260,11 @@ def test_data_on_a_code_page_still_counts_exactly(tmp_path):
     a.write_text(
         "mov esi, 1000\n"
         "mov r8, 0x100800\n"                          # a counter on the code page
-        "l: inc qword ptr [r8]\n"                     # 1000 stores into the code page
+        "l: inc qword [r8]\n"                     # 1000 stores into the code page
         "cpuid\n"
         "dec esi\n"
         "jnz l\n"
-        "mov rax, qword ptr [r8]\n"
+        "mov rax, qword [r8]\n"
         "out 0xf4, al\n")
     res, recs = run("baseline", str(a))
     assert res.guest_exit_code == 1000 & 0xFF

@@ -539,19 +539,22 @@ class Vcpu:
             return 0
         finally:
             self._mmio_icount = None
+            self._rcache.clear()       # values read mid-block must not outlive the access
 
     def _mmio_write(self, uc, offset: int, size: int, value: int, base: int) -> None:
         try:
             self._mmio_enter()
             self.platform.mmio_write(base + offset, size, value)
-            if self.platform.changed and self._event is None:
-                self._event = ("resume",)    # interrupt state changed: re-check at the boundary
-                uc.emu_stop()
+            if self.platform.changed:
+                # interrupt state changed: stop at the next block boundary (not here: Unicorn's
+                # PC is not synchronised inside an MMIO access) and look again
+                self.counter.request_stop()
         except BaseException as e:       # pragma: no cover - never let it reach C
             self._event = ("error", e)
             uc.emu_stop()
         finally:
             self._mmio_icount = None
+            self._rcache.clear()       # values read mid-block must not outlive the access
 
     # ================================================================ code pages
     def _count_block(self, address: int, size: int) -> int:

@@ -16,8 +16,8 @@ from .common import EXIT_INVALID, EXIT_USAGE, complete_profile, emit_json, err, 
 STATUS_HELP = """\b
 Exit status:
   (v << 1) | 1  the guest wrote v to the debug-exit port 0xF4 (odd)
-  0   the guest halted with nothing left to wake it, or was stopped
-      by 'vmcfg stop' (a named guest)
+  0   the guest halted with nothing left to wake it, was stopped
+      by 'vmcfg stop' (a named guest), or powered off (ACPI S5)
   1   the profile is invalid for the cvmm capability set
   2   bad usage or unreadable input (profile, image, handler)
   4   VM-entry failure (exit reason 33 | bit 31)
@@ -26,6 +26,7 @@ Exit status:
   10  --max-instructions reached
   12  error: a guest access outside its RAM, an EPT violation with
       on_violation = "stop", or a failing exit handler
+  14  the guest reset the machine (port 0x64 or 0xCF9)
   130 interrupted by Ctrl-C (SIGINT); 143 by SIGTERM: the guest is
       stopped and its report (status "interrupted") printed"""
 

@@ -150,7 +150,7 @@ def test_status_list_with_exit_code_checks_the_code_only_on_debug_exit(smoke_fil
      "no bundled guest 'nosuch'"),
     ('[[case]]\nprofile = "baseline"\nguest = "g1.bin"\n[case.expect]\nstatus = "halt"\n',
      "5:1", "unknown status 'halt' (one of: halted, debug-exit, triple-fault, timeout, "
-            "instruction-limit, entry-failure, error); did you mean 'halted'?"),
+            "instruction-limit, entry-failure, error, reset, poweroff); did you mean 'halted'?"),
     ('[[case]]\nprofile = "baseline"\nguest = "g1.bin"\nexpect.exits = { CPUIDD = 1 }\n',
      "4:1", "case[1].expect.exits: unknown exit reason 'CPUIDD' (did you mean 'CPUID'?)"),
     ('[[case]]\nprofile = "baseline"\nguest = "g1.bin"\nexpect.exits = { HLT = "~3" }\n',

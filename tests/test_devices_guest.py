@@ -68,3 +68,34 @@ def test_serial_input_option_feeds_the_uart(tmp_path, cli):
     r = cli("launch", "baseline", "--guest", "builtin:platform", "--serial-input",
             str(tmp_path / "missing"))
     assert r.exit_code == 2 and "--serial-input" in r.stderr and "Traceback" not in r.stderr
+
+
+CR8_TPR = """BITS 64
+mov ecx, 0x1B
+rdmsr
+or eax, 0x400
+wrmsr
+mov rax, 5
+mov cr8, rax
+mov ecx, 0x808
+rdmsr
+mov ebx, eax
+mov eax, 0x70
+xor edx, edx
+wrmsr
+mov rax, cr8
+add eax, ebx
+out 0xf4, al
+hlt
+"""
+
+
+@pytest.mark.parametrize("profile", ["baseline", "trap-all"])
+def test_cr8_is_the_local_apic_tpr(tmp_path, cli, profile):
+    """MOV to CR8 sets TPR[7:4] (read back through the x2APIC TPR MSR) and MOV from CR8
+    reads what WRMSR put there, whether the CR8 accesses exit (trap-all) or not."""
+    p = tmp_path / "cr8.asm"
+    p.write_text(CR8_TPR)
+    r = cli("launch", profile, "--guest", str(p), "--json")
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "debug-exit" and doc["guest_exit_code"] == 0x57

@@ -99,3 +99,57 @@ def test_cr8_is_the_local_apic_tpr(tmp_path, cli, profile):
     r = cli("launch", profile, "--guest", str(p), "--json")
     doc = json.loads(r.stdout)
     assert doc["status"] == "debug-exit" and doc["guest_exit_code"] == 0x57
+
+
+APIC_OFF = """BITS 64
+mov ecx, 0x1B
+rdmsr
+and eax, 0xFFFFF7FF
+wrmsr
+mov eax, 1
+cpuid
+mov ebx, edx
+shr ebx, 9
+and ebx, 1
+mov rdi, 0xFEE00000
+mov eax, [rdi + 0x30]
+cmp eax, 0xFFFFFFFF
+sete al
+shl al, 1
+or al, bl
+movzx esi, al
+mov ecx, 0x1B
+rdmsr
+or eax, 0x800
+wrmsr
+mov eax, 1
+cpuid
+shr edx, 9
+and edx, 1
+shl edx, 2
+or esi, edx
+mov eax, esi
+out 0xf4, al
+hlt
+"""
+
+
+def test_disabling_the_apic_clears_cpuid_apic_and_removes_its_page(tmp_path, cli):
+    """IA32_APIC_BASE.EN = 0: CPUID.1:EDX.APIC reads 0 and the xAPIC page reads all ones;
+    EN = 1 again: CPUID reports it (exit code bits: 2 = page gone, 4 = CPUID back)."""
+    p = tmp_path / "off.asm"
+    # the 4 KiB page at 0xFEE00000 is reached through a 2 MiB mapping the guest makes
+    p.write_text(APIC_OFF.replace("mov rdi, 0xFEE00000", _MAP + "\nmov rdi, 0xFEE00000"))
+    r = cli("launch", "baseline", "--guest", str(p), "--json")
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "debug-exit", doc["message"]
+    assert doc["guest_exit_code"] == 2 | 4     # CPUID bit clear while off, page gone, back on
+
+
+# a page directory for the 4th GiB at 0x80000, with a 2 MiB page for 0xFEE00000
+_MAP = """mov rax, 0x80003
+mov [0x2000 + 3 * 8], rax
+mov rax, 0xFEE00093
+mov [0x80000 + 0x1F7 * 8], rax
+mov rax, cr3
+mov cr3, rax"""

@@ -344,7 +344,8 @@ class Vcpu:
         return CpuidModel(cfg.settings.get("cpuid") or {},
                           rdtscp=cfg.on("secondary.enable_rdtscp"),
                           invpcid=cfg.on("secondary.enable_invpcid"),
-                          tsc_per_insn=TSC_PER_INSN, exit_cost=EXIT_COST)
+                          tsc_per_insn=TSC_PER_INSN, exit_cost=EXIT_COST,
+                          apic_enabled=lambda: self.platform.lapic.enabled)
 
     def _ept_layout(self, cfg: VmxConfig) -> list[tuple[int, int, str]] | None:
         if not cfg.on("secondary.enable_ept"):

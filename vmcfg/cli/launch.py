@@ -53,6 +53,9 @@ def _complete_guest(ctx, param, incomplete):
               help="Stop after SECONDS of wall-clock time (status timeout).")
 @click.option("--console", "console_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Write the serial console to FILE instead of the terminal.")
+@click.option("--serial-input", "serial_input", metavar="FILE",
+              type=click.Path(dir_okay=False, allow_dash=True),
+              help="Bytes the guest receives on COM1 (its UART receive path); - reads stdin.")
 @click.option("--handler", "handlers", multiple=True, metavar="REASON=MODULE:FUNC",
               help="Python exit handler for a reason (name or number); repeatable.")
 @click.option("--name", metavar="NAME",
@@ -60,7 +63,8 @@ def _complete_guest(ctx, param, incomplete):
 @click.option("--detach", is_flag=True,
               help="With --name: run in the background; return once the guest runs.")
 def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_file,
-           trace_sample, max_instructions, nmi_at, timeout, console_file, handlers, name, detach):
+           trace_sample, max_instructions, nmi_at, timeout, console_file, serial_input, handlers,
+           name, detach):
     """Run a guest on vmcfg's emulated VMM under PROFILE's VMX controls.
 
     VM exits happen exactly as the profile's controls say; each exit is
@@ -82,10 +86,12 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
         if is_alive(gp):
             fail(f"a guest named {name!r} is already running (see 'vmcfg ps')")
         clean_stale(gp)
+    rx = _serial_input(serial_input, detach)
     try:
         plan = build_plan(profile, guest=guest, mode=mode, memory=memory,
                           load_address=load_address, entry=entry, handlers=handlers,
-                          max_instructions=max_instructions, timeout=timeout, nmi_at=nmi_at)
+                          max_instructions=max_instructions, timeout=timeout, nmi_at=nmi_at,
+                          serial_input=rx)
     except PlanError as e:
         if e.resolved is not None:
             render_violations(e.resolved)
@@ -98,7 +104,7 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
         view.detach(gp, name, as_json, profile=os.path.abspath(plan.profile_path or profile),
                     args=view.child_args(guest, base, mode, memory, load_address, entry,
                                          trace_file, max_instructions, timeout, console_file,
-                                         handlers, nmi_at, trace_sample),
+                                         handlers, nmi_at, trace_sample, serial_input),
                     console_file=console_file)
     # Ctrl-C / SIGTERM: the guest ends at its next block (status "interrupted"), the
     # report is written as usual and the exit status is 128 + the signal (130 / 143)
@@ -116,6 +122,21 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
         else:
             view.render_result(res, plan.image.name, plan.mode)
         finish(sig.status or res.exit_status)
+
+
+def _serial_input(path: str | None, detach: bool) -> bytes | None:
+    """The bytes of --serial-input FILE (- = stdin)."""
+    if not path:
+        return None
+    if detach and path == "-":
+        fail("--serial-input -: a detached guest cannot read stdin; give a file")
+    try:
+        if path == "-":
+            return sys.stdin.buffer.read()
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as e:
+        fail(f"--serial-input {path}: {e.strerror}")
 
 
 def _run(plan, name, as_json: bool, trace_file: str | None, trace_sample: int,

@@ -16,7 +16,7 @@ from .report import console as rich_console
 
 def child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
                max_instructions, timeout, console_file, handlers, nmi_at=None,
-               trace_sample=1) -> list[str]:
+               trace_sample=1, serial_input=None) -> list[str]:
     """The options of this launch, for the background process (paths made absolute)."""
     a: list[str] = []
     if guest:
@@ -29,7 +29,8 @@ def child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
                    ("--timeout", timeout), ("--nmi-at", nmi_at)):
         if v is not None:
             a += [opt, str(v)]
-    for opt, v in (("--trace", trace_file), ("--console", console_file)):
+    for opt, v in (("--trace", trace_file), ("--console", console_file),
+                   ("--serial-input", serial_input)):
         if v:
             a += [opt, os.path.abspath(v)]
     if trace_file and trace_sample > 1:

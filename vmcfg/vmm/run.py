@@ -227,8 +227,9 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
               console: Callable[[str], None] | None = None,
               progress: Callable[[Any], None] | None = None,
               on_vcpu: Callable[[Any], None] | None = None,
-              nmi_at: int | None = None) -> RunResult:
-    """Run `image` under `cfg`; never raises for guest behaviour (see RunResult.status)."""
+              nmi_at: int | None = None, serial_input: bytes | None = None) -> RunResult:
+    """Run `image` under `cfg`; never raises for guest behaviour (see RunResult.status).
+    `serial_input`: bytes the guest receives on COM1 (the UART's receive path)."""
     from .devices import Board
     from .vcpu import Vcpu
     t0 = time.perf_counter()
@@ -242,6 +243,8 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
                 trace=writer,
                 max_instructions=max_instructions)
     plat.install(vcpu.uc.mem_write)          # ACPI tables (the image may overwrite them)
+    if serial_input:
+        plat.serial.feed(serial_input)
     for addr, data in image.segments:
         vcpu.uc.mem_write(addr, data)
     setup_start_state(vcpu, mode, memory, image.entry)
@@ -305,7 +308,8 @@ def run_plan(plan, *, trace: IO[str] | None = None, trace_sample: int = 1,
     return run_guest(plan.config, plan.image, memory=plan.memory, mode=plan.mode,
                      handlers=plan.handlers, trace=trace, trace_sample=trace_sample,
                      max_instructions=plan.max_instructions, timeout=plan.timeout,
-                     console=console, progress=progress, on_vcpu=on_vcpu, nmi_at=plan.nmi_at)
+                     console=console, progress=progress, on_vcpu=on_vcpu, nmi_at=plan.nmi_at,
+                     serial_input=plan.serial_input)
 
 
 def _inject_at_entry(vcpu, cfg: VmxConfig) -> None:

@@ -16,8 +16,8 @@ from .common import EXIT_INVALID, EXIT_USAGE, complete_profile, emit_json, err, 
 STATUS_HELP = """\b
 Exit status:
   (v << 1) | 1  the guest wrote v to the debug-exit port 0xF4 (odd)
-  0   the guest halted with nothing left to wake it, or was stopped
-      by 'vmcfg stop' (a named guest)
+  0   the guest halted with nothing left to wake it, was stopped
+      by 'vmcfg stop' (a named guest), or powered off (ACPI S5)
   1   the profile is invalid for the cvmm capability set
   2   bad usage or unreadable input (profile, image, handler)
   4   VM-entry failure (exit reason 33 | bit 31)
@@ -26,6 +26,7 @@ Exit status:
   10  --max-instructions reached
   12  error: a guest access outside its RAM, an EPT violation with
       on_violation = "stop", or a failing exit handler
+  14  the guest reset the machine (port 0x64 or 0xCF9)
   130 interrupted by Ctrl-C (SIGINT); 143 by SIGTERM: the guest is
       stopped and its report (status "interrupted") printed"""
 
@@ -64,6 +65,9 @@ def _complete_guest(ctx, param, incomplete):
               help="Stop after SECONDS of wall-clock time (status timeout).")
 @click.option("--console", "console_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Write the serial console to FILE instead of the terminal.")
+@click.option("--serial-input", "serial_input", metavar="FILE",
+              type=click.Path(dir_okay=False, allow_dash=True),
+              help="Bytes the guest receives on COM1 (its UART receive path); - reads stdin.")
 @click.option("--handler", "handlers", multiple=True, metavar="REASON=MODULE:FUNC",
               help="Python exit handler for a reason (name or number); repeatable.")
 @click.option("--name", metavar="NAME",
@@ -71,7 +75,8 @@ def _complete_guest(ctx, param, incomplete):
 @click.option("--detach", is_flag=True,
               help="With --name: run in the background; return once the guest runs.")
 def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_file,
-           trace_sample, max_instructions, nmi_at, timeout, console_file, handlers, name, detach):
+           trace_sample, max_instructions, nmi_at, timeout, console_file, serial_input, handlers,
+           name, detach):
     """Run a guest on vmcfg's emulated VMM under PROFILE's VMX controls.
 
     VM exits happen exactly as the profile's controls say; each exit is
@@ -163,11 +168,24 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
     except HandlerError as e:
         bad(str(e))
 
+    rx = None
+    if serial_input:
+        if detach and serial_input == "-":
+            bad("--serial-input -: a detached guest cannot read stdin; give a file")
+        try:
+            if serial_input == "-":
+                rx = sys.stdin.buffer.read()
+            else:
+                with open(serial_input, "rb") as fh:
+                    rx = fh.read()
+        except OSError as e:
+            bad(f"--serial-input {serial_input}: {e.strerror}")
+
     if detach:
         _detach(gp, name, as_json, profile=os.path.abspath(r.profile_path or profile),
                 args=_child_args(guest, spec_base, mode, memory, load_address, entry,
                                  trace_file, max_instructions, timeout, console_file, handlers,
-                                 nmi_at, trace_sample),
+                                 nmi_at, trace_sample, serial_input),
                 console_file=console_file)
 
     from ..vmm.run import run_guest
@@ -221,7 +239,8 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
             res = run_guest(cfg, image, memory=mem, mode=run_mode, handlers=hmap,
                             trace=trace_fh, trace_sample=trace_sample,
                             max_instructions=max_instructions, timeout=timeout,
-                            console=console, progress=progress, on_vcpu=on_vcpu, nmi_at=nmi_at)
+                            console=console, progress=progress, on_vcpu=on_vcpu, nmi_at=nmi_at,
+                            serial_input=rx)
         except LaunchError as e:
             bad(str(e))
         except Exception as e:  # noqa: BLE001 - registration problems (name taken, runtime dir)
@@ -287,7 +306,7 @@ class _Stopper:
 
 def _child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
                 max_instructions, timeout, console_file, handlers, nmi_at=None,
-                trace_sample=1) -> list[str]:
+                trace_sample=1, serial_input=None) -> list[str]:
     """The options of this launch, for the background process (paths made absolute)."""
     a: list[str] = []
     if guest:
@@ -300,7 +319,8 @@ def _child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
                    ("--timeout", timeout), ("--nmi-at", nmi_at)):
         if v is not None:
             a += [opt, str(v)]
-    for opt, v in (("--trace", trace_file), ("--console", console_file)):
+    for opt, v in (("--trace", trace_file), ("--console", console_file),
+                   ("--serial-input", serial_input)):
         if v:
             a += [opt, os.path.abspath(v)]
     if trace_file and trace_sample > 1:

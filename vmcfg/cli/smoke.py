@@ -200,7 +200,7 @@ def _smoke(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_d
     interrupted = cancel.reason
     ok = all(r.passed for r in results) and runner.not_run == 0 and not interrupted
 
-    if results:
+    if results:                    # none when interrupted before any case ended
         err()
         summary_table(results)
         err()

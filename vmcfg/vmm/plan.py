@@ -51,6 +51,7 @@ class LaunchPlan:
     timeout: float | None = None
     nmi_at: int | None = None
     serial_input: bytes | None = None    # what the guest receives on COM1
+    cmdline: str = ""                    # the command line a Multiboot image is given
 
 
 def _number(text: str | int | None, what: str) -> int | None:
@@ -67,7 +68,7 @@ def build_plan(profile: str, *, guest: str | None = None, mode: int | str | None
                entry: int | str | None = None, handlers: Iterable[str] = (),
                max_instructions: int | None = None, timeout: float | None = None,
                nmi_at: int | None = None, serial_input: bytes | None = None,
-               cwd: str | None = None) -> LaunchPlan:
+               cmdline: str | None = None, cwd: str | None = None) -> LaunchPlan:
     """Check everything a launch of `profile` needs; options override the profile's [guest].
 
     `handlers` are "REASON=module:function" strings (relative to `cwd`); the
@@ -123,7 +124,7 @@ def build_plan(profile: str, *, guest: str | None = None, mode: int | str | None
         raise PlanError(str(e)) from None
 
     plan = LaunchPlan(cfg, r.caps, profile, r.profile_path, image, spec, run_mode, mem, hmap,
-                      max_instructions, timeout, nmi_at, serial_input)
+                      max_instructions, timeout, nmi_at, serial_input, cmdline or "")
     from .run import LaunchError, check_layout
     try:
         check_layout(image, mem, run_mode)

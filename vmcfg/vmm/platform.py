@@ -35,7 +35,10 @@ class CpuidModel:
     """
 
     def __init__(self, overrides: dict | None = None, *, rdtscp: bool = False,
-                 invpcid: bool = False, tsc_per_insn: int = 1, exit_cost: int = 0):
+                 invpcid: bool = False, tsc_per_insn: int = 1, exit_cost: int = 0,
+                 apic_enabled: Callable[[], bool] | None = None):
+        # devices: CPUID.1:EDX.APIC follows IA32_APIC_BASE.EN (SDM 10.4.3)
+        self.apic_enabled = apic_enabled
         v = _regs("GenuineIntel")
         self.max_basic = 0x0D
         t: dict[tuple[int, int], list[int]] = {}
@@ -88,6 +91,8 @@ class CpuidModel:
         sub = subleaf & 0xFFFFFFFF if leaf in self.subleaf_leaves else 0
         r = self.table.get((leaf, sub))
         if r is not None:
+            if leaf == 1 and self.apic_enabled is not None and not self.apic_enabled():
+                return (r[0], r[1], r[2], r[3] & ~(1 << 9))
             return tuple(r)
         ext_max = self.table.get((0x80000000, 0), [0])[0]
         hv_max = self.table.get((0x40000000, 0), [0])[0]

@@ -10,25 +10,13 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable
 
 from ..vmx.config import VmxConfig
-from ..vmx.exits import ENTRY_FAILURE_BIT, exit_name
+from ..vmx.registers import GPR_NAMES, gpr_count
+from ..vmx.exits import ENTRY_FAILURE_BIT, Exit, exit_name, exits_json
 from .entry import EntryProblem, check_entry, start_cr0, start_cr4
 from .loader import Image
+from ..status import LAUNCH_STATUSES, exit_code
 
-# Process exit statuses of `vmcfg launch` (debug-exit statuses are odd: (v << 1) | 1)
-EXIT_STATUS = {
-    "halted": 0,
-    "entry-failure": 4,
-    "triple-fault": 6,
-    "timeout": 8,
-    "instruction-limit": 10,
-    "error": 12,
-    "stopped": 0,
-    "interrupted": 130,      # Ctrl-C; `vmcfg launch` exits 128 + the signal (143 for SIGTERM)
-    "reset": 14,             # the guest reset the machine (port 0x64 or 0xCF9)
-    "poweroff": 0,           # the guest powered off through ACPI (S5)
-}
-STATUSES = ("halted", "debug-exit", "triple-fault", "timeout", "instruction-limit",
-            "entry-failure", "error", "stopped", "interrupted", "reset", "poweroff")
+STATUSES = LAUNCH_STATUSES
 
 
 @dataclass
@@ -42,16 +30,15 @@ class RunResult:
     wall_seconds: float = 0.0
     message: str = ""
     vmm_seconds: float = 0.0
-    registers: str | None = None
+    registers: dict[str, int] | None = None     # at an error: register_state()
     entry_failure: dict | None = None
     exit_order: list[int] = field(default_factory=list)
     vpid: int | None = None          # the VPID the guest ran with (secondary.enable_vpid)
+    fault_text: str | None = None    # the VMM's register dump at an error (human report only)
 
     @property
     def exit_status(self) -> int:
-        if self.status == "debug-exit":
-            return ((self.guest_exit_code or 0) << 1 | 1) & 0xFF
-        return EXIT_STATUS[self.status]
+        return exit_code(self.status, self.guest_exit_code)
 
     def exit_counts(self) -> dict[str, int]:
         return {e["name"]: e["count"] for e in self.exits}
@@ -264,8 +251,11 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
               console: Callable[[str], None] | None = None,
               progress: Callable[[Any], None] | None = None,
               on_vcpu: Callable[[Any], None] | None = None,
-              nmi_at: int | None = None, cmdline: str = "") -> RunResult:
-    """Run `image` under `cfg`; never raises for guest behaviour (see RunResult.status)."""
+              nmi_at: int | None = None, serial_input: bytes | None = None,
+              cmdline: str = "") -> RunResult:
+    """Run `image` under `cfg`; never raises for guest behaviour (see RunResult.status).
+    `serial_input`: bytes the guest receives on COM1 (the UART's receive path);
+    `cmdline`: the command line a Multiboot image is given."""
     from .devices import Board
     from .vcpu import Vcpu
     t0 = time.perf_counter()
@@ -279,6 +269,8 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
                 trace=writer,
                 max_instructions=max_instructions)
     plat.install(vcpu.uc.mem_write)          # ACPI tables (the image may overwrite them)
+    if serial_input:
+        plat.serial.feed(serial_input)
     for addr, data in image.segments:
         vcpu.uc.mem_write(addr, data)
     setup_start_state(vcpu, mode, memory, image.entry)
@@ -319,11 +311,33 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
                     [{k: e[k] for k in ("reason", "name", "count")} for e in exits],
                     plat.serial.text, wall, vcpu.message,
                     sum(s.seconds for s in vcpu.exit_stats.values()),
-                    vcpu.fault_dump, None, list(vcpu.exit_order))
+                    register_state(vcpu, mode) if vcpu.fault_dump else None, None,
+                    list(vcpu.exit_order))
     res.exit_seconds = {e["reason"]: e["vmm_seconds"] for e in exits}
+    res.fault_text = vcpu.fault_dump
     if cfg.on("secondary.enable_vpid"):
         res.vpid = cfg.settings["vpid"]["id"]
     return res
+
+
+def register_state(vcpu, mode: int) -> dict[str, int]:
+    """The guest's registers as an object: {"rax": ..., ..., "rip": ..., "rflags": ...}."""
+    regs = {GPR_NAMES[i]: vcpu.gpr(i) for i in range(gpr_count(mode))}
+    regs["rip"] = vcpu.rip
+    regs["rflags"] = vcpu.rflags
+    return regs
+
+
+def run_plan(plan, *, trace: IO[str] | None = None, trace_sample: int = 1,
+             console: Callable[[str], None] | None = None,
+             progress: Callable[[Any], None] | None = None,
+             on_vcpu: Callable[[Any], None] | None = None) -> RunResult:
+    """Run a LaunchPlan (vmm/plan.py); the arguments are where the run's output goes."""
+    return run_guest(plan.config, plan.image, memory=plan.memory, mode=plan.mode,
+                     handlers=plan.handlers, trace=trace, trace_sample=trace_sample,
+                     max_instructions=plan.max_instructions, timeout=plan.timeout,
+                     console=console, progress=progress, on_vcpu=on_vcpu, nmi_at=plan.nmi_at,
+                     serial_input=plan.serial_input, cmdline=plan.cmdline)
 
 
 def _inject_at_entry(vcpu, cfg: VmxConfig) -> None:
@@ -350,7 +364,8 @@ def _entry_failure(problems: list[EntryProblem], t0: float) -> RunResult:
     msg = "VM entry failed (exit reason 33 | bit 31, invalid guest state):\n" + "\n".join(
         f"  [{p.rule}] {p.message}\n    fix: {p.fix}" for p in problems)
     return RunResult("entry-failure", None, 0, 0,
-                     [{"reason": 33, "name": exit_name(33), "count": 1}], "",
+                     exits_json({Exit.ENTRY_FAIL_GUEST_STATE: 1}), "",
                      time.perf_counter() - t0, msg, 0.0, None,
-                     {"reason_field": 33 | ENTRY_FAILURE_BIT, "qualification": 0,
-                      "problems": [p.to_json() for p in problems]}, [33])
+                     {"reason_field": Exit.ENTRY_FAIL_GUEST_STATE | ENTRY_FAILURE_BIT,
+                      "qualification": 0, "problems": [p.to_json() for p in problems]},
+                     [Exit.ENTRY_FAIL_GUEST_STATE])

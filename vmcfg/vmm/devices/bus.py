@@ -64,9 +64,9 @@ class Bus:
             if hasattr(e[0], "io_write"):
                 e[0].io_write(port, size, value)
             return
-        # a wide access at a port nobody decodes goes nowhere (as in QEMU): it is not split
-        # into byte writes to the neighbours -- OUTL to 0xCF8 (PCI CONFIG_ADDRESS) must not
-        # reach the reset control register at 0xCF9
+        if size > 1:
+            for i in range(size):
+                self.io_write(port + i, 1, (value >> (8 * i)) & 0xFF)
 
     # ---- MMIO ------------------------------------------------------------------------
     def _find(self, addr: int) -> tuple[int, Any] | None:

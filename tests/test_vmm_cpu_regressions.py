@@ -7,16 +7,18 @@ import pytest
 from vmm_helpers import names, run
 
 UD_GUEST = """
+bits 64
   mov rax, handler
   mov rdi, 0x200000
-  mov word ptr [rdi+6*16], ax
-  mov word ptr [rdi+6*16+2], 0x08
-  mov word ptr [rdi+6*16+4], 0x8E00
+  mov word [rdi+6*16], ax
+  mov word [rdi+6*16+2], 0x08
+  mov word [rdi+6*16+4], 0x8E00
   shr rax, 16
-  mov word ptr [rdi+6*16+6], ax
-  mov dword ptr [rdi+6*16+8], 0
-  mov word ptr [0x201000], 0xfff
-  mov qword ptr [0x201002], 0x200000
+  mov word [rdi+6*16+6], ax
+  mov dword [rdi+6*16+8], 0
+  mov word [0x201000], 0xfff
+  mov dword [0x201002], 0x200000
+  mov dword [0x201006], 0
   lidt [0x201000]
   cpuid
   cpuid
@@ -25,8 +27,8 @@ UD_GUEST = """
   mov al, 1
   out 0xf4, al
 handler:
-  mov rax, qword ptr [rsp]
-  mov al, byte ptr [rax]
+  mov rax, qword [rsp]
+  mov al, byte [rax]
   out 0xf4, al
 """
 

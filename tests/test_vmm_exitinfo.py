@@ -32,7 +32,7 @@ def test_descriptor_table_exits_carry_the_operand_in_instruction_information(wri
         sgdt [rbx + rcx*8 + 0x10]
         sidt [rbx]
         sldt ax
-        str word ptr [rbx + 0x40]
+        str word [rbx + 0x40]
         """, "[secondary]\ndescriptor_table_exiting = true")
     assert res.status == "debug-exit", res.message
     sgdt, sidt = _info(recs, "GDTR_IDTR_ACCESS")

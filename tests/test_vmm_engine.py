@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from vmm_helpers import data, names, run
+from vmm_helpers import SELFTEST, data, names, run
 
 
 def test_same_guest_same_trace_but_for_host_time(tmp_path):
@@ -137,7 +137,7 @@ def test_failing_handler_is_reported_not_raised():
 
 
 def test_selftest_passes_under_its_profile_and_fails_otherwise():
-    res, _ = run(data("selftest.toml"))
+    res, _ = run(SELFTEST)
     assert res.status == "debug-exit" and res.guest_exit_code == 0
     assert res.console.endswith("selftest: all passed\n")
     res, _ = run("baseline", "builtin:selftest")
@@ -217,7 +217,10 @@ def test_guest_fault_outside_ram_has_register_dump():
     res, _ = run(data("prot32.toml"), "builtin:wild32", mode=32)
     assert res.status == "error" and res.exit_status == 12
     assert "0xf0000000" in res.message and "outside guest RAM" in res.message
-    assert "EAX=11111111" in res.registers and "EBX=f0000000" in res.registers
+    assert "EAX=11111111" in res.fault_text and "EBX=f0000000" in res.fault_text
+    # the report's registers are an object (one JSON shape)
+    assert res.registers["rax"] == 0x11111111 and res.registers["rbx"] == 0xF0000000
+    assert res.to_json()["registers"]["rip"] == res.registers["rip"]
 
 
 def test_python_fallback_counter_gives_same_counts():
@@ -243,10 +246,10 @@ def test_python_fallback_counter_gives_same_counts():
 def test_self_modifying_code_is_rescanned(tmp_path):
     a = tmp_path / "smc.asm"
     a.write_text(
-        "mov byte ptr [rip + target], 0x0f\n"
-        "mov byte ptr [rip + target + 1], 0xa2\n"      # nop; nop -> cpuid
-        "mov byte ptr [rip + gone], 0x90\n"
-        "mov byte ptr [rip + gone + 1], 0x90\n"        # cpuid -> nop; nop
+        "mov byte [rel target], 0x0f\n"
+        "mov byte [rel target + 1], 0xa2\n"      # nop; nop -> cpuid
+        "mov byte [rel gone], 0x90\n"
+        "mov byte [rel gone + 1], 0x90\n"        # cpuid -> nop; nop
         "target: nop\n nop\n"
         "gone: cpuid\n"
         "mov al, 5\n out 0xf4, al\n")
@@ -261,11 +264,11 @@ def test_data_on_a_code_page_still_counts_exactly(tmp_path):
     a.write_text(
         "mov esi, 1000\n"
         "mov r8, 0x100800\n"                          # a counter on the code page
-        "l: inc qword ptr [r8]\n"                     # 1000 stores into the code page
+        "l: inc qword [r8]\n"                     # 1000 stores into the code page
         "cpuid\n"
         "dec esi\n"
         "jnz l\n"
-        "mov rax, qword ptr [r8]\n"
+        "mov rax, qword [r8]\n"
         "out 0xf4, al\n")
     res, recs = run("baseline", str(a))
     assert res.guest_exit_code == 1000 & 0xFF

@@ -12,7 +12,8 @@ import sys
 
 import click
 
-from .common import EXIT_USAGE, err
+from .common import err
+from .report import fail, finish
 
 STATUS_HELP = """\b
 Exit status:
@@ -50,15 +51,13 @@ def _run(work) -> None:
     try:
         work()
     except (TraceError, ExportError, WriteError) as e:
-        err(f"vmcfg: {e}", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(str(e))
     except BrokenPipeError:
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
+        finish(0)
     except OSError as e:
-        err(f"vmcfg: cannot write the output: {e.strerror or e}", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(f"cannot write the output: {e.strerror or e}")
 
 
 @trace.command(epilog=STATUS_HELP)
@@ -115,6 +114,9 @@ def export(file, fmt, clock, rate_window, output):
                                        source=file, totals=lambda: rd.totals)
         except ExportError as e:
             raise TraceError(str(e), file, rd.lines) from None
+        if rd.truncated:
+            err(f"vmcfg: note: {file} was trimmed ({rd.truncated} gap(s)): the timeline has "
+                "a gap where records were left out", fg="yellow")
         if output and output != "-":
             err(f"{output}: {info['exits']:,} exits on {info['reasons']} track(s), "
                 f"{info['events']:,} events (clock {info['clock']}); open it in "

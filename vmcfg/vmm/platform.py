@@ -25,7 +25,7 @@ BRAND = "vmcfg cvmm virtual CPU @ 1 instruction/tick"
 class CpuidModel:
     """CPUID of the cvmm virtual CPU plus the profile's ``[cpuid]`` overrides.
 
-    Reports what the emulator implements: GenuineIntel family 6, x87/SSE..SSE4.2,
+    Reports what the emulator implements: GenuineIntel family 6, x87/SSE..SSE4.2, XSAVE (x87|SSE),
     TSC, MSR, PAE, CX8/CX16, CMOV, POPCNT, RDRAND/RDSEED (deterministic),
     the hypervisor bit, long mode, NX, RDTSCP (when secondary.enable_rdtscp is
     on) and INVPCID (when secondary.enable_invpcid is on).  VMX is not
@@ -35,14 +35,17 @@ class CpuidModel:
     """
 
     def __init__(self, overrides: dict | None = None, *, rdtscp: bool = False,
-                 invpcid: bool = False, tsc_per_insn: int = 1, exit_cost: int = 0):
+                 invpcid: bool = False, tsc_per_insn: int = 1, exit_cost: int = 0,
+                 apic_enabled: Callable[[], bool] | None = None):
+        # devices: CPUID.1:EDX.APIC follows IA32_APIC_BASE.EN (SDM 10.4.3)
+        self.apic_enabled = apic_enabled
         v = _regs("GenuineIntel")
         self.max_basic = 0x0D
         t: dict[tuple[int, int], list[int]] = {}
         t[(0, 0)] = [self.max_basic, v[0], v[2], v[1]]
         fms = (6 << 8) | (0x5 << 4) | 4 | (0x5 << 16)          # family 6, model 0x55, stepping 4
         ecx1 = (1 << 0) | (1 << 1) | (1 << 9) | (1 << 13) | (1 << 19) | (1 << 20) | (1 << 23) \
-            | (1 << 30) | (1 << 31)
+            | (1 << 26) | (1 << 30) | (1 << 31)                 # .. XSAVE (26)
         edx1 = (1 << 0) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 13) | (1 << 15) \
             | (1 << 16) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
         # devices: the local APIC (EDX 9), its x2APIC mode (ECX 21) and TSC-deadline timer (ECX 24)
@@ -53,6 +56,9 @@ class CpuidModel:
         if invpcid:
             ebx7 |= 1 << 10
         t[(7, 0)] = [0, ebx7, 0, 0]
+        # XSAVE: x87 and SSE state (XCR0 bits 0-1), 512-byte legacy area + 64-byte header
+        t[(0xD, 0)] = [0x3, 576, 576, 0]
+        t[(0xD, 1)] = [0, 0, 0, 0]
         ext_max = 0x80000008
         t[(0x80000000, 0)] = [ext_max, 0, 0, 0]
         edx_ext = (1 << 11) | (1 << 20) | (1 << 29)             # SYSCALL, NX, LM
@@ -85,6 +91,8 @@ class CpuidModel:
         sub = subleaf & 0xFFFFFFFF if leaf in self.subleaf_leaves else 0
         r = self.table.get((leaf, sub))
         if r is not None:
+            if leaf == 1 and self.apic_enabled is not None and not self.apic_enabled():
+                return (r[0], r[1], r[2], r[3] & ~(1 << 9))
             return tuple(r)
         ext_max = self.table.get((0x80000000, 0), [0])[0]
         hv_max = self.table.get((0x40000000, 0), [0])[0]

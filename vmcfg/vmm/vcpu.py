@@ -525,9 +525,6 @@ class Vcpu:
 
     def _device_wake(self) -> None:
         """Serial input arrived (another thread): take it at the next boundary."""
-        with self._cfg_lock:
-            if self._pending_cfg is None:
-                self._pending_cfg = self.cfg
         self._wake()
         if not self._in_hook:
             self.counter.request_stop()
@@ -1140,6 +1137,7 @@ class Vcpu:
         interrupt or the next PIT interrupt.  Nothing can come: 'halted'.
         """
         now = self.tsc + TSC_PER_INSN      # the HLT retires, then the CPU waits
+        self.platform.advance(now)         # devices: what is due now (timers, serial input)
         cands: list[tuple[int, str]] = []
         if self.cfg.on("pin.activate_vmx_preemption_timer") and self._ptimer_fire is not None:
             cands.append((self._ptimer_fire, "ptimer"))
@@ -1438,7 +1436,8 @@ class Vcpu:
         def woken() -> bool:
             can_irq = bool(self.rflags & (1 << 9)) or self._on["pin.external_interrupt_exiting"]
             return bool(self._live_nmi or (self._live_irqs and can_irq) or
-                        self._end_request is not None or self._pending_cfg is not None)
+                        self._end_request is not None or self._pending_cfg is not None or
+                        self.platform.serial.input_waiting)
         self.halted = True
         try:
             with self.apply_cond:

@@ -339,6 +339,9 @@ class Vcpu:
         self.ptimer_value = s["preemption_timer"]["value"]
         self.ptimer_rate = 5          # IA32_VMX_MISC[4:0] of the cvmm capability set
         self._ptimer_fire: int | None = None
+        # use TPR shadow: the virtual-APIC page's VTPR lives in the VMM (devices/controls)
+        self.vtpr = s["apic"]["vtpr"] & 0xFF
+        self.tpr_threshold = s["apic"]["tpr_threshold"]
 
     def _make_cpuid(self, cfg: VmxConfig) -> CpuidModel:
         return CpuidModel(cfg.settings.get("cpuid") or {},
@@ -871,6 +874,22 @@ class Vcpu:
             raise ctx.fault
         return ctx.resume_rip
 
+    def _trap_exit(self, reason: int, ins: D.Insn, nxt: int, **kw) -> int | None:
+        """A trap-like VM exit after `ins` completed: RIP is the next instruction."""
+        self.icount += 1                 # the instruction has retired before the exit
+        self.counter.set_count(self.icount)
+        self.set_rip(nxt)
+        ex = VmExit(reason, 0, nxt, 0, b"", "", insn=None, **kw)
+        self.vmexit(ex)
+        self.icount -= 1                 # _on_trap counts the instruction when it resumes
+        self.counter.set_count(self.icount)
+        ctx = self._last_ctx
+        if ctx.ended is not None:
+            raise ctx.ended
+        if ctx.fault is not None:
+            raise ctx.fault
+        return ctx.resume_rip
+
     # ---- instruction semantics (exit or not, per the controls) ---------------
     def _instruction(self, ins: D.Insn) -> int | None:
         cfg = self.cfg
@@ -1028,11 +1047,22 @@ class Vcpu:
                                   data={"value": val})
             if val >> 4:
                 raise GuestFault(13, 0)          # bits 63:4 of CR8 are reserved
+            if self._on["primary.use_tpr_shadow"]:
+                # SDM 29.3: VTPR[7:4] <- CR8[3:0], then TPR virtualization (29.1.2): below
+                # the threshold, a trap-like TPR-below-threshold exit after the instruction
+                self.vtpr = (val & 0xF) << 4
+                if val & 0xF < self.tpr_threshold & 0xF:
+                    return self._trap_exit(43, ins, nxt, data={
+                        "vtpr": self.vtpr, "tpr_threshold": self.tpr_threshold})
+                return nxt
             self.set_cr(8, val)
             return nxt
         if k == "mov_from_cr8":
             if self._on["primary.cr8_store_exiting"]:
                 return self._exit(28, ins, cr_qualification(8, CR_MOV_FROM, ins.gpr))
+            if self._on["primary.use_tpr_shadow"]:
+                self.set_gpr(ins.gpr, self.vtpr >> 4, 8)     # SDM 29.3: CR8 reads VTPR[7:4]
+                return nxt
             self.set_gpr(ins.gpr, self.cr(8), 8)
             return nxt
         raise GuestFault(6)
@@ -1479,6 +1509,10 @@ class Vcpu:
             self.cr3_targets = list(s_new["cr3"]["targets"])
         if s_old["preemption_timer"] != s_new["preemption_timer"]:
             self.ptimer_value = s_new["preemption_timer"]["value"]
+        if s_old["apic"] != s_new["apic"]:
+            self.tpr_threshold = s_new["apic"]["tpr_threshold"]
+            if s_old["apic"]["vtpr"] != s_new["apic"]["vtpr"]:
+                self.vtpr = s_new["apic"]["vtpr"] & 0xFF
         if s_old.get("cpuid") != s_new.get("cpuid") or \
                 old.on("secondary.enable_rdtscp") != cfg.on("secondary.enable_rdtscp") or \
                 old.on("secondary.enable_invpcid") != cfg.on("secondary.enable_invpcid"):

@@ -3,7 +3,7 @@
 import json
 import os
 
-from vmm_helpers import data
+from vmm_helpers import SELFTEST, data
 
 
 def _doc(r):
@@ -22,7 +22,7 @@ def test_json_document_and_debug_exit_status(cli):
 
 
 def test_selftest_exit_code_through_port_f4(cli):
-    r = cli("launch", data("selftest.toml"), "--json")
+    r = cli("launch", SELFTEST, "--json")
     assert _doc(r)["guest_exit_code"] == 0 and r.exit_code == 0
     r = cli("launch", "baseline", "--guest", "builtin:selftest", "--json")
     assert _doc(r)["guest_exit_code"] == 15 and r.exit_code == 3     # guest-failure

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from vmm_helpers import data, names, run
+from vmm_helpers import SELFTEST, data, names, run
 
 
 def test_same_guest_same_trace_but_for_host_time(tmp_path):
@@ -136,7 +136,7 @@ def test_failing_handler_is_reported_not_raised():
 
 
 def test_selftest_passes_under_its_profile_and_fails_otherwise():
-    res, _ = run(data("selftest.toml"))
+    res, _ = run(SELFTEST)
     assert res.status == "debug-exit" and res.guest_exit_code == 0
     assert res.console.endswith("selftest: all passed\n")
     res, _ = run("baseline", "builtin:selftest")

@@ -38,6 +38,9 @@ def _complete_guest(ctx, param, incomplete):
 @click.option("--load-address", "load_address", metavar="ADDR",
               help="Guest-physical load address of a flat image (default 0x100000).")
 @click.option("--entry", metavar="ADDR", help="Entry point (default: load address / ELF entry).")
+@click.option("--append", "append", metavar="TEXT",
+              help="Kernel command line of a Multiboot image (after the image name, as QEMU "
+                   "passes it).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option("--trace", "trace_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Write every VM exit as a JSON line to FILE (gzip-compressed when FILE "
@@ -62,7 +65,7 @@ def _complete_guest(ctx, param, incomplete):
               help="Name the guest: reachable by ps, apply, watch, stats, history, stop, inject.")
 @click.option("--detach", is_flag=True,
               help="With --name: run in the background; return once the guest runs.")
-def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_file,
+def launch(profile, guest, mode, memory, load_address, entry, append, as_json, trace_file,
            trace_sample, max_instructions, nmi_at, timeout, console_file, serial_input, handlers,
            name, detach):
     """Run a guest on vmcfg's emulated VMM under PROFILE's VMX controls.
@@ -91,7 +94,7 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
         plan = build_plan(profile, guest=guest, mode=mode, memory=memory,
                           load_address=load_address, entry=entry, handlers=handlers,
                           max_instructions=max_instructions, timeout=timeout, nmi_at=nmi_at,
-                          serial_input=rx)
+                          serial_input=rx, cmdline=append)
     except PlanError as e:
         if e.resolved is not None:
             render_violations(e.resolved)
@@ -104,7 +107,8 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
         view.detach(gp, name, as_json, profile=os.path.abspath(plan.profile_path or profile),
                     args=view.child_args(guest, base, mode, memory, load_address, entry,
                                          trace_file, max_instructions, timeout, console_file,
-                                         handlers, nmi_at, trace_sample, serial_input),
+                                         handlers, nmi_at, trace_sample, serial_input,
+                                         append),
                     console_file=console_file)
     # Ctrl-C / SIGTERM: the guest ends at its next block (status "interrupted"), the
     # report is written as usual and the exit status is 128 + the signal (130 / 143)

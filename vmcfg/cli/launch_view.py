@@ -16,7 +16,7 @@ from .report import console as rich_console
 
 def child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
                max_instructions, timeout, console_file, handlers, nmi_at=None,
-               trace_sample=1, serial_input=None) -> list[str]:
+               trace_sample=1, serial_input=None, append=None) -> list[str]:
     """The options of this launch, for the background process (paths made absolute)."""
     a: list[str] = []
     if guest:
@@ -35,6 +35,8 @@ def child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
             a += [opt, os.path.abspath(v)]
     if trace_file and trace_sample > 1:
         a += ["--trace-sample", str(trace_sample)]
+    if append:
+        a += ["--append", append]
     for h in handlers:
         a += ["--handler", h]
     return a

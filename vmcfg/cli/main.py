@@ -41,6 +41,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "stop": ("live", "stop", "End a running guest cleanly and show its summary."),
     "inject": ("live", "inject", "Deliver an NMI or interrupt to a running guest."),
     "trace": ("trace", "trace", "Summarise a launch trace, or export it for Perfetto."),
+    "guest": ("guest", "guest", "Build guest images from NASM sources; list the bundled guests."),
     "smoke": ("smoke", "smoke", "Run a matrix of profiles × guests with expectations; JUnit XML."),
 }
 

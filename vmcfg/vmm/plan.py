@@ -51,6 +51,7 @@ class LaunchPlan:
     timeout: float | None = None
     nmi_at: int | None = None
     serial_input: bytes | None = None    # what the guest receives on COM1
+    cmdline: str = ""                    # the command line a Multiboot image is given
 
 
 def _number(text: str | int | None, what: str) -> int | None:
@@ -67,7 +68,7 @@ def build_plan(profile: str, *, guest: str | None = None, mode: int | str | None
                entry: int | str | None = None, handlers: Iterable[str] = (),
                max_instructions: int | None = None, timeout: float | None = None,
                nmi_at: int | None = None, serial_input: bytes | None = None,
-               cwd: str | None = None) -> LaunchPlan:
+               cmdline: str | None = None, cwd: str | None = None) -> LaunchPlan:
     """Check everything a launch of `profile` needs; options override the profile's [guest].
 
     `handlers` are "REASON=module:function" strings (relative to `cwd`); the
@@ -109,6 +110,12 @@ def build_plan(profile: str, *, guest: str | None = None, mode: int | str | None
         raise PlanError(str(e)) from None
     if image.mode is not None and not mode and "mode" not in written and image.kind != "flat":
         run_mode = image.mode
+    if image.multiboot and run_mode != 32:
+        raise PlanError(f"{image.name}: a Multiboot kernel is entered in 32-bit protected mode; "
+                        f"--mode {run_mode} does not apply (drop --mode or use --mode 32)")
+    if cmdline is not None and not image.multiboot:
+        raise PlanError(f"--append: {image.name} is not a Multiboot kernel "
+                        "(only those take a command line)")
 
     hmap: dict[int, Callable] = {}
     try:
@@ -123,7 +130,7 @@ def build_plan(profile: str, *, guest: str | None = None, mode: int | str | None
         raise PlanError(str(e)) from None
 
     plan = LaunchPlan(cfg, r.caps, profile, r.profile_path, image, spec, run_mode, mem, hmap,
-                      max_instructions, timeout, nmi_at, serial_input)
+                      max_instructions, timeout, nmi_at, serial_input, cmdline or "")
     from .run import LaunchError, check_layout
     try:
         check_layout(image, mem, run_mode)

@@ -38,6 +38,7 @@ from unicorn import (UC_HOOK_INSN, UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_FETCH_
                      UcError)
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
+import iced_x86 as ix
 
 _CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
                             ctypes.c_void_p)
@@ -91,6 +92,7 @@ _CR = {0: X.UC_X86_REG_CR0, 2: X.UC_X86_REG_CR2, 3: X.UC_X86_REG_CR3, 4: X.UC_X8
        8: X.UC_X86_REG_CR8}
 _ERROR_CODE_VECTORS = ERROR_CODE_VECTORS
 _CONTRIBUTORY = CONTRIBUTORY_VECTORS
+_UD_MNEMONICS = frozenset({ix.Mnemonic.UD0, ix.Mnemonic.UD1, ix.Mnemonic.UD2})
 _MODE_FREE = frozenset({b"\x0f\x31", b"\x0f\xa2"})     # RDTSC, CPUID: same in every mode
 _UNCONDITIONAL = {"cpuid": 10, "invd": 13, "xsetbv": 55, "vmcall": 18, "getsec": 11}
 
@@ -1877,6 +1879,7 @@ class Vcpu:
                 counter.set_count(self.icount)
                 err = None
                 begin = self._pc_begin()
+                begin_lin = self.rip
                 if self._exc_dirty:
                     # Unicorn raised a CPU exception internally (fetch protection is a #PF
                     # to it): clear QEMU's double-fault bookkeeping before resuming
@@ -1917,6 +1920,9 @@ class Vcpu:
                 self._event = None
                 if err is not None or (ev is not None and ev[0] not in ("resume", "end")):
                     self._exc_dirty = True
+                if ev is None and err is None and self._stopped_at_invalid(
+                        begin_lin, start_icount, count):
+                    continue
                 if ev is None and err is None and count and not stopped_by_stub:
                     # count budget used up exactly
                     self.icount = start_icount + count
@@ -1937,6 +1943,26 @@ class Vcpu:
             self.message = e.message
         with self.apply_cond:           # wake anyone waiting for an apply that cannot come
             self.apply_cond.notify_all()
+
+    def _stopped_at_invalid(self, begin_lin: int, start_icount: int, count: int) -> bool:
+        """Unicorn sometimes stops *before* an invalid opcode instead of raising it: under an
+        instruction budget (count=) as if the budget were used up, and when emu_start begins
+        at it after the native block stub counted it.  A single step on UD2 then went on for
+        ever (MTF) and a run re-entered after an exit lost the #UD (preemption timer).  Seen
+        here: raise #UD at that instruction, with the count of what really retired."""
+        rip = self.rip
+        if not count and rip != begin_lin:
+            return False
+        dec = self._decode_any(rip)
+        if dec is not None and dec.mnemonic not in _UD_MNEMONICS:
+            return False
+        done = start_icount if rip == begin_lin else self._retired_at(rip)
+        if count and done - start_icount >= count:
+            return False                  # the budget really ended just before it
+        self.icount = done
+        self.counter.set_count(done)
+        self.raise_exception(6, None, rip)
+        return True
 
     def _after_step(self) -> None:
         """After a counted single step: MTF and interrupt-window checks."""

@@ -16,7 +16,7 @@ def _run(write_profile, tmp_path, body: str, controls: str):
         {controls}
         """)
     g = tmp_path / "g.asm"
-    g.write_text(body + "\nmov al, 0\nout 0xf4, al\n")
+    g.write_text("bits 64\n" + body + "\nmov al, 0\nout 0xf4, al\n")
     return run(prof, str(g), mode=64)
 
 

@@ -110,6 +110,12 @@ def build_plan(profile: str, *, guest: str | None = None, mode: int | str | None
         raise PlanError(str(e)) from None
     if image.mode is not None and not mode and "mode" not in written and image.kind != "flat":
         run_mode = image.mode
+    if image.multiboot and run_mode != 32:
+        raise PlanError(f"{image.name}: a Multiboot kernel is entered in 32-bit protected mode; "
+                        f"--mode {run_mode} does not apply (drop --mode or use --mode 32)")
+    if cmdline is not None and not image.multiboot:
+        raise PlanError(f"--append: {image.name} is not a Multiboot kernel "
+                        "(only those take a command line)")
 
     hmap: dict[int, Callable] = {}
     try:

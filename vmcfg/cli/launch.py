@@ -16,16 +16,19 @@ from .common import EXIT_INVALID, EXIT_USAGE, complete_profile, emit_json, err, 
 STATUS_HELP = """\b
 Exit status:
   (v << 1) | 1  the guest wrote v to the debug-exit port 0xF4 (odd)
-  0   the guest halted with nothing left to wake it, or was stopped
-      by 'vmcfg stop' (a named guest)
+  0   the guest halted with nothing left to wake it, was stopped
+      by 'vmcfg stop' (a named guest), or powered off (ACPI S5)
   1   the profile is invalid for the cvmm capability set
-  2   bad usage or unreadable input (profile, image, handler)
+  2   bad usage or unreadable input (profile, image, handler, a kernel
+      that is not a bzImage / too old / too big for --memory, a bad initrd)
   4   VM-entry failure (exit reason 33 | bit 31)
   6   triple fault
   8   --timeout reached
   10  --max-instructions reached
   12  error: a guest access outside its RAM, an EPT violation with
-      on_violation = "stop", or a failing exit handler"""
+      on_violation = "stop", or a failing exit handler
+  14  reboot: the guest reset the machine (keyboard controller 0xFE,
+      port 0xCF9, ACPI reset; Linux with panic=-1 after a panic)"""
 
 
 def _complete_guest(ctx, param, incomplete):
@@ -42,6 +45,15 @@ def _complete_guest(ctx, param, incomplete):
 @click.option("--guest", "guest", metavar="SPEC", shell_complete=_complete_guest,
               help="Guest image: flat binary, ELF, .asm/.s source, or builtin:NAME "
                    "(default: the profile's [guest] image).")
+@click.option("--kernel", metavar="BZIMAGE", type=click.Path(dir_okay=False),
+              help="Boot a Linux kernel (bzImage) by the x86 boot protocol instead of --guest.")
+@click.option("--initrd", metavar="FILE", type=click.Path(dir_okay=False),
+              help="With --kernel: the initramfs to load.")
+@click.option("--append", "cmdline", metavar="CMDLINE",
+              help="With --kernel: the kernel command line (e.g. \"console=ttyS0\").")
+@click.option("--clock", type=click.Choice(["virtual", "realtime"]),
+              help="Guest time: 'virtual' (default; deterministic, from retired instructions) "
+                   "or 'realtime' (follows the host clock).")
 @click.option("--mode", type=click.Choice(["16", "32", "64"]), help="Start mode (default 64).")
 @click.option("--memory", metavar="SIZE", help="Guest RAM, e.g. 16M (default 16M).")
 @click.option("--load-address", "load_address", metavar="ADDR",
@@ -64,7 +76,7 @@ def _complete_guest(ctx, param, incomplete):
               help="Name the guest: reachable by ps, apply, watch, stats, history, stop, inject.")
 @click.option("--detach", is_flag=True,
               help="With --name: run in the background; return once the guest runs.")
-def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_file,
+def launch(profile, guest, kernel, initrd, cmdline, clock, mode, memory, load_address, entry, as_json, trace_file,
            max_instructions, nmi_at, timeout, console_file, handlers, name, detach):
     """Run a guest on vmcfg's emulated VMM under PROFILE's VMX controls.
 
@@ -122,8 +134,12 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
         except ValueError:
             bad(f"{what}: {text!r} is not a number")
 
-    spec = guest or gs.get("image")
-    spec_base = None if guest else base_dir
+    if kernel and guest:
+        raise click.UsageError("--kernel and --guest exclude each other")
+    if (initrd or cmdline is not None) and not kernel:
+        raise click.UsageError("--initrd and --append need --kernel")
+    spec = kernel or guest or gs.get("image")
+    spec_base = None if (guest or kernel) else base_dir
     if not spec:
         bad("no guest image: give --guest SPEC or set [guest] image in the profile "
             "(bundled guests: builtin:NAME)")
@@ -135,7 +151,18 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
     la = num(load_address, "--load-address") if load_address else gs.get("load_address", 0x100000)
     ent = num(entry, "--entry") if entry else gs.get("entry")
     try:
-        image = load_image(spec, base_dir=spec_base, load_address=la, entry=ent, mode=run_mode)
+        if kernel:
+            from ..vmm.linux import kernel_mode, load_linux
+            if load_address or entry:
+                raise click.UsageError("--load-address/--entry do not apply to --kernel "
+                                       "(the boot protocol places the kernel)")
+            run_mode = int(mode) if mode else kernel_mode(cfg, gs.get("mode"))
+            mem = parse_size(memory if memory else gs.get("memory") or "256M")
+            image, _boot = load_linux(kernel, memory=mem, mode=run_mode, initrd=initrd,
+                                      cmdline=cmdline or "")
+        else:
+            image = load_image(spec, base_dir=spec_base, load_address=la, entry=ent,
+                               mode=run_mode)
     except ImageError as e:
         bad(str(e))
     written = (getattr(r.profile, "settings", None) or {}).get("guest", {})
@@ -161,7 +188,8 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
         _detach(gp, name, as_json, profile=os.path.abspath(r.profile_path or profile),
                 args=_child_args(guest, spec_base, mode, memory, load_address, entry,
                                  trace_file, max_instructions, timeout, console_file, handlers,
-                                 nmi_at),
+                                 nmi_at, kernel=kernel, initrd=initrd, cmdline=cmdline,
+                                 clock=clock),
                 console_file=console_file)
 
     from ..vmm.run import run_guest
@@ -206,7 +234,8 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
     try:
         res = run_guest(cfg, image, memory=mem, mode=run_mode, handlers=hmap, trace=trace_fh,
                         max_instructions=max_instructions, timeout=timeout, console=console,
-                        progress=progress, on_vcpu=on_vcpu, nmi_at=nmi_at)
+                        progress=progress, on_vcpu=on_vcpu, nmi_at=nmi_at,
+                        clock=clock or "virtual")
     except LaunchError as e:
         bad(str(e))
     except Exception as e:  # noqa: BLE001 - registration problems (name taken, runtime dir)
@@ -235,9 +264,17 @@ def launch(profile, guest, mode, memory, load_address, entry, as_json, trace_fil
 
 
 def _child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
-                max_instructions, timeout, console_file, handlers, nmi_at=None) -> list[str]:
+                max_instructions, timeout, console_file, handlers, nmi_at=None, *,
+                kernel=None, initrd=None, cmdline=None, clock=None) -> list[str]:
     """The options of this launch, for the background process (paths made absolute)."""
     a: list[str] = []
+    for opt, v in (("--kernel", kernel), ("--initrd", initrd)):
+        if v:
+            a += [opt, os.path.abspath(v)]
+    if cmdline is not None:
+        a += ["--append", cmdline]
+    if clock:
+        a += ["--clock", clock]
     if guest:
         g = guest
         if not g.startswith("builtin:") and os.path.exists(g):

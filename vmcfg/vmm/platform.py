@@ -65,6 +65,30 @@ class Serial:
         return self.out.decode("latin-1")
 
 
+class MachineEnd(Exception):
+    """Raised by the platform when the guest powers off or resets the machine."""
+
+    def __init__(self, status: str, message: str):
+        super().__init__(message)
+        self.status = status            # "poweroff" or "reboot"
+        self.message = message
+
+
+KBC_COMMAND_PORT = 0x64          # 8042 keyboard controller: command 0xFE pulses the reset line
+KBC_RESET = 0xFE
+RESET_CONTROL_PORT = 0xCF9       # PIIX/ICH reset control register: bit 2 = do the reset
+
+
+def check_machine_end(port: int, size: int, value: int) -> None:
+    """The reset writes every PC knows (ACPI poweroff is the ACPI device's)."""
+    if port == KBC_COMMAND_PORT and value & 0xFF == KBC_RESET:
+        raise MachineEnd("reboot", "the guest reset the machine (keyboard controller "
+                         "command 0xFE)")
+    if port == RESET_CONTROL_PORT and size == 1 and value & 0x04:
+        raise MachineEnd("reboot", f"the guest reset the machine (wrote {value & 0xFF:#x} "
+                         "to the reset control register 0xCF9)")
+
+
 PIC_PORTS = (0x20, 0x21)
 PIT_PORTS = (0x40, 0x41, 0x42, 0x43)
 
@@ -220,6 +244,8 @@ class Platform:
     def io_write(self, port: int, size: int, value: int) -> None:
         if port == DEBUG_EXIT_PORT:
             raise DebugExit(value & ((1 << (8 * size)) - 1))
+        if port in (KBC_COMMAND_PORT, RESET_CONTROL_PORT):
+            check_machine_end(port, size, value)
         for i in range(size):
             p = (port + i) & 0xFFFF
             b = (value >> (8 * i)) & 0xFF
@@ -257,9 +283,10 @@ class CpuidModel:
     """
 
     def __init__(self, overrides: dict | None = None, *, rdtscp: bool = False,
-                 invpcid: bool = False, tsc_per_insn: int = 1, exit_cost: int = 0):
+                 invpcid: bool = False, tsc_per_insn: int = 1, exit_cost: int = 0,
+                 tsc_hz: int = 1_000_000_000):
         v = _regs("GenuineIntel")
-        self.max_basic = 0x0D
+        self.max_basic = 0x16
         t: dict[tuple[int, int], list[int]] = {}
         t[(0, 0)] = [self.max_basic, v[0], v[2], v[1]]
         fms = (6 << 8) | (0x5 << 4) | 4 | (0x5 << 16)          # family 6, model 0x55, stepping 4
@@ -272,6 +299,12 @@ class CpuidModel:
         if invpcid:
             ebx7 |= 1 << 10
         t[(7, 0)] = [0, ebx7, 0, 0]
+        # TSC and core crystal clock: TSC = ECX * EBX / EAX = the profile's tsc.frequency
+        # (the crystal runs at the TSC rate), so a kernel takes the frequency without calibrating
+        k = 1 if tsc_hz < (1 << 32) else 1000
+        t[(0x15, 0)] = [1, k, (tsc_hz // k) & 0xFFFFFFFF, 0]
+        mhz = max(1, tsc_hz // 1_000_000) & 0xFFFF
+        t[(0x16, 0)] = [mhz, mhz, 100, 0]                       # base, max, bus MHz
         ext_max = 0x80000008
         t[(0x80000000, 0)] = [ext_max, 0, 0, 0]
         edx_ext = (1 << 11) | (1 << 20) | (1 << 29)             # SYSCALL, NX, LM
@@ -281,6 +314,7 @@ class CpuidModel:
         brand = BRAND.encode().ljust(48, b"\0")
         for i in range(3):
             t[(0x80000002 + i, 0)] = list(struct.unpack("<IIII", brand[16 * i:16 * i + 16]))
+        t[(0x80000007, 0)] = [0, 0, 0, 1 << 8]                  # invariant TSC
         t[(0x80000008, 0)] = [0x3027, 0, 0, 0]                  # 39-bit physical, 48-bit linear
         h = _regs(HYPERVISOR_SIGNATURE)
         t[(0x40000000, 0)] = [0x40000001, h[0], h[1], h[2]]

@@ -23,9 +23,11 @@ EXIT_STATUS = {
     "instruction-limit": 10,
     "error": 12,
     "stopped": 0,
+    "poweroff": 0,
+    "reboot": 14,
 }
 STATUSES = ("halted", "debug-exit", "triple-fault", "timeout", "instruction-limit",
-            "entry-failure", "error", "stopped")
+            "entry-failure", "error", "stopped", "poweroff", "reboot")
 
 
 @dataclass
@@ -77,6 +79,27 @@ class TraceWriter:
 
     def __call__(self, ex) -> None:
         self.fh.write(json.dumps(ex.to_json(), separators=(",", ":")) + "\n")
+
+
+_BOOT_REGS = {"rax": "RAX", "rbx": "RBX", "rcx": "RCX", "rdx": "RDX", "rsi": "RSI", "rdi": "RDI",
+              "rbp": "RBP", "rsp": "RSP", "cs": "CS", "ds": "DS", "es": "ES", "ss": "SS",
+              "fs": "FS", "gs": "GS"}
+
+
+def apply_boot_regs(vcpu, mode: int, regs: dict) -> None:
+    """A boot protocol's registers on top of the start state (GDTR first, then selectors)."""
+    from unicorn import x86_const as X
+    uc = vcpu.uc
+    if "gdtr" in regs:
+        base, limit = regs["gdtr"]
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, base, limit, 0))
+    for name, value in regs.items():
+        if name == "gdtr":
+            continue
+        reg = _BOOT_REGS[name]
+        if mode != 64 and reg.startswith("R"):
+            reg = "E" + reg[1:]
+        uc.reg_write(getattr(X, f"UC_X86_REG_{reg}"), value)
 
 
 def setup_start_state(vcpu, mode: int, memory: int, entry: int) -> None:
@@ -188,8 +211,11 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
               console: Callable[[str], None] | None = None,
               progress: Callable[[Any], None] | None = None,
               on_vcpu: Callable[[Any], None] | None = None,
-              nmi_at: int | None = None) -> RunResult:
-    """Run `image` under `cfg`; never raises for guest behaviour (see RunResult.status)."""
+              nmi_at: int | None = None, clock: str = "virtual") -> RunResult:
+    """Run `image` under `cfg`; never raises for guest behaviour (see RunResult.status).
+
+    `clock`: "virtual" (guest time from retired instructions and exits; deterministic) or
+    "realtime" (the guest's TSC follows the host's monotonic clock)."""
     from .platform import Platform
     from .vcpu import Vcpu
     t0 = time.perf_counter()
@@ -200,10 +226,12 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
     plat = Platform(console)
     vcpu = Vcpu(cfg, memory=memory, mode=mode, platform=plat, handlers=handlers,
                 trace=TraceWriter(trace) if trace is not None else None,
-                max_instructions=max_instructions)
+                max_instructions=max_instructions, clock=clock)
     for addr, data in image.segments:
         vcpu.uc.mem_write(addr, data)
     setup_start_state(vcpu, mode, memory, image.entry)
+    if image.boot_regs:
+        apply_boot_regs(vcpu, mode, image.boot_regs)
     vcpu.nmi_at = nmi_at
     _inject_at_entry(vcpu, cfg)
     if on_vcpu is not None:

@@ -156,8 +156,9 @@ def launch(profile, guest, kernel, initrd, cmdline, clock, mode, memory, load_ad
             if load_address or entry:
                 raise click.UsageError("--load-address/--entry do not apply to --kernel "
                                        "(the boot protocol places the kernel)")
-            run_mode = int(mode) if mode else kernel_mode(cfg, gs.get("mode"))
-            mem = parse_size(memory if memory else gs.get("memory") or "256M")
+            written_gs = (getattr(r.profile, "settings", None) or {}).get("guest", {})
+            run_mode = int(mode) if mode else kernel_mode(cfg, written_gs.get("mode"))
+            mem = parse_size(memory if memory else written_gs.get("memory") or "256M")
             image, _boot = load_linux(kernel, memory=mem, mode=run_mode, initrd=initrd,
                                       cmdline=cmdline or "")
         else:

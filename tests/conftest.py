@@ -38,3 +38,13 @@ def rundir(tmp_path, monkeypatch):
     d.mkdir(mode=0o700)
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(d))
     return d
+
+
+def pytest_collection_modifyitems(config, items):
+    """`slow` tests run only with VMCFG_SLOW=1 or when selected with -m (e.g. -m slow)."""
+    if os.environ.get("VMCFG_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="slow (minutes of guest time): set VMCFG_SLOW=1 or use -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -43,6 +43,7 @@ def rd(tmp_path):
 
 # ---- the real Debian kernel -------------------------------------------------------------
 
+@pytest.mark.linux
 def test_debian_kernel_zero_page_and_placement():
     inp = linux_inputs_or_skip()
     mem = 256 * MiB
@@ -85,6 +86,7 @@ def test_debian_kernel_zero_page_and_placement():
     assert not dat >> 43 & 1 and dat >> 41 & 1                         # data, writable
 
 
+@pytest.mark.linux
 def test_debian_kernel_32bit_entry():
     inp = linux_inputs_or_skip()
     img, boot = load_linux(str(inp.kernel), memory=256 * MiB, mode=32)
@@ -93,6 +95,7 @@ def test_debian_kernel_32bit_entry():
     assert not code >> 53 & 1 and code >> 54 & 1                       # 32-bit code (D=1)
 
 
+@pytest.mark.linux
 def test_debian_kernel_too_big_for_memory(cli):
     inp = linux_inputs_or_skip()
     r = cli("launch", "baseline", "--kernel", str(inp.kernel), "--memory", "32M")
@@ -100,6 +103,7 @@ def test_debian_kernel_too_big_for_memory(cli):
     assert "init_size" in r.stderr and "--memory" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.linux
 def test_launch_kernel_json_reports_status(cli):
     """The CLI path end to end, bounded: a few million instructions of the real kernel."""
     inp = linux_inputs_or_skip()

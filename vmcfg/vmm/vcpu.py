@@ -308,7 +308,7 @@ class Vcpu:
         self._trap_cfunc = _CODE_CB(self._raw_trap)
         self._trap_fn = ctypes.cast(self._trap_cfunc, ctypes.c_void_p)
         # --- hooks ---
-        self.counter = BlockCounter(self.uc, self._count_block, 0, memory,
+        self.counter = BlockCounter(self.uc, self._count_block, 0, min(memory, 256 << 20),
                                     native=native_counter)
         self.uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self._on_fetch_prot)
         self.uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)

@@ -106,22 +106,38 @@ def _render_caps(cs) -> None:
 @click.argument("source", required=False, type=click.Path(dir_okay=False, allow_dash=True))
 @click.option("--host", is_flag=True, help="Read this host's MSRs (/dev/cpu/N/msr or /proc/cpuinfo).")
 @click.option("--cpu-index", default=0, show_default=True, help="CPU number for --host.")
-@click.option("--format", "fmt", type=click.Choice(["auto", "dump", "vmxcap"]), default="auto",
-              show_default=True, help="Format of SOURCE.")
+@click.option("--format", "fmt", type=click.Choice(["auto", "dump", "vmxcap", "cpuinfo"]),
+              default="auto", show_default=True, help="Format of SOURCE.")
 @click.option("--section", help="For a file with several dumps ('== name' lines): which one.")
 @click.option("--name", help="Name of the capability set (default: from the file name).")
-@click.option("-o", "--output", metavar="FILE", help="Capability file to write ('-' = stdout).",
-              default="-")
+@click.option("-o", "--output", metavar="FILE",
+              help="Capability file to write ('-' = stdout; the default without --json).")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-def import_caps(source, host, cpu_index, fmt, section, name, output, force):
-    """Write a capability file from an MSR dump, vmxcap output, or this host."""
+@click.option("--json", "as_json", is_flag=True,
+              help="Print the imported set decoded as JSON (what `caps --json` shows) instead of "
+                   "the capability file; with -o FILE the file is written as well.")
+def import_caps(source, host, cpu_index, fmt, section, name, output, force, as_json):
+    """Write a capability file from an MSR dump, vmxcap output (with or without its Hex:
+    lines), a saved /proc/cpuinfo, or this host.
+
+    What the source does not report (a /proc/cpuinfo lists only some controls) is marked
+    unknown: validation checks only what is known and says what it did not check.
+    """
     import os
 
-    from ..profile.capfile import dump_capfile, host_caps, parse_msr_dump, parse_vmxcap
+    from ..profile.capfile import dump_capfile, host_caps, import_text
     from ..profile.source import ProfileError, read_text
-    from ..vmx.caps import CapSet
+
+    def fail(e: ProfileError):
+        if as_json:
+            emit_json({"error": e.to_json()})
+        else:
+            err(f"vmcfg: {e}", fg="red")
+        sys.exit(EXIT_USAGE)
 
     if bool(source) == bool(host):
+        if as_json:
+            fail(ProfileError("give exactly one of SOURCE or --host"))
         raise click.UsageError("give exactly one of SOURCE or --host")
     try:
         if host:
@@ -130,58 +146,33 @@ def import_caps(source, host, cpu_index, fmt, section, name, output, force):
                 cs.name = name
         else:
             text = sys.stdin.read() if source == "-" else read_text(source)
-            if fmt == "auto":
-                fmt = "vmxcap" if "controls" in text and ("yes" in text or "forced" in text) and "MSR 0" not in text.upper() else "dump"
-            base = name or (os.path.splitext(os.path.basename(source))[0] if source != "-" else "imported")
-            if fmt == "vmxcap":
-                msrs = parse_vmxcap(text)
-                if 0x481 not in msrs:
-                    raise ProfileError("no vmxcap control sections found", source)
-                cs = CapSet(name=base, msrs=msrs, source=f"vmxcap output: {source}")
-            else:
-                sections = parse_msr_dump(text)
-                if not sections:
-                    raise ProfileError("no VMX capability MSR lines found (expected lines like "
-                                       "'MSR 00000481: 0000007F 00000016')", source)
-                if section is None and len(sections) > 1:
-                    raise ProfileError("several dumps in this file; choose one with --section: "
-                                       + ", ".join(repr(s) for s in sections), source)
-                key = section if section is not None else next(iter(sections))
-                match = [s for s in sections if key and key in s] if key not in sections else [key]
-                if not match:
-                    raise ProfileError(f"no section {section!r}; sections: "
-                                       + ", ".join(repr(s) for s in sections), source)
-                cs = CapSet(name=name or (os.path.splitext(os.path.basename(match[0]))[0] if match[0] else base),
-                            msrs=sections[match[0]],
-                            source=f"MSR dump: {source}" + (f" [{match[0]}]" if match[0] else ""))
-            if 0x480 not in cs.msrs:
-                cs.partial = True
-                cs.notes.append("no IA32_VMX_BASIC in the source")
+            cs = import_text(text, source, fmt=fmt, section=section, name=name)
     except ProfileError as e:
-        err(f"vmcfg: {e}", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(e)
+    if output is None and not as_json:
+        output = "-"
     text = dump_capfile(cs)
     if output == "-":
-        sys.stdout.write(text)
-        return
-    if os.path.exists(output) and not force:
-        err(f"vmcfg: {output} exists (use --force to overwrite)", fg="red")
-        sys.exit(EXIT_USAGE)
-    tmp = f"{output}.tmp{os.getpid()}"
-    try:
-        with open(tmp, "w") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, output)
-    except OSError as e:
+        if not as_json:
+            sys.stdout.write(text)
+            return
+        output = None
+    if output:
+        if os.path.exists(output) and not force:
+            fail(ProfileError(f"{output} exists (use --force to overwrite)"))
+        from ..profile.atomic import WriteError, atomic_write
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        err(f"vmcfg: cannot write {output}: {e.strerror}", fg="red")
-        sys.exit(EXIT_USAGE)
-    err(f"wrote {output} ({len(cs.msrs)} MSRs{', partial' if cs.partial else ''})")
+            atomic_write(output, text)
+        except WriteError as e:
+            fail(ProfileError(e.message, e.path))
+        err(f"wrote {output} ({len(cs.msrs)} MSRs{', partial' if cs.partial else ''}"
+            f"{f', {len(cs.unknown)} fields unknown' if cs.unknown else ''})")
+    for n in cs.notes:
+        err(f"note: {n}", fg="yellow")
+    if as_json:
+        doc = cs.decode()
+        doc["output"] = output
+        emit_json(doc)
 
 
 @caps.command("diff")

@@ -2,8 +2,8 @@
 
 Launches the bundled `soak` guest (a loop with one RDTSC and one OUT per
 iteration) under the built-in `baseline` profile, shows its exit statistics,
-applies a second built-in profile live, shows how the statistics change, and
-stops the guest.
+applies a second built-in profile live, shows how the statistics change (a
+chart of the exit rates before and after the apply), and stops the guest.
 """
 
 from __future__ import annotations
@@ -55,6 +55,7 @@ def demo(first, second, guest, seconds, as_json):
             f"in {res['latency_ms']:.2f} ms, between two guest instructions")
         doc["phase2"] = _phase(request, sock, seconds)
         _show(say, f"   in {seconds:g} s under '{second}'", doc["phase2"])
+        _chart(say, doc["phase1"].pop("_rates"), doc["phase2"].pop("_rates"))
     except ChannelError as e:
         err(f"vmcfg: {e.message}", fg="red")
         sys.exit(EXIT_USAGE)
@@ -73,13 +74,32 @@ def demo(first, second, guest, seconds, as_json):
         emit_json(doc)
 
 
+SAMPLES = 12     # exit-rate samples per phase (the chart's width per phase)
+
+
 def _phase(request, sock: str, seconds: float) -> dict:
-    """Instructions and exits by reason during `seconds` of the guest's life."""
+    """Instructions and exits by reason during `seconds` of the guest's life,
+    and the exit rates of SAMPLES equal slices of it (for the chart)."""
+    from ..trace.rates import RateHistory
+    hist = RateHistory(length=SAMPLES)
     a = request(sock, "stats")
-    time.sleep(seconds)
-    b = request(sock, "stats")
+    hist.add(time.monotonic(), a["exits"])
+    t_end = time.monotonic() + seconds
+    for i in range(SAMPLES):
+        time.sleep(max(0.0, t_end - seconds * (SAMPLES - 1 - i) / SAMPLES - time.monotonic()))
+        b = request(sock, "stats")
+        hist.add(time.monotonic(), b["exits"])
     return {"instructions": b["instructions"] - a["instructions"],
-            "exits": _delta(a["exits"], b["exits"])}
+            "exits": _delta(a["exits"], b["exits"]),
+            "rates": {k: [round(v, 1) for v in s] for k, s in sorted(hist.series.items())},
+            "_rates": hist}
+
+
+def _chart(say, before, after) -> None:
+    from ..trace.rates import before_after_lines
+    say(click.style("   exit rates before │ after the apply", bold=True))
+    for ln in before_after_lines(before, after, name_width=20):
+        say(f"   {ln}")
 
 
 def _show(say, title: str, phase: dict) -> None:

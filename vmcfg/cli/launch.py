@@ -28,7 +28,9 @@ Exit status:
   12  error: a guest access outside its RAM, an EPT violation with
       on_violation = "stop", or a failing exit handler
   14  reboot: the guest reset the machine (keyboard controller 0xFE,
-      port 0xCF9, ACPI reset; Linux with panic=-1 after a panic)"""
+      port 0xCF9, ACPI reset; Linux with panic=-1 after a panic)
+  130 interrupted by Ctrl-C (SIGINT); 143 by SIGTERM: the guest is
+      stopped and its report (status "interrupted") printed"""
 
 
 def _complete_guest(ctx, param, incomplete):
@@ -61,7 +63,11 @@ def _complete_guest(ctx, param, incomplete):
 @click.option("--entry", metavar="ADDR", help="Entry point (default: load address / ELF entry).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option("--trace", "trace_file", metavar="FILE", type=click.Path(dir_okay=False),
-              help="Write every VM exit as a JSON line to FILE.")
+              help="Write every VM exit as a JSON line to FILE (gzip-compressed when FILE "
+                   "ends in .gz); read it with 'vmcfg trace summary|export'.")
+@click.option("--trace-sample", "trace_sample", type=click.IntRange(min=1), default=1,
+              metavar="N", help="With --trace: write one exit in N of each reason, plus a "
+                                "line of exact totals (default 1: every exit).")
 @click.option("--max-instructions", "max_instructions", type=click.IntRange(min=1), metavar="N",
               help="Stop after N guest instructions (status instruction-limit).")
 @click.option("--nmi-at", "nmi_at", type=click.IntRange(min=0), metavar="N",
@@ -77,7 +83,7 @@ def _complete_guest(ctx, param, incomplete):
 @click.option("--detach", is_flag=True,
               help="With --name: run in the background; return once the guest runs.")
 def launch(profile, guest, kernel, initrd, cmdline, clock, mode, memory, load_address, entry, as_json, trace_file,
-           max_instructions, nmi_at, timeout, console_file, handlers, name, detach):
+           trace_sample, max_instructions, nmi_at, timeout, console_file, handlers, name, detach):
     """Run a guest on vmcfg's emulated VMM under PROFILE's VMX controls.
 
     VM exits happen exactly as the profile's controls say; each exit is
@@ -189,8 +195,8 @@ def launch(profile, guest, kernel, initrd, cmdline, clock, mode, memory, load_ad
         _detach(gp, name, as_json, profile=os.path.abspath(r.profile_path or profile),
                 args=_child_args(guest, spec_base, mode, memory, load_address, entry,
                                  trace_file, max_instructions, timeout, console_file, handlers,
-                                 nmi_at, kernel=kernel, initrd=initrd, cmdline=cmdline,
-                                 clock=clock),
+                                 nmi_at, trace_sample, kernel=kernel, initrd=initrd,
+                                 cmdline=cmdline, clock=clock),
                 console_file=console_file)
 
     from ..vmm.run import run_guest
@@ -218,11 +224,14 @@ def launch(profile, guest, kernel, initrd, cmdline, clock, mode, memory, load_ad
     trace_fh = None
     if trace_file:
         try:
-            trace_fh = open(trace_file, "w", encoding="utf-8")
+            from ..vmm.run import open_trace_file
+            trace_fh = open_trace_file(trace_file)
         except OSError as e:
             bad(f"--trace {trace_file}: {e.strerror}")
 
     live = {}
+    from ..interrupt import SignalWatch, hook
+    stopper = _Stopper()
 
     def on_vcpu(vcpu) -> None:
         if name:
@@ -231,42 +240,85 @@ def launch(profile, guest, kernel, initrd, cmdline, clock, mode, memory, load_ad
                 vcpu, r.caps, run_mode, name=name,
                 profile_path=os.path.abspath(r.profile_path) if r.profile_path else profile,
                 record={"guest": spec, "console": console_file})
+        stopper.attach(vcpu)
 
-    try:
-        res = run_guest(cfg, image, memory=mem, mode=run_mode, handlers=hmap, trace=trace_fh,
-                        max_instructions=max_instructions, timeout=timeout, console=console,
-                        progress=progress, on_vcpu=on_vcpu, nmi_at=nmi_at,
-                        clock=clock or "virtual")
-    except LaunchError as e:
-        bad(str(e))
-    except Exception as e:  # noqa: BLE001 - registration problems (name taken, runtime dir)
-        from ..live.runtime import RuntimeError_
-        if isinstance(e, RuntimeError_):
+    # Ctrl-C / SIGTERM: the guest ends at its next block (status "interrupted"), the
+    # report is written as usual and the exit status is 128 + the signal (130 / 143)
+    with SignalWatch(stopper.signal) as sig:
+        try:
+            hook("launch:start")
+            res = run_guest(cfg, image, memory=mem, mode=run_mode, handlers=hmap,
+                            trace=trace_fh, trace_sample=trace_sample,
+                            max_instructions=max_instructions, timeout=timeout,
+                            console=console, progress=progress, on_vcpu=on_vcpu, nmi_at=nmi_at,
+                            clock=clock or "virtual")
+        except LaunchError as e:
             bad(str(e))
-        raise
-    finally:
-        if "session" in live:
-            s = live["session"]
-            summary = res.to_json() if "res" in locals() else {"status": "error"}
-            summary["registers"] = s.target.registers()
-            s.close(summary)
-        if trace_fh is not None:
-            trace_fh.close()
-        if con_fh is not None:
-            con_fh.close()
-        if progress is not None:
-            progress.clear()
+        except Exception as e:  # noqa: BLE001 - registration problems (name taken, runtime dir)
+            from ..live.runtime import RuntimeError_
+            if isinstance(e, RuntimeError_):
+                bad(str(e))
+            raise
+        finally:
+            if "session" in live:
+                s = live["session"]
+                summary = res.to_json() if "res" in locals() else {"status": "error"}
+                summary["registers"] = s.target.registers()
+                s.close(summary)
+            if trace_fh is not None:
+                trace_fh.close()
+            if con_fh is not None:
+                con_fh.close()
+            if progress is not None:
+                progress.clear()
+        hook("launch:report")
+        doc = res.to_json()
+        if sig.status:
+            doc["exit_status"] = sig.status
+        if as_json:
+            emit_json(doc)
+        else:
+            _report(res, image.name, run_mode)
+        sys.exit(sig.status or res.exit_status)
 
-    if as_json:
-        emit_json(res.to_json())
-    else:
-        _report(res, image.name, run_mode)
-    sys.exit(res.exit_status)
+
+class _Stopper:
+    """Ends the run on a signal, whether it comes before or after the vCPU exists."""
+
+    def __init__(self):
+        import threading
+        self._lock = threading.Lock()
+        self.vcpu = None
+        self.message: str | None = None
+
+    def signal(self, signum: int) -> None:       # the SignalWatch thread
+        from ..interrupt import signal_name
+        with self._lock:
+            if self.message is None:
+                self.message = f"interrupted by {signal_name(signum)}"
+            vcpu = self.vcpu
+        if vcpu is not None:
+            self._end(vcpu)
+
+    def attach(self, vcpu) -> None:               # the main thread, before the guest runs
+        with self._lock:
+            self.vcpu = vcpu
+            pending = self.message is not None
+        if pending:
+            self._end(vcpu)
+
+    def _end(self, vcpu) -> None:
+        vcpu.request_end("interrupted", self.message)
+        # request_end leaves the stop to the hook when it thinks one is running; ask the
+        # native block stub as well, so a guest spinning without exits ends too (harmless:
+        # the run loop ends at its next turn either way)
+        vcpu.counter.request_stop()
 
 
 def _child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
-                max_instructions, timeout, console_file, handlers, nmi_at=None, *,
-                kernel=None, initrd=None, cmdline=None, clock=None) -> list[str]:
+                max_instructions, timeout, console_file, handlers, nmi_at=None,
+                trace_sample=1, *, kernel=None, initrd=None, cmdline=None,
+                clock=None) -> list[str]:
     """The options of this launch, for the background process (paths made absolute)."""
     a: list[str] = []
     for opt, v in (("--kernel", kernel), ("--initrd", initrd)):
@@ -289,6 +341,8 @@ def _child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
     for opt, v in (("--trace", trace_file), ("--console", console_file)):
         if v:
             a += [opt, os.path.abspath(v)]
+    if trace_file and trace_sample > 1:
+        a += ["--trace-sample", str(trace_sample)]
     for h in handlers:
         a += ["--handler", h]
     return a

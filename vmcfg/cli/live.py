@@ -151,7 +151,20 @@ def apply(profile, name, dry_run, rollback, as_json):
 @click.option("--max-events", type=int, default=None, hidden=True)
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per event on stdout.")
 def watch(profile, name, interval, max_events, as_json):
-    """Apply PROFILE to guest NAME every time the file is saved."""
+    """Apply PROFILE to guest NAME every time the file is saved.
+
+    Ctrl-C (SIGINT) or SIGTERM ends it with status 130 or 143."""
+    from ..interrupt import Interrupted, SignalWatch, hook
+    with SignalWatch(raise_in_main=True):
+        try:
+            hook("watch:start")
+            _watch(profile, name, interval, max_events, as_json)
+        except Interrupted as e:
+            err(f"vmcfg watch: stopped by {e}")
+            sys.exit(e.status)
+
+
+def _watch(profile, name, interval, max_events, as_json):
     from ..live.channel import ChannelError
     path = os.path.abspath(profile)
 
@@ -170,55 +183,59 @@ def watch(profile, name, interval, max_events, as_json):
     last = stamp()
     events = 0
     err(f"watching {profile} for {name} (Ctrl-C to stop)")
-    try:
-        while max_events is None or events < max_events:
-            time.sleep(interval)
-            cur = stamp()
-            if cur is None or cur == last:
-                continue
-            while True:                  # debounce: wait until the save is complete
-                time.sleep(min(interval, 0.05))
-                again = stamp()
-                if again == cur:
-                    break
-                cur = again
-            if cur is None or cur == last:
-                continue
-            last = cur
-            events += 1
-            try:
-                res = _call(name, "apply", profile=path)
-                ev = {"event": "applied" if res.get("applied") else "unchanged", **res}
-                if not as_json:
-                    if res.get("applied"):
-                        err(click.style(f"applied {len(res['diff'])} change(s)", fg="green")
-                            + f" at instruction {res['instructions']} ({res['latency_ms']:.2f} ms)")
-                        _render_diff(res["diff"])
-                    else:
-                        err("saved; no changes")
-            except ChannelError as e:
-                if e.status == EXIT_USAGE and "no running guest" in e.message:
-                    err(f"vmcfg: {e.message}", fg="red")
-                    sys.exit(EXIT_USAGE)
-                ev = {"event": "refused", "error": e.message, **e.detail}
-                if not as_json:
-                    err(click.style(f"refused: {e.message}", fg="red"))
-                    for x in e.detail.get("errors", []):
-                        err(f"  {x.get('rule', '')} {x.get('message', '')}")
-            if as_json:
-                sys.stdout.write(json.dumps(ev, default=str) + "\n")
-                sys.stdout.flush()
-    except KeyboardInterrupt:
-        pass
+    while max_events is None or events < max_events:
+        time.sleep(interval)
+        cur = stamp()
+        if cur is None or cur == last:
+            continue
+        while True:                  # debounce: wait until the save is complete
+            time.sleep(min(interval, 0.05))
+            again = stamp()
+            if again == cur:
+                break
+            cur = again
+        if cur is None or cur == last:
+            continue
+        last = cur
+        events += 1
+        try:
+            res = _call(name, "apply", profile=path)
+            ev = {"event": "applied" if res.get("applied") else "unchanged", **res}
+            if not as_json:
+                if res.get("applied"):
+                    err(click.style(f"applied {len(res['diff'])} change(s)", fg="green")
+                        + f" at instruction {res['instructions']} ({res['latency_ms']:.2f} ms)")
+                    _render_diff(res["diff"])
+                else:
+                    err("saved; no changes")
+        except ChannelError as e:
+            if e.status == EXIT_USAGE and "no running guest" in e.message:
+                err(f"vmcfg: {e.message}", fg="red")
+                sys.exit(EXIT_USAGE)
+            ev = {"event": "refused", "error": e.message, **e.detail}
+            if not as_json:
+                err(click.style(f"refused: {e.message}", fg="red"))
+                for x in e.detail.get("errors", []):
+                    err(f"  {x.get('rule', '')} {x.get('message', '')}")
+        if as_json:
+            sys.stdout.write(json.dumps(ev, default=str) + "\n")
+            sys.stdout.flush()
 
 
 @click.command()
 @click.argument("name", shell_complete=complete_guest)
-@click.option("--follow", "-f", is_flag=True, help="Print again every second until the guest ends.")
+@click.option("--follow", "-f", is_flag=True,
+              help="Exit rates by reason over time until the guest ends: a live chart on a "
+                   "terminal, one line per sample in a pipe (JSON lines with --json).")
+@click.option("--interval", default=1.0, show_default=True, metavar="SECONDS",
+              type=click.FloatRange(min=0.05), help="With -f: seconds between samples.")
 @click.option("--json", "as_json", is_flag=True)
-def stats(name, follow, as_json):
+def stats(name, follow, interval, as_json):
     """Live exit counters of guest NAME, by reason."""
     from ..live.channel import ChannelError
+    if follow:       # issue 17: rates over time (vmcfg/cli/stats_follow.py)
+        from .stats_follow import follow as follow_rates
+        return follow_rates(name, _call, _refused, as_json=as_json, interval=interval)
     while True:
         try:
             s = _call(name, "stats")

@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "history": ("live", "history", "Every change applied to a running guest."),
     "stop": ("live", "stop", "End a running guest cleanly and show its summary."),
     "inject": ("live", "inject", "Deliver an NMI or interrupt to a running guest."),
+    "trace": ("trace", "trace", "Summarise a launch trace, or export it for Perfetto."),
     "smoke": ("smoke", "smoke", "Run a matrix of profiles × guests with expectations; JUnit XML."),
 }
 

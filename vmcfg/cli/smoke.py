@@ -49,12 +49,57 @@ def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
 
     \b
     Exit status: 0 every case passed (or was skipped); 1 some case failed or
-    could not run; 2 bad smoke file or usage.
+    could not run; 2 bad smoke file or usage; 130 (Ctrl-C) / 143 (SIGTERM):
+    interrupted -- the running cases are killed and the report (table, JUnit,
+    --json, results folder) covers what finished.
     """
+    from ..interrupt import SignalWatch
+
+    cancel = _Cancel()
+    with SignalWatch(cancel.signal) as sig:
+        try:
+            _smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
+                   exitfirst, list_only, sig, cancel)
+        except SystemExit:
+            if sig.status:          # a signal at any point: 130 / 143, whatever else happened
+                sys.exit(sig.status)
+            raise
+
+
+class _Cancel:
+    """Hands a signal to the runner, whether it arrives before or after the runner exists."""
+
+    def __init__(self):
+        import threading
+        self._lock = threading.Lock()
+        self.runner = None
+        self.reason: str | None = None
+
+    def signal(self, signum: int) -> None:
+        from ..interrupt import signal_name
+        with self._lock:
+            if self.reason is None:
+                self.reason = f"interrupted by {signal_name(signum)}"
+            runner = self.runner
+        if runner is not None:
+            runner.cancel(self.reason)
+
+    def attach(self, runner) -> None:
+        with self._lock:
+            self.runner = runner
+            reason = self.reason
+        if reason is not None:
+            runner.cancel(reason)
+
+
+def _smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all, exitfirst,
+           list_only, sig, cancel):
+    from ..interrupt import hook
     from ..smoke.loader import load_smoke
     from ..smoke.model import SmokeFileError
     from ..smoke.select import SelectError, compile_k
 
+    hook("smoke:start")
     try:
         suite = load_smoke(smoke_file)
     except SmokeFileError as e:
@@ -108,18 +153,16 @@ def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
         + f", {workers} worker{'s' if workers != 1 else ''}", bold=True)
 
     t0 = time.monotonic()
-    try:
-        with Progress(len(cases)) as progress:
-            runner = Runner(suite, cases, jobs=jobs, results_dir=results_dir,
-                            keep_all=keep_all, exitfirst=exitfirst, on_start=progress.start,
-                            on_done=progress.done)
-            results = runner.run()
-    except KeyboardInterrupt:      # the runner has killed every running launch
-        err(f"vmcfg: interrupted after {progress.n} of {len(cases)} cases; no report written",
-            fg="red")
-        sys.exit(130)
+    with Progress(len(cases)) as progress:
+        runner = Runner(suite, cases, jobs=jobs, results_dir=results_dir,
+                        keep_all=keep_all, exitfirst=exitfirst, on_start=progress.start,
+                        on_done=progress.done)
+        cancel.attach(runner)      # a signal from now on kills the running cases
+        results = runner.run()
     seconds = time.monotonic() - t0
-    ok = all(r.passed for r in results) and runner.not_run == 0
+    hook("smoke:report")
+    interrupted = cancel.reason
+    ok = all(r.passed for r in results) and runner.not_run == 0 and not interrupted
 
     err()
     summary_table(results)
@@ -133,7 +176,11 @@ def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
         for r in failing:
             if r.artifacts:
                 err(f"  {r.case.id}: {r.artifacts}")
-    if runner.not_run:
+    if interrupted:
+        err(f"vmcfg: {interrupted}: {runner.not_run} case{'s' if runner.not_run != 1 else ''} "
+            f"not run; the report covers the {len(results)} that finished or were stopped",
+            fg="red")
+    elif runner.not_run:
         err(f"stopped after the first failure (-x): {runner.not_run} case"
             f"{'s' if runner.not_run != 1 else ''} not run", fg="yellow")
 
@@ -142,7 +189,8 @@ def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
         "summary": {"total": len(cases), "passed": _count(results, "passed"),
                     "failed": _count(results, "failed"), "errors": _count(results, "error"),
                     "skipped": _count(results, "skipped"), "deselected": deselected,
-                    "not_run": runner.not_run, "seconds": round(seconds, 3), "ok": ok},
+                    "not_run": runner.not_run, "seconds": round(seconds, 3), "ok": ok,
+                    "interrupted": interrupted},
         "results_dir": results_dir if kept else None,
         "junit": junit_file,
         "cases": [r.to_json() for r in results],
@@ -171,7 +219,7 @@ def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
     if as_json:
         emit_json(doc)
     echo_closing(closing_line(results, seconds, deselected, runner.not_run), ok)
-    sys.exit(status)
+    sys.exit(sig.status or status)
 
 
 def _count(results, outcome: str) -> int:

@@ -72,10 +72,17 @@ def _render(r, adjust: bool, quiet: bool) -> None:
     render_violations(r)
     if quiet:
         return
+    unchecked = r.unchecked
+    if unchecked:
+        err(f"{path}: not checked: {r.caps.name} does not report whether it supports "
+            f"{len(unchecked)} control{'s' if len(unchecked) != 1 else ''} this profile sets "
+            f"({', '.join(unchecked)})", fg="yellow")
     values = " ".join(f"{f.key}={r.config.controls[f.key]:#x}" for f in FIELDS)
     if r.valid:
         w = f" ({len(r.warnings)} warning{'s' if len(r.warnings) != 1 else ''})" if r.warnings else ""
         how = " after adjustment" if adjust and r.adjusted else ""
+        if unchecked:
+            w += f" ({len(unchecked)} control{'s' if len(unchecked) != 1 else ''} not checked)"
         err(click.style(f"{path}: valid on {r.caps.name}{how}{w}", fg="green") + f"  [{values}]")
     else:
         n = len(r.errors)

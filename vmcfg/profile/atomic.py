@@ -146,3 +146,40 @@ def atomic_write(path: str, data: bytes | str, *, exclusive: bool = False,
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
     _fsync_dir(d)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "w", encoding: str | None = "utf-8") -> Iterator:
+    """Stream a new version of `path`: write to the yielded file, which replaces
+    `path` atomically when the block ends normally (on an exception the
+    temporary file is removed and `path` is unchanged).  For outputs too large
+    to build in memory first (trace exports)."""
+    target = _target(path)
+    d = os.path.dirname(os.path.abspath(target))
+    base = os.path.basename(target)
+    if not os.path.isdir(d):
+        raise WriteError(f"directory {d} does not exist", path)
+    if os.path.exists(target) and not os.path.isfile(target):
+        raise WriteError("not a regular file", path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=".tmp", dir=d)
+    except OSError as e:
+        raise WriteError(f"cannot create a temporary file in {d}: {e.strerror}", path) from None
+    try:
+        with os.fdopen(fd, mode, encoding=encoding if "b" not in mode else None) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        try:
+            keep = stat.S_IMODE(os.stat(target).st_mode)
+        except OSError:
+            keep = 0o666 & ~umask
+        os.chmod(tmp, keep)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(d)

@@ -46,6 +46,21 @@ class Resolved:
         return not self.errors
 
     @property
+    def unchecked(self) -> list[str]:
+        """Controls this profile sets to 1 whose support the capability set does not
+        report (a partial set, e.g. from /proc/cpuinfo): validation did not check them."""
+        if not self.caps.unknown:
+            return []
+        out = []
+        for f in FIELDS:
+            if f.activated_by and not self.config.on(f.activated_by):
+                continue
+            v = self.config.controls[f.key]
+            out += [c.path for c in CONTROLS_BY_FIELD[f.key]
+                    if v & c.mask and c.path in self.caps.unknown]
+        return out
+
+    @property
     def profile_path(self) -> str | None:
         return self.profile.path
 
@@ -76,6 +91,8 @@ class Resolved:
                "controls": {f.key: self.config.controls[f.key] for f in FIELDS},
                "errors": [vj(v) for v in self.errors],
                "warnings": [vj(v) for v in self.warnings]}
+        if self.caps.unknown:
+            out["unchecked"] = self.unchecked
         if self.adjusted is not None:
             out["adjusted"] = [c.to_json() for c in self.adjusted]
         return out

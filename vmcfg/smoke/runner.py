@@ -12,6 +12,11 @@ at most `jobs` of these processes alive; a case whose process is still running
 launch's timeout).  DIR is the case's folder in the results folder: it is
 removed when the case passes (unless keep_all) and kept, with summary.json,
 stderr.txt and command.txt added, when it does not.
+
+cancel() -- called from any thread, e.g. by `vmcfg smoke` on SIGINT/SIGTERM
+(vmcfg/interrupt.py) -- starts no further case and kills the process group of
+every running one; run() then returns what finished, the killed cases as
+errors with the reason given to cancel().
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ import subprocess
 import sys
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from queue import SimpleQueue
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
+from ..interrupt import hook
 from .expect import Mismatch, check
 from .model import STATUSES, Case, Suite
 
@@ -153,6 +159,7 @@ class Runner:
         self._lock = threading.Lock()
         self._procs: set[subprocess.Popen] = set()
         self._stop = False
+        self.stop_reason: str | None = None   # why cancel() was called ("interrupted by SIGINT")
         self.not_run = 0
 
     # public ------------------------------------------------------------------------
@@ -169,12 +176,32 @@ class Runner:
             else:
                 todo.append(c)
         if todo:
-            pool = ThreadPoolExecutor(max_workers=min(self.jobs, len(todo)),
-                                      thread_name_prefix="smoke")
+            # Plain worker threads and one SimpleQueue: the main thread only ever waits in
+            # SimpleQueue.get, so a KeyboardInterrupt (a library caller's Ctrl-C) cannot
+            # strike while it holds a lock the workers need.
+            done: SimpleQueue = SimpleQueue()
+            feed = iter(todo)
+            feed_lock = threading.Lock()
+
+            def work() -> None:
+                while True:
+                    with feed_lock:
+                        case = next(feed, None)
+                    if case is None:
+                        return
+                    r = None
+                    try:
+                        r = self._run_case(case)
+                    finally:
+                        done.put(r)           # exactly one item per case, even on errors
+
+            workers = [threading.Thread(target=work, name=f"smoke-{i}", daemon=True)
+                       for i in range(min(self.jobs, len(todo)))]
             try:
-                futs = {pool.submit(self._run_case, c): c for c in todo}
-                for f in as_completed(futs):
-                    r = f.result()
+                for w in workers:
+                    w.start()
+                for _ in todo:
+                    r = done.get()
                     if r is None:
                         continue
                     results[r.case.id] = r
@@ -182,16 +209,21 @@ class Runner:
                         self.on_done(r)
             except BaseException:
                 self.cancel()
-                pool.shutdown(wait=True, cancel_futures=True)
+                for w in workers:
+                    if w.ident is not None:
+                        w.join()
                 raise
-            pool.shutdown(wait=True)
+            for w in workers:
+                w.join()
         self.not_run = sum(1 for c in self.cases if c.id not in results)
         return [results[c.id] for c in self.cases if c.id in results]
 
-    def cancel(self) -> None:
-        """Stop starting cases and kill every running launch."""
+    def cancel(self, reason: str = "interrupted") -> None:
+        """Stop starting cases and kill every running launch (thread-safe; also before run())."""
         with self._lock:
             self._stop = True
+            if self.stop_reason is None:
+                self.stop_reason = reason
             procs = list(self._procs)
         for p in procs:
             _kill(p)
@@ -224,7 +256,10 @@ class Runner:
         limit = case.timeout + self.suite.grace
         t0 = time.monotonic()
         killed = False
+        hook("smoke:worker-start")
         try:
+            # cancel() takes the same lock: a case is either never started or its
+            # process is in _procs by the time cancel() looks (and is killed)
             with self._lock:
                 if self._stop:
                     shutil.rmtree(d, ignore_errors=True)
@@ -241,6 +276,7 @@ class Runner:
             finally:
                 with self._lock:
                     self._procs.discard(proc)
+            hook("smoke:case-done")
         except OSError as e:
             r = CaseResult(case, "error", time.monotonic() - t0, command=cmd,
                            error=f"cannot start vmcfg launch: {e.strerror or e}")
@@ -255,8 +291,8 @@ class Runner:
             r.error = (f"killed: no result {limit:g} s after start (launch --timeout "
                        f"{case.timeout:g} s + {self.suite.grace:g} s grace)")
             return self._finish(r, d, console)
-        if self._stop and proc.returncode is not None and proc.returncode < 0:
-            r.error = "interrupted"
+        if self.stop_reason is not None and proc.returncode is not None and proc.returncode < 0:
+            r.error = self.stop_reason           # killed by cancel()
             return self._finish(r, d, console)
         doc = _parse_result(out)
         invalid = _invalid_profile(out) if doc is None else None

@@ -23,11 +23,12 @@ EXIT_STATUS = {
     "instruction-limit": 10,
     "error": 12,
     "stopped": 0,
-    "poweroff": 0,
-    "reboot": 14,
+    "interrupted": 130,      # Ctrl-C; `vmcfg launch` exits 128 + the signal (143 for SIGTERM)
+    "poweroff": 0,           # the guest powered the machine off (ACPI S5)
+    "reboot": 14,            # the guest reset the machine
 }
 STATUSES = ("halted", "debug-exit", "triple-fault", "timeout", "instruction-limit",
-            "entry-failure", "error", "stopped", "poweroff", "reboot")
+            "entry-failure", "error", "stopped", "interrupted", "poweroff", "reboot")
 
 
 @dataclass
@@ -72,13 +73,61 @@ class RunResult:
 
 
 class TraceWriter:
-    """`--trace FILE`: one JSON object per VM exit (deterministic: no wall-clock data)."""
+    """`--trace FILE`: one JSON object per VM exit, written once its handler has run.
 
-    def __init__(self, fh: IO[str]):
+    Each record carries the exit's deterministic fields (`VmExit.to_json`: seq,
+    instructions, tsc, rip, reason, ...) plus two host-clock fields, the only
+    ones that differ between runs:
+      host_ns     nanoseconds the VMM spent handling the exit (perf_counter_ns
+                  around the handler; the trace's own writing is not counted)
+      host_at_ns  when the handler started, in ns since the run began
+    With sample=N > 1 only the 1st, (N+1)th, (2N+1)th ... exit of each reason is
+    written (with "sample": N), and `finish` appends one {"totals": ...} line
+    with every reason's exact count and host time (vmcfg/trace reads both).
+    """
+
+    def __init__(self, fh: IO[str], sample: int = 1):
         self.fh = fh
+        self.sample = max(1, int(sample))
+        self._seen: dict[int, int] = {}
+        self.t0 = time.perf_counter_ns()
 
-    def __call__(self, ex) -> None:
-        self.fh.write(json.dumps(ex.to_json(), separators=(",", ":")) + "\n")
+    def begin(self, ex) -> dict | None:
+        """The exit's record, or None when sampling leaves it out."""
+        if self.sample > 1:
+            n = self._seen.get(ex.reason, 0)
+            self._seen[ex.reason] = n + 1
+            if n % self.sample:
+                return None
+            d = ex.to_json()
+            d["sample"] = self.sample
+            return d
+        return ex.to_json()
+
+    def end(self, rec: dict, started_ns: int, host_ns: int) -> None:
+        rec["host_ns"] = host_ns
+        rec["host_at_ns"] = started_ns - self.t0
+        self.fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
+
+    def finish(self, exit_stats: dict) -> None:
+        """After the run: the exact totals line of a sampled trace."""
+        if self.sample > 1:
+            tot = [{"reason": r, "name": exit_name(r), "count": exit_stats[r].count,
+                    "host_ns": int(round(exit_stats[r].seconds * 1e9))}
+                   for r in sorted(exit_stats)]
+            self.fh.write(json.dumps({"totals": {"sample": self.sample, "exits": tot}},
+                                     separators=(",", ":")) + "\n")
+
+
+def open_trace_file(path: str) -> IO[str]:
+    """The file `--trace PATH` writes: gzip-compressed when PATH ends in .gz."""
+    if path.endswith(".gz"):
+        import gzip
+        return gzip.open(path, "wt", encoding="utf-8", compresslevel=TRACE_GZIP_LEVEL)
+    return open(path, "w", encoding="utf-8")
+
+
+TRACE_GZIP_LEVEL = 3     # bench/bench_trace.py: ~as small as level 6, clearly faster
 
 
 _BOOT_REGS = {"rax": "RAX", "rbx": "RBX", "rcx": "RCX", "rdx": "RDX", "rsi": "RSI", "rdi": "RDI",
@@ -207,6 +256,7 @@ def check_layout(image: Image, memory: int, mode: int) -> None:
 
 def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
               handlers: dict[int, Callable] | None = None, trace: IO[str] | None = None,
+              trace_sample: int = 1,
               max_instructions: int | None = None, timeout: float | None = None,
               console: Callable[[str], None] | None = None,
               progress: Callable[[Any], None] | None = None,
@@ -224,8 +274,9 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
     if problems:
         return _entry_failure(problems, t0)
     plat = Platform(console)
+    writer = TraceWriter(trace, trace_sample) if trace is not None else None
     vcpu = Vcpu(cfg, memory=memory, mode=mode, platform=plat, handlers=handlers,
-                trace=TraceWriter(trace) if trace is not None else None,
+                trace=writer,
                 max_instructions=max_instructions, clock=clock)
     for addr, data in image.segments:
         vcpu.uc.mem_write(addr, data)
@@ -257,6 +308,8 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
         stop.set()
         if th is not None:
             th.join()
+    if writer is not None:
+        writer.finish(vcpu.exit_stats)
     wall = time.perf_counter() - t0
     exits = [{"reason": r, "name": exit_name(r), "count": vcpu.exit_stats[r].count,
               "vmm_seconds": round(vcpu.exit_stats[r].seconds, 6)}

@@ -213,7 +213,7 @@ class Vcpu:
     def __init__(self, config: VmxConfig, *, memory: int, mode: int,
                  platform: Platform | None = None,
                  handlers: dict[int, Callable] | None = None,
-                 trace: Callable[[VmExit], None] | None = None,
+                 trace: Any = None,       # a vmm.run.TraceWriter (begin/end per exit)
                  max_instructions: int | None = None,
                  native_counter: bool | None = None, clock: str = "virtual"):
         if mode not in (16, 32, 64):
@@ -791,9 +791,11 @@ class Vcpu:
             st = self.exit_stats[ex.reason] = ExitStats()
             self.exit_order.append(ex.reason)
         st.count += 1
-        if self.trace is not None:
-            self.trace(ex)
-        t0 = time.perf_counter()
+        # -- trace hook (issue 17): the record is taken before the handler and written after it
+        #    with the handler's host time; with no trace nothing extra runs.
+        tr = self.trace
+        rec = tr.begin(ex) if tr is not None else None
+        t0 = time.perf_counter_ns()
         try:
             ctx = ExitContext(self, ex)
             h = self.user_handlers.get(ex.reason)
@@ -809,7 +811,11 @@ class Vcpu:
                 DEFAULT_HANDLERS[ex.reason](ctx)
             self._last_ctx = ctx
         finally:
-            st.seconds += time.perf_counter() - t0
+            dt = time.perf_counter_ns() - t0
+            st.seconds += dt * 1e-9
+            if rec is not None:
+                tr.end(rec, t0, dt)
+        # -- end of trace hook
         self._ptimer_fire = None     # re-armed at the next VM entry
 
     def _exit(self, reason: int, ins: D.Insn | None, qual: int = 0, **kw) -> int | None:

@@ -29,7 +29,7 @@ def diff_caps(ca: CapSet, cb: CapSet) -> dict:
         if da[k] != db[k]:
             other.append({"key": k, "a": da[k], "b": db[k]})
     skip = {"name", "title", "source", "year", "partial", "msrs", "controls", "maxphyaddr",
-            "true_ctls"}
+            "true_ctls", "notes", "unknown"}
     for k in da:
         if k in skip:
             continue

@@ -34,25 +34,45 @@ class CapSet:
     partial: bool = False      # built from incomplete information (e.g. /proc/cpuinfo)
     path: str | None = None    # file it was read from, if any
     notes: list[str] = _dcf(default_factory=list)
+    # What the source did not say: control paths ("pin.nmi_exiting") and capability-MSR
+    # fields ("IA32_VMX_MISC.cr3_targets").  Their settings in `msrs` are permissive
+    # (may be 1, need not be 1), support() says "unknown", and validation checks only
+    # what is known.
+    unknown: set[str] = _dcf(default_factory=set)
 
     def __post_init__(self) -> None:
         self._cache: dict[str, tuple[int, int]] = {}
+        self.unknown = set(self.unknown)
+
+    def unknown_mask(self, key: str) -> int:
+        """Bits of control field `key` whose settings the source did not report."""
+        return sum(c.mask for c in CONTROLS_BY_FIELD[key] if c.path in self.unknown)
+
+    def is_known(self, path: str) -> bool:
+        """False for a control or capability field the source did not report."""
+        return path not in self.unknown
 
     # ---- raw access -----------------------------------------------------
     def msr(self, index: int) -> int:
         return self.msrs.get(index, 0)
 
     def has_true_ctls(self) -> bool:
-        return bool(cap_bit(0x480, "true_ctls").get(self.msr(0x480)))
+        return bool(self._capfield(0x480, "true_ctls"))
+
+    def _capfield(self, index: int, key: str) -> int:
+        b = cap_bit(index, key)
+        if self.unknown and f"{MSR_NAMES[index]}.{key}" in self.unknown:
+            return (1 << (b.hi - b.lo + 1)) - 1      # not reported: permissive
+        return b.get(self.msr(index))
 
     def basic(self, key: str) -> int:
-        return cap_bit(0x480, key).get(self.msr(0x480))
+        return self._capfield(0x480, key)
 
     def misc(self, key: str) -> int:
-        return cap_bit(0x485, key).get(self.msr(0x485))
+        return self._capfield(0x485, key)
 
     def ept(self, key: str) -> int:
-        return cap_bit(0x48C, key).get(self.msr(0x48C)) if self.msr_exists(0x48C) else 0
+        return self._capfield(0x48C, key) if self.msr_exists(0x48C) else 0
 
     def vmfunc(self) -> int:
         return self.msr(0x491) if self.msr_exists(0x491) else 0
@@ -104,13 +124,19 @@ class CapSet:
         else:
             v = self.msr(idx)
             res = (v & M32, (v >> 32) & M32)
+        unk = self.unknown_mask(key) if self.unknown else 0
+        if unk and self.msr_exists(idx):
+            res = (res[0] & ~unk, res[1] | unk)
         self._cache[ck] = res
         return res
 
     def support(self, key: str, bit: int) -> str:
-        """vmxcap's verdict for one control bit: yes / no / forced / default."""
-        must, may = self.allowed(key)
+        """vmxcap's verdict for one control bit: yes / no / forced / default
+        (or "unknown" when the source did not report it)."""
         m = 1 << bit
+        if self.unknown and self.unknown_mask(key) & m:
+            return "unknown"
+        must, may = self.allowed(key)
         if not may & m:
             return "no"
         if must & m:
@@ -125,8 +151,9 @@ class CapSet:
         return bool(self.allowed(c.field)[1] & c.mask)
 
     def supported_controls(self) -> list[str]:
+        """Controls known to be allowed-1 (unknown ones are left out)."""
         return [c.path for f in FIELDS for c in CONTROLS_BY_FIELD[f.key]
-                if self.allowed(f.key)[1] & c.mask]
+                if self.allowed(f.key)[1] & c.mask and c.path not in self.unknown]
 
     # ---- decoded summaries -------------------------------------------------
     def decode(self) -> dict:
@@ -134,6 +161,7 @@ class CapSet:
         out: dict = {"name": self.name, "title": self.title, "source": self.source,
                      "year": self.year, "partial": self.partial,
                      "maxphyaddr": self.maxphyaddr, "true_ctls": self.has_true_ctls(),
+                     "notes": list(self.notes), "unknown": sorted(self.unknown),
                      "msrs": {f"0x{k:X}": f"0x{v:016X}" for k, v in sorted(self.msrs.items())},
                      "controls": {}}
         for f in FIELDS:
@@ -147,7 +175,9 @@ class CapSet:
         for idx, layout in CAP_LAYOUTS.items():
             name = MSR_NAMES[idx]
             present = self.msr_exists(idx) and idx in self.msrs
-            out[name] = ({b.key: (bool(b.get(self.msr(idx))) if b.is_flag else b.get(self.msr(idx)))
+            out[name] = ({b.key: (None if f"{name}.{b.key}" in self.unknown
+                                  else bool(b.get(self.msr(idx))) if b.is_flag
+                                  else b.get(self.msr(idx)))
                           for b in layout} if present else None)
         for idx in (0x486, 0x487, 0x488, 0x489, 0x48A):
             out[MSR_NAMES[idx]] = f"0x{self.msr(idx):X}" if idx in self.msrs else None

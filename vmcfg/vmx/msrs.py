@@ -43,6 +43,7 @@ class CapBit:
     lo: int
     hi: int
     title: str
+    cpuinfo: str = ""     # Linux /proc/cpuinfo "vmx flags" name, if Linux shows one
 
     @property
     def is_flag(self) -> bool:
@@ -56,8 +57,8 @@ class CapBit:
         return (value & ~m) | ((v << self.lo) & m)
 
 
-def _b(key: str, lo: int, hi: int | None, title: str) -> CapBit:
-    return CapBit(key, lo, lo if hi is None else hi, title)
+def _b(key: str, lo: int, hi: int | None, title: str, cpuinfo: str = "") -> CapBit:
+    return CapBit(key, lo, lo if hi is None else hi, title, cpuinfo)
 
 
 BASIC_BITS: tuple[CapBit, ...] = (
@@ -89,19 +90,19 @@ MISC_BITS: tuple[CapBit, ...] = (
 )
 
 EPT_VPID_BITS: tuple[CapBit, ...] = (
-    _b("execute_only", 0, None, "Execute-only EPT translations"),
+    _b("execute_only", 0, None, "Execute-only EPT translations", "ept_x_only"),
     _b("walk_length_4", 6, None, "Page-walk length 4"),
-    _b("walk_length_5", 7, None, "Page-walk length 5"),
+    _b("walk_length_5", 7, None, "Page-walk length 5", "ept_5level"),
     _b("memtype_uc", 8, None, "Paging-structure memory type UC"),
     _b("memtype_wb", 14, None, "Paging-structure memory type WB"),
     _b("pages_2m", 16, None, "2MB EPT pages"),
-    _b("pages_1g", 17, None, "1GB EPT pages"),
+    _b("pages_1g", 17, None, "1GB EPT pages", "ept_1gb"),
     _b("invept", 20, None, "INVEPT supported"),
-    _b("accessed_dirty", 21, None, "EPT accessed and dirty flags"),
+    _b("accessed_dirty", 21, None, "EPT accessed and dirty flags", "ept_ad"),
     _b("advanced_exit_info", 22, None, "Advanced VM-exit information for EPT violations"),
     _b("invept_single", 25, None, "Single-context INVEPT"),
     _b("invept_all", 26, None, "All-context INVEPT"),
-    _b("invvpid", 32, None, "INVVPID supported"),
+    _b("invvpid", 32, None, "INVVPID supported", "invvpid"),
     _b("invvpid_address", 40, None, "Individual-address INVVPID"),
     _b("invvpid_single", 41, None, "Single-context INVVPID"),
     _b("invvpid_all", 42, None, "All-context INVVPID"),
@@ -109,7 +110,7 @@ EPT_VPID_BITS: tuple[CapBit, ...] = (
 )
 
 VMFUNC_BITS: tuple[CapBit, ...] = (
-    _b("eptp_switching", 0, None, "EPTP Switching"),
+    _b("eptp_switching", 0, None, "EPTP Switching", "eptp_switching"),
 )
 
 CAP_LAYOUTS: dict[int, tuple[CapBit, ...]] = {

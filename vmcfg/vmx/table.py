@@ -44,6 +44,7 @@ class Control:
     qemu_inverted: bool = False   # QEMU flag means "this default1 bit may be 0"
     aliases: tuple[str, ...] = ()
     exits: tuple[int, ...] = ()   # basic exit reasons this control causes or changes
+    cpuinfo: str = ""             # Linux /proc/cpuinfo "vmx flags" name, if Linux shows one
 
     @property
     def path(self) -> str:
@@ -81,8 +82,8 @@ FIELD_KEYS: tuple[str, ...] = tuple(f.key for f in FIELDS)
 
 def _c(field: str, bit: int, key: str, title: str, meaning: str, *, linux: str = "",
        qemu: str = "", inv: bool = False, d1: bool = False, aliases: tuple[str, ...] = (),
-       exits: tuple[int, ...] = ()) -> Control:
-    return Control(field, bit, key, title, meaning, d1, linux, qemu, inv, aliases, exits)
+       exits: tuple[int, ...] = (), cpuinfo: str = "") -> Control:
+    return Control(field, bit, key, title, meaning, d1, linux, qemu, inv, aliases, exits, cpuinfo)
 
 
 CONTROLS: tuple[Control, ...] = (
@@ -98,15 +99,15 @@ CONTROLS: tuple[Control, ...] = (
     _c("pin", 5, "virtual_nmis", "Virtual NMIs",
        "The VMM tracks NMI blocking for the guest (virtual-NMI blocking), enabling NMI-window exiting.",
        linux="PIN_BASED_VIRTUAL_NMIS", qemu="vmx-vnmi",
-       aliases=("VMX_FEATURE_VIRTUAL_NMIS", "vnmi")),
+       aliases=("VMX_FEATURE_VIRTUAL_NMIS", "vnmi"), cpuinfo="vnmi"),
     _c("pin", 6, "activate_vmx_preemption_timer", "Activate VMX-preemption timer",
        "A timer counts down in VMX non-root operation at TSC/2^X and causes a VM exit at zero.",
        linux="PIN_BASED_VMX_PREEMPTION_TIMER", qemu="vmx-preemption-timer",
-       aliases=("preemption_timer", "VMX_FEATURE_PREEMPTION_TIMER"), exits=(52,)),
+       aliases=("preemption_timer", "VMX_FEATURE_PREEMPTION_TIMER"), exits=(52,), cpuinfo="preemption_timer"),
     _c("pin", 7, "process_posted_interrupts", "Process posted interrupts",
        "Interrupts with the posted-interrupt notification vector update the virtual APIC without a VM exit.",
        linux="PIN_BASED_POSTED_INTR", qemu="vmx-posted-intr",
-       aliases=("posted_interrupts", "posted_intr", "VMX_FEATURE_POSTED_INTR")),
+       aliases=("posted_interrupts", "posted_intr", "VMX_FEATURE_POSTED_INTR"), cpuinfo="posted_intr"),
 
     # ---- primary processor-based (0x4002) -----------------------------------
     _c("primary", 2, "interrupt_window_exiting", "Interrupt-window exiting",
@@ -116,7 +117,7 @@ CONTROLS: tuple[Control, ...] = (
     _c("primary", 3, "use_tsc_offsetting", "Use TSC offsetting",
        "RDTSC, RDTSCP and reads of IA32_TSC return the TSC plus the TSC offset (and scaled with TSC scaling).",
        linux="CPU_BASED_USE_TSC_OFFSETTING", qemu="vmx-tsc-offset",
-       aliases=("tsc_offsetting", "tsc_offset", "CPU_BASED_USE_TSC_OFFSETING")),
+       aliases=("tsc_offsetting", "tsc_offset", "CPU_BASED_USE_TSC_OFFSETING"), cpuinfo="tsc_offset"),
     _c("primary", 7, "hlt_exiting", "HLT exiting",
        "Executions of HLT cause VM exits.",
        linux="CPU_BASED_HLT_EXITING", qemu="vmx-hlt-exit", exits=(12,)),
@@ -152,7 +153,7 @@ CONTROLS: tuple[Control, ...] = (
     _c("primary", 21, "use_tpr_shadow", "Use TPR shadow",
        "TPR virtualization through the virtual-APIC page; CR8 accesses use the virtual TPR.",
        linux="CPU_BASED_TPR_SHADOW", qemu="vmx-flexpriority",
-       aliases=("tpr_shadow", "VMX_FEATURE_VIRTUAL_TPR", "vtpr"), exits=(43,)),
+       aliases=("tpr_shadow", "VMX_FEATURE_VIRTUAL_TPR", "vtpr"), exits=(43,), cpuinfo="vtpr"),
     _c("primary", 22, "nmi_window_exiting", "NMI-window exiting",
        "A VM exit occurs at the start of any instruction at which there is no virtual-NMI blocking.",
        linux="CPU_BASED_NMI_WINDOW_EXITING", qemu="vmx-vnmi-pending",
@@ -168,7 +169,7 @@ CONTROLS: tuple[Control, ...] = (
        linux="CPU_BASED_USE_IO_BITMAPS", qemu="vmx-io-bitmap", exits=(30,)),
     _c("primary", 27, "monitor_trap_flag", "Monitor trap flag",
        "A VM exit occurs after every guest instruction (single-stepping).",
-       linux="CPU_BASED_MONITOR_TRAP_FLAG", qemu="vmx-mtf", aliases=("mtf",), exits=(37,)),
+       linux="CPU_BASED_MONITOR_TRAP_FLAG", qemu="vmx-mtf", aliases=("mtf",), exits=(37,), cpuinfo="mtf"),
     _c("primary", 28, "use_msr_bitmaps", "Use MSR bitmaps",
        "MSR bitmaps decide per MSR whether RDMSR/WRMSR cause VM exits (otherwise all do).",
        linux="CPU_BASED_USE_MSR_BITMAPS", qemu="vmx-msr-bitmap", exits=(31, 32)),
@@ -187,10 +188,10 @@ CONTROLS: tuple[Control, ...] = (
     _c("secondary", 0, "virtualize_apic_accesses", "Virtualize APIC accesses",
        "Accesses to the APIC-access page are virtualized or cause APIC-access VM exits.",
        linux="SECONDARY_EXEC_VIRTUALIZE_APIC_ACCESSES", qemu="vmx-apicv-xapic",
-       aliases=("vapic",), exits=(44,)),
+       aliases=("vapic",), exits=(44,), cpuinfo="vapic"),
     _c("secondary", 1, "enable_ept", "Enable EPT",
        "Guest-physical addresses are translated through extended page tables.",
-       linux="SECONDARY_EXEC_ENABLE_EPT", qemu="vmx-ept", aliases=("ept",), exits=(48, 49)),
+       linux="SECONDARY_EXEC_ENABLE_EPT", qemu="vmx-ept", aliases=("ept",), exits=(48, 49), cpuinfo="ept"),
     _c("secondary", 2, "descriptor_table_exiting", "Descriptor-table exiting",
        "LGDT, LIDT, LLDT, LTR, SGDT, SIDT, SLDT and STR cause VM exits.",
        linux="SECONDARY_EXEC_DESC", qemu="vmx-desc-exit", aliases=("desc_exiting",),
@@ -204,25 +205,25 @@ CONTROLS: tuple[Control, ...] = (
        linux="SECONDARY_EXEC_VIRTUALIZE_X2APIC_MODE", qemu="vmx-apicv-x2apic"),
     _c("secondary", 5, "enable_vpid", "Enable VPID",
        "Cached linear translations are tagged with a virtual-processor identifier.",
-       linux="SECONDARY_EXEC_ENABLE_VPID", qemu="vmx-vpid", aliases=("vpid",)),
+       linux="SECONDARY_EXEC_ENABLE_VPID", qemu="vmx-vpid", aliases=("vpid",), cpuinfo="vpid"),
     _c("secondary", 6, "wbinvd_exiting", "WBINVD exiting",
        "Executions of WBINVD and WBNOINVD cause VM exits.",
        linux="SECONDARY_EXEC_WBINVD_EXITING", qemu="vmx-wbinvd-exit", exits=(54,)),
     _c("secondary", 7, "unrestricted_guest", "Unrestricted guest",
        "The guest may run in unpaged protected mode or real-address mode (requires EPT).",
-       linux="SECONDARY_EXEC_UNRESTRICTED_GUEST", qemu="vmx-unrestricted-guest"),
+       linux="SECONDARY_EXEC_UNRESTRICTED_GUEST", qemu="vmx-unrestricted-guest", cpuinfo="unrestricted_guest"),
     _c("secondary", 8, "apic_register_virtualization", "APIC-register virtualization",
        "Reads of most APIC registers are satisfied from the virtual-APIC page.",
        linux="SECONDARY_EXEC_APIC_REGISTER_VIRT", qemu="vmx-apicv-register",
-       aliases=("vapic_reg",), exits=(56,)),
+       aliases=("vapic_reg",), exits=(56,), cpuinfo="vapic_reg"),
     _c("secondary", 9, "virtual_interrupt_delivery", "Virtual-interrupt delivery",
        "Pending virtual interrupts are evaluated and delivered without VM exits.",
        linux="SECONDARY_EXEC_VIRTUAL_INTR_DELIVERY", qemu="vmx-apicv-vid", aliases=("vid",),
-       exits=(45,)),
+       exits=(45,), cpuinfo="vid"),
     _c("secondary", 10, "pause_loop_exiting", "PAUSE-loop exiting",
        "A PAUSE loop at CPL 0 longer than PLE_Window (PAUSEs at most PLE_Gap apart) causes a VM exit.",
        linux="SECONDARY_EXEC_PAUSE_LOOP_EXITING", qemu="vmx-ple", aliases=("ple",),
-       exits=(40,)),
+       exits=(40,), cpuinfo="ple"),
     _c("secondary", 11, "rdrand_exiting", "RDRAND exiting",
        "Executions of RDRAND cause VM exits.",
        linux="SECONDARY_EXEC_RDRAND_EXITING", qemu="vmx-rdrand-exit", exits=(57,)),
@@ -237,7 +238,7 @@ CONTROLS: tuple[Control, ...] = (
     _c("secondary", 14, "vmcs_shadowing", "VMCS shadowing",
        "VMREAD/VMWRITE in the guest may access a shadow VMCS without VM exits.",
        linux="SECONDARY_EXEC_SHADOW_VMCS", qemu="vmx-shadow-vmcs", aliases=("shadow_vmcs",),
-       exits=(23, 25)),
+       exits=(23, 25), cpuinfo="shadow_vmcs"),
     _c("secondary", 15, "enable_encls_exiting", "Enable ENCLS exiting",
        "ENCLS leaves selected by the ENCLS-exiting bitmap cause VM exits.",
        linux="SECONDARY_EXEC_ENCLS_EXITING", qemu="vmx-encls-exit", exits=(60,)),
@@ -246,10 +247,10 @@ CONTROLS: tuple[Control, ...] = (
        linux="SECONDARY_EXEC_RDSEED_EXITING", qemu="vmx-rdseed-exit", exits=(61,)),
     _c("secondary", 17, "enable_pml", "Enable PML",
        "EPT dirty-bit updates are logged in the page-modification log (requires EPT).",
-       linux="SECONDARY_EXEC_ENABLE_PML", qemu="vmx-pml", aliases=("pml",), exits=(62,)),
+       linux="SECONDARY_EXEC_ENABLE_PML", qemu="vmx-pml", aliases=("pml",), exits=(62,), cpuinfo="pml"),
     _c("secondary", 18, "ept_violation_ve", "EPT-violation #VE",
        "Some EPT violations are delivered to the guest as virtualization exceptions (#VE).",
-       linux="SECONDARY_EXEC_EPT_VIOLATION_VE"),
+       linux="SECONDARY_EXEC_EPT_VIOLATION_VE", cpuinfo="ept_violation_ve"),
     _c("secondary", 19, "conceal_vmx_from_pt", "Conceal VMX from PT",
        "Intel PT suppresses packets that would reveal non-root operation.",
        linux="SECONDARY_EXEC_PT_CONCEAL_VMX"),
@@ -259,7 +260,7 @@ CONTROLS: tuple[Control, ...] = (
        exits=(63, 64)),
     _c("secondary", 22, "mode_based_execute_control_for_ept", "Mode-based execute control for EPT",
        "EPT execute permission is split into supervisor and user execute (requires EPT).",
-       linux="SECONDARY_EXEC_MODE_BASED_EPT_EXEC", qemu="vmx-mbec", aliases=("mbec", "ept_mode_based_exec")),
+       linux="SECONDARY_EXEC_MODE_BASED_EPT_EXEC", qemu="vmx-mbec", aliases=("mbec", "ept_mode_based_exec"), cpuinfo="ept_mode_based_exec"),
     _c("secondary", 23, "sub_page_write_permissions_for_ept", "Sub-page write permissions for EPT",
        "EPT write permission at 128-byte granularity through the SPP table (requires EPT).",
        aliases=("spp",), exits=(66,)),
@@ -268,12 +269,12 @@ CONTROLS: tuple[Control, ...] = (
        linux="SECONDARY_EXEC_PT_USE_GPA"),
     _c("secondary", 25, "use_tsc_scaling", "Use TSC scaling",
        "RDTSC/RDTSCP results are multiplied by the TSC multiplier (48 fraction bits) before offsetting.",
-       linux="SECONDARY_EXEC_TSC_SCALING", qemu="vmx-tsc-scaling", aliases=("tsc_scaling",)),
+       linux="SECONDARY_EXEC_TSC_SCALING", qemu="vmx-tsc-scaling", aliases=("tsc_scaling",), cpuinfo="tsc_scaling"),
     _c("secondary", 26, "enable_user_wait_and_pause", "Enable user wait and pause",
        "UMONITOR/UMWAIT/TPAUSE are available to the guest (otherwise #UD).",
        linux="SECONDARY_EXEC_ENABLE_USR_WAIT_PAUSE", qemu="vmx-enable-user-wait-pause",
        aliases=("usr_wait_pause",),
-       exits=(67, 68)),
+       exits=(67, 68), cpuinfo="usr_wait_pause"),
     _c("secondary", 27, "enable_pconfig", "Enable PCONFIG",
        "PCONFIG is available to the guest.", exits=(65,)),
     _c("secondary", 28, "enable_enclv_exiting", "Enable ENCLV exiting",
@@ -285,7 +286,7 @@ CONTROLS: tuple[Control, ...] = (
        exits=(74,)),
     _c("secondary", 31, "instruction_timeout", "Instruction timeout",
        "A VM exit occurs if the guest makes no progress within the notify window.",
-       linux="SECONDARY_EXEC_NOTIFY_VM_EXITING", aliases=("notify_vm_exiting",), exits=(75,)),
+       linux="SECONDARY_EXEC_NOTIFY_VM_EXITING", aliases=("notify_vm_exiting",), exits=(75,), cpuinfo="notify_vm_exiting"),
 
     # ---- tertiary processor-based (0x2034, 64-bit) ---------------------------
     _c("tertiary", 0, "loadiwkey_exiting", "LOADIWKEY exiting",
@@ -298,7 +299,7 @@ CONTROLS: tuple[Control, ...] = (
        "EPT verifies that guest paging structures are marked as such."),
     _c("tertiary", 4, "ipi_virtualization", "IPI virtualization",
        "Guest IPIs are delivered by the processor through the PID-pointer table without VM exits.",
-       linux="TERTIARY_EXEC_IPI_VIRT", aliases=("ipi_virt",)),
+       linux="TERTIARY_EXEC_IPI_VIRT", aliases=("ipi_virt",), cpuinfo="ipi_virt"),
     _c("tertiary", 6, "enable_msr_list_instructions", "Enable MSRLIST instructions",
        "RDMSRLIST/WRMSRLIST are available to the guest, exiting per the MSR bitmap.",
        exits=(78, 79)),
@@ -401,6 +402,15 @@ CONTROLS: tuple[Control, ...] = (
     _c("entry", 24, "load_ia32_spec_ctrl", "Load IA32_SPEC_CTRL",
        "The guest's IA32_SPEC_CTRL is loaded on VM entry."),
 )
+
+
+# Linux /proc/cpuinfo "vmx flags" that stand for several controls at once
+# (arch/x86/include/asm/vmxfeatures.h): the flag is shown when all are allowed-1.
+CPUINFO_AGGREGATES: dict[str, tuple[str, ...]] = {
+    "flexpriority": ("primary.use_tpr_shadow", "secondary.virtualize_apic_accesses"),
+    "apicv": ("primary.use_tpr_shadow", "secondary.apic_register_virtualization",
+              "secondary.virtual_interrupt_delivery", "pin.process_posted_interrupts"),
+}
 
 
 # ---- indexes derived from the table -----------------------------------------

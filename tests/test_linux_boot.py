@@ -1,0 +1,39 @@
+"""Booting the stock Debian 12 kernel with the busybox initramfs (issue 13's acceptance runs).
+
+The end-to-end boots take minutes of emulation and are marked `slow` (run them with
+VMCFG_SLOW=1 or -m slow); see README "Booting Linux" for how far the boot gets today.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from linux_fixtures import linux_inputs, linux_inputs_or_skip
+
+APPEND = "console=ttyS0 panic=-1 quiet"
+
+
+@pytest.mark.linux
+@pytest.mark.slow
+def test_boot_to_userspace_and_poweroff(cli):
+    inp = linux_inputs_or_skip()
+    r = cli("launch", "baseline", "--kernel", str(inp.kernel), "--initrd", str(inp.initrd),
+            "--append", APPEND, "--memory", "256M", "--timeout", "900", "--json")
+    d = json.loads(r.stdout)
+    assert linux_inputs.EXPECTED_LINE in d["console"], d["console"][-2000:]
+    assert d["status"] == "poweroff" and r.exit_code == 0
+
+
+@pytest.mark.linux
+@pytest.mark.slow
+def test_boot_is_deterministic_with_the_virtual_clock(cli):
+    """Two runs of the same boot, bounded by instructions, give the same console bytes."""
+    inp = linux_inputs_or_skip()
+    args = ("launch", "baseline", "--kernel", str(inp.kernel), "--initrd", str(inp.initrd),
+            "--append", "console=ttyS0 earlyprintk=serial,ttyS0", "--clock", "virtual",
+            "--max-instructions", "6000000000", "--json")
+    a, b = json.loads(cli(*args).stdout), json.loads(cli(*args).stdout)
+    assert a["console"] == b["console"] and a["exits"] == b["exits"]
+    assert a["instructions"] == b["instructions"]

@@ -40,6 +40,52 @@ def rundir(tmp_path, monkeypatch):
     return d
 
 
+# Run a command as a terminal's foreground job would: SIGINT and SIGTERM at their
+# defaults.  A background job of a non-interactive shell (`pytest &` in a script, some CI
+# runners) starts with SIGINT ignored, and an ignored signal stays ignored across exec --
+# vmcfg, like every POSIX program, leaves it so.  Tests that send signals must not depend
+# on how pytest itself was started.
+FOREGROUND = [sys.executable, "-c",
+              "import os, signal, sys\n"
+              "for s in (signal.SIGINT, signal.SIGTERM):\n"
+              "    signal.signal(s, signal.SIG_DFL)\n"
+              "os.execv(sys.executable, [sys.executable] + sys.argv[1:])\n"]
+
+# How long a test waits for an event before it calls the program hung.  Never a measure of
+# speed (bench/ measures that): it only has to be far longer than the slowest honest
+# wait on a 2-core machine running several test suites at once.
+PATIENCE = 120.0
+
+
+def wait_until(pred, what: str, timeout: float = PATIENCE, step: float = 0.02):
+    """Poll pred() until it returns a true value (returned); fail after `timeout` s."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout:g} s waiting for {what}")
+        time.sleep(step)
+
+
+def read_until(stream, needle: str, what: str | None = None) -> list[str]:
+    """Read lines from a child's pipe until one contains needle (the lines so far).
+    Blocks on the pipe itself: an event, not a timer.  EOF first fails the test."""
+    lines = []
+    while True:
+        line = stream.readline()
+        if isinstance(line, bytes):
+            line = line.decode("utf-8", "replace")
+        if not line:
+            raise AssertionError(f"the program ended before {what or needle!r}:\n"
+                                 + "".join(lines))
+        lines.append(line)
+        if needle in line:
+            return lines
+
+
 def pytest_collection_modifyitems(config, items):
     """`slow` tests run only with VMCFG_SLOW=1 or when selected with -m (e.g. -m slow)."""
     if os.environ.get("VMCFG_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):

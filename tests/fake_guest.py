@@ -32,6 +32,8 @@ class FakeTarget:
             time.sleep(0.001)
 
     def apply(self, cfg):
+        if self.slow_apply:
+            print("applying", flush=True)    # a test may act while the apply is under way
         time.sleep(self.slow_apply)
         with self._lock:
             self.config = cfg

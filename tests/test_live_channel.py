@@ -8,11 +8,10 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 
 import pytest
 
-from conftest import HERE, ROOT
+from conftest import HERE, PATIENCE, ROOT, read_until, wait_until
 
 RDTSC_ON = '[profile]\nextends = "baseline"\n[primary]\nrdtsc_exiting = true\n'
 RDTSC_OFF = '[profile]\nextends = "baseline"\n'
@@ -39,7 +38,8 @@ def guest(rundir, write_profile):
 
 def run(*args, env=None):
     return subprocess.run([sys.executable, "-m", "vmcfg.cli", *args], capture_output=True,
-                          text=True, cwd=ROOT, env={**os.environ, **(env or {})}, timeout=60)
+                          text=True, cwd=ROOT, env={**os.environ, **(env or {})},
+                          timeout=PATIENCE)
 
 
 def test_permissions_of_dir_and_socket(guest, rundir):
@@ -64,9 +64,8 @@ def test_ps_apply_history_rollback_stop(guest, write_profile):
     res = json.loads(r.stdout)
     assert res["applied"] and res["instructions"] > 0 and res["latency_ms"] >= 0
     assert res["diff"] == [{"kind": "control", "key": "primary.rdtsc_exiting", "old": 0, "new": 1, "live": True}]
-    time.sleep(0.05)
-    s = json.loads(run("stats", "g1", "--json").stdout)
-    assert s["exits"]["RDTSC"] > 0
+    wait_until(lambda: json.loads(run("stats", "g1", "--json").stdout)["exits"].get("RDTSC"),
+               "RDTSC exits after the apply")
     h = json.loads(run("history", "g1", "--json").stdout)
     assert [e["kind"] for e in h] == ["launch", "apply"]
     r = run("apply", "--rollback", "--to", "g1", "--json")
@@ -108,7 +107,7 @@ def test_hostile_requests(guest, rundir):
 
     def raw(data: bytes, shutdown=True):
         s = socket.socket(socket.AF_UNIX)
-        s.settimeout(5)
+        s.settimeout(PATIENCE)
         s.connect(sock)
         s.sendall(data)
         if shutdown:
@@ -123,13 +122,24 @@ def test_hostile_requests(guest, rundir):
     assert "unknown argument" in raw(b'{"op": "stats", "x": 1}\n')["error"]
     assert "larger than" in raw(b"[" * (200 * 1024), shutdown=False)["error"]
     assert raw(b"\xff\xfe\n")["status"] == 2
-    # a client that connects and says nothing does not block others
+
+
+def test_an_idle_client_does_not_block_others(rundir, monkeypatch):
+    """A client that connects and says nothing: the server answers the next one at once.
+    The server drops a silent client after CLIENT_TIMEOUT; here that is made far longer
+    than the reply may take, so a server that waited for the idle client would fail."""
+    import vmcfg.live.channel as ch
+    monkeypatch.setattr(ch, "CLIENT_TIMEOUT", 2 * PATIENCE)
+    path = str(rundir / "idle.sock")
+    srv = ch.ControlServer(path, lambda op, args: {"state": "running"})
+    srv.start()
     idle = socket.socket(socket.AF_UNIX)
-    idle.connect(sock)
-    t = time.monotonic()
-    assert json.loads(run("stats", "g3", "--json").stdout)["state"] == "running"
-    assert time.monotonic() - t < 5
-    idle.close()
+    try:
+        idle.connect(path)
+        assert ch.request(path, "stats", timeout=PATIENCE)["state"] == "running"
+    finally:
+        idle.close()
+        srv.close()
 
 
 def test_foreign_uid_refused(rundir):
@@ -166,9 +176,9 @@ def test_kill_mid_apply(guest, write_profile, rundir):
     on = write_profile(RDTSC_ON, "on.toml")
     client = subprocess.Popen([sys.executable, "-m", "vmcfg.cli", "apply", on, "--to", "g5", "--json"],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)
+    read_until(p.stdout, "applying")                # the guest is inside the apply
     os.kill(p.pid, signal.SIGKILL)
-    out, errout = client.communicate(timeout=30)
+    out, errout = client.communicate(timeout=PATIENCE)
     assert client.returncode == 2 and "Traceback" not in errout
     assert json.loads(run("ps", "--json").stdout) == []
 
@@ -177,7 +187,7 @@ def test_duplicate_name_refused(guest, rundir, write_profile):
     guest("dup")
     prof = write_profile(RDTSC_OFF, "x.toml")
     r = subprocess.run([sys.executable, os.path.join(HERE, "fake_guest.py"), "dup", prof],
-                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=30)
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT}, timeout=PATIENCE)
     assert r.returncode != 0 and "already running" in r.stderr
 
 
@@ -187,13 +197,13 @@ def test_watch_survives_invalid_save(guest, write_profile, rundir):
     w = subprocess.Popen([sys.executable, "-m", "vmcfg.cli", "watch", path, "--to", "g6", "--json",
                           "--interval", "0.05", "--max-events", "3"], cwd=ROOT,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.6)
+    read_until(w.stderr, "watching")                # it has read the file as it is now
+    events = []
     for text in (RDTSC_ON, "[primary\n", RDTSC_OFF):
         with open(path + ".tmp", "w") as fh:      # saved the way editors do: write, rename
             fh.write(text)
         os.replace(path + ".tmp", path)
-        time.sleep(0.4)
-    out, _ = w.communicate(timeout=30)
-    events = [json.loads(line) for line in out.splitlines()]
+        events.append(json.loads(w.stdout.readline()))   # its answer to this save
+    w.communicate(timeout=PATIENCE)
     assert [e["event"] for e in events] == ["applied", "refused", "applied"]
     assert events[0]["diff"][0]["new"] == 1 and events[2]["diff"][0]["new"] == 0

@@ -44,7 +44,7 @@ def test_failing_runaway_and_invalid_cases_do_not_disturb_the_others(cli, in_tmp
                                      'virtual_nmis = true\n')
     (in_tmp / "smoke.toml").write_text(textwrap.dedent("""
         [smoke]
-        grace = 5
+        grace = 120                     # the safety net only: never reached by these cases
         [[case]]
         id = "runaway"                  # spins until launch's --timeout stops it
         profile = "baseline"
@@ -94,17 +94,14 @@ def test_failing_runaway_and_invalid_cases_do_not_disturb_the_others(cli, in_tmp
     (f,) = cases["runaway"]["failures"]
     assert f["what"] == "status" and f["expected"] == '"halted"'
     assert f["actual"].startswith("timeout")
-    # the timeout was launch's own (no kill), well inside the safety net
-    assert cases["runaway"]["status"] == "timeout" and 2 <= cases["runaway"]["seconds"] < 6
+    # the timeout was launch's own: a result with status timeout (a kill has none)
+    assert cases["runaway"]["status"] == "timeout" and cases["runaway"]["seconds"] >= 2
     assert cases["runaway-expected"]["status"] == "timeout"
-    assert 1 <= cases["runaway-expected"]["seconds"] < 5
+    assert cases["runaway-expected"]["seconds"] >= 1
     assert cases["invalid-profile"]["error"].startswith(
         "invalid profile: ") and "error[E19] Virtual NMIs need NMI exiting" in \
         cases["invalid-profile"]["error"]
-    # the quick cases finished while the runaway one was still spinning
-    order = [ln.split()[2] for ln in err.splitlines() if ln.startswith("[")]
-    assert order.index("runaway") > max(order.index(k) for k in
-                                        ("passes", "deliberately-fails"))
+    # (that cases run side by side is shown, without timing, in test_smoke_runner.py)
     # artefacts of the failing cases, named in the output
     res = in_tmp / "smoke-results"
     assert "smoke-results/" in err

@@ -218,7 +218,7 @@ def test_python_fallback_counter_gives_same_counts():
     from vmcfg.profile import resolve
     from vmcfg.vmm.loader import load_image
     from vmcfg.vmm import run as R
-    from vmcfg.vmm.platform import Platform
+    from vmcfg.vmm.devices import Board as Platform
     from vmcfg.vmm.vcpu import Vcpu
 
     counts = []

@@ -12,7 +12,7 @@ def test_cpuid_unconditional_exits_and_console():
     assert all(r["length"] == 2 and r["disassembly"] == "cpuid" for r in recs)
     assert res.console == ("cpuid: vendor GenuineIntel\n"
                            "cpuid: hypervisor vmcfg cvmm\0\0\n"
-                           "cpuid: leaf 1 eax=00050654 ecx=c0982203\n")
+                           "cpuid: leaf 1 eax=00050654 ecx=c1b82203\n")
 
 
 def test_trace_records_instruction_count_and_tsc():

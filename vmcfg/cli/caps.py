@@ -67,7 +67,8 @@ def show_caps(model, caps_file, as_json):
 def _render_caps(cs) -> None:
     from ..vmx.msrs import CAP_LAYOUTS, MSR_NAMES
     from ..vmx.table import CONTROLS_BY_FIELD, FIELDS
-    colors = {"yes": "green", "no": "red", "forced": "yellow", "default": "cyan"}
+    colors = {"yes": "green", "no": "red", "forced": "yellow", "default": "cyan",
+              "unknown": "magenta"}
     head = f"{cs.name}" + (f" — {cs.title}" if cs.title else "") + (f" ({cs.year})" if cs.year else "")
     err(click.style(head, bold=True))
     if cs.source:
@@ -94,7 +95,8 @@ def _render_caps(cs) -> None:
         err(f"  Hex: {v:#x}")
         for b in layout:
             x = b.get(v)
-            shown = ("yes" if x else "no") if b.is_flag else str(x)
+            shown = ("unknown" if not cs.is_known(f"{MSR_NAMES[idx]}.{b.key}")
+                     else ("yes" if x else "no") if b.is_flag else str(x))
             err(f"  {b.title:52s} {shown}")
     for idx in (0x486, 0x487, 0x488, 0x489, 0x48A):
         if idx in cs.msrs:

@@ -27,7 +27,7 @@ Exit status:
   10  --max-instructions reached
   12  error: a guest access outside its RAM, an EPT violation with
       on_violation = "stop", or a failing exit handler
-  14  reboot: the guest reset the machine (keyboard controller 0xFE,
+  14  reset: the guest reset the machine (keyboard controller 0xFE,
       port 0xCF9, ACPI reset; Linux with panic=-1 after a panic)
   130 interrupted by Ctrl-C (SIGINT); 143 by SIGTERM: the guest is
       stopped and its report (status "interrupted") printed"""

@@ -1,4 +1,5 @@
-"""vmcfg smoke FILE [-k EXPRESSION] [-j N] [--junit FILE] [--json] [--results DIR] [--keep] [-x] [--list]"""
+"""vmcfg smoke FILE [-k EXPRESSION] [--shard K/N] [-j N] [--junit FILE] [--json] [--results DIR] [--keep] [-x] [--list]
+vmcfg smoke merge -o OUT.xml IN.xml..."""
 
 from __future__ import annotations
 
@@ -18,11 +19,34 @@ def _cpus() -> int:
         return os.cpu_count() or 1
 
 
-@click.command()
+class SmokeGroup(click.Group):
+    """`vmcfg smoke FILE ...` runs a smoke file; `vmcfg smoke merge ...` merges JUnit reports."""
+
+    def parse_args(self, ctx, args):
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
+            args = ["run"] + list(args)
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=SmokeGroup)
+def smoke():
+    """Run a matrix of profiles x guests with expectations; JUnit XML.
+
+    \b
+    vmcfg smoke FILE [--shard K/N] [--junit OUT.xml] ...   run a smoke file (see `vmcfg smoke run -h`)
+    vmcfg smoke merge -o ALL.xml SHARD.xml...            merge the JUnit reports of several shards
+    """
+
+
+@smoke.command("run")
 @click.argument("smoke_file", metavar="FILE", type=click.Path())
 @click.option("-k", "keyword", metavar="EXPRESSION",
               help="Only cases whose id matches: substrings joined with and/or/not and "
                    "parentheses, case-insensitive, like pytest -k (e.g. \"baseline and not hello\").")
+@click.option("--shard", "shard_spec", metavar="K/N",
+              help="Run only the K-th of N slices of the selected cases (K = 1..N), to split a "
+                   "run across CI machines: every case is in exactly one slice, the same on "
+                   "every machine (cases are dealt round-robin in the order of their ids).")
 @click.option("-j", "--jobs", type=click.IntRange(min=1), metavar="N",
               help="Cases run at once, each in its own process (default: the number of CPUs).")
 @click.option("--junit", "junit_file", metavar="FILE", type=click.Path(), help="Write a JUnit XML report to FILE.")
@@ -38,8 +62,8 @@ def _cpus() -> int:
               help="Start no new case after the first one that fails.")
 @click.option("--list", "list_only", is_flag=True,
               help="List the selected cases and exit without running them.")
-def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all, exitfirst,
-          list_only):
+def run(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_dir, keep_all,
+        exitfirst, list_only):
     """Run the cases of a smoke FILE: profiles x guests with expectations.
 
     Each case runs `vmcfg launch ... --json` in its own process; at most N at
@@ -58,8 +82,8 @@ def smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
     cancel = _Cancel()
     with SignalWatch(cancel.signal) as sig:
         try:
-            _smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all,
-                   exitfirst, list_only, sig, cancel)
+            _smoke(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_dir,
+                   keep_all, exitfirst, list_only, sig, cancel)
         except SystemExit:
             if sig.status:          # a signal at any point: 130 / 143, whatever else happened
                 sys.exit(sig.status)
@@ -92,12 +116,20 @@ class _Cancel:
             runner.cancel(reason)
 
 
-def _smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all, exitfirst,
-           list_only, sig, cancel):
+def _smoke(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_dir, keep_all,
+           exitfirst, list_only, sig, cancel):
     from ..interrupt import hook
     from ..smoke.loader import load_smoke
     from ..smoke.model import SmokeFileError
-    from ..smoke.select import SelectError, compile_k
+    from ..smoke.select import SelectError, compile_k, parse_shard, shard
+
+    shard_kn = None
+    if shard_spec is not None:
+        try:
+            shard_kn = parse_shard(shard_spec)
+        except SelectError as e:
+            err(f"vmcfg: {e}", fg="red")
+            sys.exit(EXIT_USAGE)
 
     hook("smoke:start")
     try:
@@ -117,11 +149,14 @@ def _smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all
             err(f"vmcfg: -k {keyword!r} matches none of the {len(suite.cases)} cases of "
                 f"{smoke_file} (see --list)", fg="red")
             sys.exit(EXIT_USAGE)
+    if shard_kn:
+        cases = shard(cases, *shard_kn)
+    shard_label = f"{shard_kn[0]}/{shard_kn[1]}" if shard_kn else None
     deselected = len(suite.cases) - len(cases)
 
     if list_only:
         if as_json:
-            emit_json({"smoke_file": smoke_file, "suite": suite.name,
+            emit_json({"smoke_file": smoke_file, "suite": suite.name, "shard": shard_label,
                        "cases": [c.to_json() for c in cases], "deselected": deselected})
         else:
             from ..smoke.runner import display_command
@@ -149,6 +184,7 @@ def _smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all
     runnable = sum(1 for c in cases if not c.skip)
     workers = min(jobs, runnable) if runnable else 0
     err(f"smoke: {smoke_file}: {len(cases)} case{'s' if len(cases) != 1 else ''}"
+        + (f" (shard {shard_label})" if shard_label else "")
         + (f" ({deselected} deselected)" if deselected else "")
         + f", {workers} worker{'s' if workers != 1 else ''}", bold=True)
 
@@ -164,9 +200,12 @@ def _smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all
     interrupted = cancel.reason
     ok = all(r.passed for r in results) and runner.not_run == 0 and not interrupted
 
-    err()
-    summary_table(results)
-    err()
+    if results:                    # none when interrupted before any case ended
+        err()
+        summary_table(results)
+        err()
+    elif shard_label:
+        err(f"shard {shard_label} has no cases (the selection has fewer cases than shards)")
     kept = [r for r in results if r.artifacts]
     failing = [r for r in results if not r.passed]
     if kept:
@@ -185,7 +224,7 @@ def _smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all
             f"{'s' if runner.not_run != 1 else ''} not run", fg="yellow")
 
     doc = {
-        "smoke_file": smoke_file, "suite": suite.name,
+        "smoke_file": smoke_file, "suite": suite.name, "shard": shard_label,
         "summary": {"total": len(cases), "passed": _count(results, "passed"),
                     "failed": _count(results, "failed"), "errors": _count(results, "error"),
                     "skipped": _count(results, "skipped"), "deselected": deselected,
@@ -211,7 +250,8 @@ def _smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all
         from ..smoke import junit
         try:
             junit.write(junit_file, junit.build(suite.name, smoke_file, results, seconds,
-                                                results_dir=results_dir if kept else None))
+                                                results_dir=results_dir if kept else None,
+                                                shard=shard_label))
             err(f"JUnit XML: {junit_file}")
         except OSError as e:
             err(f"vmcfg: cannot write {junit_file}: {e.strerror}", fg="red")
@@ -220,6 +260,56 @@ def _smoke(smoke_file, keyword, jobs, junit_file, as_json, results_dir, keep_all
         emit_json(doc)
     echo_closing(closing_line(results, seconds, deselected, runner.not_run), ok)
     sys.exit(sig.status or status)
+
+
+@smoke.command("merge")
+@click.argument("reports", nargs=-1, required=True, metavar="IN.xml...",
+                type=click.Path(dir_okay=False))
+@click.option("-o", "--output", metavar="OUT.xml", required=True, type=click.Path(),
+              help="The merged JUnit XML report to write ('-' = stdout).")
+@click.option("--json", "as_json", is_flag=True, help="Print the merged counts as JSON.")
+def merge(reports, output, as_json):
+    """Merge JUnit XML reports (the shards of one smoke run) into one.
+
+    Suites of the same name become one suite; a test case found in two reports is
+    an error (the shards overlapped).  Prints the merged counts.
+
+    \b
+    Exit status: 0 merged, no failures or errors; 1 merged, and some case failed or
+    had an error; 2 unreadable, malformed or overlapping reports.
+    """
+    from ..smoke import junit
+    if as_json and output == "-":
+        err("vmcfg: --json prints the counts on stdout: give -o FILE for the XML", fg="red")
+        sys.exit(EXIT_USAGE)
+    try:
+        tree, summary = junit.merge(list(reports))
+    except junit.MergeError as e:
+        if as_json:
+            emit_json({"error": {"message": str(e)}})
+        err(f"vmcfg: {e}", fg="red")
+        sys.exit(EXIT_USAGE)
+    if output == "-":
+        import xml.etree.ElementTree as ET
+        sys.stdout.write(ET.tostring(tree.getroot(), encoding="unicode") + "\n")
+    else:
+        try:
+            junit.write(output, tree)
+        except OSError as e:
+            err(f"vmcfg: cannot write {output}: {e.strerror}", fg="red")
+            sys.exit(EXIT_USAGE)
+        err(f"merged {summary['files']} reports into {output}")
+    ok = summary["failures"] == 0 and summary["errors"] == 0
+    line = (f"{summary['passed']} passed, {summary['failures']} failed, "
+            f"{summary['errors']} errors, {summary['skipped']} skipped "
+            f"in {summary['tests']} cases from {summary['files']} reports")
+    if as_json:
+        emit_json({**summary, "output": output, "ok": ok})
+    elif output == "-":
+        err(line)
+    else:
+        click.echo(line)
+    sys.exit(EXIT_OK if ok else EXIT_INVALID)
 
 
 def _count(results, outcome: str) -> int:

@@ -427,7 +427,7 @@ def cpuinfo_caps(flags: list[str], *, name: str = "host", source: str = "/proc/c
     for idx in (0x486, 0x487, 0x488, 0x489, 0x48A):
         msrs.pop(idx, None)
     n_ctl = sum(1 for u in unknown if not u.startswith("IA32_"))
-    notes = [f"partial: built from the /proc/cpuinfo 'vmx flags' line, which shows "
+    notes = [f"built from the /proc/cpuinfo 'vmx flags' line, which shows "
              f"{sum(1 for c in CONTROLS if c.cpuinfo)} of {len(CONTROLS)} controls; the other "
              f"{n_ctl} controls and most BASIC/MISC/EPT fields are unknown (not checked)"]
     return CapSet(name=name, msrs=msrs, title=f"{name} (partial: /proc/cpuinfo)", source=source,

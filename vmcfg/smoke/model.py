@@ -15,7 +15,7 @@ from ..profile.source import ProfileError
 
 # `vmcfg launch --json` statuses (the launch contract).
 STATUSES = ("halted", "debug-exit", "triple-fault", "timeout", "instruction-limit",
-            "entry-failure", "error")
+            "entry-failure", "error", "reset", "poweroff")
 
 DEFAULT_TIMEOUT = 10.0       # seconds: `vmcfg launch --timeout`
 DEFAULT_GRACE = 10.0         # seconds beyond the launch timeout before a case is killed

@@ -127,7 +127,7 @@ def summary_table(results: Sequence[CaseResult], *, stream: IO[str] | None = Non
     if fancy:
         _rich_table(results, rows, stream)
         return
-    widths = [max(len(h), *(len(c[i]) for _, c in rows)) for i, h in enumerate(HEADERS[:-1])]
+    widths = [max([len(h)] + [len(c[i]) for _, c in rows]) for i, h in enumerate(HEADERS[:-1])]
     right = {3, 4, 5, 6}
 
     def fmt(cells: list[str]) -> str:

@@ -86,3 +86,33 @@ def compile_k(expr: str) -> Callable[[str], bool]:
     if pos != len(toks):
         raise SelectError(f"-k {expr!r}: unexpected {toks[pos]!r}")
     return pred
+
+
+# ---- --shard K/N ----------------------------------------------------------------
+
+_SHARD = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """"K/N" -> (K, N) with 1 <= K <= N; raise SelectError otherwise."""
+    m = _SHARD.match(text or "")
+    if not m:
+        raise SelectError(f"--shard {text!r}: expected K/N, e.g. 2/4 (the 2nd of 4 shards)")
+    k, n = int(m.group(1)), int(m.group(2))
+    if n < 1 or not 1 <= k <= n:
+        raise SelectError(f"--shard {text!r}: K must be 1..N and N at least 1")
+    return k, n
+
+
+def shard(cases: list, k: int, n: int, key: Callable[[object], str] = lambda c: c.id) -> list:
+    """The K-th of N slices of `cases` (K is 1-based).
+
+    The cases are ordered by id (ids are unique within a smoke file) and dealt
+    round-robin, so every case is in exactly one shard, the shards differ in size
+    by at most one, and the split depends only on the ids -- not on the machine,
+    the order of the file, -j, or the Python hash seed.  The slice keeps the
+    file's order.
+    """
+    ids = sorted(key(c) for c in cases)
+    mine = {cid for i, cid in enumerate(ids) if i % n == k - 1}
+    return [c for c in cases if key(c) in mine]

@@ -1,21 +1,6 @@
-"""The emulated platform: serial console, debug-exit port, CPUID model, MSR file.
+"""The virtual CPU's model: CPUID leaves and the MSR file.
 
-* COM1, a 16550-style UART at I/O 0x3F8-0x3FF: a write to THR (0x3F8 with
-  DLAB=0) appends a byte to the console; LSR (0x3FD) always reports the
-  transmitter empty and holding register empty (0x60); reads of RBR return 0;
-  the other registers read back what was written.
-* isa-debug-exit at I/O 0xF4 (QEMU-compatible): a write of value v ends the
-  run with guest exit code v and process exit status (v << 1) | 1.
-* an 8259-style interrupt controller (PIC) at I/O 0x20/0x21: vector base 0x20
-  (ICW2 of an ICW1..ICW4 init sequence changes it), IMR at 0x21 (all IRQs
-  unmasked at start), OCW2 non-specific EOI (0x20 to port 0x20), OCW3 reads of
-  IRR/ISR; fully nested priority (IRQ0 highest);
-* an 8254-style PIT, channel 0 at I/O 0x40 (command 0x43), wired to IRQ0: its
-  input clock is the virtual TSC (one count per TSC tick); modes 2 and 3
-  (periodic: an IRQ0 every N ticks) and mode 0 (one shot); lobyte/hibyte
-  access; a count of 0 means 65536.  Programming starts the count at the
-  current virtual TSC.
-* Every other port reads as all ones and ignores writes (no device).
+The devices (PIC, PIT, UART, debug-exit, LAPIC, ...) live in `vmcfg.vmm.devices`.
 """
 
 from __future__ import annotations
@@ -23,243 +8,10 @@ from __future__ import annotations
 import struct
 from typing import Callable
 
-SERIAL_BASE = 0x3F8
-DEBUG_EXIT_PORT = 0xF4
-
-
-class DebugExit(Exception):
-    """Raised by the platform when the guest writes the debug-exit port."""
-
-    def __init__(self, value: int):
-        super().__init__(value)
-        self.value = value
-
-
-class Serial:
-    def __init__(self, sink: Callable[[str], None] | None = None):
-        self.regs = bytearray(8)
-        self.regs[3] = 0x03     # LCR: 8N1
-        self.out = bytearray()
-        self.sink = sink
-
-    def read(self, off: int) -> int:
-        if off == 5:            # LSR: THR empty | transmitter empty
-            return 0x60
-        if off == 0 and not self.regs[3] & 0x80:
-            return 0            # RBR: nothing received
-        if off == 2:            # IIR: no interrupt pending
-            return 0x01
-        return self.regs[off]
-
-    def write(self, off: int, value: int) -> None:
-        if off == 0 and not self.regs[3] & 0x80:
-            self.out.append(value & 0xFF)
-            if self.sink is not None:
-                self.sink(chr(value & 0xFF))
-            return
-        if off != 5:
-            self.regs[off] = value & 0xFF
-
-    @property
-    def text(self) -> str:
-        return self.out.decode("latin-1")
-
-
-class MachineEnd(Exception):
-    """Raised by the platform when the guest powers off or resets the machine."""
-
-    def __init__(self, status: str, message: str):
-        super().__init__(message)
-        self.status = status            # "poweroff" or "reboot"
-        self.message = message
-
-
-KBC_COMMAND_PORT = 0x64          # 8042 keyboard controller: command 0xFE pulses the reset line
-KBC_RESET = 0xFE
-RESET_CONTROL_PORT = 0xCF9       # PIIX/ICH reset control register: bit 2 = do the reset
-
-
-def check_machine_end(port: int, size: int, value: int) -> None:
-    """The reset writes every PC knows (ACPI poweroff is the ACPI device's)."""
-    if port == KBC_COMMAND_PORT and value & 0xFF == KBC_RESET:
-        raise MachineEnd("reboot", "the guest reset the machine (keyboard controller "
-                         "command 0xFE)")
-    if port == RESET_CONTROL_PORT and size == 1 and value & 0x04:
-        raise MachineEnd("reboot", f"the guest reset the machine (wrote {value & 0xFF:#x} "
-                         "to the reset control register 0xCF9)")
-
-
-PIC_PORTS = (0x20, 0x21)
-PIT_PORTS = (0x40, 0x41, 0x42, 0x43)
-
-
-class Pic:
-    """The part of an 8259A a single-CPU guest needs: IRR/ISR/IMR, vector base, EOI."""
-
-    def __init__(self) -> None:
-        self.irr = 0
-        self.isr = 0
-        self.imr = 0
-        self.base = 0x20
-        self._init_step = 0          # 0 = operational; 2..4 = expecting ICW2..ICW4
-        self._icw4 = False
-        self._read_isr = False
-
-    def raise_irq(self, irq: int) -> None:
-        self.irr |= 1 << irq
-
-    def pending(self) -> int | None:
-        """Vector of the highest-priority deliverable IRQ, or None."""
-        req = self.irr & ~self.imr & 0xFF
-        if not req:
-            return None
-        irq = (req & -req).bit_length() - 1
-        if self.isr and (self.isr & -self.isr).bit_length() - 1 <= irq:
-            return None              # an equal or higher-priority IRQ is in service
-        return self.base + irq
-
-    def ack(self) -> int | None:
-        """INTA: move the highest-priority IRQ from IRR to ISR; returns its vector."""
-        v = self.pending()
-        if v is None:
-            return None
-        irq = v - self.base
-        self.irr &= ~(1 << irq)
-        self.isr |= 1 << irq
-        return v
-
-    def read(self, port: int) -> int:
-        if port == 0x21:
-            return self.imr
-        return self.isr if self._read_isr else self.irr
-
-    def write(self, port: int, value: int) -> None:
-        value &= 0xFF
-        if port == 0x20:
-            if value & 0x10:                       # ICW1
-                self._init_step, self._icw4 = 2, bool(value & 1)
-                self.imr = self.isr = self.irr = 0
-            elif value & 0x08:                     # OCW3
-                if value & 2:
-                    self._read_isr = bool(value & 1)
-            elif (value >> 5) & 7 == 1:            # non-specific EOI
-                if self.isr:
-                    self.isr &= self.isr - 1       # clear the highest-priority in-service bit
-            elif (value >> 5) & 7 == 3:            # specific EOI
-                self.isr &= ~(1 << (value & 7))
-            return
-        if self._init_step == 2:
-            self.base = value & 0xF8
-            self._init_step = 3
-        elif self._init_step == 3:
-            self._init_step = 4 if self._icw4 else 0
-        elif self._init_step == 4:
-            self._init_step = 0
-        else:
-            self.imr = value
-
-
-class Pit:
-    """8254 channel 0 on the virtual TSC (one count per tick), wired to IRQ0."""
-
-    def __init__(self) -> None:
-        self.mode = 0
-        self.reload = 0
-        self.next_fire: int | None = None   # virtual TSC of the next IRQ0
-        self._latch_lo: int | None = None
-        self._access = 3
-
-    def write(self, port: int, value: int, now: int) -> None:
-        value &= 0xFF
-        if port == 0x43:
-            if value >> 6 == 0:                    # channel 0
-                self._access = (value >> 4) & 3 or 3
-                self.mode = (value >> 1) & 7
-                self._latch_lo = None
-                self.next_fire = None
-            return
-        if port != 0x40:
-            return
-        if self._access == 3 and self._latch_lo is None:
-            self._latch_lo = value
-            return
-        if self._access == 3:
-            n = self._latch_lo | (value << 8)
-            self._latch_lo = None
-        elif self._access == 1:
-            n = value
-        else:
-            n = value << 8
-        self.reload = n or 0x10000
-        self.next_fire = now + self.reload
-
-    def read(self, now: int) -> int:
-        if self.next_fire is None:
-            return 0
-        return max(0, self.next_fire - now) & 0xFF
-
-    def tick(self, now: int, pic: "Pic") -> None:
-        """Raise IRQ0 for every expiry up to `now` (periods missed collapse into one IRR bit)."""
-        if self.next_fire is None or now < self.next_fire:
-            return
-        pic.raise_irq(0)
-        if self.mode in (2, 3, 6, 7):
-            self.next_fire += ((now - self.next_fire) // self.reload + 1) * self.reload
-        else:
-            self.next_fire = None
-
-
-class Platform:
-    """Port I/O dispatch for the emulated board."""
-
-    def __init__(self, console_sink: Callable[[str], None] | None = None):
-        self.serial = Serial(console_sink)
-        self.pic = Pic()
-        self.pit = Pit()
-        self.clock: Callable[[], int] = lambda: 0     # the virtual TSC (set by the vCPU)
-        self.changed = False                          # interrupt state touched by I/O
-
-    def tick(self, now: int) -> None:
-        self.pit.tick(now, self.pic)
-
-    def next_event(self) -> int | None:
-        """Virtual TSC of the next device interrupt, or None."""
-        return self.pit.next_fire
-
-    def io_read(self, port: int, size: int) -> int:
-        v = 0
-        for i in range(size):
-            p = (port + i) & 0xFFFF
-            if SERIAL_BASE <= p < SERIAL_BASE + 8:
-                b = self.serial.read(p - SERIAL_BASE)
-            elif p in PIC_PORTS:
-                b = self.pic.read(p)
-            elif p == 0x40:
-                b = self.pit.read(self.clock())
-            else:
-                b = 0xFF
-            v |= b << (8 * i)
-        return v
-
-    def io_write(self, port: int, size: int, value: int) -> None:
-        if port == DEBUG_EXIT_PORT:
-            raise DebugExit(value & ((1 << (8 * size)) - 1))
-        if port in (KBC_COMMAND_PORT, RESET_CONTROL_PORT):
-            check_machine_end(port, size, value)
-        for i in range(size):
-            p = (port + i) & 0xFFFF
-            b = (value >> (8 * i)) & 0xFF
-            if SERIAL_BASE <= p < SERIAL_BASE + 8:
-                self.serial.write(p - SERIAL_BASE, b)
-            elif p in PIC_PORTS:
-                self.pic.write(p, b)
-                self.changed = True
-            elif p in PIT_PORTS:
-                self.pit.write(p, b, self.clock())
-                self.changed = True
-
+from .devices.bus import AccessFault
 
 # ---- CPUID ------------------------------------------------------------------------
+
 
 def _regs(s: str) -> tuple[int, int, int]:
     b = s.encode().ljust(12, b"\0")[:12]
@@ -294,6 +46,9 @@ class CpuidModel:
             | (1 << 30) | (1 << 31)
         edx1 = (1 << 0) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 13) | (1 << 15) \
             | (1 << 16) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
+        # devices: the local APIC (EDX 9), its x2APIC mode (ECX 21) and TSC-deadline timer (ECX 24)
+        ecx1 |= (1 << 21) | (1 << 24)
+        edx1 |= 1 << 9
         t[(1, 0)] = [fms, (1 << 16) | (8 << 8), ecx1, edx1]
         ebx7 = (1 << 18)                                      # RDSEED
         if invpcid:
@@ -377,7 +132,6 @@ class MsrFile:
     """
 
     STORED: dict[int, int] = {
-        0x1B: 0xFEE00900,          # IA32_APIC_BASE (BSP, enabled)
         0x3A: 0x1,                 # IA32_FEATURE_CONTROL (locked, VMX off)
         0x8B: 0,                   # IA32_BIOS_SIGN_ID
         0xFE: 0x508,               # IA32_MTRRCAP
@@ -395,12 +149,20 @@ class MsrFile:
     TSC = 0x10
 
     def __init__(self, cpu_read: Callable[[int], int], cpu_write: Callable[[int, int], None],
-                 tsc_read: Callable[[], int], tsc_write: Callable[[int], None]):
+                 tsc_read: Callable[[], int], tsc_write: Callable[[int], None],
+                 devices=None):
         self.values = dict(self.STORED)
+        # devices: MSRs a device owns (IA32_APIC_BASE, IA32_TSC_DEADLINE, x2APIC 0x800-0x8FF)
+        self.devices = devices
         self._cpu_read, self._cpu_write = cpu_read, cpu_write
         self._tsc_read, self._tsc_write = tsc_read, tsc_write
 
     def read(self, msr: int) -> int:
+        if self.devices is not None and self.devices.owns_msr(msr):
+            try:
+                return self.devices.msr_read(msr)
+            except AccessFault:
+                raise MsrFault(msr) from None
         if msr == self.TSC:
             return self._tsc_read()
         if msr in self.CPU:
@@ -411,6 +173,12 @@ class MsrFile:
 
     def write(self, msr: int, value: int) -> None:
         value &= (1 << 64) - 1
+        if self.devices is not None and self.devices.owns_msr(msr):
+            try:
+                self.devices.msr_write(msr, value)
+            except AccessFault:
+                raise MsrFault(msr) from None
+            return
         if msr == self.TSC:
             self._tsc_write(value)
         elif msr in self.CPU:
@@ -423,4 +191,6 @@ class MsrFile:
             raise MsrFault(msr)
 
     def known(self, msr: int) -> bool:
+        if self.devices is not None and self.devices.owns_msr(msr):
+            return True
         return msr == self.TSC or msr in self.CPU or msr in self.values

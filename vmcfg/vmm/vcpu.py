@@ -54,7 +54,8 @@ from .exitinfo import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, INTR_EXTERNAL,
                        INTR_PRIV_SW_EXCEPTION, INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit,
                        cr_qualification, dr_qualification, interruption_info, io_qualification)
 from .handlers import DEFAULT_HANDLERS, ExitContext
-from .platform import CpuidModel, DebugExit, MachineEnd, MsrFault, MsrFile, Platform
+from .devices import Board, DebugExit, SystemReset
+from .platform import CpuidModel, MsrFault, MsrFile
 
 TSC_PER_INSN = 1
 EXIT_COST = 1000
@@ -211,7 +212,7 @@ class Vcpu:
     """One guest vCPU on Unicorn under a VmxConfig."""
 
     def __init__(self, config: VmxConfig, *, memory: int, mode: int,
-                 platform: Platform | None = None,
+                 platform: Board | None = None,
                  handlers: dict[int, Callable] | None = None,
                  trace: Any = None,       # a vmm.run.TraceWriter (begin/end per exit)
                  max_instructions: int | None = None,
@@ -222,7 +223,7 @@ class Vcpu:
         self.mode = mode
         self.bitness = mode
         self.memory = memory
-        self.platform = platform or Platform()
+        self.platform = platform or Board(memory=memory)
         self.user_handlers = dict(handlers or {})
         self.trace = trace
         self.max_instructions = max_instructions
@@ -292,7 +293,9 @@ class Vcpu:
         self._insns: dict[int, D.Insn] = {}
         self._prefix_cache: dict[tuple[int, int], int] = {}
         # --- events (docs/vmm.md "Events, time and memory") ---
-        self.platform.clock = lambda: self.tsc
+        # devices: the board reads virtual time from the vCPU and raises NMIs on it
+        self._mmio_icount: int | None = None
+        self.platform.attach_cpu(now=self._device_now, nmi=self._device_nmi, wake=self._device_wake)
         self.nmi_at: int | None = None          # --nmi-at: NMI when this many have retired
         self._nmi_pending = False               # an NMI the CPU has not taken yet
         self._nmi_reflect = False               # an NMI the VMM re-injects (after an NMI exit)
@@ -315,7 +318,7 @@ class Vcpu:
         self.uc.hook_add(UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT, self._on_prot)
         self.uc.hook_add(UC_HOOK_INTR, self._on_intr)
         self.msrs = MsrFile(self._cpu_msr_read, self._cpu_msr_write, self._tsc_msr_read,
-                            self._tsc_msr_write)
+                            self._tsc_msr_write, devices=self.platform)
         self.cpuid = self._make_cpuid(config)
         self.wall_in_vmm = 0.0
 
@@ -384,6 +387,10 @@ class Vcpu:
                 perms = (UC_PROT_READ if "r" in acc else 0) | (UC_PROT_WRITE if "w" in acc else 0)
                 if perms != UC_PROT_READ | UC_PROT_WRITE:
                     self.uc.mem_protect(lo, hi - lo, perms)
+        # devices: the LAPIC and IOAPIC pages (above RAM) go to the board's MMIO bus
+        for base, size in self.platform.mmio_ranges():
+            if base >= self.memory:
+                self.uc.mmio_map(base, size, self._mmio_read, base, self._mmio_write, base)
 
     # ================================================================ registers
     def rr(self, reg: int) -> int:
@@ -520,6 +527,55 @@ class Vcpu:
     def _tsc_msr_write(self, value: int) -> None:
         cur = self.guest_tsc()
         self.tsc_adjust += value - cur
+
+    # ================================================================ devices (board wiring)
+    def _device_now(self) -> int:
+        """Virtual TSC for the devices; inside an MMIO access, the instructions the current
+        block has retired so far count too."""
+        ic = self._mmio_icount
+        if ic is None:
+            return self.tsc
+        return self.tsc + (ic - self.icount) * TSC_PER_INSN
+
+    def _device_nmi(self) -> None:
+        self._nmi_pending = True
+
+    def _device_wake(self) -> None:
+        """Serial input arrived (another thread): take it at the next boundary."""
+        with self._cfg_lock:
+            if self._pending_cfg is None:
+                self._pending_cfg = self.cfg
+        self._wake()
+        if not self._in_hook:
+            self.counter.request_stop()
+
+    def _mmio_enter(self) -> None:
+        self._rcache.clear()
+        self._mmio_icount = max(self.icount, self._retired_at(self.rr(self._rip_reg)))
+
+    def _mmio_read(self, uc, offset: int, size: int, base: int) -> int:
+        try:
+            self._mmio_enter()
+            return self.platform.mmio_read(base + offset, size)
+        except BaseException as e:       # pragma: no cover - never let it reach C
+            self._event = ("error", e)
+            uc.emu_stop()
+            return 0
+        finally:
+            self._mmio_icount = None
+
+    def _mmio_write(self, uc, offset: int, size: int, value: int, base: int) -> None:
+        try:
+            self._mmio_enter()
+            self.platform.mmio_write(base + offset, size, value)
+            if self.platform.changed and self._event is None:
+                self._event = ("resume",)    # interrupt state changed: re-check at the boundary
+                uc.emu_stop()
+        except BaseException as e:       # pragma: no cover - never let it reach C
+            self._event = ("error", e)
+            uc.emu_stop()
+        finally:
+            self._mmio_icount = None
 
     # ================================================================ code pages
     def _count_block(self, address: int, size: int) -> int:
@@ -731,9 +787,9 @@ class Vcpu:
                                          f"the guest wrote {d.value:#x} to the debug-exit port"))
             self.counter.set_count(self.icount)
             uc.emu_stop()
-        except MachineEnd as m:
+        except SystemReset as r:          # devices: reset (0x64, 0xCF9) or ACPI power-off
             self.icount += 1
-            self._event = ("end", RunEnd(m.status, None, m.message))
+            self._event = ("end", RunEnd(r.status, None, r.message))
             self.counter.set_count(self.icount)
             uc.emu_stop()
         except GuestFault as f:
@@ -749,7 +805,7 @@ class Vcpu:
             self._in_hook = False
 
     def _reentry_needed(self) -> bool:
-        return self._reentry or self.platform.pit.next_fire is not None or bool(self._virq) \
+        return self._reentry or self.platform.next_event() is not None or bool(self._virq) \
             or self._nmi_reflect or self._nmi_pending
 
     def _code_bytes(self, address: int) -> bytes | None:
@@ -1094,7 +1150,7 @@ class Vcpu:
         if self._nmi_pending or self._nmi_reflect or self._live_nmi or self.nmi_at is not None:
             cands.append((now, "resume"))
         if self.rflags & (1 << 9) or self._on["pin.external_interrupt_exiting"]:
-            if self._live_irqs or self.platform.pic.pending() is not None or (
+            if self._live_irqs or self.platform.pending_interrupt() is not None or (
                     self._virq and self.rflags & (1 << 9)):
                 cands.append((now, "resume"))
             nf = self.platform.next_event()
@@ -1487,7 +1543,7 @@ class Vcpu:
         """Pending NMIs and interrupts at an instruction boundary: exit, deliver or wait."""
         on = self._on
         plat = self.platform
-        plat.tick(self.tsc)
+        plat.advance(self.tsc)
         plat.changed = False
         if self.nmi_at is not None and self.icount >= self.nmi_at:
             self.nmi_at = None
@@ -1515,7 +1571,7 @@ class Vcpu:
         if on["primary.interrupt_window_exiting"] and if_on and not shadow:
             return VmExit(7, 0, self.rip)
         live = self._live_irqs[0] if self._live_irqs else None
-        vec = live if live is not None else plat.pic.pending()
+        vec = live if live is not None else plat.pending_interrupt()
         ext_exit = on["pin.external_interrupt_exiting"]
         if vec is not None:
             if ext_exit:
@@ -1537,7 +1593,7 @@ class Vcpu:
         nmi_wait = (self._nmi_pending or self._nmi_reflect or self._nmi_blocked)
         # an interrupt may become deliverable at any boundary while the timer runs: watch
         # MOV SS / POP SS, whose blocking covers the instruction after them
-        armed = plat.pit.next_fire is not None or bool(self._live_irqs)
+        armed = plat.next_event() is not None or bool(self._live_irqs)
         extra = frozenset(("sti", "popf", "iret") if waiting else ()) | \
             frozenset(("iret",) if nmi_wait else ()) | frozenset(("ss_load",) if armed else ())
         if extra != self._extra_trap:
@@ -1549,11 +1605,12 @@ class Vcpu:
         return None
 
     def ack_interrupt(self) -> int | None:
-        """INTA: take the highest-priority external interrupt (live queue first, then the PIC)."""
+        """INTA: take the highest-priority external interrupt (live queue first, then the
+        board: LAPIC, or the PIC through LINT0)."""
         if self._live_irqs:
             with self._cfg_lock:
                 return self._live_irqs.pop(0) if self._live_irqs else None
-        return self.platform.pic.ack()
+        return self.platform.ack_interrupt()
 
     def reflect_interrupt(self, vector: int) -> None:
         """The VMM (a default handler) gives the guest this interrupt when RFLAGS.IF allows."""
@@ -1606,7 +1663,7 @@ class Vcpu:
             d = self.icount + self._insns_for(self._ptimer_fire - self.tsc)
             if best is None or d < best:
                 best, kind = d, "ptimer"
-        nf = self.platform.pit.next_fire
+        nf = self.platform.next_event()
         if nf is not None:
             d = self.icount + self._insns_for(nf - self.tsc)
             if best is None or d < best:

@@ -1,0 +1,109 @@
+"""Virtual time for the emulated machine.
+
+Every device reads time from one `Clock` and tells it when it next needs the
+CPU's attention; the run loop asks `next_deadline()` and runs the engine
+natively up to it, then calls `advance(now)` so the due devices act (raise an
+IRQ line, re-arm).  Time is the vCPU's virtual TSC (host view, before TSC
+offsetting); `hz` says how many of its ticks make one virtual second, so a
+device with its own input clock (the PIT's 1.193182 MHz, the PM timer's
+3.579545 MHz, the RTC's 32.768 kHz) converts with `to_ticks` / `periods`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+PIT_HZ = 1_193_182
+# The virtual TSC rate.  It equals the PIT's input clock: one PIT count per TSC tick (and,
+# at TSC_PER_INSN = 1, per retired instruction), so a guest's PIT periods and its
+# instruction counts stay in the simple ratio the bundled guests rely on.
+TSC_HZ = PIT_HZ
+
+
+class Timer:
+    """One deadline a device owns (virtual TSC), and what to do when it is reached."""
+
+    __slots__ = ("name", "callback", "deadline", "clock")
+
+    def __init__(self, name: str, callback: Callable[[int], None], clock: "Clock"):
+        self.name = name
+        self.callback = callback
+        self.deadline: int | None = None
+        self.clock = clock
+
+    def arm(self, deadline: int) -> None:
+        if deadline != self.deadline:
+            self.deadline = deadline
+            self.clock.rescheduled = True
+
+    def cancel(self) -> None:
+        if self.deadline is not None:
+            self.deadline = None
+            self.clock.rescheduled = True
+
+    @property
+    def armed(self) -> bool:
+        return self.deadline is not None
+
+    def __repr__(self) -> str:
+        return f"Timer({self.name!r}, deadline={self.deadline})"
+
+
+class Clock:
+    """The machine's virtual time source and deadline list."""
+
+    def __init__(self, hz: int = TSC_HZ, source: Callable[[], int] | None = None):
+        self.hz = hz
+        self._source: Callable[[], int] = source or (lambda: 0)
+        self.timers: list[Timer] = []
+        self.rescheduled = False          # a deadline moved since the run loop last looked
+        # the guest's view of the TSC (TSC offsetting/scaling) and its inverse, set by the vCPU
+        self.guest_tsc: Callable[[int], int] = lambda t: t
+        self.host_tsc: Callable[[int], int] = lambda g: g
+
+    def set_source(self, source: Callable[[], int]) -> None:
+        self._source = source
+
+    def now(self) -> int:
+        return self._source()
+
+    def timer(self, name: str, callback: Callable[[int], None]) -> Timer:
+        t = Timer(name, callback, self)
+        self.timers.append(t)
+        return t
+
+    def next_deadline(self) -> int | None:
+        best = None
+        for t in self.timers:
+            d = t.deadline
+            if d is not None and (best is None or d < best):
+                best = d
+        return best
+
+    def advance(self, now: int | None = None) -> bool:
+        """Fire every timer due at `now` (earliest first; a callback may re-arm its timer).
+        Returns whether any fired."""
+        if now is None:
+            now = self.now()
+        fired = False
+        for _ in range(1000):            # a timer that keeps re-arming in the past is a bug
+            due = None
+            for t in self.timers:
+                d = t.deadline
+                if d is not None and d <= now and (due is None or d < due.deadline):
+                    due = t
+            if due is None:
+                return fired
+            due.deadline = None
+            due.callback(now)
+            fired = True
+        raise RuntimeError("a device timer re-armed itself in the past 1000 times")
+
+    # ---- conversions to and from a device's own input clock -------------------------
+    def to_ticks(self, hz: int, periods: int) -> int:
+        """TSC ticks for `periods` cycles of an `hz` clock, rounded up."""
+        return -(-periods * self.hz // hz)
+
+    def periods(self, hz: int, ticks: int) -> int:
+        """Whole cycles of an `hz` clock in `ticks` TSC ticks."""
+        return ticks * hz // self.hz

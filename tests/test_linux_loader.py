@@ -77,6 +77,9 @@ def test_debian_kernel_zero_page_and_placement():
     assert (0x9FC00, 0x100000 - 0x9FC00, E820_RESERVED) in e820
     assert e820[-1] == (0x100000, mem - 0x100000, E820_RAM)
     assert zp[0x1EF] == 0                                              # sentinel
+    from vmcfg.vmm.devices.acpi import RSDP_ADDR
+    assert struct.unpack_from("<Q", zp, 0x070)[0] == RSDP_ADDR          # acpi_rsdp_addr
+    assert any(a <= RSDP_ADDR < a + n and t == E820_RESERVED for a, n, t in e820)
     # the start registers: RSI = zero page, __BOOT_CS/__BOOT_DS in the loader's GDT
     r = img.boot_regs
     assert r["rsi"] == ZERO_PAGE and r["cs"] == BOOT_CS and r["ds"] == r["ss"] == BOOT_DS

@@ -221,13 +221,17 @@ def _read(path: str, what: str, limit: int) -> bytes:
 
 def load_linux(kernel: str, *, memory: int, mode: int = 64, initrd: str | None = None,
                cmdline: str = "", reserved: list[tuple[int, int, int]] | None = None,
-               acpi_rsdp: int | None = None) -> tuple[Image, LinuxBoot]:
+               acpi_rsdp: int | None = -1) -> tuple[Image, LinuxBoot]:
     """Load `kernel` (a bzImage file) for a `mode`-bit start into `memory` bytes of RAM.
 
     `reserved` are platform ranges (start, end, e820 type) to keep out of the RAM map
-    (ACPI tables, MMIO below the top of RAM).  Returns the Image to run and the
-    loader's decisions.
+    (ACPI tables, MMIO below the top of RAM); `acpi_rsdp` the RSDP address for
+    boot_params.acpi_rsdp_addr (default: the board's, devices/acpi.py; None: leave it 0 and
+    let the kernel scan the BIOS area).  Returns the Image to run and the loader's decisions.
     """
+    if acpi_rsdp == -1:
+        from .devices.acpi import RSDP_ADDR
+        acpi_rsdp = RSDP_ADDR
     kdata = _read(kernel, "kernel", MAX_KERNEL)
     h = parse_header(kdata, kernel)
     if mode == 64:

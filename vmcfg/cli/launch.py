@@ -51,8 +51,8 @@ def _complete_guest(ctx, param, incomplete):
               help="Boot a Linux kernel (bzImage) by the x86 boot protocol instead of --guest.")
 @click.option("--initrd", metavar="FILE", type=click.Path(dir_okay=False),
               help="With --kernel: the initramfs to load.")
-@click.option("--append", "cmdline", metavar="CMDLINE",
-              help="With --kernel: the kernel command line (e.g. \"console=ttyS0\").")
+@click.option("--append", "append", metavar="CMDLINE",
+              help="The kernel command line of --kernel (e.g. \"console=ttyS0\").")
 @click.option("--clock", type=click.Choice(["virtual", "realtime"]),
               help="Guest time: 'virtual' (default; deterministic, from retired instructions) "
                    "or 'realtime' (follows the host clock).")
@@ -82,7 +82,7 @@ def _complete_guest(ctx, param, incomplete):
               help="Name the guest: reachable by ps, apply, watch, stats, history, stop, inject.")
 @click.option("--detach", is_flag=True,
               help="With --name: run in the background; return once the guest runs.")
-def launch(profile, guest, kernel, initrd, cmdline, clock, mode, memory, load_address, entry, as_json, trace_file,
+def launch(profile, guest, kernel, initrd, append, clock, mode, memory, load_address, entry, as_json, trace_file,
            trace_sample, max_instructions, nmi_at, timeout, console_file, handlers, name, detach):
     """Run a guest on vmcfg's emulated VMM under PROFILE's VMX controls.
 
@@ -142,8 +142,8 @@ def launch(profile, guest, kernel, initrd, cmdline, clock, mode, memory, load_ad
 
     if kernel and guest:
         raise click.UsageError("--kernel and --guest exclude each other")
-    if (initrd or cmdline is not None) and not kernel:
-        raise click.UsageError("--initrd and --append need --kernel")
+    if initrd and not kernel:
+        raise click.UsageError("--initrd needs --kernel")
     spec = kernel or guest or gs.get("image")
     spec_base = None if (guest or kernel) else base_dir
     if not spec:
@@ -166,7 +166,7 @@ def launch(profile, guest, kernel, initrd, cmdline, clock, mode, memory, load_ad
             run_mode = int(mode) if mode else kernel_mode(cfg, written_gs.get("mode"))
             mem = parse_size(memory if memory else written_gs.get("memory") or "256M")
             image, _boot = load_linux(kernel, memory=mem, mode=run_mode, initrd=initrd,
-                                      cmdline=cmdline or "")
+                                      cmdline=append or "")
         else:
             image = load_image(spec, base_dir=spec_base, load_address=la, entry=ent,
                                mode=run_mode)
@@ -175,6 +175,8 @@ def launch(profile, guest, kernel, initrd, cmdline, clock, mode, memory, load_ad
     written = (getattr(r.profile, "settings", None) or {}).get("guest", {})
     if image.mode is not None and not mode and "mode" not in written and image.kind != "flat":
         run_mode = image.mode
+    if append is not None and image.kind != "linux" and not getattr(image, "multiboot", False):
+        bad(f"--append: {image.name} is not a kernel (only --kernel images take a command line)")
 
     table = dict(cfg.settings.get("handlers") or {})
     hbase = {k: base_dir for k in table}
@@ -196,7 +198,7 @@ def launch(profile, guest, kernel, initrd, cmdline, clock, mode, memory, load_ad
                 args=_child_args(guest, spec_base, mode, memory, load_address, entry,
                                  trace_file, max_instructions, timeout, console_file, handlers,
                                  nmi_at, trace_sample, kernel=kernel, initrd=initrd,
-                                 cmdline=cmdline, clock=clock),
+                                 cmdline=append, clock=clock),
                 console_file=console_file)
 
     from ..vmm.run import run_guest

@@ -243,6 +243,10 @@ def launch(profile, guest, kernel, initrd, append, clock, mode, memory, load_add
                 profile_path=os.path.abspath(r.profile_path) if r.profile_path else profile,
                 record={"guest": spec, "console": console_file})
         stopper.attach(vcpu)
+        if sys.stdin is not None and sys.stdin.isatty():
+            # keystrokes to COM1's receive path (a shell on ttyS0 is usable)
+            from ..vmm.console import TerminalInput
+            live["keys"] = TerminalInput(sys.stdin.fileno(), vcpu.platform.serial.feed).start()
 
     # Ctrl-C / SIGTERM: the guest ends at its next block (status "interrupted"), the
     # report is written as usual and the exit status is 128 + the signal (130 / 143)
@@ -262,6 +266,8 @@ def launch(profile, guest, kernel, initrd, append, clock, mode, memory, load_add
                 bad(str(e))
             raise
         finally:
+            if "keys" in live:
+                live["keys"].stop()
             if "session" in live:
                 s = live["session"]
                 summary = res.to_json() if "res" in locals() else {"status": "error"}

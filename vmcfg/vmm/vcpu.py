@@ -499,21 +499,7 @@ class Vcpu:
         return None if err else b.value
 
     def read_phys(self, addr: int, size: int) -> bytes:
-        if addr + size > self.memory:
-            raise UcError(UC_ERR_READ_UNMAPPED)
         return bytes(self.uc.mem_read(addr, size))
-
-    def write_phys(self, addr: int, data: bytes) -> None:
-        """A store by the VMM to guest-physical memory (code pages on it are rescanned)."""
-        data = bytes(data)
-        if addr + len(data) > self.memory:
-            raise UcError(UC_ERR_WRITE_UNMAPPED)
-        for ppage in range(addr & ~0xFFF, addr + len(data), PAGE):
-            for lp in list(self._phys_code.get(ppage, ())):
-                self._drop_page(lp)
-            if not self._paging() and ppage in self._scanned:
-                self._drop_page(ppage)
-        self.uc.mem_write(addr, data)
 
     def read_mem(self, addr: int, size: int) -> bytes:
         if not self._paging():
@@ -527,19 +513,20 @@ class Vcpu:
         return buf.raw
 
     def write_mem(self, addr: int, data: bytes) -> None:
-        """A store by the VMM to guest-linear memory (through the guest's paging)."""
         data = bytes(data)
-        if not self._paging():
-            self.write_phys(addr, data)
-            return
+        paging = self._paging()
         pos = 0
         while pos < len(data):
             lin = addr + pos
             n = min(len(data) - pos, PAGE - (lin & 0xFFF))
-            phys = self.lin2phys(lin)
+            phys = self.lin2phys(lin) if paging else lin
             if phys is None:
                 raise UcError(UC_ERR_WRITE_UNMAPPED)
-            self.write_phys(phys, data[pos:pos + n])
+            ppage = phys & ~0xFFF
+            if ppage in self._phys_code:     # the VMM wrote guest code: rescan it later
+                for lp in list(self._phys_code.get(ppage, ())):
+                    self._drop_page(lp)
+            self.uc.mem_write(phys, data[pos:pos + n])
             pos += n
 
     def _cpu_msr_read(self, msr: int) -> int:

@@ -791,7 +791,8 @@ class Vcpu:
         self._rcache.clear()
         page = address & ~0xFFF
         if access == UC_MEM_WRITE_PROT:
-            ppage = page           # the engine reports the physical address of the store
+            phys = self.lin2phys(address)
+            ppage = phys & ~0xFFF if phys is not None else None
             if ppage in self._phys_code and page not in self._hot_pages:
                 acc = self._ept_access(ppage)
                 if acc is None or "w" in acc:
@@ -1977,24 +1978,13 @@ class Vcpu:
         ctypes.memmove(base + off, b"\xff\xff\xff\xff", 4)
         self.uc.context_restore(ctx)
 
-    def _fetch_page(self, ppage: int, rip: int) -> None:
-        """The first fetch from physical page `ppage` (the engine reports the physical address
-        of a fetch): it is the page of RIP's block or, for a block or instruction crossing
-        into the next page, the one after."""
-        if ppage >= self.memory:
-            self._memory_fault("unmapped", 16 + 2, ppage, 1, rip)
+    def _fetch_page(self, page: int, rip: int) -> None:
+        """The first fetch from linear `page` (its physical page is not executable yet)."""
+        phys = self.lin2phys(page, UC_PROT_EXEC)
+        if phys is None or phys >= self.memory:
+            self._memory_fault("unmapped", 16 + 2, page if phys is None else phys, 1, rip)
             return
-        page = rip & ~0xFFF
-        if self._paging():
-            for cand in (page, page + PAGE, page - PAGE):
-                phys = self.lin2phys(cand, UC_PROT_EXEC)
-                if phys is not None and phys & ~0xFFF == ppage:
-                    page = cand
-                    break
-            else:
-                page = ppage          # not reachable from RIP: fall back to the identity view
-        else:
-            page = ppage
+        ppage = phys & ~0xFFF
         acc = self._ept_access(ppage)
         if acc is not None and "x" not in acc:
             self._ept_violation(rip, ppage if page > rip else ppage + (rip & 0xFFF), "fetch", acc)

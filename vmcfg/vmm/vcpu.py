@@ -44,8 +44,6 @@ _CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uin
 _reg_read = uclib.uc_reg_read
 _reg_write_batch = uclib.uc_reg_write_batch
 _reg_write = uclib.uc_reg_write
-_vmem_translate = uclib.uc_vmem_translate
-_vmem_read = uclib.uc_vmem_read
 
 from ..vmx.config import VmxConfig
 from ..vmx.exits import CONTRIBUTORY_VECTORS, ERROR_CODE_VECTORS
@@ -289,9 +287,6 @@ class Vcpu:
         self._smc_count: dict[int, int] = {}
         self._hot_pages: set[int] = set()     # (reserved: pages guarded by a write hook)
         self._smc_page: int | None = None
-        self._code_phys: dict[int, int] = {}          # scanned linear page -> physical page
-        self._phys_code: dict[int, set[int]] = {}     # physical page -> its scanned linear pages
-        self._pcbuf2 = ctypes.c_uint64()
         self._smc_retry = False
         self._hooks: dict[int, int] = {}
         self._wguard: dict[int, int] = {}
@@ -474,60 +469,15 @@ class Vcpu:
     def set_cr(self, n: int, v: int) -> None:
         self.rw(_CR[n], v)
 
-    # Guest memory through the guest's own paging: `read_mem`/`write_mem` take linear
-    # addresses (translated through the guest's page tables when CR0.PG is set, by the
-    # engine's page walk), `read_phys` guest-physical ones.  Code pages are tracked by
-    # linear page (hooks sit at linear addresses) and protected by physical page.
-    def _paging(self) -> bool:
-        return bool(self.rr(X.UC_X86_REG_CR0) & (1 << 31))
-
-    def _sync_paging(self) -> None:
-        """Pending writes of CR0/CR3/CR4 reach the engine before it walks the page tables."""
-        pend = self._pend
-        if pend and (X.UC_X86_REG_CR3 in pend or X.UC_X86_REG_CR0 in pend
-                     or X.UC_X86_REG_CR4 in pend):
-            self.flush()
-
-    def lin2phys(self, lin: int, prot: int = UC_PROT_READ) -> int | None:
-        """The guest-physical address of a linear one (None: not mapped)."""
-        if not self._paging():
-            return lin & MASK64
-        self._sync_paging()
-        b = self._pcbuf2
-        err = _vmem_translate(self._uch, ctypes.c_uint64(lin & MASK64), ctypes.c_int(prot),
-                              ctypes.byref(b))
-        return None if err else b.value
-
-    def read_phys(self, addr: int, size: int) -> bytes:
-        return bytes(self.uc.mem_read(addr, size))
-
     def read_mem(self, addr: int, size: int) -> bytes:
-        if not self._paging():
-            return bytes(self.uc.mem_read(addr, size))
-        self._sync_paging()
-        buf = ctypes.create_string_buffer(size)
-        err = _vmem_read(self._uch, ctypes.c_uint64(addr & MASK64), ctypes.c_int(UC_PROT_READ),
-                         buf, ctypes.c_size_t(size))
-        if err:
-            raise UcError(err)
-        return buf.raw
+        return bytes(self.uc.mem_read(addr, size))
 
     def write_mem(self, addr: int, data: bytes) -> None:
         data = bytes(data)
-        paging = self._paging()
-        pos = 0
-        while pos < len(data):
-            lin = addr + pos
-            n = min(len(data) - pos, PAGE - (lin & 0xFFF))
-            phys = self.lin2phys(lin) if paging else lin
-            if phys is None:
-                raise UcError(UC_ERR_WRITE_UNMAPPED)
-            ppage = phys & ~0xFFF
-            if ppage in self._phys_code:     # the VMM wrote guest code: rescan it later
-                for lp in list(self._phys_code.get(ppage, ())):
-                    self._drop_page(lp)
-            self.uc.mem_write(phys, data[pos:pos + n])
-            pos += n
+        for page in range(addr & ~0xFFF, addr + len(data), PAGE):
+            if page in self._scanned:         # the VMM wrote guest code: rescan it later
+                self._drop_page(page)
+        self.uc.mem_write(addr, data)
 
     def _cpu_msr_read(self, msr: int) -> int:
         self.flush()
@@ -703,38 +653,16 @@ class Vcpu:
             self.uc.hook_del(h)
         self._make_data_page(page)
 
-    def _forget_code(self, page: int) -> int | None:
-        """Unlink a scanned linear page from its physical page; returns the physical page
-        if no other linear page still runs code from it."""
-        ppage = self._code_phys.pop(page, None)
-        if ppage is None:
-            return page if not self._paging() else None
-        lins = self._phys_code.get(ppage)
-        if lins is not None:
-            lins.discard(page)
-            if lins:
-                return None
-            del self._phys_code[ppage]
-        return ppage
-
     def _make_data_page(self, page: int) -> None:
         """Back to readable/writable, not executable (within its EPT rights): the next
         fetch rescans it; its cached translations and block counts are dropped."""
-        ppage = self._forget_code(page)
-        if ppage is not None and ppage < self.memory:
-            acc = self._ept_access(ppage)
-            perms = UC_PROT_READ | UC_PROT_WRITE if acc is None else \
-                (UC_PROT_READ if "r" in acc else 0) | (UC_PROT_WRITE if "w" in acc else 0)
-            self.uc.mem_protect(ppage, PAGE, perms)
+        acc = self._ept_access(page)
+        perms = UC_PROT_READ | UC_PROT_WRITE if acc is None else \
+            (UC_PROT_READ if "r" in acc else 0) | (UC_PROT_WRITE if "w" in acc else 0)
+        self.uc.mem_protect(page, PAGE, perms)
         self.counter.invalidate(page, page + PAGE)
         self._prefix_cache.clear()
-        self._remove_cache(page)
-
-    def _remove_cache(self, page: int) -> None:
-        try:
-            self.uc.ctl_remove_cache(page, page + PAGE)
-        except UcError:
-            self.uc.ctl_flush_tb()
+        self.uc.ctl_remove_cache(page, page + PAGE)
 
     def _on_code_write(self, uc, access, address, size, value, _ud):
         page = address & ~0xFFF
@@ -790,15 +718,12 @@ class Vcpu:
     def _on_prot(self, uc, access, address, size, value, _ud):
         self._rcache.clear()
         page = address & ~0xFFF
-        if access == UC_MEM_WRITE_PROT:
-            phys = self.lin2phys(address)
-            ppage = phys & ~0xFFF if phys is not None else None
-            if ppage in self._phys_code and page not in self._hot_pages:
-                acc = self._ept_access(ppage)
-                if acc is None or "w" in acc:
-                    rip = self.rip
-                    self._event = ("smc", ppage, rip, self._retired_at(rip))
-                    return False
+        if access == UC_MEM_WRITE_PROT and page in self._scanned and page not in self._hot_pages:
+            acc = self._ept_access(page)
+            if acc is None or "w" in acc:
+                rip = self.rip
+                self._event = ("smc", page, rip, self._retired_at(rip))
+                return False
         self._event = ("prot", access, address, size, self._retired_at(self.rip), self.rip)
         return False
 
@@ -1320,7 +1245,7 @@ class Vcpu:
                     levels = (39, 30, 21, 12) if self.mode == 64 else (30, 21, 12)
                     for sh in levels:
                         idx = (cr2 >> sh) & (0x1FF if not (self.mode != 64 and sh == 30) else 3)
-                        e = struct.unpack("<Q", self.read_phys(table + idx * 8, 8))[0]
+                        e = struct.unpack("<Q", self.read_mem(table + idx * 8, 8))[0]
                         if not e & 1:
                             present = False
                             break
@@ -1328,11 +1253,11 @@ class Vcpu:
                             break
                         table = e & 0x000FFFFFFFFFF000
                 else:
-                    pde = struct.unpack("<I", self.read_phys((self.cr(3) & ~0xFFF) + ((cr2 >> 22) << 2), 4))[0]
+                    pde = struct.unpack("<I", self.read_mem((self.cr(3) & ~0xFFF) + ((cr2 >> 22) << 2), 4))[0]
                     if not pde & 1:
                         present = False
                     elif not pde & 0x80:
-                        pte = struct.unpack("<I", self.read_phys((pde & ~0xFFF) + (((cr2 >> 12) & 0x3FF) << 2), 4))[0]
+                        pte = struct.unpack("<I", self.read_mem((pde & ~0xFFF) + (((cr2 >> 12) & 0x3FF) << 2), 4))[0]
                         present = bool(pte & 1)
         except UcError:
             present = False
@@ -1979,32 +1904,24 @@ class Vcpu:
         self.uc.context_restore(ctx)
 
     def _fetch_page(self, page: int, rip: int) -> None:
-        """The first fetch from linear `page` (its physical page is not executable yet)."""
-        phys = self.lin2phys(page, UC_PROT_EXEC)
-        if phys is None or phys >= self.memory:
-            self._memory_fault("unmapped", 16 + 2, page if phys is None else phys, 1, rip)
+        if page >= self.memory:
+            self._memory_fault("unmapped", 16 + 2, page, 1, rip)   # fetch
             return
-        ppage = phys & ~0xFFF
-        acc = self._ept_access(ppage)
+        acc = self._ept_access(page)
         if acc is not None and "x" not in acc:
-            self._ept_violation(rip, ppage if page > rip else ppage + (rip & 0xFFF), "fetch", acc)
+            self._ept_violation(rip, page if page > rip else rip, "fetch", acc)
             return
         if page in self._scanned:
             # executable already: a stale translation; drop and rescan
             self._drop_page(page)
-        for other in list(self._phys_code.get(ppage, ())):
-            if other != page:
-                self._drop_page(other)   # one linear view of a code page at a time
         self._scan(page)
-        self._code_phys[page] = ppage
-        self._phys_code.setdefault(ppage, set()).add(page)
         # code pages are write-protected: a store to one is caught (UC_HOOK_MEM_WRITE_PROT)
         # at no cost to other stores; pages that keep being written get a write hook instead
         writable = (acc is None or "w" in acc) and page in self._hot_pages
         perms = UC_PROT_EXEC | (UC_PROT_READ if acc is None or "r" in acc else 0) | \
             (UC_PROT_WRITE if writable else 0)
-        self.uc.mem_protect(ppage, PAGE, perms)
-        self._remove_cache(page)
+        self.uc.mem_protect(page, PAGE, perms)
+        self.uc.ctl_remove_cache(page, page + PAGE)
 
     def _code_page_written(self, page: int, rip: int, ic: int) -> None:
         """A guest store hit a write-protected code page.
@@ -2015,26 +1932,18 @@ class Vcpu:
         """
         self.icount = ic
         self.counter.set_count(ic)
-        ppage = page                                 # the physical page written
-        self._smc_count[ppage] = self._smc_count.get(ppage, 0) + 1
-        for lp in list(self._phys_code.get(ppage, ())):
-            self._drop_page(lp)
-        acc = self._ept_access(ppage)
-        self.uc.mem_protect(ppage, PAGE, UC_PROT_ALL if acc is None else
+        self._smc_count[page] = self._smc_count.get(page, 0) + 1
+        self._drop_page(page)
+        acc = self._ept_access(page)
+        self.uc.mem_protect(page, PAGE, UC_PROT_ALL if acc is None else
                             UC_PROT_EXEC | UC_PROT_WRITE | (UC_PROT_READ if "r" in acc else 0))
-        self.uc.ctl_flush_tb()
-        self._smc_page = ppage
+        self.uc.ctl_remove_cache(page, page + PAGE)
+        self._smc_page = page
         self.set_rip(rip)
 
     def _end_smc_step(self) -> None:
-        ppage, self._smc_page = self._smc_page, None
-        if ppage not in self._phys_code and ppage < self.memory:
-            acc = self._ept_access(ppage)
-            perms = UC_PROT_READ | UC_PROT_WRITE if acc is None else \
-                (UC_PROT_READ if "r" in acc else 0) | (UC_PROT_WRITE if "w" in acc else 0)
-            self.uc.mem_protect(ppage, PAGE, perms)
-        self.uc.ctl_flush_tb()
-        self._prefix_cache.clear()
+        page, self._smc_page = self._smc_page, None
+        self._make_data_page(page)
 
     def _memory_fault(self, kind: str, access: int, address: int, size: int, rip: int) -> None:
         from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT, \

@@ -86,8 +86,32 @@ def read_until(stream, needle: str, what: str | None = None) -> list[str]:
             return lines
 
 
+# The tests that take many seconds, longest first.  They are started before the others, and
+# pyproject's `--maxschedchunk=1` hands pytest-xdist's workers one test at a time, so a
+# parallel run (-n auto) never ends with one worker alone on a long test it picked up last.
+# A test missing here (or renamed) only loses its place; nothing fails.
+LONG_FIRST = (
+    "test_trace.py::test_a_million_exits_export_and_summarise_in_bounded_memory",
+    "test_live_vmm.py::test_soak_1000_applies_exact_exit_counts",
+    "test_smoke_launch.py::test_example_smoke_file_passes",
+    "test_property.py::test_random_documents_never_crash",
+    "test_vmm_engine.py::test_retired_count_matches_guest_arithmetic",
+    "test_authoring_set.py::test_twenty_concurrent_set_processes_lose_nothing",
+    "test_live_channel.py::test_ps_apply_history_rollback_stop",
+    "test_trace_live.py::test_demo_draws_the_rate_chart_before_and_after_the_apply",
+    "test_vmm_events.py::test_mov_ss_blocks_interrupts_for_one_instruction",
+    "test_vmm_engine.py::test_data_on_a_code_page_still_counts_exactly",
+    "test_live_channel.py::test_refusals_leave_guest_unchanged",
+    "test_live_vmm.py::test_launch_detach_apply_stop",
+    "test_live_vmm.py::test_two_guests_independent",
+    "test_smoke_launch.py::test_failing_runaway_and_invalid_cases_do_not_disturb_the_others",
+)
+
+
 def pytest_collection_modifyitems(config, items):
-    """`slow` tests run only with VMCFG_SLOW=1 or when selected with -m (e.g. -m slow)."""
+    rank = {name: i for i, name in enumerate(LONG_FIRST)}
+    items.sort(key=lambda it: rank.get(it.nodeid.rsplit("/", 1)[-1].split("[")[0], len(rank)))
+    # `slow` tests run only with VMCFG_SLOW=1 or when selected with -m (e.g. -m slow)
     if os.environ.get("VMCFG_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):
         return
     skip = pytest.mark.skip(reason="slow (minutes of guest time): set VMCFG_SLOW=1 or use -m slow")

@@ -136,7 +136,7 @@ def test_x2apic_msrs_and_their_faults():
     assert m.board.msr_read(0x1B) == 0xFEE00D00
     assert m.board.msr_read(0x802) == 0
     assert m.board.msr_read(0x80D) == 1         # LDR derived from the ID
-    assert rd(m, 0x30) == 0                     # the xAPIC page is off in x2APIC mode
+    assert rd(m, 0x30) == 0xFFFFFFFF            # the xAPIC page is off in x2APIC mode
     m.board.msr_write(0x80F, 0x1FF)
     m.board.msr_write(0x83F, 0x61)              # SELF IPI
     assert m.take() == 0x61
@@ -165,7 +165,7 @@ def test_disabling_the_apic_passes_the_pic_through_and_resets_it():
     m = Machine()
     _enable(m)
     m.board.msr_write(0x1B, 0xFEE00000)         # EN = 0
-    assert rd(m, 0xF0) == 0                     # the page is gone
+    assert rd(m, 0xF0) == 0xFFFFFFFF            # the page is gone
     m.board.set_irq(0, True); m.board.set_irq(0, False)
     assert m.take() == 0x20                     # the PIC reaches the CPU directly
     m.board.msr_write(0x1B, 0xFEE00800)

@@ -291,3 +291,30 @@ def test_host_time_is_the_default_rtc_epoch():
     m = Machine()
     y = cmos(m, 9)
     assert y == int(f"{time.gmtime().tm_year % 100:02d}", 16)
+
+
+# ---- pc-testdev ---------------------------------------------------------------------------
+def test_testdev_irq_lines_reach_the_pic_and_the_ioapic_pins_above_15():
+    m = Machine()
+    m.board.mmio_write(0xFEE000F0, 4, 0x1FF)         # LAPIC software enable
+    for reg, v in ((0x10 + 2 * 20, 0x8000 | 0x61), (0x11 + 2 * 20, 0)):
+        m.board.mmio_write(0xFEC00000, 4, reg)
+        m.board.mmio_write(0xFEC00010, 4, v)
+    m.outb(0x2000 + 20, 1)                           # line 20: IOAPIC pin 20, level
+    assert m.take() == 0x61
+    m.outb(0x2000 + 20, 0)
+    m.board.mmio_write(0xFEE000B0, 4, 0)
+    assert m.take() is None
+    m.outb(0x2000 + 5, 1)
+    m.outb(0x2000 + 5, 0)                            # an edge on ISA IRQ 5: the PIC
+    assert m.take() == 0x25
+
+
+def test_testdev_scratch_port_and_iomem():
+    m = Machine()
+    m.board.io_write(0xE0, 4, 0xDEADBEEF)
+    assert m.board.io_read(0xE0, 4) == 0xDEADBEEF and m.board.io_read(0xE2, 2) == 0xDEAD
+    m.board.io_write(0xE1, 1, 0x12)
+    assert m.board.io_read(0xE0, 4) == 0xDEAD12EF
+    m.board.mmio_write(0xFF000010, 8, 0x1122334455667788)
+    assert m.board.mmio_read(0xFF000014, 4) == 0x11223344

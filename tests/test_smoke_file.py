@@ -6,7 +6,7 @@ import pytest
 
 from vmcfg.smoke.expect import check
 from vmcfg.smoke.loader import load_smoke, scan_positions
-from vmcfg.smoke.model import Bound, Expect, SmokeFileError, parse_bound
+from vmcfg.smoke.model import STATUSES, Bound, Expect, SmokeFileError, parse_bound
 from vmcfg.smoke.select import SelectError, compile_k
 
 
@@ -149,8 +149,7 @@ def test_status_list_with_exit_code_checks_the_code_only_on_debug_exit(smoke_fil
     ('[[case]]\nprofile = "baseline"\nguest = "builtin:nosuch"\n', "3:1",
      "no bundled guest 'nosuch'"),
     ('[[case]]\nprofile = "baseline"\nguest = "g1.bin"\n[case.expect]\nstatus = "halt"\n',
-     "5:1", "unknown status 'halt' (one of: halted, debug-exit, triple-fault, timeout, "
-            "instruction-limit, entry-failure, error); did you mean 'halted'?"),
+     "5:1", f"unknown status 'halt' (one of: {', '.join(STATUSES)}); did you mean 'halted'?"),
     ('[[case]]\nprofile = "baseline"\nguest = "g1.bin"\nexpect.exits = { CPUIDD = 1 }\n',
      "4:1", "case[1].expect.exits: unknown exit reason 'CPUIDD' (did you mean 'CPUID'?)"),
     ('[[case]]\nprofile = "baseline"\nguest = "g1.bin"\nexpect.exits = { HLT = "~3" }\n',

@@ -258,3 +258,22 @@ def test_truncated_gzip_and_missing_file(cli, tmp_path):
     assert r.stdout == ""
     r = cli("trace", "export", str(tmp_path / "nope.jsonl"))
     assert r.exit_code == 2 and "cannot read" in r.stderr
+
+
+def test_a_trace_trimmed_by_smoke_is_read_with_a_note(cli, tmp_path):
+    from vmcfg.smoke.runner import _trim_trace
+    p = tmp_path / "trace.jsonl"
+    with open(p, "w") as fh:
+        for i in range(1, 3001):
+            fh.write(json.dumps({"seq": i, "reason": int(Exit.CPUID), "rip": 0x1000, "tsc": i,
+                                 "disassembly": "cpuid", "host_ns": 100, "host_at_ns": i * 200})
+                     + "\n")
+    _trim_trace(str(p), limit=64 * 1024)
+    kept = sum(1 for ln in p.read_text().splitlines() if '"seq"' in ln)
+    assert kept < 3000
+    r = cli("trace", "summary", str(p), "--json")
+    assert r.exit_code == 0 and "trimmed" in r.stderr
+    assert json.loads(r.stdout)["exits"] == kept
+    r = cli("trace", "export", str(p))
+    assert r.exit_code == 0
+    assert len(validate_trace_events(json.loads(r.stdout))[1]) == kept

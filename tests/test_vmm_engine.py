@@ -56,44 +56,49 @@ def test_timeout_status():
 
 
 def test_live_apply_from_another_thread():
-    """request_apply swaps the config between two instructions of a running guest."""
+    """request_apply swaps the config between two instructions of a guest running natively.
+
+    The guest spins (RDTSC in a loop, no exit under baseline) until the apply arrives,
+    however late another thread gets the CPU on a busy machine; then RDTSC exits, and a
+    handler ends the run after 1,000 of them."""
+    from conftest import wait_until
     from vmcfg.profile import resolve
     from vmcfg.vmm.loader import load_image
     from vmcfg.vmm.run import run_guest
+    from vmcfg.vmx.exits import Exit
 
     base = resolve("baseline", cpu="cvmm").config
     trap = resolve(data("rdtsc-exit.toml"), cpu="cvmm").config
-    asm = "l:\n rdtsc\n dec rsi\n jnz l\n mov al, 3\n out 0xf4, al\n"
-    holder = {}
+    asm = "mov rsi, 0x4000000000000000\nl:\n rdtsc\n dec rsi\n jnz l\n hlt\n"
+    holder, seen = {}, []
 
-    def on_vcpu(v):
-        holder["v"] = v
+    def on_rdtsc(ctx):
+        seen.append(ctx.instructions)
+        ctx.emulate()
+        if len(seen) == 1000:
+            ctx.end(3)
 
     import tempfile
     with tempfile.NamedTemporaryFile("w", suffix=".asm", delete=False) as f:
-        f.write("mov rsi, 300000\n" + asm)
+        f.write(asm)
     try:
-        done = threading.Event()
-
         def flip():
-            while "v" not in holder:
-                pass
-            v = holder["v"]
-            while v.counter.count < 100_000:
-                pass
+            v = wait_until(lambda: holder.get("v"), "the vCPU", step=0.001)
+            wait_until(lambda: v.counter.count >= 100_000, "100,000 instructions", step=0.001)
             v.request_apply(trap)
-            done.set()
         th = threading.Thread(target=flip)
         th.start()
-        res = run_guest(base, load_image(f.name), memory=16 << 20, mode=64, on_vcpu=on_vcpu)
+        res = run_guest(base, load_image(f.name), memory=16 << 20, mode=64,
+                        on_vcpu=lambda v: holder.setdefault("v", v),
+                        handlers={int(Exit.RDTSC): on_rdtsc})
         th.join()
     finally:
         os.unlink(f.name)
-    assert done.is_set()
-    n = res.exit_counts().get("RDTSC", 0)
-    assert res.guest_exit_code == 3
-    assert 0 < n < 300_000            # exits began mid-run, at an instruction boundary
-    assert res.instructions == 1 + 3 * 300_000 + 2
+    assert res.status == "debug-exit" and res.guest_exit_code == 3, res.message
+    assert res.exit_counts() == {"RDTSC": 1000}
+    # exits began mid-run, at an instruction boundary: one RDTSC every 3 instructions
+    assert seen[0] >= 100_000
+    assert [b - a for a, b in zip(seen, seen[1:])] == [3] * 999
 
 
 def test_handlers_from_profile_emulate_and_change_controls():
@@ -237,10 +242,10 @@ def test_python_fallback_counter_gives_same_counts():
 def test_self_modifying_code_is_rescanned(tmp_path):
     a = tmp_path / "smc.asm"
     a.write_text(
-        "mov byte ptr [rip + target], 0x0f\n"
-        "mov byte ptr [rip + target + 1], 0xa2\n"      # nop; nop -> cpuid
-        "mov byte ptr [rip + gone], 0x90\n"
-        "mov byte ptr [rip + gone + 1], 0x90\n"        # cpuid -> nop; nop
+        "mov byte [rel target], 0x0f\n"
+        "mov byte [rel target + 1], 0xa2\n"      # nop; nop -> cpuid
+        "mov byte [rel gone], 0x90\n"
+        "mov byte [rel gone + 1], 0x90\n"        # cpuid -> nop; nop
         "target: nop\n nop\n"
         "gone: cpuid\n"
         "mov al, 5\n out 0xf4, al\n")
@@ -255,11 +260,11 @@ def test_data_on_a_code_page_still_counts_exactly(tmp_path):
     a.write_text(
         "mov esi, 1000\n"
         "mov r8, 0x100800\n"                          # a counter on the code page
-        "l: inc qword ptr [r8]\n"                     # 1000 stores into the code page
+        "l: inc qword [r8]\n"                     # 1000 stores into the code page
         "cpuid\n"
         "dec esi\n"
         "jnz l\n"
-        "mov rax, qword ptr [r8]\n"
+        "mov rax, qword [r8]\n"
         "out 0xf4, al\n")
     res, recs = run("baseline", str(a))
     assert res.guest_exit_code == 1000 & 0xFF

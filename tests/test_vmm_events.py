@@ -336,13 +336,13 @@ BITS 32
 start:
   mov eax, handler
   mov edi, 0x200000
-  mov word ptr [edi+0x100], ax
-  mov word ptr [edi+0x102], 0x18
-  mov word ptr [edi+0x104], 0x8E00
+  mov word [edi+0x100], ax
+  mov word [edi+0x102], 0x18
+  mov word [edi+0x104], 0x8E00
   shr eax, 16
-  mov word ptr [edi+0x106], ax
-  mov word ptr [0x201000], 0x7ff
-  mov dword ptr [0x201002], 0x200000
+  mov word [edi+0x106], ax
+  mov word [0x201000], 0x7ff
+  mov dword [0x201002], 0x200000
   lidt [0x201000]
   mov al, 0x34
   out 0x43, al
@@ -352,12 +352,12 @@ start:
   out 0x40, al
   sti
 spin:
-  cmp dword ptr [0x202000], 3
+  cmp dword [0x202000], 3
   jb spin
-  mov al, byte ptr [0x202000]
+  mov al, byte [0x202000]
   out 0xf4, al
 handler:
-  inc dword ptr [0x202000]
+  inc dword [0x202000]
   push eax
   mov al, 0x20
   out 0x20, al
@@ -430,8 +430,8 @@ BITS 16
 start:
   xor ax, ax
   mov ds, ax
-  mov word ptr [0x80], handler
-  mov word ptr [0x82], 0
+  mov word [0x80], handler
+  mov word [0x82], 0
   mov al, 0x34
   out 0x43, al
   mov al, 0xd0
@@ -440,12 +440,12 @@ start:
   out 0x40, al
   sti
 spin:
-  cmp word ptr [0x9000], 3
+  cmp word [0x9000], 3
   jb spin
-  mov al, byte ptr [0x9000]
+  mov al, byte [0x9000]
   out 0xf4, al
 handler:
-  inc word ptr [0x9000]
+  inc word [0x9000]
   push ax
   mov al, 0x20
   out 0x20, al
@@ -485,15 +485,15 @@ def test_vpid_is_accepted_and_reported(tmp_path):
 SPIN64 = """\
   mov rax, handler
   mov rdi, 0x200400
-  mov word ptr [rdi], ax
-  mov word ptr [rdi+2], 8
-  mov word ptr [rdi+4], 0x8E00
+  mov word [rdi], ax
+  mov word [rdi+2], 8
+  mov word [rdi+4], 0x8E00
   shr rax, 16
-  mov word ptr [rdi+6], ax
+  mov word [rdi+6], ax
   shr rax, 16
-  mov dword ptr [rdi+8], eax
-  mov word ptr [0x201000], 0xfff
-  mov qword ptr [0x201002], 0x200000
+  mov dword [rdi+8], eax
+  mov word [0x201000], 0xfff
+  mov qword [0x201002], 0x200000
   lidt [0x201000]
   sti
 spin:

@@ -87,7 +87,10 @@ class SignalWatch:
         for fd in (self._rfd, self._wfd):
             os.set_inheritable(fd, False)
         installed = False
-        for s in SIGNALS:
+        # only the main thread may set handlers: elsewhere (a host program running a
+        # command in a thread) the signals stay the host's business
+        main = threading.current_thread() is threading.main_thread()
+        for s in SIGNALS if main else ():
             old = signal.getsignal(s)
             if old is signal.SIG_IGN:
                 continue

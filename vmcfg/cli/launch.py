@@ -76,14 +76,18 @@ def _complete_guest(ctx, param, incomplete):
               help="Stop after SECONDS of wall-clock time (status timeout).")
 @click.option("--console", "console_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Write the serial console to FILE instead of the terminal.")
+@click.option("--serial-input", "serial_input", metavar="FILE",
+              type=click.Path(dir_okay=False, allow_dash=True),
+              help="Bytes the guest receives on COM1 (its UART receive path); - reads stdin.")
 @click.option("--handler", "handlers", multiple=True, metavar="REASON=MODULE:FUNC",
               help="Python exit handler for a reason (name or number); repeatable.")
 @click.option("--name", metavar="NAME",
               help="Name the guest: reachable by ps, apply, watch, stats, history, stop, inject.")
 @click.option("--detach", is_flag=True,
               help="With --name: run in the background; return once the guest runs.")
-def launch(profile, guest, kernel, initrd, append, clock, mode, memory, load_address, entry, as_json, trace_file,
-           trace_sample, max_instructions, nmi_at, timeout, console_file, handlers, name, detach):
+def launch(profile, guest, kernel, initrd, append, clock, mode, memory, load_address, entry,
+           as_json, trace_file, trace_sample, max_instructions, nmi_at, timeout, console_file,
+           serial_input, handlers, name, detach):
     """Run a guest on vmcfg's emulated VMM under PROFILE's VMX controls.
 
     VM exits happen exactly as the profile's controls say; each exit is
@@ -193,12 +197,25 @@ def launch(profile, guest, kernel, initrd, append, clock, mode, memory, load_add
     except HandlerError as e:
         bad(str(e))
 
+    rx = None
+    if serial_input:
+        if detach and serial_input == "-":
+            bad("--serial-input -: a detached guest cannot read stdin; give a file")
+        try:
+            if serial_input == "-":
+                rx = sys.stdin.buffer.read()
+            else:
+                with open(serial_input, "rb") as fh:
+                    rx = fh.read()
+        except OSError as e:
+            bad(f"--serial-input {serial_input}: {e.strerror}")
+
     if detach:
         _detach(gp, name, as_json, profile=os.path.abspath(r.profile_path or profile),
                 args=_child_args(guest, spec_base, mode, memory, load_address, entry,
                                  trace_file, max_instructions, timeout, console_file, handlers,
-                                 nmi_at, trace_sample, kernel=kernel, initrd=initrd,
-                                 cmdline=append, clock=clock),
+                                 nmi_at, trace_sample, serial_input, kernel=kernel,
+                                 initrd=initrd, cmdline=append, clock=clock),
                 console_file=console_file)
 
     from ..vmm.run import run_guest
@@ -243,7 +260,7 @@ def launch(profile, guest, kernel, initrd, append, clock, mode, memory, load_add
                 profile_path=os.path.abspath(r.profile_path) if r.profile_path else profile,
                 record={"guest": spec, "console": console_file})
         stopper.attach(vcpu)
-        if sys.stdin is not None and sys.stdin.isatty():
+        if sys.stdin is not None and sys.stdin.isatty() and serial_input != "-":
             # keystrokes to COM1's receive path (a shell on ttyS0 is usable)
             from ..vmm.console import TerminalInput
             live["keys"] = TerminalInput(sys.stdin.fileno(), vcpu.platform.serial.feed).start()
@@ -257,7 +274,7 @@ def launch(profile, guest, kernel, initrd, append, clock, mode, memory, load_add
                             trace=trace_fh, trace_sample=trace_sample,
                             max_instructions=max_instructions, timeout=timeout,
                             console=console, progress=progress, on_vcpu=on_vcpu, nmi_at=nmi_at,
-                            clock=clock or "virtual")
+                            serial_input=rx, clock=clock or "virtual")
         except LaunchError as e:
             bad(str(e))
         except Exception as e:  # noqa: BLE001 - registration problems (name taken, runtime dir)
@@ -325,8 +342,8 @@ class _Stopper:
 
 def _child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
                 max_instructions, timeout, console_file, handlers, nmi_at=None,
-                trace_sample=1, *, kernel=None, initrd=None, cmdline=None,
-                clock=None) -> list[str]:
+                trace_sample=1, serial_input=None, *, kernel=None, initrd=None,
+                cmdline=None, clock=None) -> list[str]:
     """The options of this launch, for the background process (paths made absolute)."""
     a: list[str] = []
     for opt, v in (("--kernel", kernel), ("--initrd", initrd)):
@@ -346,7 +363,8 @@ def _child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
                    ("--timeout", timeout), ("--nmi-at", nmi_at)):
         if v is not None:
             a += [opt, str(v)]
-    for opt, v in (("--trace", trace_file), ("--console", console_file)):
+    for opt, v in (("--trace", trace_file), ("--console", console_file),
+                   ("--serial-input", serial_input)):
         if v:
             a += [opt, os.path.abspath(v)]
     if trace_file and trace_sample > 1:

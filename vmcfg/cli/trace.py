@@ -115,6 +115,9 @@ def export(file, fmt, clock, rate_window, output):
                                        source=file, totals=lambda: rd.totals)
         except ExportError as e:
             raise TraceError(str(e), file, rd.lines) from None
+        if rd.truncated:
+            err(f"vmcfg: note: {file} was trimmed ({rd.truncated} gap(s)): the timeline has "
+                "a gap where records were left out", fg="yellow")
         if output and output != "-":
             err(f"{output}: {info['exits']:,} exits on {info['reasons']} track(s), "
                 f"{info['events']:,} events (clock {info['clock']}); open it in "

@@ -141,6 +141,8 @@ def render_text(doc: dict, source: str = "") -> str:
     if timed:
         head += f", {fmt_ns(doc['host_ns'])} of host time handling them"
     out.append(head)
+    if not doc["records"]:
+        return "\n".join(out) + "\n"
     if not timed:
         out.append("(this trace has no host times: it predates host_ns; counts and RIPs only)")
     if timed:

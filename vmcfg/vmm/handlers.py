@@ -282,7 +282,7 @@ def h_msr(ctx: ExitContext) -> None:
 
 @_skip_after
 def h_io(ctx: ExitContext) -> None:
-    """Perform the I/O on the platform (serial, debug-exit)."""
+    """Perform the I/O on the board's devices (vmcfg/vmm/devices)."""
     ctx.vcpu.emulate_io(ctx.exit.insn)
 
 

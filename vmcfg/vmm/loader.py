@@ -127,34 +127,23 @@ def _load_elf(data: bytes, name: str) -> Image:
 
 
 def _assemble(data: bytes, name: str, load_address: int, entry: int | None, mode: int) -> Image:
-    from keystone import KS_ARCH_X86, KS_MODE_16, KS_MODE_32, KS_MODE_64, Ks, KsError
+    """An assembly source in NASM syntax (vmcfg.guests.asm: nasm when installed, else
+    vmcfg's NASM front end over keystone -- the same bytes).  Without its own `org` the
+    source is assembled at `load_address`; without `bits` in `mode`."""
+    from ..guests.asm import AsmError, assemble_text
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise ImageError(f"{name}: an assembly source must be UTF-8 text") from None
-    src_mode = mode
-    lines = []
-    for line in text.splitlines():
-        s = line.split(";", 1)[0].strip().lower()
-        if s in ("bits 16", "[bits 16]", ".code16"):
-            src_mode = 16
-            continue
-        if s in ("bits 32", "[bits 32]", ".code32"):
-            src_mode = 32
-            continue
-        if s in ("bits 64", "[bits 64]", ".code64"):
-            src_mode = 64
-            continue
-        lines.append(line)
-    ks = Ks(KS_ARCH_X86, {16: KS_MODE_16, 32: KS_MODE_32, 64: KS_MODE_64}[src_mode])
     try:
-        enc, _n = ks.asm("\n".join(lines), load_address)
-    except KsError as e:
-        raise ImageError(f"{name}: assembly failed: {e}") from None
-    if not enc:
+        res = assemble_text(text, name, base_dir=os.path.dirname(os.path.abspath(name)),
+                            origin=load_address, bits=mode)
+    except AsmError as e:
+        raise ImageError(f"{e}") from None
+    if not res.data:
         raise ImageError(f"{name}: the source assembled to nothing")
-    return Image(name, [(load_address, bytes(enc))], load_address if entry is None else entry,
-                 "asm", src_mode)
+    return Image(name, [(res.origin, res.data)], res.origin if entry is None else entry,
+                 "asm", res.bits)
 
 
 def parse_size(text: str | int) -> int:

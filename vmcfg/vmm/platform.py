@@ -36,7 +36,10 @@ class CpuidModel:
 
     def __init__(self, overrides: dict | None = None, *, rdtscp: bool = False,
                  invpcid: bool = False, tsc_per_insn: int = 1, exit_cost: int = 0,
-                 tsc_hz: int = 1_000_000_000):
+                 tsc_hz: int = 1_000_000_000,
+                 apic_enabled: Callable[[], bool] | None = None):
+        # devices: CPUID.1:EDX.APIC follows IA32_APIC_BASE.EN (SDM 10.4.3)
+        self.apic_enabled = apic_enabled
         v = _regs("GenuineIntel")
         self.max_basic = 0x16
         t: dict[tuple[int, int], list[int]] = {}
@@ -93,6 +96,8 @@ class CpuidModel:
         sub = subleaf & 0xFFFFFFFF if leaf in self.subleaf_leaves else 0
         r = self.table.get((leaf, sub))
         if r is not None:
+            if leaf == 1 and self.apic_enabled is not None and not self.apic_enabled():
+                return (r[0], r[1], r[2], r[3] & ~(1 << 9))
             return tuple(r)
         ext_max = self.table.get((0x80000000, 0), [0])[0]
         hv_max = self.table.get((0x40000000, 0), [0])[0]

@@ -261,9 +261,10 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
               console: Callable[[str], None] | None = None,
               progress: Callable[[Any], None] | None = None,
               on_vcpu: Callable[[Any], None] | None = None,
-              nmi_at: int | None = None, clock: str = "virtual") -> RunResult:
+              nmi_at: int | None = None, serial_input: bytes | None = None,
+              clock: str = "virtual") -> RunResult:
     """Run `image` under `cfg`; never raises for guest behaviour (see RunResult.status).
-
+    `serial_input`: bytes the guest receives on COM1 (the UART's receive path).
     `clock`: "virtual" (guest time from retired instructions and exits; deterministic) or
     "realtime" (the guest's TSC follows the host's monotonic clock)."""
     from .devices import Board
@@ -279,6 +280,8 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
                 trace=writer,
                 max_instructions=max_instructions, clock=clock)
     plat.install(vcpu.uc.mem_write)          # ACPI tables (the image may overwrite them)
+    if serial_input:
+        plat.serial.feed(serial_input)
     for addr, data in image.segments:
         vcpu.uc.mem_write(addr, data)
     setup_start_state(vcpu, mode, memory, image.entry)

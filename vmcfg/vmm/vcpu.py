@@ -92,7 +92,8 @@ _UNCONDITIONAL = {"cpuid": 10, "invd": 13, "xsetbv": 55, "vmcall": 18, "getsec":
 # VMM must produce itself (virtual TSC, MSR file, platform I/O, deterministic RNG)
 ALWAYS_TRAPPED = frozenset({"cpuid", "invd", "xsetbv", "vmcall", "vmx", "getsec", "hlt",
                             "rdtsc", "rdtscp", "rdmsr", "wrmsr", "io", "rdrand", "rdseed",
-                            "rdpmc", "mwait", "monitor", "invpcid"})
+                            "rdpmc", "mwait", "monitor", "invpcid",
+                            "mov_to_cr8", "mov_from_cr8"})   # devices: CR8 is the LAPIC TPR
 
 
 _OLD_EXC_OFFSET: dict[int, int | None] = {}
@@ -349,7 +350,8 @@ class Vcpu:
                           rdtscp=cfg.on("secondary.enable_rdtscp"),
                           invpcid=cfg.on("secondary.enable_invpcid"),
                           tsc_per_insn=TSC_PER_INSN, exit_cost=EXIT_COST,
-                          tsc_hz=int(cfg.settings["tsc"].get("frequency") or 1_000_000_000))
+                          tsc_hz=int(cfg.settings["tsc"].get("frequency") or 1_000_000_000),
+                          apic_enabled=lambda: self.platform.lapic.enabled)
 
     def _ept_layout(self, cfg: VmxConfig) -> list[tuple[int, int, str]] | None:
         if not cfg.on("secondary.enable_ept"):
@@ -464,9 +466,14 @@ class Vcpu:
         self.rw(self._rflags_reg, v | 2)
 
     def cr(self, n: int) -> int:
+        if n == 8:                       # devices: CR8 is the local APIC's TPR[7:4]
+            return self.platform.lapic.tpr >> 4
         return self.rr(_CR[n])
 
     def set_cr(self, n: int, v: int) -> None:
+        if n == 8:
+            self.platform.lapic.write(0x80, (v & 0xF) << 4)
+            return
         self.rw(_CR[n], v)
 
     def read_mem(self, addr: int, size: int) -> bytes:
@@ -563,19 +570,22 @@ class Vcpu:
             return 0
         finally:
             self._mmio_icount = None
+            self._rcache.clear()       # values read mid-block must not outlive the access
 
     def _mmio_write(self, uc, offset: int, size: int, value: int, base: int) -> None:
         try:
             self._mmio_enter()
             self.platform.mmio_write(base + offset, size, value)
-            if self.platform.changed and self._event is None:
-                self._event = ("resume",)    # interrupt state changed: re-check at the boundary
-                uc.emu_stop()
+            if self.platform.changed:
+                # interrupt state changed: stop at the next block boundary (not here: Unicorn's
+                # PC is not synchronised inside an MMIO access) and look again
+                self.counter.request_stop()
         except BaseException as e:       # pragma: no cover - never let it reach C
             self._event = ("error", e)
             uc.emu_stop()
         finally:
             self._mmio_icount = None
+            self._rcache.clear()       # values read mid-block must not outlive the access
 
     # ================================================================ code pages
     def _count_block(self, address: int, size: int) -> int:
@@ -1038,10 +1048,19 @@ class Vcpu:
         if k == "mov_from_cr3":
             return self._exit(28, ins, cr_qualification(3, CR_MOV_FROM, ins.gpr))
         if k == "mov_to_cr8":
-            return self._exit(28, ins, cr_qualification(8, CR_MOV_TO, ins.gpr),
-                              data={"value": self.gpr(ins.gpr, 8)})
+            val = self.gpr(ins.gpr, 8)
+            if self._on["primary.cr8_load_exiting"]:
+                return self._exit(28, ins, cr_qualification(8, CR_MOV_TO, ins.gpr),
+                                  data={"value": val})
+            if val >> 4:
+                raise GuestFault(13, 0)          # bits 63:4 of CR8 are reserved
+            self.set_cr(8, val)
+            return nxt
         if k == "mov_from_cr8":
-            return self._exit(28, ins, cr_qualification(8, CR_MOV_FROM, ins.gpr))
+            if self._on["primary.cr8_store_exiting"]:
+                return self._exit(28, ins, cr_qualification(8, CR_MOV_FROM, ins.gpr))
+            self.set_gpr(ins.gpr, self.cr(8), 8)
+            return nxt
         raise GuestFault(6)
 
     def lmsw_source(self, ins: D.Insn) -> int:

@@ -14,6 +14,7 @@ One instance per machine.  Wiring (like QEMU's ``pc`` machine):
 | local APIC (lapic.py) | MMIO 0xFEE00000; MSRs 0x1B, 0x6E0, 0x800-0x8FF | delivers to the CPU |
 | IOAPIC (ioapic.py) | MMIO 0xFEC00000 | to the LAPIC |
 | ACPI tables (acpi.py) | RSDP at 0xF0000 in guest RAM | - |
+| pc-testdev (testdev.py) | I/O 0x2000-0x2017, 0xE0-0xE7; MMIO 0xFF000000 | sets lines 0-23 |
 
 An ISA line goes to both the PIC (IRQ n) and the IOAPIC (GSI n, IRQ 0 -> GSI 2);
 the CPU asks `pending_interrupt()` / `ack_interrupt()` at an instruction
@@ -36,6 +37,7 @@ from .pic import PicPair
 from .pit import Pit, SystemControlB
 from .pm import PowerManagement
 from .rtc import Rtc
+from .testdev import TestDevice
 from .uart import Uart
 
 COM1_BASE, COM1_IRQ = 0x3F8, 4
@@ -43,6 +45,8 @@ PIT_IRQ, RTC_IRQ = 0, 8
 
 
 def isa_to_gsi(irq: int) -> int:
+    """IOAPIC pin of interrupt line `irq` (ISA IRQ 0, the PIT, is GSI 2; lines 16-23 are
+    IOAPIC pins only)."""
     return 2 if irq == 0 else irq
 
 
@@ -72,8 +76,9 @@ class Board:
         self.kbc = KeyboardController()
         self.reset_control = ResetControl()
         self.post = PostPort()
+        self.testdev = TestDevice(self.set_irq)
         for dev in (self.pic, self.rtc, self.pm, self.fwcfg, self.debug_exit, self.kbc,
-                    self.reset_control, self.post):
+                    self.reset_control, self.post, self.testdev):
             for base, count in dev.PORTS:
                 self.bus.add_ports(dev, base, count)
         self.bus.add_ports(self.pit, 0x40, 4)
@@ -81,6 +86,7 @@ class Board:
         self.bus.add_ports(self.serial, COM1_BASE, 8)
         self.bus.add_mmio(self.lapic, *self.lapic.MMIO)
         self.bus.add_mmio(self.ioapic, *self.ioapic.MMIO)
+        self.bus.add_mmio(self.testdev, *self.testdev.MMIO)
 
     # ---- the CPU side --------------------------------------------------------------------
     def attach_cpu(self, now: Callable[[], int], nmi: Callable[[], None] | None = None,
@@ -132,12 +138,14 @@ class Board:
 
     # ---- IRQ lines -----------------------------------------------------------------------
     def set_irq(self, irq: int, level: bool) -> None:
-        """An ISA interrupt line changes level (edge devices pulse it)."""
+        """Interrupt line `irq` (0-15 ISA, 16-23 IOAPIC only) changes level (edge devices
+        pulse it)."""
         m = 1 << irq
         if bool(self._lines & m) == level:
             return
         self._lines = self._lines | m if level else self._lines & ~m
-        self.pic.set_irq(irq, level)
+        if irq < 16:
+            self.pic.set_irq(irq, level)
         self.ioapic.set_irq(isa_to_gsi(irq), level)
         self.changed = True
 

@@ -388,7 +388,7 @@ class LocalApic:
     # ---- MMIO (xAPIC) ----------------------------------------------------------------
     def mmio_read(self, offset: int, size: int) -> int:
         if not self.xapic_mmio_active:
-            return 0
+            return (1 << (8 * size)) - 1         # disabled or x2APIC: nothing answers
         reg = self.read(offset & 0xFF0)
         shift = 8 * (offset & 3)
         return (reg >> shift) & ((1 << (8 * size)) - 1) if (offset & 0xF) < 4 else 0

@@ -274,7 +274,9 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
     problems = check_entry(cfg, mode)
     if problems:
         return _entry_failure(problems, t0)
-    plat = Board(console, memory=memory)
+    from .clock import Clock
+    from .vcpu import tsc_frequency
+    plat = Board(console, memory=memory, clock=Clock(hz=tsc_frequency(cfg)))
     writer = TraceWriter(trace, trace_sample) if trace is not None else None
     vcpu = Vcpu(cfg, memory=memory, mode=mode, platform=plat, handlers=handlers,
                 trace=writer,

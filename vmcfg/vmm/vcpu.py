@@ -136,6 +136,12 @@ def old_exception_offset(mode: int) -> int | None:
     return off
 
 
+def tsc_frequency(cfg: VmxConfig) -> int:
+    """The TSC rate in Hz: the profile's tsc.frequency, else the machine clock's default."""
+    from .clock import TSC_HZ
+    return int((cfg.settings.get("tsc") or {}).get("frequency") or TSC_HZ)
+
+
 class RunEnd(Exception):
     """Ends the run (raised inside the VMM, caught by the run loop)."""
 
@@ -339,7 +345,7 @@ class Vcpu:
         self.cr4_mask, self.cr4_shadow = s["cr4"]["mask"], s["cr4"]["shadow"]
         self.tsc_offset = s["tsc"]["offset"]
         self.tsc_multiplier = s["tsc"]["multiplier"]
-        self.tsc_hz = int(s["tsc"].get("frequency") or 1_000_000_000)
+        self.tsc_hz = tsc_frequency(cfg)
         self.cr3_targets = list(s["cr3"]["targets"])
         self.ptimer_value = s["preemption_timer"]["value"]
         self.ptimer_rate = 5          # IA32_VMX_MISC[4:0] of the cvmm capability set
@@ -350,7 +356,7 @@ class Vcpu:
                           rdtscp=cfg.on("secondary.enable_rdtscp"),
                           invpcid=cfg.on("secondary.enable_invpcid"),
                           tsc_per_insn=TSC_PER_INSN, exit_cost=EXIT_COST,
-                          tsc_hz=int(cfg.settings["tsc"].get("frequency") or 1_000_000_000),
+                          tsc_hz=tsc_frequency(cfg),
                           apic_enabled=lambda: self.platform.lapic.enabled)
 
     def _ept_layout(self, cfg: VmxConfig) -> list[tuple[int, int, str]] | None:

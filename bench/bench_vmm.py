@@ -67,6 +67,9 @@ def bare_unicorn(image, memory: int, nx_data: bool = False) -> tuple[float, int]
                              UC_PROT_ALL)
     for addr, data in image.segments:
         b.uc.mem_write(addr, data)
+    from vmcfg.vmm.cpu.state import CpuState
+    b.cpu_state = CpuState(b.uc)
+    b.after_state_load = lambda: None
     setup_start_state(b, 64, memory, image.entry)
 
     def on_in(uc, port, size, ud):

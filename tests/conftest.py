@@ -111,10 +111,3 @@ LONG_FIRST = (
 def pytest_collection_modifyitems(config, items):
     rank = {name: i for i, name in enumerate(LONG_FIRST)}
     items.sort(key=lambda it: rank.get(it.nodeid.rsplit("/", 1)[-1].split("[")[0], len(rank)))
-    # `slow` tests run only with VMCFG_SLOW=1 or when selected with -m (e.g. -m slow)
-    if os.environ.get("VMCFG_SLOW") == "1" or "slow" in (config.getoption("-m") or ""):
-        return
-    skip = pytest.mark.skip(reason="slow (minutes of guest time): set VMCFG_SLOW=1 or use -m slow")
-    for item in items:
-        if "slow" in item.keywords:
-            item.add_marker(skip)

@@ -9,6 +9,7 @@ import time
 
 from vmcfg.live.session import LiveSession
 from vmcfg.profile import resolve
+from vmcfg.vmx.exits import EXIT_NUMBER
 
 
 class FakeTarget:
@@ -42,7 +43,8 @@ class FakeTarget:
     def snapshot(self):
         with self._lock:
             return {"state": "running", "instructions": self.instructions,
-                    "tsc": self.instructions * 4, "exits": dict(self.exits)}
+                    "tsc": self.instructions * 4, "exits": [{"reason": EXIT_NUMBER[k], "name": k, "count": v}
+                                               for k, v in self.exits.items()]}
 
     def stop(self):
         self.stopped.set()
@@ -60,7 +62,8 @@ def main():
     print("ready", flush=True)
     t.stopped.wait()
     s.close({"status": "stopped", "instructions": t.instructions,
-             "exits": [{"name": k, "count": v} for k, v in t.exits.items()]})
+             "exits": [{"reason": EXIT_NUMBER[k], "name": k, "count": v}
+                       for k, v in t.exits.items()]})
 
 
 if __name__ == "__main__":

@@ -75,8 +75,8 @@ def test_validate_adjust_shows_coercion(cli, write_profile):
     assert ("exit.load_ia32_efer", 0) in dropped and ("entry.load_ia32_efer", 0) in dropped
     assert ("primary.cr3_load_exiting", 1) not in dropped   # forced bits were already filled in
     r = cli("validate", p, "--cpu", "penryn", "--adjust")
-    assert "adjust: exit.load_ia32_efer -> 0: dropped (penryn does not support it)" in r.stderr
-    assert "valid on penryn after adjustment" in r.stderr
+    assert "adjust: exit.load_ia32_efer -> 0: dropped (penryn does not support it)" in r.stdout
+    assert "valid on penryn after adjustment" in r.stdout
 
 
 def test_adjust_still_checks_inter_control_rules(cli, write_profile):
@@ -96,7 +96,7 @@ def test_show(cli):
     states = {b["control"]: b["state"] for b in json.loads(r.stdout)["bits"]["primary"] if b["control"]}
     assert states["primary.cr3_load_exiting"] == "forced"
     r = cli("show", "baseline")
-    assert "[primary]" in r.stderr and "use_io_bitmaps" in r.stderr
+    assert "[primary]" in r.stdout and "use_io_bitmaps" in r.stdout
 
 
 @pytest.mark.parametrize("name,kind,check", [
@@ -128,7 +128,7 @@ def test_caps_decode_and_diff(cli):
     assert d["controls"]["primary"]["bits"]["cr3_load_exiting"] == "default"
     assert d["IA32_VMX_MISC"]["preemption_timer_rate"] == 7
     r = cli("caps", "penryn")
-    assert "Monitor trap flag" not in r.stderr and "monitor_trap_flag" in r.stderr
+    assert "Monitor trap flag" not in r.stdout and "monitor_trap_flag" in r.stdout
     r = cli("caps", "diff", "sapphirerapids", "graniterapids", "--json")
     assert r.exit_code == 0 and json.loads(r.stdout)["equal"]
     r = cli("caps", "diff", "sapphirerapids", "sierraforest", "--json")

@@ -281,6 +281,9 @@ def test_debug_exit_reset_paths_and_unclaimed_ports():
     assert m.inb(0xCF9) == 0x02
     with pytest.raises(SystemReset):
         m.board.io_write(0xCF9, 1, 0x06)
+    m.board.io_write(0xCF8, 4, 0x80000004)      # a PCI config address: not a reset
+    assert m.board.io_read(0xCF8, 4) == 0x80000004
+    assert m.board.io_read(0xCFC, 4) == 0xFFFFFFFF   # no device on the PCI bus
     m.outb(0x80, 0x55)
     assert m.board.post.value == 0x55 and m.inb(0x80) == 0xFF
     assert m.board.io_read(0x1234, 2) == 0xFFFF

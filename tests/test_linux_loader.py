@@ -209,7 +209,7 @@ def test_cli_errors_are_clean(cli, bz, tmp_path):
     r = cli("launch", "baseline", "--initrd", str(junk), "--guest", "builtin:hlt")
     assert r.exit_code == 2 and "needs --kernel" in r.stderr
     r = cli("launch", "baseline", "--append", "quiet", "--guest", "builtin:hlt")
-    assert r.exit_code == 2 and "is not a kernel" in r.stderr
+    assert r.exit_code == 2 and "not a --kernel bzImage" in r.stderr
     r = cli("launch", "baseline", "--kernel", str(junk), "--guest", "builtin:hlt")
     assert r.exit_code == 2 and "exclude each other" in r.stderr
 

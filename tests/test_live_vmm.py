@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -19,6 +18,11 @@ RDTSC_AND_IO = BASE + "[primary]\nrdtsc_exiting = true\n[io]\nintercept = [0x80]
 
 # the soak guest's loop: 7 instructions per iteration; RDTSC is the 5th, OUT the 6th
 LOOP_LEN, RDTSC_AT, OUT_AT = 7, 4, 5
+
+
+def _counts(doc) -> dict:
+    """{NAME: count} from a report's exits list [{reason, name, count}]."""
+    return {e["name"]: e["count"] for e in doc["exits"]}
 
 
 def vmcfg(*args, check=False, timeout=PATIENCE):
@@ -79,12 +83,12 @@ def test_launch_detach_apply_stop(launched, write_profile):
     assert [r["name"] for r in rows] == ["g1"] and rows[0]["state"] == "running"
     s0 = wait_until(lambda: (lambda s: s if s["instructions"] > 0 else None)(stats("g1")),
                     "the guest to run")
-    assert "RDTSC" not in s0["exits"]
+    assert "RDTSC" not in _counts(s0)
     r = vmcfg("apply", b, "--to", "g1", "--json", check=True)
     res = json.loads(r.stdout)
     assert res["applied"] and res["instructions"] > 0
     assert [d["key"] for d in res["diff"]] == ["primary.rdtsc_exiting"]
-    wait_until(lambda: stats("g1")["exits"].get("RDTSC"), "RDTSC exits after the apply")
+    wait_until(lambda: _counts(stats("g1")).get("RDTSC"), "RDTSC exits after the apply")
     r = vmcfg("apply", "--rollback", "--to", "g1", "--json", check=True)
     assert json.loads(r.stdout)["diff"][0]["new"] == 0
     r = vmcfg("stop", "g1", "--json", check=True)
@@ -114,9 +118,9 @@ def test_two_guests_independent(launched, write_profile):
     launched("ga", a)
     launched("gb", a)
     vmcfg("apply", b, "--to", "gb", check=True)
-    wait_until(lambda: stats("gb")["exits"].get("IO_INSTRUCTION"), "I/O exits in gb")
+    wait_until(lambda: _counts(stats("gb")).get("IO_INSTRUCTION"), "I/O exits in gb")
     sa = stats("ga")
-    assert sa["instructions"] > 0 and "IO_INSTRUCTION" not in sa["exits"]
+    assert sa["instructions"] > 0 and "IO_INSTRUCTION" not in _counts(sa)
     assert len(json.loads(vmcfg("history", "ga", "--json", check=True).stdout)) == 1
 
 
@@ -162,8 +166,8 @@ def test_demo_shows_the_statistics_change(rundir):
     r = vmcfg("demo", "--json", "--seconds", "1")
     assert r.returncode == 0, r.stderr
     d = json.loads(r.stdout)
-    assert d["phase1"]["instructions"] > 0 and d["phase1"]["exits"] == {}
-    assert d["phase2"]["exits"]["RDTSC"] > 0 and d["phase2"]["exits"]["IO_INSTRUCTION"] > 0
+    assert d["phase1"]["instructions"] > 0 and d["phase1"]["exits"] == []
+    assert _counts(d["phase2"])["RDTSC"] > 0 and _counts(d["phase2"])["IO_INSTRUCTION"] > 0
     assert "primary.rdtsc_exiting" in {c["key"] for c in d["apply"]["diff"]}
     assert d["final"] == {"status": "stopped", "instructions": d["final"]["instructions"], "applies": 1}
     assert json.loads(vmcfg("ps", "--json").stdout) == []

@@ -6,8 +6,9 @@ import pytest
 
 from vmcfg.smoke.expect import check
 from vmcfg.smoke.loader import load_smoke, scan_positions
-from vmcfg.smoke.model import STATUSES, Bound, Expect, SmokeFileError, parse_bound
+from vmcfg.smoke.model import Bound, Expect, SmokeFileError, parse_bound
 from vmcfg.smoke.select import SelectError, compile_k
+from vmcfg.status import LAUNCH_STATUSES
 
 
 @pytest.fixture
@@ -149,7 +150,8 @@ def test_status_list_with_exit_code_checks_the_code_only_on_debug_exit(smoke_fil
     ('[[case]]\nprofile = "baseline"\nguest = "builtin:nosuch"\n', "3:1",
      "no bundled guest 'nosuch'"),
     ('[[case]]\nprofile = "baseline"\nguest = "g1.bin"\n[case.expect]\nstatus = "halt"\n',
-     "5:1", f"unknown status 'halt' (one of: {', '.join(STATUSES)}); did you mean 'halted'?"),
+     "5:1", f"unknown status 'halt' (one of: {', '.join(LAUNCH_STATUSES)}); "
+            "did you mean 'halted'?"),
     ('[[case]]\nprofile = "baseline"\nguest = "g1.bin"\nexpect.exits = { CPUIDD = 1 }\n',
      "4:1", "case[1].expect.exits: unknown exit reason 'CPUIDD' (did you mean 'CPUID'?)"),
     ('[[case]]\nprofile = "baseline"\nguest = "g1.bin"\nexpect.exits = { HLT = "~3" }\n',
@@ -194,7 +196,7 @@ def test_status_list_with_exit_code_checks_the_code_only_on_debug_exit(smoke_fil
                                                "array of strings"),
     ('[[case]]\nprofile = "baseline"\nmode = 32.0\n', "3:1", "case[1].mode must be 16, 32 or 64"),
     ('[[case]]\nprofile = "baseline"\nmemory = "lots"\n', "3:1",
-     'case[1].memory: expected a size like "16M"'),
+     'case[1].memory: expected a size like 16M, 16MiB, 0x1000000 or 16777216'),
     ('[[matrix]]\nprofiles = ["baseline"]\nexclude = "x"\n', "3:1",
      "matrix[1].exclude must be an array of { profile = ..., guest = ... } tables"),
     ('[[matrix]]\nprofiles = ["baseline"]\n[matrix.cell]\nprofile = "baseline"\n', "3:2",

@@ -30,7 +30,7 @@ def test_example_smoke_file_passes(cli, in_tmp):
     runaway = next(c for c in doc["cases"] if c["id"] == "runaway-is-stopped")
     assert runaway["status"] == "instruction-limit" and runaway["instructions"] == 100000
     cpuid = next(c for c in doc["cases"] if c["id"] == "baseline-x-cpuid")
-    assert cpuid["status"] == "debug-exit" and cpuid["exits"] == {"CPUID": 3}
+    assert cpuid["status"] == "debug-exit" and cpuid["exits"] == [{"reason": 10, "name": "CPUID", "count": 3}]
     last = r.stderr.rstrip().splitlines()[-1]
     assert last.startswith(f"{s['total']} passed, 0 failed in ")
     suite = ET.parse(in_tmp / "junit.xml").getroot().find("testsuite")

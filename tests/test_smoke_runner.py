@@ -242,7 +242,7 @@ def test_json_document(cli, fake):
                               "ok": False}
     assert doc["results_dir"] == "smoke-results"
     by_id = {c["id"]: c for c in doc["cases"]}
-    assert by_id["good"]["outcome"] == "passed" and by_id["good"]["exits"] == {"CPUID": 3}
+    assert by_id["good"]["outcome"] == "passed" and by_id["good"]["exits"] == [{"reason": 10, "name": "CPUID", "count": 3}]
     assert by_id["good"]["artifacts"] is None
     w = by_id["wrong-code"]
     assert w["outcome"] == "failed" and w["status"] == "debug-exit"

@@ -128,8 +128,8 @@ def test_demo_draws_the_rate_chart_before_and_after_the_apply(rundir):
     # each phase lasts a wall-clock second: ample CPU for the guest even on a busy machine
     r = vmcfg("demo", "--seconds", "1", timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "exit rates before │ after the apply" in r.stderr
-    rows = {ln.split()[0]: ln for ln in r.stderr.splitlines()
+    assert "exit rates before │ after the apply" in r.stdout
+    rows = {ln.split()[0]: ln for ln in r.stdout.splitlines()
             if ln.strip().startswith(("RDTSC", "IO_INSTRUCTION")) and "│" in ln}
     assert set(rows) == {"RDTSC", "IO_INSTRUCTION"}
     for ln in rows.values():

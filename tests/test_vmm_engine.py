@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from vmm_helpers import data, names, run
+from vmm_helpers import SELFTEST, data, names, run
 
 
 def test_same_guest_same_trace_but_for_host_time(tmp_path):
@@ -136,7 +136,7 @@ def test_failing_handler_is_reported_not_raised():
 
 
 def test_selftest_passes_under_its_profile_and_fails_otherwise():
-    res, _ = run(data("selftest.toml"))
+    res, _ = run(SELFTEST)
     assert res.status == "debug-exit" and res.guest_exit_code == 0
     assert res.console.endswith("selftest: all passed\n")
     res, _ = run("baseline", "builtin:selftest")
@@ -216,7 +216,10 @@ def test_guest_fault_outside_ram_has_register_dump():
     res, _ = run(data("prot32.toml"), "builtin:wild32", mode=32)
     assert res.status == "error" and res.exit_status == 12
     assert "0xf0000000" in res.message and "outside guest RAM" in res.message
-    assert "EAX=11111111" in res.registers and "EBX=f0000000" in res.registers
+    assert "EAX=11111111" in res.fault_text and "EBX=f0000000" in res.fault_text
+    # the report's registers are an object (one JSON shape)
+    assert res.registers["rax"] == 0x11111111 and res.registers["rbx"] == 0xF0000000
+    assert res.to_json()["registers"]["rip"] == res.registers["rip"]
 
 
 def test_python_fallback_counter_gives_same_counts():

@@ -10,6 +10,11 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 VMM_DATA = os.path.join(HERE, "data", "vmm")
 
 
+# the self-test guest's profile ships with the bundled guests (vmcfg/guests/selftest.toml)
+SELFTEST = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "vmcfg",
+                        "guests", "selftest.toml")
+
+
 def data(name: str) -> str:
     return os.path.join(VMM_DATA, name)
 

@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from .common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, complete_cpu, emit_json, err
+from .common import EXIT_INVALID, EXIT_OK, complete_cpu, emit_json, err
+from .report import fail, finish, out
 
 
 def _load(spec: str | None, caps_file: str | None):
@@ -27,8 +28,7 @@ def _load(spec: str | None, caps_file: str | None):
     except UnknownModel as e:
         err(f"vmcfg: {e} (or give a capability file)", fg="red")
     except ProfileError as e:
-        err(f"vmcfg: {e}", fg="red")
-    sys.exit(EXIT_USAGE)
+        fail(str(e))
 
 
 class CapsGroup(click.Group):
@@ -70,38 +70,38 @@ def _render_caps(cs) -> None:
     colors = {"yes": "green", "no": "red", "forced": "yellow", "default": "cyan",
               "unknown": "magenta"}
     head = f"{cs.name}" + (f" — {cs.title}" if cs.title else "") + (f" ({cs.year})" if cs.year else "")
-    err(click.style(head, bold=True))
+    out(click.style(head, bold=True))
     if cs.source:
-        err(f"source: {cs.source}")
+        out(f"source: {cs.source}")
     if cs.partial:
-        err(click.style("partial: " + "; ".join(cs.notes or ["incomplete information"]), fg="yellow"))
+        out(click.style("partial: " + "; ".join(cs.notes or ["incomplete information"]), fg="yellow"))
     for f in FIELDS:
         idx = cs.field_msr(f)
         exists = cs.field_exists(f.key)
-        err(click.style(f"\n{f.title} ({MSR_NAMES[idx]} {idx:#x})"
+        out(click.style(f"\n{f.title} ({MSR_NAMES[idx]} {idx:#x})"
                         + ("" if exists else ": not present"), bold=True))
         if not exists:
             continue
         for c in CONTROLS_BY_FIELD[f.key]:
             v = cs.support(f.key, c.bit)
-            err(f"  {c.key:42s} {click.style(v, fg=colors[v])}")
+            out(f"  {c.key:42s} {click.style(v, fg=colors[v])}")
     for idx, layout in CAP_LAYOUTS.items():
         present = cs.msr_exists(idx) and idx in cs.msrs
-        err(click.style(f"\n{MSR_NAMES[idx]} ({idx:#x})" + ("" if present else ": not present"),
+        out(click.style(f"\n{MSR_NAMES[idx]} ({idx:#x})" + ("" if present else ": not present"),
                         bold=True))
         if not present:
             continue
         v = cs.msr(idx)
-        err(f"  Hex: {v:#x}")
+        out(f"  Hex: {v:#x}")
         for b in layout:
             x = b.get(v)
             shown = ("unknown" if not cs.is_known(f"{MSR_NAMES[idx]}.{b.key}")
                      else ("yes" if x else "no") if b.is_flag else str(x))
-            err(f"  {b.title:52s} {shown}")
+            out(f"  {b.title:52s} {shown}")
     for idx in (0x486, 0x487, 0x488, 0x489, 0x48A):
         if idx in cs.msrs:
-            err(f"{MSR_NAMES[idx]:24s} {cs.msr(idx):#x}")
-    err(f"MAXPHYADDR {cs.maxphyaddr}")
+            out(f"{MSR_NAMES[idx]:24s} {cs.msr(idx):#x}")
+    out(f"MAXPHYADDR {cs.maxphyaddr}")
 
 
 @caps.command("import")
@@ -130,16 +130,7 @@ def import_caps(source, host, cpu_index, fmt, section, name, output, force, as_j
     from ..profile.capfile import dump_capfile, host_caps, import_text
     from ..profile.source import ProfileError, read_text
 
-    def fail(e: ProfileError):
-        if as_json:
-            emit_json({"error": e.to_json()})
-        else:
-            err(f"vmcfg: {e}", fg="red")
-        sys.exit(EXIT_USAGE)
-
     if bool(source) == bool(host):
-        if as_json:
-            fail(ProfileError("give exactly one of SOURCE or --host"))
         raise click.UsageError("give exactly one of SOURCE or --host")
     try:
         if host:
@@ -192,7 +183,7 @@ def diff_caps_cmd(a, b, as_json):
         emit_json(d)
     else:
         _render(d)
-    sys.exit(EXIT_OK if d["equal"] else EXIT_INVALID)
+    finish(EXIT_OK if d["equal"] else EXIT_INVALID)
 
 
 @click.command()
@@ -207,4 +198,4 @@ def cpus(as_json):
         emit_json(rows)
         return
     for r in rows:
-        err(f"{r['name']:20s} {str(r['year'] or '-'):5s} {r['controls']:3d} controls  {r['title']}")
+        out(f"{r['name']:20s} {str(r['year'] or '-'):5s} {r['controls']:3d} controls  {r['title']}")

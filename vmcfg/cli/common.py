@@ -1,41 +1,17 @@
-"""Shared CLI plumbing: options, exit codes, output helpers (no heavy imports)."""
+"""Shared CLI plumbing: options, completions, profile arguments (no heavy imports).
+
+Output and the ends of commands are in report.py (re-exported here)."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-from typing import Any, Callable, NoReturn
+from typing import Callable
 
 import click
 
-EXIT_OK = 0
-EXIT_INVALID = 1     # invalid profile, differences found, refused
-EXIT_USAGE = 2       # bad usage or unreadable input
-
-
-def emit_json(doc: Any) -> None:
-    """JSON goes to stdout."""
-    sys.stdout.write(json.dumps(doc, indent=2, default=_json_default) + "\n")
-    sys.stdout.flush()
-
-
-def _json_default(o: Any) -> Any:
-    if hasattr(o, "to_json"):
-        return o.to_json()
-    if isinstance(o, (set, frozenset, tuple)):
-        return list(o)
-    raise TypeError(type(o).__name__)
-
-
-def err(msg: str = "", **style: Any) -> None:
-    """Human text goes to stderr."""
-    click.echo(click.style(msg, **style) if style else msg, err=True)
-
-
-def fail(msg: str, code: int = EXIT_USAGE) -> NoReturn:
-    err(f"vmcfg: {msg}", fg="red")
-    sys.exit(code)
+from .report import (EXIT_INVALID, EXIT_OK, EXIT_USAGE, emit_json, err, fail,  # noqa: F401
+                     finish, out, styled)
 
 
 def load_shared_caps(cpu: str | None, caps_file: str | None):
@@ -90,6 +66,11 @@ def complete_profile(ctx, param, incomplete):
     return items
 
 
+def complete_profile_file(ctx, param, incomplete):
+    from click.shell_completion import CompletionItem
+    return [CompletionItem(incomplete, type="file")]
+
+
 def complete_control(ctx, param, incomplete):
     from ..vmx.settings import SETTINGS
     from ..vmx.table import CONTROLS
@@ -107,6 +88,6 @@ def render_violations(resolved, *, color: bool | None = None) -> None:
         for v in items:
             pos = resolved.position(v)
             loc = format_location(pos) or (resolved.profile.path or "")
-            head = click.style(f"{sev}[{v.rule}]", fg=fg, bold=True)
+            head = styled(f"{sev}[{v.rule}]", sys.stderr, fg=fg, bold=True)
             err(f"{loc}: {head} {v.title}: {v.message}")
             err(f"    fix: {v.fix}", fg="cyan")

@@ -7,6 +7,7 @@ import sys
 import click
 
 from .common import EXIT_OK, emit_json
+from .report import finish
 
 SHELLS = ("bash", "zsh", "fish")
 COMPLETE_VAR = "_VMCFG_COMPLETE"
@@ -45,4 +46,4 @@ def completion(shell, as_json):
         emit_json({"shell": shell, "script": script, "install": HOWTO[shell]})
     else:
         sys.stdout.write(script if script.endswith("\n") else script + "\n")
-    sys.exit(EXIT_OK)
+    finish(EXIT_OK)

@@ -16,11 +16,14 @@ import time
 
 import click
 
-from .common import EXIT_USAGE, emit_json, err
+from ..vmx.exits import exits_json
+from .report import emit_json, fail, out, styled
 
 
-def _delta(a: dict, b: dict) -> dict:
-    return {k: b.get(k, 0) - a.get(k, 0) for k in sorted(set(a) | set(b)) if b.get(k, 0) - a.get(k, 0)}
+def _delta(a: list[dict], b: list[dict]) -> list[dict]:
+    """The exits of `b` less those of `a` (both [{reason, name, count}])."""
+    before = {e["reason"]: e["count"] for e in a}
+    return exits_json({e["reason"]: e["count"] - before.get(e["reason"], 0) for e in b})
 
 
 @click.command()
@@ -35,19 +38,18 @@ def demo(first, second, guest, seconds, as_json):
     from ..live.runtime import paths
 
     name = f"demo-{os.getpid()}"
-    say = (lambda *a, **k: None) if as_json else err
-    say(click.style(f"1. launch {guest} under '{first}' as {name}", bold=True))
+    say = (lambda *a, **k: None) if as_json else out
+    say(styled(f"1. launch {guest} under '{first}' as {name}", bold=True))
     r = subprocess.run([sys.executable, "-m", "vmcfg.cli", "launch", first, "--guest", guest,
                         "--name", name, "--detach", "--json"], capture_output=True, text=True)
     if r.returncode != 0:
-        err(r.stderr.strip() or f"vmcfg: launch failed (status {r.returncode})", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(r.stderr.strip().removeprefix("vmcfg: ") or f"launch failed (status {r.returncode})")
     sock = paths(name).sock
     doc: dict = {"name": name, "guest": guest, "first": first, "second": second}
     try:
         doc["phase1"] = _phase(request, sock, seconds)
         _show(say, f"   in {seconds:g} s under '{first}'", doc["phase1"])
-        say(click.style(f"2. vmcfg apply {second} --to {name}", bold=True))
+        say(styled(f"2. vmcfg apply {second} --to {name}", bold=True))
         spec = second
         res = request(sock, "apply", profile=os.path.abspath(spec) if os.path.exists(spec) else spec)
         doc["apply"] = {k: res[k] for k in ("instructions", "tsc", "latency_ms", "diff")}
@@ -57,10 +59,9 @@ def demo(first, second, guest, seconds, as_json):
         _show(say, f"   in {seconds:g} s under '{second}'", doc["phase2"])
         _chart(say, doc["phase1"].pop("_rates"), doc["phase2"].pop("_rates"))
     except ChannelError as e:
-        err(f"vmcfg: {e.message}", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(e.message)
     finally:
-        say(click.style(f"3. vmcfg stop {name}", bold=True))
+        say(styled(f"3. vmcfg stop {name}", bold=True))
         stop = subprocess.run([sys.executable, "-m", "vmcfg.cli", "stop", name, "--json"],
                               capture_output=True, text=True)
         try:
@@ -103,7 +104,7 @@ def _chart(say, before, after) -> None:
 
 
 def _show(say, title: str, phase: dict) -> None:
-    total = sum(phase["exits"].values())
+    total = sum(e["count"] for e in phase["exits"])
     say(f"{title}: {phase['instructions']:,} instructions, {total:,} exits")
-    for k, v in sorted(phase["exits"].items(), key=lambda kv: -kv[1]):
-        say(f"     {k:20s} {v:10,d}")
+    for e in sorted(phase["exits"], key=lambda e: -e["count"]):
+        say(f"     {e['name']:20s} {e['count']:10,d}")

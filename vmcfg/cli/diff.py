@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import click
 
-from .common import (EXIT_INVALID, EXIT_OK, EXIT_USAGE, check_cpu_caps, cpu_options, emit_json,
-                     err)
+from .common import EXIT_INVALID, EXIT_OK, check_cpu_caps, cpu_options, emit_json
+from .report import fail, finish, out
 
 
 def complete_diff_arg(ctx, param, incomplete):
@@ -106,39 +105,39 @@ def _v(x) -> str:
 def _render(d: dict) -> None:
     a, b = d["a"], d["b"]
     if d["kind"] == "profile":
-        err(click.style(f"--- {a['spec']} (on {a['cpu']})", fg="red"))
-        err(click.style(f"+++ {b['spec']} (on {b['cpu']})", fg="green"))
+        out(click.style(f"--- {a['spec']} (on {a['cpu']})", fg="red"))
+        out(click.style(f"+++ {b['spec']} (on {b['cpu']})", fg="green"))
         for f in d["fields"]:
-            err(click.style(f"[{f['field']}] {f['a']} -> {f['b']}", bold=True))
+            out(click.style(f"[{f['field']}] {f['a']} -> {f['b']}", bold=True))
             for r in f["bits"]:
                 name = r["control"] or "(unnamed bit)"
                 old, new = ("on" if r["a"] else "off"), ("on" if r["b"] else "off")
                 sign = "+" if r["b"] else "-"
-                err(click.style(f"  {sign} bit {r['bit']:2d}  {name:<38} {old} -> {new}",
+                out(click.style(f"  {sign} bit {r['bit']:2d}  {name:<38} {old} -> {new}",
                                 fg="green" if r["b"] else "red"))
         for s in d["settings"]:
-            err(f"  ~ {s['key']}: {s['a_text']} -> {s['b_text']}")
+            out(f"  ~ {s['key']}: {s['a_text']} -> {s['b_text']}")
     else:
-        err(click.style(f"--- {a['spec']}", fg="red"))
-        err(click.style(f"+++ {b['spec']}", fg="green"))
+        out(click.style(f"--- {a['spec']}", fg="red"))
+        out(click.style(f"+++ {b['spec']}", fg="green"))
         for f in d["fields"]:
             ex = "" if f["exists"][0] == f["exists"][1] else \
                 f" (field exists: {f['exists'][0]} -> {f['exists'][1]})"
-            err(click.style(f"[{f['field']}] allowed0 {f['a']['allowed0']} -> {f['b']['allowed0']}, "
+            out(click.style(f"[{f['field']}] allowed0 {f['a']['allowed0']} -> {f['b']['allowed0']}, "
                             f"allowed1 {f['a']['allowed1']} -> {f['b']['allowed1']}{ex}",
                             bold=True))
             for r in f["bits"]:
                 name = r["control"] or "(unnamed bit)"
-                err(f"  bit {r['bit']:2d}  {name:<38} {r['a']} -> {r['b']}")
+                out(f"  bit {r['bit']:2d}  {name:<38} {r['a']} -> {r['b']}")
         for o in d["other"]:
-            err(f"  ~ {o['key']}: {_v(o['a'])} -> {_v(o['b'])}")
+            out(f"  ~ {o['key']}: {_v(o['a'])} -> {_v(o['b'])}")
     if d["equal"]:
-        err(click.style("no differences", fg="green"))
+        out(click.style("no differences", fg="green"))
     else:
         nb = sum(len(f["bits"]) for f in d["fields"])
         extra = len(d.get("settings", d.get("other", [])))
         what = "setting(s)" if d["kind"] == "profile" else "other capabilities"
-        err(f"{len(d['fields'])} field(s), {nb} bit(s), {extra} {what} differ")
+        out(f"{len(d['fields'])} field(s), {nb} bit(s), {extra} {what} differ")
 
 
 @click.command()
@@ -165,8 +164,7 @@ def diff(a, b, cpu, caps_file, as_json):
         kb, xb = classify(b)
         if ka != kb:
             what = {"profile": "a profile", "caps": "a capability set"}
-            err(f"vmcfg: cannot compare {what[ka]} ({a}) with {what[kb]} ({b})", fg="red")
-            sys.exit(EXIT_USAGE)
+            fail(f"cannot compare {what[ka]} ({a}) with {what[kb]} ({b})")
         if ka == "profile":
             shared = load_caps(cpu, caps_file) if (cpu or caps_file) else None
             pa, pb = load_profile(xa), load_profile(xb)
@@ -175,15 +173,13 @@ def diff(a, b, cpu, caps_file, as_json):
             d = diff_profiles(ra, rb, a, b)
         else:
             if cpu or caps_file:
-                err("vmcfg: --cpu/--caps apply to profiles, not to capability sets", fg="red")
-                sys.exit(EXIT_USAGE)
+                fail("--cpu/--caps apply to profiles, not to capability sets")
             from ..vmx.capdiff import diff_caps
             d = diff_caps(xa, xb)
     except ProfileError as e:
-        err(f"vmcfg: {e}", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(str(e))
     if as_json:
         emit_json(d)
     else:
         _render(d)
-    sys.exit(EXIT_OK if d["equal"] else EXIT_INVALID)
+    finish(EXIT_OK if d["equal"] else EXIT_INVALID)

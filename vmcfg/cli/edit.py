@@ -14,14 +14,14 @@ import os
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 
 import click
 
-from .common import (EXIT_INVALID, EXIT_OK, cpu_options, emit_json, err, fail, load_shared_caps,
+from .common import (EXIT_INVALID, EXIT_OK, complete_profile_file, cpu_options, emit_json, err,
+                     fail, load_shared_caps,
                      profile_file, render_violations)
-from .set_ import complete_profile_file
+from .report import finish
 
 
 def editor_command() -> list[str]:
@@ -92,7 +92,7 @@ def edit(profile, cpu, caps_file, force, yes, no_input, as_json):
     doc = {"profile": path, "changed": False, "saved": False, "valid": None, "forced": False,
            "action": None, "errors": [], "warnings": [], "kept_copy": None}
 
-    def finish(code: int, action: str, message: str | None = None, fg: str | None = None):
+    def done(code: int, action: str, message: str | None = None, fg: str | None = None):
         doc["action"] = action
         if keep:
             doc["kept_copy"] = copy
@@ -103,7 +103,7 @@ def edit(profile, cpu, caps_file, force, yes, no_input, as_json):
                 err(message, fg=fg) if fg else err(message)
             if keep:
                 err(f"your edited copy is kept in {copy}")
-        sys.exit(code)
+        finish(code)
 
     try:
         while True:
@@ -120,17 +120,17 @@ def edit(profile, cpu, caps_file, force, yes, no_input, as_json):
                         keep = fh.read() != original
                 except (OSError, UnicodeDecodeError):
                     keep = False
-                finish(EXIT_INVALID, "editor-failed",
+                done(EXIT_INVALID, "editor-failed",
                        f"vmcfg: the editor exited with status {rc}; {path} unchanged", "red")
             try:
                 with open(copy, encoding="utf-8") as fh:
                     new = fh.read()
             except (OSError, UnicodeDecodeError) as e:
                 keep = True
-                finish(EXIT_INVALID, "unreadable-copy",
+                done(EXIT_INVALID, "unreadable-copy",
                        f"vmcfg: cannot read the edited copy: {e}; {path} unchanged", "red")
             if new == original:
-                finish(EXIT_OK, "unchanged", f"{path}: no changes")
+                done(EXIT_OK, "unchanged", f"{path}: no changes")
             doc["changed"] = True
             res, load_err = validate_text(new, path, caps=caps)
             valid = res is not None and res.valid
@@ -157,7 +157,7 @@ def edit(profile, cpu, caps_file, force, yes, no_input, as_json):
                 break
             if no_input:
                 keep = True
-                finish(EXIT_INVALID, "discarded",
+                done(EXIT_INVALID, "discarded",
                        f"vmcfg: {path} unchanged (invalid edit discarded; --force saves it)", "red")
             choice = _ask("e: edit again, d: discard changes, f: force-save invalid profile",
                           ["e", "d", "f"], "e")
@@ -167,7 +167,7 @@ def edit(profile, cpu, caps_file, force, yes, no_input, as_json):
                 doc["forced"] = True
                 break
             keep = choice is None   # no answer: keep the work
-            finish(EXIT_INVALID, "discarded", f"vmcfg: {path} unchanged (changes discarded)",
+            done(EXIT_INVALID, "discarded", f"vmcfg: {path} unchanged (changes discarded)",
                    "red")
         # ---- save: compare-and-swap under the lock
         try:
@@ -186,19 +186,19 @@ def edit(profile, cpu, caps_file, force, yes, no_input, as_json):
                                   "n") == "y"
                     if not ok:
                         keep = True
-                        finish(EXIT_INVALID, "conflict",
+                        done(EXIT_INVALID, "conflict",
                                f"vmcfg: {path} not overwritten (it changed meanwhile; "
                                f"--yes overwrites)", "red")
                 atomic_write(path, new)
         except WriteError as e:
             keep = True
-            finish(EXIT_INVALID, "write-failed", f"vmcfg: {e}", "red")
+            done(EXIT_INVALID, "write-failed", f"vmcfg: {e}", "red")
         doc["saved"] = True
         if doc["forced"] and not doc["valid"]:
-            finish(EXIT_OK, "saved",
+            done(EXIT_OK, "saved",
                    click.style(f"{path}: saved INVALID profile (forced)", fg="red", bold=True))
         name = res.caps.name if res is not None else "?"
-        finish(EXIT_OK, "saved", click.style(f"{path}: saved", fg="green") + f"; valid on {name}")
+        done(EXIT_OK, "saved", click.style(f"{path}: saved", fg="green") + f"; valid on {name}")
     finally:
         if not keep:
             shutil.rmtree(tmpdir, ignore_errors=True)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 
-from .common import EXIT_USAGE, complete_control, emit_json, err
+from .common import complete_control, emit_json
+from .report import fail, out
 
 
 @click.command()
@@ -20,9 +20,7 @@ def explain(name, as_json):
     doc = lookup(name)
     if doc is None:
         s = suggestions(name)
-        err(f"vmcfg: nothing called {name!r}" + (f"; did you mean {', '.join(s)}?" if s else ""),
-            fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(f"nothing called {name!r}" + (f"; did you mean {', '.join(s)}?" if s else ""))
     if as_json:
         emit_json(doc)
         return
@@ -33,62 +31,65 @@ def _render(d: dict) -> None:
     k = d["kind"]
     b = lambda s: click.style(s, bold=True)  # noqa: E731
     if k == "ambiguous":
-        err(f"{d['name']!r} names several controls: {', '.join(d['candidates'])}")
-        err("use the dotted form, e.g. " + d["candidates"][0])
+        out(f"{d['name']!r} names several controls: {', '.join(d['candidates'])}")
+        out("use the dotted form, e.g. " + d["candidates"][0])
     elif k == "control":
-        err(b(f"{d['control']}") + f" — {d['title']}")
-        err(f"  {d['meaning']}")
-        err(f"  field: {d['field_title']} (VMCS {d['vmcs_encoding']}), bit {d['bit']} ({d['mask']})"
+        out(b(f"{d['control']}") + f" — {d['title']}")
+        out(f"  {d['meaning']}")
+        out(f"  field: {d['field_title']} (VMCS {d['vmcs_encoding']}), bit {d['bit']} ({d['mask']})"
             + (", default1 (reserved-as-1 without TRUE MSRs)" if d["default1"] else ""))
         if d["activated_by"]:
-            err(f"  acts only while {d['activated_by']} is 1")
+            out(f"  acts only while {d['activated_by']} is 1")
         al = d["aliases"]
         names = [n for n in [al["qemu"] and (al["qemu"] + (" (inverse sense)" if al["qemu_inverted"] else "")),
                              al["linux"]] + al["other"] if n]
         if names:
-            err(f"  aliases: {', '.join(names)}")
+            out(f"  aliases: {', '.join(names)}")
         if d["queried_alias_inverted"]:
-            err(click.style("  note: the name you gave has the inverse sense (true = may be 0)",
+            out(click.style("  note: the name you gave has the inverse sense (true = may be 0)",
                             fg="yellow"))
         if d["exits"]:
-            err("  exits: " + ", ".join(f"{e['reason']} {e['name']}" for e in d["exits"]))
+            out("  exits: " + ", ".join(f"{e['reason']} {e['name']}" for e in d["exits"]))
         for r in d["requires"]:
-            err(f"  requires {r['control']} ({r['rule']}: {r['title']})")
+            out(f"  requires {r['control']} ({r['rule']}: {r['title']})")
         for r in d["required_by"]:
-            err(f"  required by {r['control']} ({r['rule']})")
+            out(f"  required by {r['control']} ({r['rule']})")
         groups: dict[str, list[str]] = {}
         for m, v in d["support"].items():
             groups.setdefault(v, []).append(m)
         for v in ("yes", "default", "forced", "no"):
             if v in groups:
-                err(f"  {v:8s}{', '.join(groups[v])}")
+                out(f"  {v:8s}{', '.join(groups[v])}")
     elif k == "rule":
-        err(b(f"{d['rule']}") + f" — {d['title']}" + (f" ({d['severity']})" if d["severity"] != "error" else ""))
-        err(f"  must hold: {d['holds']}")
-        err(f"  from: {d['sdm']}; checked by: {d['source']}" + (f"; stage: {d['stage']}" if d["stage"] != "profile" else ""))
+        out(b(f"{d['rule']}") + f" — {d['title']}" + (f" ({d['severity']})" if d["severity"] != "error" else ""))
+        out(f"  must hold: {d['holds']}")
+        out(f"  from: {d['sdm']}; checked by: {d['source']}" + (f"; stage: {d['stage']}" if d["stage"] != "profile" else ""))
         if d["note"]:
-            err(f"  note: {d['note']}")
+            out(f"  note: {d['note']}")
         if d["alias_of"]:
-            err(f"  same check as {d['alias_of']}")
-        err(f"  involves: {', '.join(d['fields'])}")
+            out(f"  same check as {d['alias_of']}")
+        out(f"  involves: {', '.join(d['fields'])}")
     elif k in ("exit", "exit-reason-value"):
         if k == "exit-reason-value":
             f = d["field"]
-            err(b(f"{f['value']:#x}") + f": basic exit reason {f['basic']} ({f['name']})"
+            out(b(f"{f['value']:#x}") + f": basic exit reason {f['basic']} ({f['name']})"
                 + (f"; flags: {', '.join(f['flags'])}" if f["flags"] else ""))
-        err(b(f"exit reason {d['reason']} {d['name']}") + f" — {d['title']}")
+        out(b(f"exit reason {d['reason']} {d['name']}") + f" — {d['title']}")
         if d["trigger"]:
-            err(f"  when: {d['trigger']}")
+            out(f"  when: {d['trigger']}")
         if d["controls"]:
-            err(f"  controls: {', '.join(d['controls'])}")
+            out(f"  controls: {', '.join(d['controls'])}")
     elif k == "setting":
-        err(b(d["setting"]) + f" — {d['title']}")
-        err(f"  {d['meaning']}")
-        err(f"  type: {d['type']}; default: {d['default']!r}"
+        out(b(d["setting"]) + f" — {d['title']}")
+        out(f"  {d['meaning']}")
+        out(f"  type: {d['type']}; default: {d['default']!r}"
             + (f"; VMCS {d['vmcs_encoding']}" if d["vmcs_encoding"] else ""))
         if d["needs"]:
-            err(f"  takes effect with {d['needs']}")
+            out(f"  takes effect with {d['needs']}")
+    elif k == "flag":
+        out(b(d["flag"]) + f" — {d['meaning']}")
+        out(f"  controls: {', '.join(d['controls'])}")
     elif k == "cpu":
-        err(b(d["cpu"]) + f" — {d['title']} ({d['year'] or 'n/a'})")
-        err(f"  source: {d['source']}; {d['controls_supported']} controls supported")
-        err(f"  see: vmcfg caps {d['cpu']}")
+        out(b(d["cpu"]) + f" — {d['title']} ({d['year'] or 'n/a'})")
+        out(f"  source: {d['source']}; {d['controls_supported']} controls supported")
+        out(f"  see: vmcfg caps {d['cpu']}")

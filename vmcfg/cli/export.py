@@ -7,8 +7,9 @@ import sys
 
 import click
 
-from .common import (EXIT_INVALID, EXIT_OK, EXIT_USAGE, check_cpu_caps, complete_profile,
-                     cpu_options, emit_json, err, render_violations)
+from .common import (EXIT_INVALID, EXIT_OK, check_cpu_caps, complete_profile, cpu_options,
+                     emit_json, err, render_violations)
+from .report import fail, finish
 
 FORMATS = ("raw", "json", "c", "qemu")
 
@@ -52,14 +53,13 @@ def export(profile, fmt, cpu, caps_file, output, qemu_model, force, as_json):
         caps = load_caps(cpu, caps_file, prof)
         res = resolve_profile(prof, caps)
     except ProfileError as e:
-        err(f"vmcfg: {e}", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(str(e))
     if not res.valid:
         render_violations(res)
         if not force:
             err(click.style(f"vmcfg: {prof.path}: not exported: invalid on {caps.name} "
                             f"(use --force to export anyway)", fg="red", bold=True))
-            sys.exit(EXIT_INVALID)
+            finish(EXIT_INVALID)
         err(click.style(f"vmcfg: {prof.path}: exporting an INVALID profile (--force)",
                         fg="yellow", bold=True))
     cfg = res.config
@@ -97,8 +97,7 @@ def export(profile, fmt, cpu, caps_file, output, qemu_model, force, as_json):
         try:
             atomic_write(output, (json_text(doc) if as_json else text))
         except WriteError as e:
-            err(f"vmcfg: {e}", fg="red")
-            sys.exit(EXIT_USAGE)
+            fail(str(e))
         err(f"wrote {output} ({fmt})")
     elif as_json:
         emit_json(doc)
@@ -107,7 +106,7 @@ def export(profile, fmt, cpu, caps_file, output, qemu_model, force, as_json):
         sys.stdout.flush()
     for n in notes:
         err(f"note: {n}", fg="yellow")
-    sys.exit(EXIT_OK)
+    finish(EXIT_OK)
 
 
 def json_text(doc) -> str:

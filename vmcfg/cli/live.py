@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 from typing import NoReturn
 
 import click
 
 from .common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, complete_profile, emit_json, err
+from .report import emit_json_line, fail, finish, out, styled
 
 
 def complete_guest(ctx, param, incomplete):
@@ -22,35 +21,24 @@ def complete_guest(ctx, param, incomplete):
 
 
 def _call(name: str, op: str, timeout: float = 10.0, **args):
-    from ..live.channel import ChannelError, request
-    from ..live.runtime import RuntimeError_, check_name, clean_stale, is_alive, paths
-    try:
-        check_name(name)
-        p = paths(name)
-        if not is_alive(p):
-            clean_stale(p)
-            raise ChannelError(f"no running guest named {name!r} (see 'vmcfg ps')", EXIT_USAGE)
-        return request(p.sock, op, timeout=timeout, **args)
-    except RuntimeError_ as e:
-        raise ChannelError(str(e), EXIT_USAGE) from None
+    from ..live.client import call
+    return call(name, op, timeout, **args)
 
 
 def _refused(e, as_json: bool) -> NoReturn:
-    if as_json:
-        emit_json({"ok": False, "error": e.message, **e.detail})
-    else:
-        err(f"vmcfg: {e.message}", fg="red")
-        for x in e.detail.get("errors", []):
-            loc = x.get("location")
-            where = f"{loc['file']}:{loc['line']}:{loc['column']}: " if loc else ""
-            if "rule" in x:
-                err(f"  {where}error[{x['rule']}] {x['title']}: {x['message']}")
-                err(f"      fix: {x['fix']}", fg="cyan")
-            else:
-                err(f"  {x.get('message', x)}")
-        for d in e.detail.get("refused", []):
-            err(f"  {d['key']}: {_v(d['old'])} -> {_v(d['new'])} needs a new guest")
-    sys.exit(e.status)
+    """A refusal or a missing guest: the message and its details on stderr; JSON error object."""
+    err(f"vmcfg: {e.message}", fg="red")
+    for x in e.detail.get("errors", []):
+        loc = x.get("location")
+        where = f"{loc['file']}:{loc['line']}:{loc['column']}: " if loc else ""
+        if "rule" in x:
+            err(f"  {where}error[{x['rule']}] {x['title']}: {x['message']}")
+            err(f"      fix: {x['fix']}", fg="cyan")
+        else:
+            err(f"  {x.get('message', x)}")
+    for d in e.detail.get("refused", []):
+        err(f"  {d['key']}: {_v(d['old'])} -> {_v(d['new'])} needs a new guest")
+    fail(e.message, e.status, quiet=True, **e.detail)
 
 
 def _v(x) -> str:
@@ -61,8 +49,8 @@ def _v(x) -> str:
 
 def _render_diff(diff: list[dict]) -> None:
     for d in diff:
-        live = "" if d["live"] else click.style("  (needs a new guest)", fg="red")
-        err(f"  {d['key']:45s} {_v(d['old'])} -> {_v(d['new'])}{live}")
+        live = "" if d["live"] else styled("  (needs a new guest)", fg="red")
+        out(f"  {d['key']:45s} {_v(d['old'])} -> {_v(d['new'])}{live}")
 
 
 @click.command()
@@ -74,8 +62,7 @@ def ps(as_json):
     try:
         guests = list_guests()
     except RuntimeError_ as e:
-        err(f"vmcfg: {e}", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(str(e))
     rows = []
     for g in guests:
         row = {"name": g["name"], "pid": g["pid"], "profile": g.get("profile"),
@@ -83,7 +70,8 @@ def ps(as_json):
         try:
             s = _call(g["name"], "status", timeout=2.0)
             row.update(state=s.get("state"), instructions=s.get("instructions"),
-                       exits=sum(s.get("exits", {}).values()), applies=s.get("applies"))
+                       exits=sum(e["count"] for e in s.get("exits", [])),
+                       applies=s.get("applies"))
         except ChannelError:
             row.update(state="unresponsive", instructions=None, exits=None)
         rows.append(row)
@@ -93,9 +81,9 @@ def ps(as_json):
     if not rows:
         err("no running guests")
         return
-    err(f"{'NAME':16s} {'PID':>7s} {'STATE':12s} {'UPTIME':>8s} {'INSTRUCTIONS':>14s} {'EXITS':>9s}  PROFILE")
+    out(f"{'NAME':16s} {'PID':>7s} {'STATE':12s} {'UPTIME':>8s} {'INSTRUCTIONS':>14s} {'EXITS':>9s}  PROFILE")
     for r in rows:
-        err(f"{r['name']:16s} {r['pid']:7d} {str(r['state']):12s} {r['uptime']:7.1f}s "
+        out(f"{r['name']:16s} {r['pid']:7d} {str(r['state']):12s} {r['uptime']:7.1f}s "
             f"{str(r['instructions'] if r['instructions'] is not None else '-'):>14s} "
             f"{str(r['exits'] if r['exits'] is not None else '-'):>9s}  {r['profile']}")
 
@@ -111,7 +99,7 @@ def ps(as_json):
 def apply(profile, name, dry_run, rollback, as_json):
     """Apply PROFILE to the running guest NAME (all-or-nothing, between two
     guest instructions). Exit 0 applied, 1 refused, 2 bad usage / no such guest."""
-    from ..live.channel import ChannelError
+    from ..live import client as api
     if rollback is None and not profile:
         raise click.UsageError("give a PROFILE, or --rollback [N]")
     if rollback is not None and profile:
@@ -120,106 +108,25 @@ def apply(profile, name, dry_run, rollback, as_json):
         if rollback is not None:
             if rollback < 1:
                 raise click.UsageError("--rollback N needs N >= 1")
-            res = _call(name, "rollback", steps=rollback)
+            res = api.rollback(name, rollback)
         else:
-            spec = profile
-            if os.path.exists(profile):
-                spec = os.path.abspath(profile)
-            res = _call(name, "plan" if dry_run else "apply", profile=spec)
-    except ChannelError as e:
+            res = api.apply(name, profile, dry_run=dry_run)
+    except api.LiveError as e:
         _refused(e, as_json)
     if as_json:
         emit_json(res)
         return
     if dry_run:
-        err(f"plan for {name}: {len(res['plan'])} change(s)"
-            + ("" if res["would_apply"] else click.style(" — would be refused", fg="red")))
+        out(f"plan for {name}: {len(res['plan'])} change(s)"
+            + ("" if res["would_apply"] else styled(" — would be refused", fg="red")))
         _render_diff(res["plan"])
-        sys.exit(EXIT_OK if res["would_apply"] else EXIT_INVALID)
+        finish(EXIT_OK if res["would_apply"] else EXIT_INVALID)
     if not res.get("applied"):
-        err(f"{name}: no changes")
+        out(f"{name}: no changes")
         return
-    err(click.style(f"{name}: applied {len(res['diff'])} change(s)", fg="green")
+    out(styled(f"{name}: applied {len(res['diff'])} change(s)", fg="green")
         + f" at instruction {res['instructions']}, tsc {res['tsc']}, in {res['latency_ms']:.2f} ms")
     _render_diff(res["diff"])
-
-
-@click.command()
-@click.argument("profile", type=click.Path(dir_okay=False))
-@click.option("--to", "name", required=True, metavar="NAME", shell_complete=complete_guest)
-@click.option("--interval", default=0.2, show_default=True, help="Polling interval in seconds.")
-@click.option("--max-events", type=int, default=None, hidden=True)
-@click.option("--json", "as_json", is_flag=True, help="One JSON line per event on stdout.")
-def watch(profile, name, interval, max_events, as_json):
-    """Apply PROFILE to guest NAME every time the file is saved.
-
-    Ctrl-C (SIGINT) or SIGTERM ends it with status 130 or 143."""
-    from ..interrupt import Interrupted, SignalWatch, hook
-    with SignalWatch(raise_in_main=True):
-        try:
-            hook("watch:start")
-            _watch(profile, name, interval, max_events, as_json)
-        except Interrupted as e:
-            err(f"vmcfg watch: stopped by {e}")
-            sys.exit(e.status)
-
-
-def _watch(profile, name, interval, max_events, as_json):
-    from ..live.channel import ChannelError
-    path = os.path.abspath(profile)
-
-    def stamp():
-        try:
-            st = os.stat(path)
-            with open(path, "rb") as fh:
-                return (st.st_mtime_ns, st.st_size, hash(fh.read()))
-        except OSError:
-            return None
-
-    try:
-        _call(name, "status", timeout=5.0)
-    except ChannelError as e:
-        _refused(e, as_json)
-    last = stamp()
-    events = 0
-    err(f"watching {profile} for {name} (Ctrl-C to stop)")
-    while max_events is None or events < max_events:
-        time.sleep(interval)
-        cur = stamp()
-        if cur is None or cur == last:
-            continue
-        while True:                  # debounce: wait until the save is complete
-            time.sleep(min(interval, 0.05))
-            again = stamp()
-            if again == cur:
-                break
-            cur = again
-        if cur is None or cur == last:
-            continue
-        last = cur
-        events += 1
-        try:
-            res = _call(name, "apply", profile=path)
-            ev = {"event": "applied" if res.get("applied") else "unchanged", **res}
-            if not as_json:
-                if res.get("applied"):
-                    err(click.style(f"applied {len(res['diff'])} change(s)", fg="green")
-                        + f" at instruction {res['instructions']} ({res['latency_ms']:.2f} ms)")
-                    _render_diff(res["diff"])
-                else:
-                    err("saved; no changes")
-        except ChannelError as e:
-            if e.status == EXIT_USAGE and "no running guest" in e.message:
-                err(f"vmcfg: {e.message}", fg="red")
-                sys.exit(EXIT_USAGE)
-            ev = {"event": "refused", "error": e.message, **e.detail}
-            if not as_json:
-                err(click.style(f"refused: {e.message}", fg="red"))
-                for x in e.detail.get("errors", []):
-                    err(f"  {x.get('rule', '')} {x.get('message', '')}")
-        if as_json:
-            sys.stdout.write(json.dumps(ev, default=str) + "\n")
-            sys.stdout.flush()
 
 
 @click.command()
@@ -244,13 +151,14 @@ def stats(name, follow, interval, as_json):
                 return
             _refused(e, as_json)
         if as_json:
-            sys.stdout.write(json.dumps(s, default=str) + "\n")
-            sys.stdout.flush()
+            emit_json_line(s)
         else:
-            total = sum(s.get("exits", {}).values())
-            err(f"{name}: {s.get('state')}  instructions {s.get('instructions')}  tsc {s.get('tsc')}  exits {total}")
-            for reason, n in sorted(s.get("exits", {}).items(), key=lambda kv: -kv[1]):
-                err(f"  {reason:28s} {n:10d}  {100.0 * n / max(total, 1):5.1f}%")
+            exits = s.get("exits", [])
+            total = sum(e["count"] for e in exits)
+            out(f"{name}: {s.get('state')}  instructions {s.get('instructions')}  "
+                f"tsc {s.get('tsc')}  exits {total}")
+            for e in sorted(exits, key=lambda e: -e["count"]):
+                out(f"  {e['name']:28s} {e['count']:10d}  {100.0 * e['count'] / max(total, 1):5.1f}%")
         if not follow:
             return
         try:
@@ -274,7 +182,7 @@ def history(name, as_json):
         return
     for e in h:
         when = time.strftime("%H:%M:%S", time.localtime(e["time"]))
-        err(f"#{e['seq']:<3d} {when} {e['kind']:14s} instr {e['instructions']!s:>12s}  {e['profile']}")
+        out(f"#{e['seq']:<3d} {when} {e['kind']:14s} instr {e['instructions']!s:>12s}  {e['profile']}")
         _render_diff(e["diff"])
 
 
@@ -295,16 +203,15 @@ def stop(name, timeout, as_json):
     while is_alive(p) and time.monotonic() < deadline:
         time.sleep(0.02)
     if is_alive(p):
-        err(f"vmcfg: {name} did not end within {timeout:g} s", fg="red")
-        sys.exit(EXIT_INVALID)
+        fail(f"{name} did not end within {timeout:g} s", EXIT_INVALID)
     summ = read_summary(name) or {}
     if as_json:
         emit_json(summ)
         return
     s = summ.get("summary", {})
-    err(f"{name}: {s.get('status', 'stopped')} after {s.get('instructions')} instructions")
+    out(f"{name}: {s.get('status', 'stopped')} after {s.get('instructions')} instructions")
     for e in s.get("exits", []):
-        err(f"  {e['name']:28s} {e['count']:10d}")
+        out(f"  {e['name']:28s} {e['count']:10d}")
 
 
 @click.command()
@@ -324,4 +231,5 @@ def inject(name, kind, vector, as_json):
     if as_json:
         emit_json(res)
     else:
-        err(f"{name}: {kind} {'' if vector is None else vector} queued at instruction {res.get('instructions')}")
+        out(f"{name}: {kind} {'' if vector is None else vector} queued at instruction "
+            f"{res.get('instructions')}")

@@ -35,12 +35,13 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("demo", "demo", "Launch a guest, apply a profile live, show the exit statistics change."),
     "ps": ("live", "ps", "List this user's running guests."),
     "apply": ("live", "apply", "Apply a profile to a running guest (or --rollback)."),
-    "watch": ("live", "watch", "Apply a profile to a running guest every time it is saved."),
+    "watch": ("watch", "watch", "Apply a profile to a running guest every time it is saved."),
     "stats": ("live", "stats", "Live exit counters of a running guest."),
     "history": ("live", "history", "Every change applied to a running guest."),
     "stop": ("live", "stop", "End a running guest cleanly and show its summary."),
     "inject": ("live", "inject", "Deliver an NMI or interrupt to a running guest."),
     "trace": ("trace", "trace", "Summarise a launch trace, or export it for Perfetto."),
+    "guest": ("guest", "guest", "Build guest images from NASM sources; list the bundled guests."),
     "smoke": ("smoke", "smoke", "Run a matrix of profiles × guests with expectations; JUnit XML."),
 }
 
@@ -48,15 +49,54 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
 def _unavailable(name: str, e: ImportError) -> click.Command:
     """A command whose module cannot be imported (a missing dependency): say so, exit 2."""
     def run(**_kw):
-        click.echo(click.style(f"vmcfg: the '{name}' command is unavailable: {e}", fg="red"),
-                   err=True)
-        sys.exit(2)
+        from .report import fail
+        fail(f"the '{name}' command is unavailable: {e}")
     return click.Command(name, callback=run, help=f"(unavailable: {e})",
                          context_settings={"ignore_unknown_options": True,
                                            "allow_extra_args": True})
 
 
+def _wants_json(args: list[str]) -> bool:
+    """--json among the options (before a lone '--')."""
+    for a in args:
+        if a == "--":
+            return False
+        if a == "--json":
+            return True
+    return False
+
+
 class LazyGroup(click.Group):
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """The one place that turns an outcome into the process exit status (vmcfg.status)."""
+        from . import report
+        args = list(sys.argv[1:] if args is None else args)
+        report.set_json_mode(_wants_json(args))
+        code = report.EXIT_OK
+        try:
+            rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = rv if isinstance(rv, int) else report.EXIT_OK
+        except click.exceptions.Exit as e:
+            code = e.exit_code
+        except report.Failure as e:
+            e.show()
+            code = e.exit_code
+        except click.ClickException as e:          # usage errors and bad parameters
+            e.show()
+            if report.json_mode():
+                report.emit_json(report.error_doc(e.format_message(), e.exit_code))
+            code = e.exit_code
+        except (click.exceptions.Abort, KeyboardInterrupt):
+            report.err("vmcfg: interrupted")
+            if report.json_mode():
+                report.emit_json(report.error_doc("interrupted", report.S.INTERRUPTED))
+            code = report.S.INTERRUPTED
+        finally:
+            report.set_json_mode(False)
+        if standalone_mode:
+            sys.exit(code)
+        return code
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
 
@@ -99,18 +139,5 @@ def cli() -> None:
 
 
 def main() -> None:
-    """Entry point: click's usage errors exit 2; Ctrl-C exits 130 like a shell."""
-    try:
-        rv = cli.main(prog_name="vmcfg", standalone_mode=False)
-    except click.exceptions.Abort:
-        click.echo("vmcfg: interrupted", err=True)
-        sys.exit(130)
-    except KeyboardInterrupt:
-        click.echo("vmcfg: interrupted", err=True)
-        sys.exit(130)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.ClickException as e:
-        e.show()
-        sys.exit(e.exit_code)
-    sys.exit(rv if isinstance(rv, int) else 0)
+    """Entry point (the console script)."""
+    cli.main(prog_name="vmcfg")

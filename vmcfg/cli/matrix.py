@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import os
-import sys
 
 import click
 
-from .common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, complete_profile, emit_json, err
+from .common import EXIT_INVALID, EXIT_OK, complete_profile, emit_json
+from .report import fail, finish, console as rich_console
 
 
 def complete_cpus(ctx, param, incomplete):
@@ -74,11 +74,9 @@ def matrix(profiles, cpus, verbose, as_json):
         caps_list = _caps_list(cpus)
         profs = [(spec, load_profile(spec)) for spec in profiles]
     except ProfileError as e:
-        err(f"vmcfg: {e}", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(str(e))
     if not caps_list:
-        err("vmcfg: --cpus is empty", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail("--cpus is empty")
     results: dict[str, dict[str, dict]] = {}
     for spec, prof in profs:
         results[spec] = {c.name: cell(resolve_profile(prof, c)) for c in caps_list}
@@ -89,7 +87,7 @@ def matrix(profiles, cpus, verbose, as_json):
                    "results": results, "all_valid": all_ok})
     else:
         _render(profs, caps_list, results, verbose)
-    sys.exit(EXIT_OK if all_ok else EXIT_INVALID)
+    finish(EXIT_OK if all_ok else EXIT_INVALID)
 
 
 def _label(spec: str, prof) -> str:
@@ -97,9 +95,8 @@ def _label(spec: str, prof) -> str:
 
 
 def _render(profs, caps_list, results, verbose: bool) -> None:
-    from rich.console import Console
     from rich.table import Table
-    console = Console(stderr=True, highlight=False)
+    console = rich_console()
     labels = [_label(spec, prof) for spec, prof in profs]
     wide = len(profs) <= 3
     need = max(len(c.name) for c in caps_list) + 4 + sum(

@@ -9,8 +9,8 @@ import sys
 import click
 
 from .common import (EXIT_INVALID, EXIT_OK, complete_profile, cpu_options, emit_json, err, fail,
-                     load_shared_caps,
-                     render_violations)
+                     load_shared_caps, render_violations)
+from .report import finish
 
 DEFAULT_BASE = "baseline"
 
@@ -227,7 +227,7 @@ def new(name, from_, cpu, caps_file, wants, description, output, force, as_json)
             src_hint = f" --from {from_}" if from_ else ""
             err(click.style(f"vmcfg: not written: the profile would be invalid on {caps.name}"
                             f"{src_hint}", fg="red", bold=True))
-        sys.exit(EXIT_INVALID)
+        finish(EXIT_INVALID)
     if to_stdout:
         sys.stdout.write(text)
         sys.stdout.flush()
@@ -246,7 +246,7 @@ def new(name, from_, cpu, caps_file, wants, description, output, force, as_json)
         w = f" ({len(res.warnings)} warning{'s' if len(res.warnings) != 1 else ''})" \
             if res.warnings else ""
         err(click.style(f"wrote {where}", fg="green") + f": valid on {caps.name}{w}")
-    sys.exit(EXIT_OK)
+    finish(EXIT_OK)
 
 
 # settings whose value is a file name relative to the profile that sets it
@@ -276,4 +276,4 @@ def _fail_closure(e, caps, as_json: bool):
         for p in e.problems or [{"message": str(e)}]:
             err(f"vmcfg: {p['message']}", fg="red")
         err(click.style("vmcfg: not written", fg="red", bold=True))
-    sys.exit(EXIT_INVALID)
+    finish(EXIT_INVALID)

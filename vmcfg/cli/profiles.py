@@ -6,7 +6,8 @@ import sys
 
 import click
 
-from .common import EXIT_OK, EXIT_USAGE, emit_json, err
+from .common import EXIT_OK, emit_json
+from .report import fail, finish, out
 
 
 def complete_builtin(ctx, param, incomplete):
@@ -47,9 +48,8 @@ def profiles(name, as_json):
         if p is None:
             import difflib
             hint = difflib.get_close_matches(name, [i["name"] for i in items], n=1)
-            err(f"vmcfg: no built-in profile {name!r}" +
-                (f" (did you mean {hint[0]!r}?)" if hint else ""), fg="red")
-            sys.exit(EXIT_USAGE)
+            fail(f"no built-in profile {name!r}" +
+                 (f" (did you mean {hint[0]!r}?)" if hint else ""))
         with open(p, encoding="utf-8") as fh:
             text = fh.read()
         if as_json:
@@ -57,12 +57,12 @@ def profiles(name, as_json):
             emit_json({**item, "text": text})
         else:
             sys.stdout.write(text)
-        sys.exit(EXIT_OK)
+        finish(EXIT_OK)
     if as_json:
         emit_json(items)
-        sys.exit(EXIT_OK)
+        finish(EXIT_OK)
     width = max([len(i["name"]) for i in items] + [4])
     for i in items:
         ext = f"  (extends {i['extends']})" if i["extends"] else ""
-        err(f"{click.style(i['name'].ljust(width), bold=True)}  {i['description']}{ext}")
-    sys.exit(EXIT_OK)
+        out(f"{click.style(i['name'].ljust(width), bold=True)}  {i['description']}{ext}")
+    finish(EXIT_OK)

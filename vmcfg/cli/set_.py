@@ -12,16 +12,13 @@ import sys
 
 import click
 
-from .common import (EXIT_INVALID, EXIT_OK, cpu_options, emit_json,
-                     err, fail, load_shared_caps, profile_file, render_violations)
+from .common import (EXIT_INVALID, EXIT_OK, complete_profile_file, cpu_options, emit_json, err,
+                     fail, load_shared_caps,
+                     profile_file, render_violations)
+from .report import finish
 
 
 # ---- helpers shared by new / set / unset / edit ------------------------------------------------
-
-def complete_profile_file(ctx, param, incomplete):
-    from click.shell_completion import CompletionItem
-    return [CompletionItem(incomplete, type="file")]
-
 
 def complete_assignment(ctx, param, incomplete):
     """KEY=VALUE completion for `set`: keys from the tables, then values of that key."""
@@ -199,7 +196,7 @@ def set_(profile, assignments, cpu, caps_file, force, dry_run, as_json):
         except EditError as e:
             fail(str(e))
         ops.append(("set", key, op, value))
-    sys.exit(run_edit(path, ops, cpu=cpu, caps_file=caps_file, force=force, dry_run=dry_run,
+    finish(run_edit(path, ops, cpu=cpu, caps_file=caps_file, force=force, dry_run=dry_run,
                       as_json=as_json))
 
 
@@ -220,5 +217,5 @@ def unset(profile, keys, cpu, caps_file, force, dry_run, as_json):
     """
     path = profile_file(profile, "unset")
     ops = [("unset", k) for k in keys]
-    sys.exit(run_edit(path, ops, cpu=cpu, caps_file=caps_file, force=force, dry_run=dry_run,
+    finish(run_edit(path, ops, cpu=cpu, caps_file=caps_file, force=force, dry_run=dry_run,
                       as_json=as_json))

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 
-from .common import (EXIT_OK, EXIT_USAGE, check_cpu_caps, complete_profile, cpu_options,
-                     emit_json, err)
+from .common import EXIT_OK, check_cpu_caps, complete_profile, cpu_options, emit_json
+from .report import fail, finish, console
 
 
 def bit_states(r) -> dict[str, list[dict]]:
@@ -50,8 +49,7 @@ def show(profile, cpu, caps_file, show_all, as_json):
     try:
         r = resolve(profile, cpu, caps_file)
     except ProfileError as e:
-        err(f"vmcfg: {e}", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(str(e))
     states = bit_states(r)
     if as_json:
         doc = r.to_json()
@@ -59,9 +57,8 @@ def show(profile, cpu, caps_file, show_all, as_json):
         doc["settings"] = r.config.to_json()["settings"]
         emit_json(doc)
         return
-    from rich.console import Console
     from rich.table import Table
-    con = Console(stderr=True, soft_wrap=True)
+    con = console()
     colors = {"on": "green", "forced": "yellow", "off": "dim", "reserved": "blue"}
     con.print(f"[bold]{r.profile.path}[/] on [bold]{r.caps.name}[/]: "
               + ("[green]valid[/]" if r.valid else f"[red]INVALID ({len(r.errors)} errors)[/]"))
@@ -96,4 +93,4 @@ def show(profile, cpu, caps_file, show_all, as_json):
         con.print("[bold]settings[/] (non-default)")
         for t, k, val in changed:
             con.print(f"  {t}.{k} = {val!r}")
-    sys.exit(EXIT_OK)
+    finish(EXIT_OK)

@@ -10,6 +10,7 @@ import time
 import click
 
 from .common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, emit_json, err
+from .report import Failure, fail, finish
 
 
 def _cpus() -> int:
@@ -84,9 +85,9 @@ def run(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_dir,
         try:
             _smoke(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_dir,
                    keep_all, exitfirst, list_only, sig, cancel)
-        except SystemExit:
+        except (click.exceptions.Exit, Failure):
             if sig.status:          # a signal at any point: 130 / 143, whatever else happened
-                sys.exit(sig.status)
+                finish(sig.status)
             raise
 
 
@@ -128,27 +129,23 @@ def _smoke(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_d
         try:
             shard_kn = parse_shard(shard_spec)
         except SelectError as e:
-            err(f"vmcfg: {e}", fg="red")
-            sys.exit(EXIT_USAGE)
+            fail(str(e))
 
     hook("smoke:start")
     try:
         suite = load_smoke(smoke_file)
     except SmokeFileError as e:
-        err(str(e), fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(str(e).removeprefix("vmcfg: "))
     cases = suite.cases
     if keyword is not None:
         try:
             pred = compile_k(keyword)
         except SelectError as e:
-            err(f"vmcfg: {e}", fg="red")
-            sys.exit(EXIT_USAGE)
+            fail(str(e))
         cases = [c for c in cases if pred(c.id)]
         if not cases:
-            err(f"vmcfg: -k {keyword!r} matches none of the {len(suite.cases)} cases of "
-                f"{smoke_file} (see --list)", fg="red")
-            sys.exit(EXIT_USAGE)
+            fail(f"-k {keyword!r} matches none of the {len(suite.cases)} cases of "
+                 f"{smoke_file} (see --list)")
     if shard_kn:
         cases = shard(cases, *shard_kn)
     shard_label = f"{shard_kn[0]}/{shard_kn[1]}" if shard_kn else None
@@ -166,11 +163,10 @@ def _smoke(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_d
                 err(f"    {display_command(c)}", fg="bright_black")
             err(f"{len(cases)} case{'s' if len(cases) != 1 else ''}"
                 + (f", {deselected} deselected" if deselected else ""))
-        sys.exit(EXIT_OK)
+        finish(EXIT_OK)
 
     if junit_file and os.path.isdir(junit_file):
-        err(f"vmcfg: --junit {junit_file}: is a folder", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(f"--junit {junit_file}: is a folder")
 
     from ..smoke.report import Progress, closing_line, echo_closing, summary_table
     from ..smoke.runner import ResultsDirError, Runner, prepare_results_dir
@@ -178,8 +174,7 @@ def _smoke(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_d
     try:
         prepare_results_dir(results_dir)
     except ResultsDirError as e:
-        err(f"vmcfg: {e}", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(str(e))
     jobs = jobs or _cpus()
     runnable = sum(1 for c in cases if not c.skip)
     workers = min(jobs, runnable) if runnable else 0
@@ -259,7 +254,7 @@ def _smoke(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_d
     if as_json:
         emit_json(doc)
     echo_closing(closing_line(results, seconds, deselected, runner.not_run), ok)
-    sys.exit(sig.status or status)
+    finish(sig.status or status)
 
 
 @smoke.command("merge")
@@ -280,15 +275,11 @@ def merge(reports, output, as_json):
     """
     from ..smoke import junit
     if as_json and output == "-":
-        err("vmcfg: --json prints the counts on stdout: give -o FILE for the XML", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail("--json prints the counts on stdout: give -o FILE for the XML")
     try:
         tree, summary = junit.merge(list(reports))
     except junit.MergeError as e:
-        if as_json:
-            emit_json({"error": {"message": str(e)}})
-        err(f"vmcfg: {e}", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(str(e))
     if output == "-":
         import xml.etree.ElementTree as ET
         sys.stdout.write(ET.tostring(tree.getroot(), encoding="unicode") + "\n")
@@ -296,8 +287,7 @@ def merge(reports, output, as_json):
         try:
             junit.write(output, tree)
         except OSError as e:
-            err(f"vmcfg: cannot write {output}: {e.strerror}", fg="red")
-            sys.exit(EXIT_USAGE)
+            fail(f"cannot write {output}: {e.strerror}")
         err(f"merged {summary['files']} reports into {output}")
     ok = summary["failures"] == 0 and summary["errors"] == 0
     line = (f"{summary['passed']} passed, {summary['failures']} failed, "
@@ -309,7 +299,7 @@ def merge(reports, output, as_json):
         err(line)
     else:
         click.echo(line)
-    sys.exit(EXIT_OK if ok else EXIT_INVALID)
+    finish(EXIT_OK if ok else EXIT_INVALID)
 
 
 def _count(results, outcome: str) -> int:

@@ -49,7 +49,8 @@ def follow(name: str, call, refused, *, as_json: bool, interval: float) -> None:
                 refused(e, as_json)
             first = False
             s_last = s
-            rates = hist.add(time.monotonic(), s.get("exits", {}))
+            rates = hist.add(time.monotonic(),
+                             {e["name"]: e["count"] for e in s.get("exits", [])})
             if as_json:
                 doc = dict(s)
                 if rates is not None:
@@ -75,7 +76,7 @@ def follow(name: str, call, refused, *, as_json: bool, interval: float) -> None:
 
 
 def _chart(name: str, s: dict, hist, chart_lines, columns: int = 80) -> list[str]:
-    total = sum(s.get("exits", {}).values())
+    total = sum(e["count"] for e in s.get("exits", []))
     head = (f"{name}: {s.get('state')}  instructions {s.get('instructions'):,}  exits {total:,}"
             if isinstance(s.get("instructions"), int) else f"{name}: {s.get('state')}")
     if not hist.samples:

@@ -12,7 +12,8 @@ import sys
 
 import click
 
-from .common import EXIT_USAGE, err
+from .common import err
+from .report import fail, finish
 
 STATUS_HELP = """\b
 Exit status:
@@ -50,15 +51,13 @@ def _run(work) -> None:
     try:
         work()
     except (TraceError, ExportError, WriteError) as e:
-        err(f"vmcfg: {e}", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(str(e))
     except BrokenPipeError:
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        sys.exit(0)
+        finish(0)
     except OSError as e:
-        err(f"vmcfg: cannot write the output: {e.strerror or e}", fg="red")
-        sys.exit(EXIT_USAGE)
+        fail(f"cannot write the output: {e.strerror or e}")
 
 
 @trace.command(epilog=STATUS_HELP)

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 
 import click
 
 from .common import (EXIT_INVALID, EXIT_OK, EXIT_USAGE, check_cpu_caps, complete_profile,
                      cpu_options, emit_json, err, render_violations)
+from .report import fail, finish, out
 
 
 @click.command()
@@ -36,8 +36,7 @@ def validate(profiles, cpu, caps_file, adjust, as_json, quiet):
         try:
             shared_caps = load_caps(cpu, caps_file)
         except ProfileError as e:
-            err(f"vmcfg: {e}", fg="red")
-            sys.exit(EXIT_USAGE)
+            fail(str(e))
     for spec in profiles:
         try:
             prof = load_profile(spec)
@@ -58,8 +57,8 @@ def validate(profiles, cpu, caps_file, adjust, as_json, quiet):
         emit_json(results)
     elif not quiet and len(profiles) > 1:
         ok = len(profiles) - invalid - unreadable
-        err(f"{ok} valid, {invalid} invalid, {unreadable} unreadable")
-    sys.exit(EXIT_USAGE if unreadable else EXIT_INVALID if invalid else EXIT_OK)
+        out(f"{ok} valid, {invalid} invalid, {unreadable} unreadable")
+    finish(EXIT_USAGE if unreadable else EXIT_INVALID if invalid else EXIT_OK)
 
 
 def _render(r, adjust: bool, quiet: bool) -> None:
@@ -68,7 +67,7 @@ def _render(r, adjust: bool, quiet: bool) -> None:
     if adjust and r.adjusted:
         for c in r.adjusted:
             name = c.control or f"{c.field} bit {c.bit}"
-            err(f"{path}: adjust: {name} -> {c.new}: {c.reason}", fg="magenta")
+            out(f"{path}: adjust: {name} -> {c.new}: {c.reason}", fg="magenta")
     render_violations(r)
     if quiet:
         return
@@ -83,8 +82,8 @@ def _render(r, adjust: bool, quiet: bool) -> None:
         how = " after adjustment" if adjust and r.adjusted else ""
         if unchecked:
             w += f" ({len(unchecked)} control{'s' if len(unchecked) != 1 else ''} not checked)"
-        err(click.style(f"{path}: valid on {r.caps.name}{how}{w}", fg="green") + f"  [{values}]")
+        out(click.style(f"{path}: valid on {r.caps.name}{how}{w}", fg="green") + f"  [{values}]")
     else:
         n = len(r.errors)
-        err(click.style(f"{path}: INVALID on {r.caps.name}: {n} error{'s' if n != 1 else ''}",
+        out(click.style(f"{path}: INVALID on {r.caps.name}: {n} error{'s' if n != 1 else ''}",
                         fg="red", bold=True))

@@ -61,7 +61,7 @@ class Assembled:
     origin: int
     bits: int
     backend: str
-    symbols: dict[str, int] = field(default_factory=dict)
+    symbols: dict[str, int] = field(default_factory=dict)   # labels (not equ, not macro-local)
 
 
 def have_nasm() -> str | None:
@@ -170,7 +170,8 @@ def _read_nasm_map(path: str) -> dict[str, int]:
         parts = line.split()
         if len(parts) == 3 and re.fullmatch(r"[0-9A-Fa-f]+", parts[0]) and \
                 re.fullmatch(r"[0-9A-Fa-f]+", parts[1]):
-            out[parts[2]] = int(parts[1], 16)
+            if not parts[2].startswith("..@"):      # macro-local labels
+                out[parts[2]] = int(parts[1], 16)
     return out
 
 
@@ -729,7 +730,8 @@ class _Assembler:
                 out, symbols, origin = self._pass(items, symbols, True)
                 first_bits = next((it.bits for it in items if it.kind == "bits"), 16)
                 return Assembled(out, origin, first_bits, "keystone",
-                                 {k: v for k, v in symbols.items() if not k.startswith("..@")})
+                                 {k: v for k, v in symbols.items()
+                                  if not k.startswith("..@") and k not in self.equs})
             prev = symbols
         raise AsmError("the layout does not settle (labels keep moving between passes)", file)
 

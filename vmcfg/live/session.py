@@ -1,17 +1,8 @@
 """The live side of a named guest: plans and applies profile changes, keeps the
 history, answers status/stats, and serves it all on the control channel.
 
-The guest itself is reached through a small target interface, implemented by
-the emulated VMM (vmcfg.vmm) and by fakes in tests:
-
-    target.caps                 CapSet the guest runs under
-    target.config               the VmxConfig in force
-    target.mode                 16 / 32 / 64
-    target.apply(cfg) -> dict   swap the config between two guest instructions;
-                                returns {"instructions": n, "tsc": t}
-    target.snapshot() -> dict   {"state", "instructions", "tsc", "exits": {NAME: count}}
-    target.stop() -> None       end the guest cleanly
-    target.inject(kind, vector) -> dict
+The guest itself is reached through the LiveTarget protocol (target.py),
+implemented by the emulated VMM (vmm_target.py) and by fakes in tests.
 """
 
 from __future__ import annotations
@@ -21,12 +12,14 @@ import time
 from typing import Any
 
 from ..vmx.configdiff import diff_configs
+from ..vmx.exits import FIRST_EXTERNAL_VECTOR, LAST_VECTOR
 from .channel import ChannelError, ControlServer
 from .runtime import Registration
+from .target import LiveTarget
 
 
 class LiveSession:
-    def __init__(self, target: Any, *, name: str, profile_path: str | None,
+    def __init__(self, target: LiveTarget, *, name: str, profile_path: str | None,
                  register: bool = True, extra_record: dict | None = None):
         self.target = target
         self.name = name
@@ -115,13 +108,17 @@ class LiveSession:
                 return res
         if op == "rollback":
             with self.lock:
+                last = len(self._configs) - 1
                 if "to" in args:
                     idx = args["to"]
+                    if not 0 <= idx <= last:
+                        raise ChannelError(f"no configuration #{idx} in the history (0..{last})", 1)
                 else:
-                    idx = len(self._configs) - 1 - args.get("steps", 1)
-                if not 0 <= idx < len(self._configs):
-                    raise ChannelError(f"no configuration #{idx} in the history "
-                                       f"(0..{len(self._configs) - 1})", 1)
+                    steps = args.get("steps", 1)
+                    idx = last - steps
+                    if not 0 <= idx <= last:
+                        raise ChannelError(f"cannot roll back {steps} change(s): the history holds "
+                                           f"{last} change(s) after the launch (#0..#{last})", 1)
                 cfg = self._configs[idx]
                 diff = diff_configs(self.target.config, cfg)
                 res = self._apply_config(cfg, self.history[idx]["profile"], diff, f"rollback to #{idx}")
@@ -134,8 +131,10 @@ class LiveSession:
             kind = args["kind"]
             if kind not in ("nmi", "irq"):
                 raise ChannelError("inject: kind must be 'nmi' or 'irq'", 2)
-            if kind == "irq" and not 0 <= args.get("vector", -1) <= 255:
-                raise ChannelError("inject irq: vector must be 0-255", 2)
+            v = args.get("vector", -1)
+            if kind == "irq" and not FIRST_EXTERNAL_VECTOR <= v <= LAST_VECTOR:
+                raise ChannelError(f"inject irq: external interrupt vector must be "
+                                   f"{FIRST_EXTERNAL_VECTOR}-{LAST_VECTOR}, not {v}", 2)
             return self.target.inject(kind, args.get("vector", 2))
         raise ChannelError(f"unknown op {op!r}", 2)
 

@@ -12,11 +12,9 @@ from __future__ import annotations
 
 import time
 
-from ..vmx.exits import exit_name
+from ..vmx.exits import exits_json
 from .channel import ChannelError
 
-GPRS = ("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15")
 APPLY_TIMEOUT = 5.0
 
 
@@ -48,7 +46,7 @@ class VmmTarget:
 
     def snapshot(self) -> dict:
         v = self.vcpu
-        exits = {exit_name(r): s.count for r, s in sorted(v.exit_stats.items()) if s.count}
+        exits = exits_json({r: s.count for r, s in v.exit_stats.items()})
         # while the guest runs, the block counter has the live count (icount is
         # brought up to date whenever emulation stops)
         n = v.icount if v.status is not None else max(v.icount, v.counter.count)
@@ -56,11 +54,8 @@ class VmmTarget:
                 "instructions": n, "tsc": v.tsc, "exits": exits}
 
     def registers(self) -> dict:
-        v = self.vcpu
-        n = len(GPRS) if self.mode == 64 else 8
-        regs = {GPRS[i]: v.gpr(i) for i in range(n)}
-        regs["rip"] = v.rip
-        return regs
+        from ..vmm.run import register_state
+        return register_state(self.vcpu, self.mode)
 
     def stop(self) -> None:
         self.vcpu.request_end("stopped", "stopped by 'vmcfg stop'")

@@ -24,13 +24,13 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import Comment, Null, Table, Whitespace
 
-from ..vmx.settings import INT_RANGES, SETTING_BY_PATH, SETTINGS_BY_TABLE, Setting
+from ..vmx.kinds import kind_of
+from ..vmx.settings import SETTING_BY_PATH, SETTINGS_BY_TABLE, Setting
 from ..vmx.table import ALIASES, CONTROL_BY_FIELD_KEY, FIELD_BY_KEY, FIELD_KEYS, Control, resolve_control
 from .loader import META_KEYS, Profile, load_profile_text, normalize_setting
 from .source import ProfileError, parse_key
 from .writer import literal, toml_key, toml_string
 
-LIST_KINDS = ("vectors", "ports", "msrs", "u64list")
 _TRUE = {"on", "true", "yes", "1", "enable", "enabled", "y"}
 _FALSE = {"off", "false", "no", "0", "disable", "disabled", "n"}
 
@@ -171,6 +171,60 @@ def split_assignment(text: str) -> tuple[str, str, str]:
 
 # ---- values --------------------------------------------------------------------------------
 
+# ---- `KEY=TEXT` for each way a setting kind reads text (Kind.edit_as, vmx/kinds.py) ----------
+
+def _read_int(s: Setting, text: str, what: str) -> tuple[Any, str]:
+    return _int_text(text, what)
+
+
+def _read_bool(s: Setting, text: str, what: str) -> tuple[Any, str]:
+    v = _truth(text, what)
+    return v, "true" if v else "false"
+
+
+def _read_choice(s: Setting, text: str, what: str) -> tuple[Any, str]:
+    ok, x = _toml_value(text)
+    v = x if ok and isinstance(x, (int, str)) and not isinstance(x, bool) else text.strip()
+    if isinstance(v, str) and all(isinstance(c, int) for c in s.choices):
+        try:
+            v = int(v, 0)
+        except ValueError:
+            pass
+    if isinstance(v, str):
+        v = v.lower()
+    return v, str(v) if isinstance(v, int) else toml_string(v)
+
+
+def _read_list(s: Setting, text: str, what: str) -> tuple[Any, str]:
+    items = _list_items(text)
+    return [x for x, _ in items], "[" + ", ".join(p for _, p in items) + "]"
+
+
+def _read_scalar(s: Setting, text: str, what: str) -> tuple[Any, str]:
+    ok, x = _toml_value(text)
+    v = x if ok and isinstance(x, (int, str)) and not isinstance(x, bool) else text.strip()
+    return v, str(v) if isinstance(v, int) else toml_string(v)
+
+
+def _read_str(s: Setting, text: str, what: str) -> tuple[Any, str]:
+    ok, x = _toml_value(text)
+    v = x if ok and isinstance(x, str) else text
+    return v, toml_string(v)
+
+
+def _read_toml(s: Setting, text: str, what: str) -> tuple[Any, str]:
+    ok, v = _toml_value(text)
+    if not ok:       # regions and anything structured: TOML syntax only
+        raise EditError(f"{what}: expected a TOML value, e.g. "
+                        f"[{{ base = 0x0, size = \"16M\", access = \"rwx\" }}]")
+    return v, text.strip()
+
+
+_TEXT_READERS = {"int": _read_int, "bool": _read_bool, "choice": _read_choice,
+                 "list": _read_list, "scalar": _read_scalar, "str": _read_str,
+                 "toml": _read_toml}
+
+
 def _toml_value(text: str) -> tuple[bool, Any]:
     if "\n" in text or not text:
         return False, None
@@ -294,41 +348,7 @@ def parse_value(t: Target, text: str) -> tuple[Any, str]:
             raise EditError(f"{what}: {e}") from None
         return s, toml_string(s)
     s = t.setting
-    k = s.kind
-    if k in INT_RANGES:
-        v, lit = _int_text(text, what)
-    elif k == "bool":
-        v = _truth(text, what)
-        lit = "true" if v else "false"
-    elif k == "enum":
-        ok, x = _toml_value(text)
-        v = x if ok and isinstance(x, (int, str)) and not isinstance(x, bool) else text.strip()
-        if isinstance(v, str) and all(isinstance(c, int) for c in s.choices):
-            try:
-                v = int(v, 0)
-            except ValueError:
-                pass
-        if isinstance(v, str):
-            v = v.lower()
-        lit = str(v) if isinstance(v, int) else toml_string(v)
-    elif k in LIST_KINDS:
-        items = _list_items(text)
-        v = [x for x, _ in items]
-        lit = "[" + ", ".join(p for _, p in items) + "]"
-    elif k == "size":
-        ok, x = _toml_value(text)
-        v = x if ok and isinstance(x, (int, str)) and not isinstance(x, bool) else text.strip()
-        lit = str(v) if isinstance(v, int) else toml_string(v)
-    elif k == "str":
-        ok, x = _toml_value(text)
-        v = x if ok and isinstance(x, str) else text
-        lit = toml_string(v)
-    else:   # regions and anything structured: TOML syntax only
-        ok, v = _toml_value(text)
-        if not ok:
-            raise EditError(f"{what}: expected a TOML value, e.g. "
-                            f"[{{ base = 0x0, size = \"16M\", access = \"rwx\" }}]")
-        lit = text.strip()
+    v, lit = _TEXT_READERS[kind_of(s).edit_as](s, text, what)
     try:
         normalize_setting(s, v)
     except ValueError as e:
@@ -515,8 +535,8 @@ class ProfileEditor:
         t = parse_target(key)
         ch = Change(t.display, op, text)
         if op != "=":
-            if t.kind != "setting" or t.setting.kind not in LIST_KINDS:
-                lists = [s.path for s in SETTING_BY_PATH.values() if s.kind in LIST_KINDS]
+            if t.kind != "setting" or not kind_of(t.setting).is_list:
+                lists = [s.path for s in SETTING_BY_PATH.values() if kind_of(s).is_list]
                 raise EditError(f"{t.display}: {op} works on lists only ({', '.join(lists)})")
             return self._list_op(t, op, text, ch)
         if t.kind == "control":
@@ -695,7 +715,7 @@ def _inherited_has(prof: Profile, t: Target) -> bool:
 def _norm_set(s: Setting, items: list) -> set[int]:
     """The set of ports/MSRs/vectors/values that `items` denote."""
     vals = normalize_setting(s, [i.unwrap() if hasattr(i, "unwrap") else i for i in items])
-    if s.kind in ("ports", "msrs"):
+    if kind_of(s).is_ranges:
         out: set[int] = set()
         for lo, hi in vals:
             if hi - lo > 1 << 20:
@@ -709,7 +729,7 @@ def _pieces(s: Setting, values: set[int]) -> list[str]:
     """Literals for a set of values (ranges re-formed for ports/MSRs)."""
     if not values:
         return []
-    if s.kind in ("ports", "msrs"):
+    if kind_of(s).is_ranges:
         out, vs = [], sorted(values)
         lo = prev = vs[0]
         for v in vs[1:]:
@@ -801,7 +821,7 @@ def display_value(key: str, v: Any) -> str:
         return f"0x{v:08x}"
     if t is not None and t.kind == "setting":
         s = t.setting
-        if s.kind in ("ports", "msrs"):
+        if kind_of(s).is_ranges:
             v = [tuple(r) for r in v]
         try:
             return literal(s, v)

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import difflib
 import os
-import re
 from dataclasses import dataclass, field as _dcf
 from typing import Any
 
-from ..vmx.config import merge_ranges
-from ..vmx.settings import (INT_RANGES, SETTINGS_BY_TABLE, SETTING_TABLES, VECTOR_NAMES,
-                            Setting)
+from ..vmx.kinds import normalize, parse_int
+from ..vmx.settings import SETTINGS_BY_TABLE, SETTING_TABLES, Setting
 from ..vmx.table import CONTROL_BY_FIELD_KEY, FIELD_BY_KEY, FIELD_KEYS, resolve_control
 from .source import Pos, ProfileError, load_toml, parse_toml
 
@@ -99,171 +97,9 @@ def find_profile(spec: str, relative_to: str | None = None) -> str:
 
 # ---- value normalisation ----------------------------------------------------------
 
-_SIZE = re.compile(r"^\s*(\d+)\s*([KMG]i?B?|B)?\s*$", re.I)
-
-
-def parse_size(v: Any) -> int:
-    if isinstance(v, bool):
-        raise ValueError("expected a size like \"16M\"")
-    if isinstance(v, int):
-        return v
-    if isinstance(v, str):
-        m = _SIZE.match(v)
-        if m:
-            mult = {"": 1, "B": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}[
-                (m.group(2) or "")[:1].upper()]
-            return int(m.group(1)) * mult
-    raise ValueError(f"expected a size like \"16M\" or a number of bytes, got {v!r}")
-
-
-def _int(v: Any, kind: str = "u64") -> int:
-    if isinstance(v, bool):
-        raise ValueError(f"expected an integer, got {str(v).lower()}")
-    if isinstance(v, str):
-        try:
-            v = int(v.replace("_", ""), 0)
-        except ValueError:
-            raise ValueError(f"expected an integer, got {v!r}") from None
-    if not isinstance(v, int):
-        raise ValueError(f"expected an integer, got {type(v).__name__}")
-    lo, hi = INT_RANGES[kind]
-    if not lo <= v <= hi:
-        raise ValueError(f"{v} is out of range for {kind} ({lo}..{hi:#x})")
-    return v
-
-
-def _ranges(v: Any, hi_limit: int, what: str) -> list[tuple[int, int]]:
-    if not isinstance(v, list):
-        v = [v]
-    out = []
-    for item in v:
-        if isinstance(item, str) and "-" in item.strip()[1:]:
-            a, b = item.split("-", 1)
-            lo, hi = _int(a.strip()), _int(b.strip())
-        elif isinstance(item, list) and len(item) == 2:
-            lo, hi = _int(item[0]), _int(item[1])
-        else:
-            lo = hi = _int(item)
-        if lo > hi:
-            raise ValueError(f"range {lo:#x}-{hi:#x} is empty")
-        if hi > hi_limit:
-            raise ValueError(f"{what} {hi:#x} is out of range (0..{hi_limit:#x})")
-        out.append((lo, hi))
-    return merge_ranges(out)
-
-
-def _vectors(v: Any) -> list[int]:
-    if not isinstance(v, list):
-        v = [v]
-    out = set()
-    for item in v:
-        if isinstance(item, str) and not item.strip().lstrip("#").isdigit() and not item.startswith("0x"):
-            name = item.strip().lstrip("#").upper()
-            if name not in VECTOR_NAMES:
-                hint = difflib.get_close_matches(name, list(VECTOR_NAMES), n=1)
-                raise ValueError(f"unknown exception {item!r}" +
-                                 (f" (did you mean {hint[0]!r}?)" if hint else "") +
-                                 f"; names: {', '.join(VECTOR_NAMES)}")
-            out.add(VECTOR_NAMES[name])
-        else:
-            n = _int(item.lstrip("#") if isinstance(item, str) else item)
-            if n > 31:
-                raise ValueError(f"exception vector {n} is out of range (0-31)")
-            out.add(n)
-    return sorted(out)
-
-
 def normalize_setting(s: Setting, v: Any) -> Any:
     """Turn a TOML value into the normalised form VmxConfig uses (ValueError if bad)."""
-    k = s.kind
-    if v is None:
-        return None
-    if k in INT_RANGES:
-        return _int(v, k)
-    if k == "bool":
-        if not isinstance(v, bool):
-            raise ValueError(f"expected true or false, got {v!r}")
-        return v
-    if k == "enum":
-        choices = s.choices
-        if isinstance(v, str) and all(isinstance(c, int) for c in choices):
-            try:
-                v = int(v)
-            except ValueError:
-                pass
-        if isinstance(v, str):
-            v = v.lower()
-        if v not in choices or isinstance(v, bool):
-            raise ValueError(f"expected one of {', '.join(repr(c) for c in choices)}, got {v!r}")
-        return v
-    if k == "vectors":
-        return _vectors(v)
-    if k == "ports":
-        return _ranges(v, 0xFFFF, "port")
-    if k == "msrs":
-        return _ranges(v, 0xFFFFFFFF, "MSR")
-    if k == "u64list":
-        if not isinstance(v, list):
-            raise ValueError("expected a list of integers")
-        return [_int(x) for x in v]
-    if k == "size":
-        n = parse_size(v)
-        if n <= 0:
-            raise ValueError("size must be positive")
-        return n
-    if k == "str":
-        if not isinstance(v, str):
-            raise ValueError(f"expected a string, got {v!r}")
-        return v
-    if k == "regions":
-        if not isinstance(v, list):
-            raise ValueError("expected a list of tables {base, size, access}")
-        out = []
-        for r in v:
-            if not isinstance(r, dict):
-                raise ValueError("each region is a table {base = ..., size = ..., access = \"rwx\"}")
-            extra = set(r) - {"base", "size", "access"}
-            if extra:
-                raise ValueError(f"unknown region key(s): {', '.join(sorted(extra))}")
-            if "base" not in r or "size" not in r:
-                raise ValueError("a region needs base and size")
-            acc = str(r.get("access", "rwx")).lower()
-            if set(acc) - set("rwx-"):
-                raise ValueError(f"access must use the letters r, w, x (got {acc!r})")
-            out.append({"base": _int(r["base"]), "size": parse_size(r["size"]),
-                        "access": "".join(c for c in "rwx" if c in acc)})
-        return out
-    if k == "cpuid":
-        if not isinstance(v, dict):
-            raise ValueError("expected sub-tables per leaf")
-        out = {}
-        for leaf, regs in v.items():
-            try:
-                parts = [int(p, 0) for p in str(leaf).split(".")]
-            except ValueError:
-                raise ValueError(f"CPUID leaf {leaf!r} is not a number (\"0x1\" or \"0x7.0\")") from None
-            if len(parts) > 2 or not isinstance(regs, dict):
-                raise ValueError(f"CPUID leaf {leaf!r}: expected [cpuid.\"leaf\"] with eax/ebx/ecx/edx")
-            bad = set(regs) - {"eax", "ebx", "ecx", "edx"}
-            if bad:
-                raise ValueError(f"CPUID leaf {leaf!r}: unknown register(s) {', '.join(sorted(bad))}")
-            key = f"{parts[0]:#x}" + (f".{parts[1]}" if len(parts) == 2 else "")
-            out[key] = {r: _int(x, "u32") for r, x in regs.items()}
-        return out
-    if k == "handlers":
-        if not isinstance(v, dict):
-            raise ValueError("expected REASON = \"module:function\" entries")
-        from ..vmx.exits import lookup_exit
-        out = {}
-        for reason, target in v.items():
-            r = lookup_exit(str(reason))
-            if r is None:
-                raise ValueError(f"unknown exit reason {reason!r}")
-            if not isinstance(target, str) or ":" not in target:
-                raise ValueError(f"handler for {reason} must be \"module:function\"")
-            out[r.name] = target
-        return out
-    raise ValueError(f"unsupported kind {k}")
+    return normalize(s, v)
 
 
 # ---- document -> Profile -------------------------------------------------------------
@@ -306,7 +142,7 @@ def from_document(data: dict[str, Any], positions: dict[tuple[str, ...], Pos],
         if k not in FIELD_BY_KEY:
             raise _err(_unknown("field", k, list(FIELD_KEYS)) + " in [raw]", pos("raw", k), path)
         try:
-            prof.raw[k] = _int(v, "u64" if FIELD_BY_KEY[k].width == 64 else "u32")
+            prof.raw[k] = parse_int(v, "u64" if FIELD_BY_KEY[k].width == 64 else "u32")
         except ValueError as e:
             raise _err(f"raw.{k}: {e}", pos("raw", k), path) from None
         prof.pos[f"raw.{k}"] = pos("raw", k)

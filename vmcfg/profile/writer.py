@@ -9,83 +9,27 @@ addresses and masks, exception names, "lo-hi" port/MSR ranges, "16M" sizes.
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any, Iterable
 
 from ..vmx.caps import CapSet
-from ..vmx.settings import SETTINGS_BY_TABLE, SETTING_TABLES, VECTOR_NAMES, Setting
+from ..vmx.kinds import kind_of, toml_string
+from ..vmx.settings import SETTINGS_BY_TABLE, SETTING_TABLES, Setting
 from ..vmx.table import CONTROLS_BY_FIELD, FIELDS, Field
 from .loader import Profile
 
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-_VECTOR_BY_NUMBER: dict[int, str] = {}
-for _n, _v in VECTOR_NAMES.items():
-    _VECTOR_BY_NUMBER.setdefault(_v, _n)
 
 
-# ---- TOML literals --------------------------------------------------------------------
-
-def toml_string(s: str) -> str:
-    """A TOML basic string for s."""
-    out = json.dumps(s, ensure_ascii=False)
-    return out.replace("\x7f", "\\u007f")
-
+# ---- TOML literals (strings and integers: vmx/kinds.py) ------------------------------
 
 def toml_key(k: str) -> str:
     return k if _BARE_KEY.match(k) else toml_string(k)
 
 
-def toml_int(v: int, hex_: bool = False) -> str:
-    if hex_ and v >= 0:
-        return f"0x{v:x}"
-    return str(v)
-
-
-def _size(v: int) -> str:
-    for suffix, unit in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
-        if v and v % unit == 0:
-            return toml_string(f"{v // unit}{suffix}")
-    return str(v)
-
-
-def _range_item(lo: int, hi: int) -> str:
-    if lo == hi:
-        return toml_int(lo, True)
-    return toml_string(f"0x{lo:x}-0x{hi:x}")
-
-
-def _hexish(s: Setting) -> bool:
-    return s.kind == "u64"
-
-
 def literal(s: Setting, v: Any) -> str:
-    """TOML literal for the normalised value v of setting s."""
-    k = s.kind
-    if v is None:
-        return '""'
-    if k == "bool":
-        return "true" if v else "false"
-    if k in ("u8", "u16", "u32", "u64", "i64"):
-        return toml_int(v, _hexish(s) or v >= 0x10000)
-    if k == "enum":
-        return str(v) if isinstance(v, int) else toml_string(str(v))
-    if k == "vectors":
-        return "[" + ", ".join(toml_string(_VECTOR_BY_NUMBER[x]) if x in _VECTOR_BY_NUMBER
-                               else str(x) for x in v) + "]"
-    if k in ("ports", "msrs"):
-        return "[" + ", ".join(_range_item(lo, hi) for lo, hi in v) + "]"
-    if k == "u64list":
-        return "[" + ", ".join(toml_int(x, True) for x in v) + "]"
-    if k == "size":
-        return _size(v)
-    if k == "str":
-        return toml_string(v)
-    if k == "regions":
-        return "[" + ", ".join(
-            f"{{ base = {toml_int(r['base'], True)}, size = {_size(r['size'])}, "
-            f"access = {toml_string(r['access'])} }}" for r in v) + "]"
-    raise ValueError(f"no single-line literal for kind {k}")
+    """TOML literal for the normalised value v of setting s (its kind renders it)."""
+    return '""' if v is None else kind_of(s).literal(s, v)
 
 
 def example_value(s: Setting) -> Any:

@@ -148,7 +148,7 @@ def _options(ctx: _Ctx, t: dict, key: tuple) -> dict[str, Any]:
                             key + ("mode",))
         out["mode"] = v
     if "memory" in t:
-        from ..profile.loader import parse_size
+        from ..vmx.sizes import parse_size
         v = t["memory"]
         try:
             n = parse_size(v)
@@ -288,8 +288,8 @@ def _make_expect(layers: list[dict[str, Any]]) -> Expect:
 
 def _bundled_guests() -> list[str]:
     try:
-        from ..vmm.loader import builtin_names
-        return builtin_names()
+        from ..api import guests
+        return guests()
     except Exception:     # the VMM is not importable: look at the folder ourselves
         d = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "guests")
         try:

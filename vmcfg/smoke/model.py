@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..profile.source import ProfileError
+from ..status import LAUNCH_STATUSES
 
 # `vmcfg launch --json` statuses (the launch contract).
-STATUSES = ("halted", "debug-exit", "triple-fault", "timeout", "instruction-limit",
-            "entry-failure", "error", "reset", "poweroff")
+STATUSES = LAUNCH_STATUSES
 
 DEFAULT_TIMEOUT = 10.0       # seconds: `vmcfg launch --timeout`
 DEFAULT_GRACE = 10.0         # seconds beyond the launch timeout before a case is killed

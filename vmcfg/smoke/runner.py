@@ -77,10 +77,8 @@ class CaseResult:
 
     def to_json(self) -> dict:
         r = self.result or {}
-        exits = {}
-        for e in r.get("exits") or []:
-            if isinstance(e, dict) and "name" in e:
-                exits[str(e["name"])] = e.get("count")
+        exits = [{k: e.get(k) for k in ("reason", "name", "count")}
+                 for e in r.get("exits") or [] if isinstance(e, dict) and "name" in e]
         return {
             "id": self.case.id, "profile": self.case.profile, "guest": self.case.guest,
             "outcome": self.outcome, "seconds": round(self.seconds, 3),

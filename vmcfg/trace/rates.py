@@ -22,9 +22,12 @@ class RateHistory:
         self.samples = 0
         self._last: tuple[float, dict[str, int]] | None = None
 
-    def add(self, t: float, counts: dict[str, int]) -> dict[str, float] | None:
-        """Feed the counters read at time t (seconds); returns the rates since the
-        previous call (None on the first call, which only sets the baseline)."""
+    def add(self, t: float, counts: dict[str, int] | list[dict]) -> dict[str, float] | None:
+        """Feed the counters read at time t (seconds): {NAME: count} or a report's exits
+        list [{reason, name, count}]; returns the rates since the previous call (None on
+        the first call, which only sets the baseline)."""
+        if isinstance(counts, list):
+            counts = {e["name"]: e["count"] for e in counts}
         last = self._last
         self._last = (t, dict(counts))
         if last is None:

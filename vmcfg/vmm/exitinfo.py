@@ -38,6 +38,53 @@ def io_qualification(size: int, is_in: bool, string: bool, rep: bool, imm: bool,
         | ((1 << 5) if rep else 0) | ((1 << 6) if imm else 0) | ((port & 0xFFFF) << 16)
 
 
+# Segment-register numbers of the instruction-information field (ES CS SS DS FS GS)
+_SEG_NUMBER = {"es": 0, "cs": 1, "ss": 2, "ds": 3, "fs": 4, "gs": 5}
+
+
+def _memory_operand_info(ins, address_size: int) -> int:
+    """Bits 0-1 and 7-9, 15-27 of the instruction-information field for a memory operand
+    (SDM tables 28-10/28-11): scaling, address size, segment, index, base."""
+    from iced_x86 import Register as R
+
+    from .decode import gpr_index
+    i = ins.instr
+    info = {2: 0, 4: 1, 8: 2}.get(address_size, 1) << 7
+    scale = {1: 0, 2: 1, 4: 2, 8: 3}.get(i.memory_index_scale, 0)
+    info |= scale
+    seg = {R.ES: 0, R.CS: 1, R.SS: 2, R.DS: 3, R.FS: 4, R.GS: 5}.get(i.memory_segment, 3)
+    info |= seg << 15
+    idx = gpr_index(i.memory_index) if i.memory_index != R.NONE else None
+    info |= ((idx & 0xF) << 18) if idx is not None else (1 << 22)
+    base = gpr_index(i.memory_base) if i.memory_base not in (R.NONE, R.RIP, R.EIP) else None
+    info |= ((base & 0xF) << 23) if base is not None else (1 << 27)
+    return info
+
+
+def descriptor_table_info(ins, identity: int, address_size: int, operand_size: int) -> int:
+    """VM-exit instruction information for LGDT/LIDT/SGDT/SIDT (table 28-10): identity
+    0 SGDT, 1 SIDT, 2 LGDT, 3 LIDT; operand size bit 11 (0 = 16-bit, 1 = 32-bit)."""
+    info = _memory_operand_info(ins, address_size) | ((identity & 3) << 28)
+    if operand_size != 2:
+        info |= 1 << 11
+    return info
+
+
+def ldt_tr_info(ins, identity: int, address_size: int) -> int:
+    """VM-exit instruction information for SLDT/STR/LLDT/LTR (table 28-11): identity
+    0 SLDT, 1 STR, 2 LLDT, 3 LTR; a register operand sets bit 10 and bits 6:3."""
+    if ins.has_mem:
+        return _memory_operand_info(ins, address_size) | ((identity & 3) << 28)
+    return (1 << 10) | ((ins.gpr & 0xF) << 3) | ((identity & 3) << 28) | \
+        ({2: 0, 4: 1, 8: 2}.get(address_size, 1) << 7)
+
+
+def rdrand_info(ins) -> int:
+    """VM-exit instruction information for RDRAND/RDSEED (table 28-14): the destination
+    register (bits 6:3) and the operand size (bits 12:11: 0 = 16, 1 = 32, 2 = 64 bit)."""
+    return ((ins.gpr & 0xF) << 3) | ({2: 0, 4: 1, 8: 2}.get(ins.gpr_size, 1) << 11)
+
+
 class VmExit:
     """One VM exit, as a VMM would read it from the VMCS exit-information fields.
 

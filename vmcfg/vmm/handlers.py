@@ -243,7 +243,10 @@ def h_cpuid(ctx: ExitContext) -> None:
     """CPUID from the cvmm CPU model plus the profile's [cpuid] overrides."""
     v = ctx.vcpu
     g = v._gprs
-    eax, ebx, ecx, edx = v.cpuid.query(v.rr(g[0]) & 0xFFFFFFFF, v.rr(g[1]) & 0xFFFFFFFF)
+    leaf = v.rr(g[0]) & 0xFFFFFFFF
+    eax, ebx, ecx, edx = v.cpuid.query(leaf, v.rr(g[1]) & 0xFFFFFFFF)
+    if leaf == 1 and ecx & (1 << 26):
+        ecx = (ecx & ~(1 << 27)) | ((v.cr(4) >> 18 & 1) << 27)    # OSXSAVE mirrors CR4
     pend = v._pend            # 32-bit results zero-extend into the 64-bit registers
     pend[g[0]] = eax
     pend[g[3]] = ebx
@@ -313,12 +316,17 @@ def h_vmcall(ctx: ExitContext) -> None:
 @_skip_after
 @_guard_fault
 def h_xsetbv(ctx: ExitContext) -> None:
-    """XCR0 := EDX:EAX (ECX must be 0 and x87 state enabled, else #GP)."""
+    """XCR0 := EDX:EAX.  #GP(0) for ECX != 0, x87 state off, or a state component the CPU
+    model does not support (CPUID.(EAX=0DH,ECX=0):EAX; AVX needs SSE)."""
     from .vcpu import GuestFault
     v = ctx.vcpu
     val = (v.gpr(2, 4) << 32) | v.gpr(0, 4)
-    if v.gpr(1, 4) != 0 or not val & 1 or val & ~0x7:
+    supported = v.cpuid.query(0xD, 0)[0] | (v.cpuid.query(0xD, 0)[3] << 32)
+    if v.gpr(1, 4) != 0 or not val & 1 or val & ~supported or (val & 4 and not val & 2):
         raise GuestFault(13, 0)
+    v.flush()
+    v.cpu_state.set_xcr0(val)
+    v.after_state_load()
     v.xcr0 = val
 
 

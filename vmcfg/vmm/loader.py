@@ -7,6 +7,8 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..vmx.sizes import parse_size  # noqa: F401 - the one size grammar
+
 MAX_IMAGE = 64 << 20
 GUESTS_DIR = Path(__file__).resolve().parent.parent / "guests"
 
@@ -22,6 +24,7 @@ class Image:
     entry: int = 0
     kind: str = "flat"
     mode: int | None = None          # the mode the image asks for (ELF class, asm BITS)
+    multiboot: bool = False          # a Multiboot (v1) kernel: entered with EAX/EBX per the spec
     # registers a boot protocol sets on top of the start state (e.g. Linux: GDTR, the
     # __BOOT_CS/__BOOT_DS selectors, RSI = zero page); names as in setup_start_state
     boot_regs: dict = field(default_factory=dict)
@@ -71,6 +74,11 @@ def load_image(spec: str, *, base_dir: str | None = None, load_address: int = 0x
         raise ImageError(f"guest image {path}: cannot read: {e.strerror}") from None
     if data[:4] == b"\x7fELF":
         img = _load_elf(data, str(path))
+        if multiboot_header(data) is not None:
+            if img.mode != 32:
+                raise ImageError(f"{path}: a Multiboot header in a 64-bit ELF; Multiboot (v1) "
+                                 "kernels are ELF32 (EM_386) images")
+            img.kind, img.multiboot = "multiboot", True
         if entry is not None:
             img.entry = entry
         return img
@@ -78,6 +86,57 @@ def load_image(spec: str, *, base_dir: str | None = None, load_address: int = 0x
         return _assemble(data, str(path), load_address, entry, mode)
     return Image(str(path), [(load_address, data)],
                  load_address if entry is None else entry, "flat")
+
+
+MULTIBOOT_MAGIC = 0x1BADB002          # in the image's Multiboot header
+MULTIBOOT_BOOTLOADER_MAGIC = 0x2BADB002   # in EAX at the kernel's entry
+MULTIBOOT_SEARCH = 8192
+MBI_SIZE = 0x1000                     # the information block, its memory map and strings
+
+
+def mbi_address(image: "Image") -> int:
+    """Where the Multiboot information goes: the page after the image's highest byte
+    (as QEMU does), so it never overlaps the kernel."""
+    end = max(addr + len(data) for addr, data in image.segments)
+    return (end + 0xFFF) & ~0xFFF
+
+
+def multiboot_header(data: bytes) -> tuple[int, int] | None:
+    """(offset, flags) of a valid Multiboot v1 header in the first 8 KiB, or None."""
+    end = min(len(data), MULTIBOOT_SEARCH) - 12
+    for off in range(0, end + 1, 4):
+        if data[off:off + 4] != b"\x02\xb0\xad\x1b":
+            continue
+        magic, flags, checksum = struct.unpack_from("<III", data, off)
+        if (magic + flags + checksum) & 0xFFFFFFFF == 0:
+            return off, flags
+    return None
+
+
+def multiboot_info(memory: int, cmdline: str, addr: int) -> bytes:
+    """The Multiboot information structure for a guest with `memory` bytes of RAM, at `addr`.
+
+    Returns its bytes: the 88-byte info block
+    with mem_lower/mem_upper (flag 0), the command line (flag 2), no modules
+    (flag 3, count 0), a BIOS-style memory map (flag 6: 0-0x9FBFF RAM, the EBDA
+    and the BIOS area reserved, 1 MiB up to the end of RAM) and the boot
+    loader name (flag 9), followed by the map and the strings.
+    """
+    top = min(memory, 0xFFFFFFFF)
+    mmap_entries = [(0, 0x9FC00, 1), (0x9FC00, 0x400, 2), (0xF0000, 0x10000, 2),
+                    (0x100000, top - 0x100000, 1)]
+    mmap = b"".join(struct.pack("<IQQI", 20, b, ln, t) for b, ln, t in mmap_entries)
+    mmap_addr = addr + 128
+    cmd_addr = mmap_addr + len(mmap)
+    cmd = cmdline.encode("utf-8", "replace")[:MBI_SIZE - 256] + b"\0"
+    name_addr = cmd_addr + len(cmd)
+    name = b"vmcfg\0"
+    flags = (1 << 0) | (1 << 2) | (1 << 3) | (1 << 6) | (1 << 9)
+    info = struct.pack("<IIIIIII", flags, 640, (top - 0x100000) >> 10, 0xFFFFFFFF, cmd_addr, 0, 0)
+    info += b"\0" * 16                                     # syms (unused)
+    info += struct.pack("<IIIIIII", len(mmap), mmap_addr, 0, 0, 0, name_addr, 0)
+    info = info.ljust(128, b"\0")
+    return info + mmap + cmd + name
 
 
 def _load_elf(data: bytes, name: str) -> Image:
@@ -97,6 +156,8 @@ def _load_elf(data: bytes, name: str) -> Image:
                          "vmcfg runs x86 guests (EM_386 or EM_X86_64)")
     if e_type not in (2, 3):
         raise ImageError(f"{name}: ELF type {e_type} is not an executable (ET_EXEC/ET_DYN)")
+    if is64 and len(data) < 64:
+        raise ImageError(f"{name}: truncated ELF header")
     try:
         if is64:
             e_entry, e_phoff = struct.unpack_from("<QQ", data, 24)
@@ -116,7 +177,11 @@ def _load_elf(data: bytes, name: str) -> Image:
             if p_type != 1:     # PT_LOAD
                 continue
             if p_offset + p_filesz > len(data):
-                raise ImageError(f"{name}: program header {i} points past the end of the file")
+                raise ImageError(f"{name}: truncated ELF: program header {i} needs bytes "
+                                 f"{p_offset:#x}-{p_offset + p_filesz - 1:#x}, the file has "
+                                 f"{len(data):#x}")
+            if p_filesz > p_memsz:
+                raise ImageError(f"{name}: program header {i}: file size larger than memory size")
             seg = data[p_offset:p_offset + p_filesz] + b"\0" * max(0, p_memsz - p_filesz)
             segs.append((p_paddr, seg))
     except struct.error:
@@ -145,17 +210,3 @@ def _assemble(data: bytes, name: str, load_address: int, entry: int | None, mode
     return Image(name, [(res.origin, res.data)], res.origin if entry is None else entry,
                  "asm", res.bits)
 
-
-def parse_size(text: str | int) -> int:
-    if isinstance(text, int):
-        return text
-    s = str(text).strip().upper().removesuffix("IB").removesuffix("B")
-    mult = 1
-    for suf, m in (("K", 1 << 10), ("M", 1 << 20), ("G", 1 << 30)):
-        if s.endswith(suf):
-            s, mult = s[:-1], m
-            break
-    try:
-        return int(s, 0) * mult
-    except ValueError:
-        raise ImageError(f"bad memory size {text!r} (use e.g. 16M, 512K, 1G)") from None

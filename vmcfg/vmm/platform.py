@@ -25,7 +25,7 @@ BRAND = "vmcfg cvmm virtual CPU @ 1 instruction/tick"
 class CpuidModel:
     """CPUID of the cvmm virtual CPU plus the profile's ``[cpuid]`` overrides.
 
-    Reports what the emulator implements: GenuineIntel family 6, x87/SSE..SSE4.2,
+    Reports what the emulator implements: GenuineIntel family 6, x87/SSE..SSE4.2, XSAVE (x87|SSE),
     TSC, MSR, PAE, CX8/CX16, CMOV, POPCNT, RDRAND/RDSEED (deterministic),
     the hypervisor bit, long mode, NX, RDTSCP (when secondary.enable_rdtscp is
     on) and INVPCID (when secondary.enable_invpcid is on).  VMX is not
@@ -46,7 +46,7 @@ class CpuidModel:
         t[(0, 0)] = [self.max_basic, v[0], v[2], v[1]]
         fms = (6 << 8) | (0x5 << 4) | 4 | (0x5 << 16)          # family 6, model 0x55, stepping 4
         ecx1 = (1 << 0) | (1 << 1) | (1 << 9) | (1 << 13) | (1 << 19) | (1 << 20) | (1 << 23) \
-            | (1 << 30) | (1 << 31)
+            | (1 << 26) | (1 << 30) | (1 << 31)                 # .. XSAVE (26)
         edx1 = (1 << 0) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 8) | (1 << 13) | (1 << 15) \
             | (1 << 16) | (1 << 19) | (1 << 23) | (1 << 24) | (1 << 25) | (1 << 26)
         # devices: the local APIC (EDX 9), its x2APIC mode (ECX 21) and TSC-deadline timer (ECX 24)
@@ -57,6 +57,9 @@ class CpuidModel:
         if invpcid:
             ebx7 |= 1 << 10
         t[(7, 0)] = [0, ebx7, 0, 0]
+        # XSAVE: x87 and SSE state (XCR0 bits 0-1), 512-byte legacy area + 64-byte header
+        t[(0xD, 0)] = [0x3, 576, 576, 0]
+        t[(0xD, 1)] = [0, 0, 0, 0]
         # TSC and core crystal clock: TSC = ECX * EBX / EAX = the profile's tsc.frequency
         # (the crystal runs at the TSC rate), so a kernel takes the frequency without calibrating
         k = 1 if tsc_hz < (1 << 32) else 1000

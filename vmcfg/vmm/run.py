@@ -10,25 +10,13 @@ from dataclasses import dataclass, field
 from typing import IO, Any, Callable
 
 from ..vmx.config import VmxConfig
-from ..vmx.exits import ENTRY_FAILURE_BIT, exit_name
+from ..vmx.registers import GPR_NAMES, gpr_count
+from ..vmx.exits import ENTRY_FAILURE_BIT, Exit, exit_name, exits_json
 from .entry import EntryProblem, check_entry, start_cr0, start_cr4
 from .loader import Image
+from ..status import LAUNCH_STATUSES, exit_code
 
-# Process exit statuses of `vmcfg launch` (debug-exit statuses are odd: (v << 1) | 1)
-EXIT_STATUS = {
-    "halted": 0,
-    "entry-failure": 4,
-    "triple-fault": 6,
-    "timeout": 8,
-    "instruction-limit": 10,
-    "error": 12,
-    "stopped": 0,
-    "interrupted": 130,      # Ctrl-C; `vmcfg launch` exits 128 + the signal (143 for SIGTERM)
-    "reset": 14,             # the guest reset the machine (port 0x64 or 0xCF9)
-    "poweroff": 0,           # the guest powered off through ACPI (S5)
-}
-STATUSES = ("halted", "debug-exit", "triple-fault", "timeout", "instruction-limit",
-            "entry-failure", "error", "stopped", "interrupted", "reset", "poweroff")
+STATUSES = LAUNCH_STATUSES
 
 
 @dataclass
@@ -42,16 +30,15 @@ class RunResult:
     wall_seconds: float = 0.0
     message: str = ""
     vmm_seconds: float = 0.0
-    registers: str | None = None
+    registers: dict[str, int] | None = None     # at an error: register_state()
     entry_failure: dict | None = None
     exit_order: list[int] = field(default_factory=list)
     vpid: int | None = None          # the VPID the guest ran with (secondary.enable_vpid)
+    fault_text: str | None = None    # the VMM's register dump at an error (human report only)
 
     @property
     def exit_status(self) -> int:
-        if self.status == "debug-exit":
-            return ((self.guest_exit_code or 0) << 1 | 1) & 0xFF
-        return EXIT_STATUS[self.status]
+        return exit_code(self.status, self.guest_exit_code)
 
     def exit_counts(self) -> dict[str, int]:
         return {e["name"]: e["count"] for e in self.exits}
@@ -154,13 +141,20 @@ def apply_boot_regs(vcpu, mode: int, regs: dict) -> None:
 def setup_start_state(vcpu, mode: int, memory: int, entry: int) -> None:
     """Long mode with identity paging / flat protected mode / real mode (docs/vmm.md)."""
     from unicorn import x86_const as X
+    from .cpu.state import CS, DS, ES, FS, GS, REAL_MODE_FLAGS, SS, descriptor_cache
     from .vcpu import GDT_ADDR, PD_ADDR, PDPT_ADDR, PML4_ADDR
     uc = vcpu.uc
-    gdt = struct.pack("<QQQQQ", 0,
-                      0x00AF9A000000FFFF,      # 0x08: 64-bit code
-                      0x00CF92000000FFFF,      # 0x10: data
-                      0x00CF9A000000FFFF,      # 0x18: 32-bit code
-                      0x008F9A000000FFFF)      # 0x20: 16-bit code
+    descs = (0,
+             0x00AF9A000000FFFF,      # 0x08: 64-bit code
+             0x00CF92000000FFFF,      # 0x10: data
+             0x00CF9A000000FFFF,      # 0x18: 32-bit code
+             0x008F9A000000FFFF)      # 0x20: 16-bit code
+    gdt = struct.pack("<5Q", *descs)
+
+    def seg(sel: int) -> tuple[int, int, int, int]:
+        d = descs[sel >> 3]
+        return (sel,) + descriptor_cache(d & 0xFFFFFFFF, d >> 32)
+
     if mode == 64:
         uc.mem_write(GDT_ADDR, gdt)
         uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT_ADDR, len(gdt) - 1, 0))
@@ -187,12 +181,10 @@ def setup_start_state(vcpu, mode: int, memory: int, entry: int) -> None:
             uc.mem_write(pd, struct.pack("<512Q", *entries))
         uc.reg_write(X.UC_X86_REG_CR3, PML4_ADDR)
         uc.reg_write(X.UC_X86_REG_CR4, start_cr4(64))
-        uc.msr_write(0xC0000080, (1 << 8) | (1 << 10) | (1 << 11))   # LME LMA NXE
+        vcpu.cpu_state.set_efer((1 << 8) | (1 << 10) | (1 << 11))   # LME LMA NXE
         uc.reg_write(X.UC_X86_REG_CR0, start_cr0(64))
-        uc.reg_write(X.UC_X86_REG_CS, 0x08)
-        for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS, X.UC_X86_REG_FS,
-                  X.UC_X86_REG_GS):
-            uc.reg_write(r, 0x10)
+        vcpu.cpu_state.load_segments({CS: seg(0x08), SS: seg(0x10), DS: seg(0x10),
+                                      ES: seg(0x10), FS: seg(0x10), GS: seg(0x10)}, cpl=0)
         uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0, 0))
         uc.reg_write(X.UC_X86_REG_RSP, memory)
         uc.reg_write(X.UC_X86_REG_RFLAGS, 0x2)
@@ -200,31 +192,45 @@ def setup_start_state(vcpu, mode: int, memory: int, entry: int) -> None:
     elif mode == 32:
         uc.mem_write(GDT_ADDR, gdt)
         uc.reg_write(X.UC_X86_REG_GDTR, (0, GDT_ADDR, len(gdt) - 1, 0))
+        vcpu.cpu_state.set_efer(0)
         uc.reg_write(X.UC_X86_REG_CR4, start_cr4(32))
         uc.reg_write(X.UC_X86_REG_CR0, start_cr0(32))
-        uc.reg_write(X.UC_X86_REG_CS, 0x18)
-        for r in (X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS, X.UC_X86_REG_FS,
-                  X.UC_X86_REG_GS):
-            uc.reg_write(r, 0x10)
+        vcpu.cpu_state.load_segments({CS: seg(0x18), SS: seg(0x10), DS: seg(0x10),
+                                      ES: seg(0x10), FS: seg(0x10), GS: seg(0x10)}, cpl=0)
         uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0, 0))
-        uc.reg_write(X.UC_X86_REG_ESP, min(memory, 1 << 32) & 0xFFFFFFFF if memory < (1 << 32)
-                     else 0xFFFFFFF0)
-        uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
-        uc.reg_write(X.UC_X86_REG_EIP, entry)
+        uc.reg_write(X.UC_X86_REG_RSP, memory if memory < (1 << 32) else 0xFFFFFFF0)
+        uc.reg_write(X.UC_X86_REG_RFLAGS, 0x2)
+        uc.reg_write(X.UC_X86_REG_RIP, entry)
     else:
         if entry < 0x100000:
             cs, ip = (entry >> 4) & 0xF000, entry - ((entry >> 4) & 0xF000) * 16
         else:
             cs, ip = 0xFFFF, entry - 0xFFFF0
+        vcpu.cpu_state.set_efer(0)
+        uc.reg_write(X.UC_X86_REG_CR4, 0)
         uc.reg_write(X.UC_X86_REG_CR0, start_cr0(16))
-        for r in (X.UC_X86_REG_CS, X.UC_X86_REG_DS, X.UC_X86_REG_ES, X.UC_X86_REG_SS):
-            uc.reg_write(r, cs)
-        uc.reg_write(X.UC_X86_REG_FS, 0)
-        uc.reg_write(X.UC_X86_REG_GS, 0)
+
+        def real(sel: int) -> tuple[int, int, int, int]:
+            return (sel, sel << 4, 0xFFFF, REAL_MODE_FLAGS)
+        vcpu.cpu_state.load_segments({CS: real(cs), DS: real(cs), ES: real(cs), SS: real(cs),
+                                      FS: real(0), GS: real(0)}, cpl=0)
         uc.reg_write(X.UC_X86_REG_IDTR, (0, 0, 0x3FF, 0))
-        uc.reg_write(X.UC_X86_REG_ESP, 0xFFFE)
-        uc.reg_write(X.UC_X86_REG_EFLAGS, 0x2)
-        uc.reg_write(X.UC_X86_REG_IP, ip)
+        uc.reg_write(X.UC_X86_REG_RSP, 0xFFFE)
+        uc.reg_write(X.UC_X86_REG_RFLAGS, 0x2)
+        uc.reg_write(X.UC_X86_REG_RIP, ip)
+    vcpu.after_state_load()
+
+
+def setup_multiboot(vcpu, image: Image, memory: int, cmdline: str) -> None:
+    """Multiboot (v1) hand-over: EAX = 0x2BADB002, EBX = the information structure."""
+    from unicorn import x86_const as X
+    from .loader import MULTIBOOT_BOOTLOADER_MAGIC, mbi_address, multiboot_info
+    addr = mbi_address(image)
+    info = multiboot_info(memory, cmdline, addr)
+    vcpu.uc.mem_write(addr, info)
+    vcpu.uc.reg_write(X.UC_X86_REG_RAX, MULTIBOOT_BOOTLOADER_MAGIC)
+    vcpu.uc.reg_write(X.UC_X86_REG_RBX, addr)
+    vcpu.after_state_load()
 
 
 class LaunchError(Exception):
@@ -242,6 +248,11 @@ def check_layout(image: Image, memory: int, mode: int) -> None:
             raise LaunchError(f"{image.name}: the image overlaps guest-physical "
                               f"0x0-{VMM_AREA_END - 1:#x}, where the VMM keeps the GDT and "
                               "page tables of the 64-bit start state; load it higher")
+    if image.multiboot:
+        from .loader import MBI_SIZE, mbi_address
+        if mbi_address(image) + MBI_SIZE > min(memory, 1 << 32):
+            raise LaunchError(f"{image.name}: no room after the kernel for the Multiboot "
+                              f"information (guest RAM ends at {memory - 1:#x}); use --memory")
     if not 0 <= image.entry < memory:
         raise LaunchError(f"{image.name}: entry point {image.entry:#x} is outside guest RAM "
                           f"(0x0-{memory - 1:#x})")
@@ -262,9 +273,10 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
               progress: Callable[[Any], None] | None = None,
               on_vcpu: Callable[[Any], None] | None = None,
               nmi_at: int | None = None, serial_input: bytes | None = None,
-              clock: str = "virtual") -> RunResult:
+              cmdline: str = "", clock: str = "virtual") -> RunResult:
     """Run `image` under `cfg`; never raises for guest behaviour (see RunResult.status).
-    `serial_input`: bytes the guest receives on COM1 (the UART's receive path).
+    `serial_input`: bytes the guest receives on COM1 (the UART's receive path);
+    `cmdline`: the command line a Multiboot image is given (a bzImage carries its own);
     `clock`: "virtual" (guest time from retired instructions and exits; deterministic) or
     "realtime" (the guest's TSC follows the host's monotonic clock)."""
     from .devices import Board
@@ -287,6 +299,8 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
     for addr, data in image.segments:
         vcpu.uc.mem_write(addr, data)
     setup_start_state(vcpu, mode, memory, image.entry)
+    if image.multiboot:
+        setup_multiboot(vcpu, image, memory, " ".join(x for x in (image.name, cmdline) if x))
     if image.boot_regs:
         apply_boot_regs(vcpu, mode, image.boot_regs)
     vcpu.nmi_at = nmi_at
@@ -324,11 +338,33 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
                     [{k: e[k] for k in ("reason", "name", "count")} for e in exits],
                     plat.serial.text, wall, vcpu.message,
                     sum(s.seconds for s in vcpu.exit_stats.values()),
-                    vcpu.fault_dump, None, list(vcpu.exit_order))
+                    register_state(vcpu, mode) if vcpu.fault_dump else None, None,
+                    list(vcpu.exit_order))
     res.exit_seconds = {e["reason"]: e["vmm_seconds"] for e in exits}
+    res.fault_text = vcpu.fault_dump
     if cfg.on("secondary.enable_vpid"):
         res.vpid = cfg.settings["vpid"]["id"]
     return res
+
+
+def register_state(vcpu, mode: int) -> dict[str, int]:
+    """The guest's registers as an object: {"rax": ..., ..., "rip": ..., "rflags": ...}."""
+    regs = {GPR_NAMES[i]: vcpu.gpr(i) for i in range(gpr_count(mode))}
+    regs["rip"] = vcpu.rip
+    regs["rflags"] = vcpu.rflags
+    return regs
+
+
+def run_plan(plan, *, trace: IO[str] | None = None, trace_sample: int = 1,
+             console: Callable[[str], None] | None = None,
+             progress: Callable[[Any], None] | None = None,
+             on_vcpu: Callable[[Any], None] | None = None) -> RunResult:
+    """Run a LaunchPlan (vmm/plan.py); the arguments are where the run's output goes."""
+    return run_guest(plan.config, plan.image, memory=plan.memory, mode=plan.mode,
+                     handlers=plan.handlers, trace=trace, trace_sample=trace_sample,
+                     max_instructions=plan.max_instructions, timeout=plan.timeout,
+                     console=console, progress=progress, on_vcpu=on_vcpu, nmi_at=plan.nmi_at,
+                     serial_input=plan.serial_input, cmdline=plan.cmdline, clock=plan.clock)
 
 
 def _inject_at_entry(vcpu, cfg: VmxConfig) -> None:
@@ -355,7 +391,8 @@ def _entry_failure(problems: list[EntryProblem], t0: float) -> RunResult:
     msg = "VM entry failed (exit reason 33 | bit 31, invalid guest state):\n" + "\n".join(
         f"  [{p.rule}] {p.message}\n    fix: {p.fix}" for p in problems)
     return RunResult("entry-failure", None, 0, 0,
-                     [{"reason": 33, "name": exit_name(33), "count": 1}], "",
+                     exits_json({Exit.ENTRY_FAIL_GUEST_STATE: 1}), "",
                      time.perf_counter() - t0, msg, 0.0, None,
-                     {"reason_field": 33 | ENTRY_FAILURE_BIT, "qualification": 0,
-                      "problems": [p.to_json() for p in problems]}, [33])
+                     {"reason_field": Exit.ENTRY_FAIL_GUEST_STATE | ENTRY_FAILURE_BIT,
+                      "qualification": 0, "problems": [p.to_json() for p in problems]},
+                     [Exit.ENTRY_FAIL_GUEST_STATE])

@@ -28,7 +28,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from unicorn import (UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_FETCH_UNMAPPED,
+from unicorn import (UC_HOOK_INSN, UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_FETCH_UNMAPPED,
                      UC_ERR_INSN_INVALID, UC_ERR_READ_PROT, UC_ERR_READ_UNMAPPED,
                      UC_ERR_WRITE_PROT, UC_ERR_WRITE_UNMAPPED, UC_HOOK_CODE, UC_HOOK_INTR,
                      UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_READ_PROT, UC_HOOK_MEM_UNMAPPED,
@@ -49,11 +49,15 @@ from ..vmx.config import VmxConfig
 from ..vmx.exits import CONTRIBUTORY_VECTORS, ERROR_CODE_VECTORS
 from . import decode as D
 from .counter import BlockCounter
+from ..vmx.exits import Exit
+from .exitinfo import descriptor_table_info, ldt_tr_info, rdrand_info
 from .exitinfo import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, INTR_EXTERNAL,
                        INTR_HW_EXCEPTION, INTR_NMI,
                        INTR_PRIV_SW_EXCEPTION, INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit,
                        cr_qualification, dr_qualification, interruption_info, io_qualification)
 from .handlers import DEFAULT_HANDLERS, ExitContext
+from .cpu.delivery import DeliveryFault, deliver_event, nested
+from .cpu.state import HF_PE, CpuState, mode_of, unicorn_cpu_model
 from .devices import Board, DebugExit, SystemReset
 from .platform import CpuidModel, MsrFault, MsrFile
 
@@ -64,6 +68,7 @@ MASK64 = (1 << 64) - 1
 UNTIL = 0xFFFF_FFFF_FFFF_FFFF
 SMC_HOT_LIMIT = 4              # stores to a code page before it gets a write hook instead
 DEADLINE_MARGIN = 600          # > TCG_MAX_INSNS (512): a block never crosses it
+MAP_CHUNK = 1 << 20            # guest RAM is mapped in regions of this size (see _map_memory)
 VMM_AREA_END = 0x10000         # guest-physical area the VMM uses for start-up tables
 
 # Where the VMM puts its start-up structures in guest memory (documented in docs/vmm.md)
@@ -86,6 +91,7 @@ _CR = {0: X.UC_X86_REG_CR0, 2: X.UC_X86_REG_CR2, 3: X.UC_X86_REG_CR3, 4: X.UC_X8
        8: X.UC_X86_REG_CR8}
 _ERROR_CODE_VECTORS = ERROR_CODE_VECTORS
 _CONTRIBUTORY = CONTRIBUTORY_VECTORS
+_MODE_FREE = frozenset({b"\x0f\x31", b"\x0f\xa2"})     # RDTSC, CPUID: same in every mode
 _UNCONDITIONAL = {"cpuid": 10, "invd": 13, "xsetbv": 55, "vmcall": 18, "getsec": 11}
 
 # kinds always trapped: unconditional exits, and instructions whose results the
@@ -93,7 +99,27 @@ _UNCONDITIONAL = {"cpuid": 10, "invd": 13, "xsetbv": 55, "vmcall": 18, "getsec":
 ALWAYS_TRAPPED = frozenset({"cpuid", "invd", "xsetbv", "vmcall", "vmx", "getsec", "hlt",
                             "rdtsc", "rdtscp", "rdmsr", "wrmsr", "io", "rdrand", "rdseed",
                             "rdpmc", "mwait", "monitor", "invpcid",
+                            "mov_to_cr4",       # CR4 bits the CPU model lacks: #GP (cr4_allowed)
                             "mov_to_cr8", "mov_from_cr8"})   # devices: CR8 is the LAPIC TPR
+
+# Instruction kinds that raise #GP(0) at CPL > 0 (this check comes before any VM exit)
+PRIVILEGED = frozenset({"rdmsr", "wrmsr", "hlt", "invd", "wbinvd", "xsetbv", "invlpg", "invpcid",
+                        "mov_dr", "clts", "lmsw", "mov_to_cr0", "mov_from_cr0", "mov_to_cr3",
+                        "mov_from_cr3", "mov_to_cr4", "mov_from_cr4", "mov_to_cr8",
+                        "mov_from_cr8", "monitor", "mwait"})
+
+
+def cr4_allowed(cpuid) -> int:
+    """CR4 bits the CPU model supports (the rest are reserved: MOV to CR4 raises #GP(0))."""
+    _a, _b, ecx1, edx1 = cpuid.query(1, 0)
+    _a, ebx7, ecx7, _d = cpuid.query(7, 0)
+    bits = 0x7FF & ~(1 << 7 if not edx1 & (1 << 13) else 0)     # VME..OSXMMEXCPT (PGE per CPUID)
+    for cond, bit in ((ecx7 & (1 << 2), 11), (ebx7 & 1, 16), (ecx1 & (1 << 17), 17),
+                      (ecx1 & (1 << 26), 18), (ebx7 & (1 << 7), 20), (ebx7 & (1 << 20), 21),
+                      (ecx7 & (1 << 3), 22), (ecx7 & (1 << 31), 24), (ecx7 & (1 << 16), 12)):
+        if cond:
+            bits |= 1 << bit
+    return bits
 
 
 _OLD_EXC_OFFSET: dict[int, int | None] = {}
@@ -140,6 +166,20 @@ def tsc_frequency(cfg: VmxConfig) -> int:
     """The TSC rate in Hz: the profile's tsc.frequency, else the machine clock's default."""
     from .clock import TSC_HZ
     return int((cfg.settings.get("tsc") or {}).get("frequency") or TSC_HZ)
+
+
+def _prefixes(ins: D.Insn) -> bytes:
+    """The legacy/REX prefix bytes of a two-byte-opcode (0F xx) instruction."""
+    i = ins.raw.find(b"\x0f")
+    return ins.raw[:i] if i > 0 else b""
+
+
+def _address_size(ins: D.Insn, mode: int) -> int:
+    """Address size of a memory operand in bytes (the 0x67 prefix flips the default)."""
+    default = 8 if mode == 64 else 4 if mode == 32 else 2
+    if 0x67 in _prefixes(ins):
+        return 4 if mode == 64 else 2 if mode == 32 else 4
+    return default
 
 
 class RunEnd(Exception):
@@ -227,28 +267,36 @@ class Vcpu:
         if mode not in (16, 32, 64):
             raise ValueError(f"mode must be 16, 32 or 64, not {mode}")
         self._set_cfg(config)
-        self.mode = mode
+        self.start_mode = mode
+        self.mode = mode                 # the current code size (16/32/64), see _sync_mode
         self.bitness = mode
+        self.cs_base = 0
+        self.cpl = 0
+        self.real = mode == 16
         self.memory = memory
         self.platform = platform or Board(memory=memory)
         self.user_handlers = dict(handlers or {})
         self.trace = trace
         self.max_instructions = max_instructions
-        self.uc = Uc(UC_ARCH_X86, {16: UC_MODE_16, 32: UC_MODE_32, 64: UC_MODE_64}[mode])
+        # always a 64-bit engine: the guest may switch modes itself (real -> protected -> long);
+        # the start mode is the CPU state run.setup_start_state writes (cpu.state)
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        self.uc.ctl_set_cpu_model(unicorn_cpu_model())
         self._uch = self.uc._uch
+        self.cpu_state = CpuState(self.uc)
         self._rbuf = ctypes.c_uint64()
         self._rref = ctypes.byref(self._rbuf)
         self._pend: dict[int, int] = {}
         self._rcache: dict[int, int] = {}
         self._pcbuf = ctypes.c_uint64()
         self._pcref = ctypes.byref(self._pcbuf)
-        self._pc_reg = {64: X.UC_X86_REG_RIP, 32: X.UC_X86_REG_EIP, 16: X.UC_X86_REG_IP}[mode]
+        self._pc_reg = X.UC_X86_REG_RIP
         self._wids = (ctypes.c_int * 64)()
         self._wvals = [ctypes.c_uint64() for _ in range(64)]
         self._wptrs = (ctypes.c_void_p * 64)(*[ctypes.addressof(v) for v in self._wvals])
-        self._gprs = _GPR64 if mode == 64 else _GPR32
-        self._rip_reg = X.UC_X86_REG_RIP if mode == 64 else X.UC_X86_REG_EIP
-        self._rflags_reg = X.UC_X86_REG_RFLAGS if mode == 64 else X.UC_X86_REG_EFLAGS
+        self._gprs = _GPR64
+        self._rip_reg = X.UC_X86_REG_RIP
+        self._rflags_reg = X.UC_X86_REG_RFLAGS
         # --- virtual time and state ---
         self.icount = 0
         self.idle_ticks = 0
@@ -294,6 +342,8 @@ class Vcpu:
         self._smc_count: dict[int, int] = {}
         self._hot_pages: set[int] = set()     # (reserved: pages guarded by a write hook)
         self._smc_page: int | None = None
+        self._smc_before: bytes | None = None
+        self._monitor_armed = False             # MONITOR armed the address-monitoring hardware
         self._smc_retry = False
         self._hooks: dict[int, int] = {}
         self._wguard: dict[int, int] = {}
@@ -324,6 +374,8 @@ class Vcpu:
         self.uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
         self.uc.hook_add(UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT, self._on_prot)
         self.uc.hook_add(UC_HOOK_INTR, self._on_intr)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_fastcall, "syscall", 1, 0, X.UC_X86_INS_SYSCALL)
+        self.uc.hook_add(UC_HOOK_INSN, self._on_fastcall, "sysenter", 1, 0, X.UC_X86_INS_SYSENTER)
         self.msrs = MsrFile(self._cpu_msr_read, self._cpu_msr_write, self._tsc_msr_read,
                             self._tsc_msr_write, devices=self.platform)
         self.cpuid = self._make_cpuid(config)
@@ -382,7 +434,10 @@ class Vcpu:
         return ""
 
     def _map_memory(self) -> None:
-        self.uc.mem_map(0, self.memory, UC_PROT_READ | UC_PROT_WRITE)
+        # in 1 MiB regions: Unicorn's mem_protect on part of a region copies the whole region
+        # (2.5 s per code page on a 256 MiB guest mapped as one region)
+        for lo in range(0, self.memory, MAP_CHUNK):
+            self.uc.mem_map(lo, min(MAP_CHUNK, self.memory - lo), UC_PROT_READ | UC_PROT_WRITE)
         if self._ept_regions is not None:
             # one mem_protect per run of pages with equal EPT permissions
             bounds = sorted({0, self.memory} | {min(max(x, 0), self.memory)
@@ -451,18 +506,86 @@ class Vcpu:
             m = (1 << (8 * size)) - 1
             self.rw(reg, (self.rr(reg) & ~m) | (value & m))
 
+    # ---- the current mode (the guest changes it itself) ---------------------------
+    def _sync_mode(self) -> None:
+        """Read the CPU's mode, CPL and CS base (after the guest ran: it may have switched
+        between real, protected and long mode, or to another code segment)."""
+        self.flush()
+        hf, self.cs_base, eflags = self.cpu_state.mode_bits()
+        self.mode = self.bitness = mode_of(hf, eflags)
+        self.cpl = hf & 3
+        self.real = not hf & HF_PE
+
+    def _ip_mask(self) -> int:
+        return MASK64 if self.mode == 64 else 0xFFFFFFFF if self.mode == 32 else 0xFFFF
+
     @property
     def rip(self) -> int:
         """Linear address of the next instruction."""
-        if self.mode == 16:
-            return ((self.rr(X.UC_X86_REG_CS) << 4) + self.rr(X.UC_X86_REG_IP)) & 0xFFFFFFFF
-        return self.rr(self._rip_reg)
+        ip = self.rr(self._rip_reg)
+        if self.real:
+            return ((self.rr(X.UC_X86_REG_CS) << 4) + (ip & 0xFFFF)) & 0xFFFFF
+        return (self.cs_base + ip) & (MASK64 if self.mode == 64 else 0xFFFFFFFF)
+
+    def _rip_value(self, linear: int) -> int:
+        base = (self.rr(X.UC_X86_REG_CS) << 4) if self.real else self.cs_base
+        return (linear - base) & self._ip_mask()
 
     def set_rip(self, linear: int) -> None:
-        if self.mode == 16:
-            self.rw(X.UC_X86_REG_IP, (linear - (self.rr(X.UC_X86_REG_CS) << 4)) & 0xFFFF)
-        else:
-            self.rw(self._rip_reg, linear)
+        self.rw(self._rip_reg, self._rip_value(linear))
+
+    # ---- what cpu.delivery needs -----------------------------------------------------
+    def read_phys(self, addr: int, size: int) -> bytes:
+        if addr + size > self.memory:
+            raise UcError(UC_ERR_READ_UNMAPPED)
+        return bytes(self.uc.mem_read(addr, size))
+
+    def write_phys(self, addr: int, data: bytes) -> None:
+        if addr + len(data) > self.memory:
+            raise UcError(UC_ERR_WRITE_UNMAPPED)
+        self.write_mem(addr, data)
+
+    def gdtr(self) -> tuple[int, int]:
+        self.flush()
+        g = self.uc.reg_read(X.UC_X86_REG_GDTR)
+        return g[1], g[2]
+
+    def idtr(self) -> tuple[int, int]:
+        self.flush()
+        g = self.uc.reg_read(X.UC_X86_REG_IDTR)
+        return g[1], g[2]
+
+    def efer(self) -> int:
+        self.flush()
+        return self.uc.msr_read(0xC0000080)
+
+    def rr_rflags(self) -> int:
+        return self.rr(self._rflags_reg)
+
+    def rsp(self) -> int:
+        return self.rr(X.UC_X86_REG_RSP)
+
+    def set_rsp(self, v: int) -> None:
+        self.rw(X.UC_X86_REG_RSP, v)
+
+    def set_rflags_raw(self, v: int) -> None:
+        self.rw(self._rflags_reg, v | 2)
+
+    def rr_rip_reg(self) -> int:
+        return self.rr(self._rip_reg)
+
+    def set_rip_reg(self, v: int) -> None:
+        self.rw(self._rip_reg, v)
+
+    def after_state_load(self) -> None:
+        """The hidden state was rewritten (cpu.state): forget cached registers, re-read the mode."""
+        self._rcache.clear()
+        self._pend.clear()
+        self._sync_mode()
+
+    def unsupported(self, what: str) -> None:
+        self.fault_dump = self.register_dump()
+        raise RunEnd("error", None, f"the guest needs {what}, which vmcfg does not emulate")
 
     @property
     def rflags(self) -> int:
@@ -564,7 +687,7 @@ class Vcpu:
 
     def _mmio_enter(self) -> None:
         self._rcache.clear()
-        self._mmio_icount = max(self.icount, self._retired_at(self.rr(self._rip_reg)))
+        self._mmio_icount = max(self.icount, self._retired_at(self.rip))
 
     def _mmio_read(self, uc, offset: int, size: int, base: int) -> int:
         try:
@@ -582,9 +705,10 @@ class Vcpu:
         try:
             self._mmio_enter()
             self.platform.mmio_write(base + offset, size, value)
-            if self.platform.changed:
-                # interrupt state changed: stop at the next block boundary (not here: Unicorn's
-                # PC is not synchronised inside an MMIO access) and look again
+            if self.platform.changed and self._event is None:
+                # interrupt state changed: re-check before the next block.  Not emu_stop: a
+                # stop requested inside an MMIO store makes Unicorn restart the store
+                self._event = ("resume",)
                 self.counter.request_stop()
         except BaseException as e:       # pragma: no cover - never let it reach C
             self._event = ("error", e)
@@ -595,6 +719,7 @@ class Vcpu:
 
     # ================================================================ code pages
     def _count_block(self, address: int, size: int) -> int:
+        self._sync_mode()            # a new block: the guest may have switched modes natively
         try:
             data = self.read_mem(address, size)
         except UcError:
@@ -633,7 +758,7 @@ class Vcpu:
             data += self.read_mem(page + PAGE, 15)
         except UcError:
             pass
-        found = D.scan_page(data, page, self.bitness)
+        found = self._scan_bytes(data, page)
         self._scanned[page] = found
         for addr, (kind, _instr) in found.items():
             if kind in self._trapped:
@@ -641,6 +766,15 @@ class Vcpu:
         if page in self._hot_pages and page not in self._wguard:
             self._wguard[page] = self.uc.hook_add(UC_HOOK_MEM_WRITE, self._on_code_write,
                                                   begin=page, end=page + PAGE - 1)
+
+    def _scan_bytes(self, data: bytes, base: int, lo: int = 0, hi: int | None = None) -> dict:
+        """Sensitive instructions in `data`, decoded in the current code size and in the one
+        the guest may switch to without the VMM seeing it (32 <-> 64, 16 -> 32): a hook sits at
+        each; at the trap the instruction is decoded again in the mode the CPU is in then."""
+        other = 64 if self.bitness == 32 else 32
+        found = D.scan_page(data, base, other, lo, hi)
+        found.update(D.scan_page(data, base, self.bitness, lo, hi))
+        return found
 
     def _hook(self, addr: int) -> None:
         # registered straight with the C API: one shared ctypes callback, no binding wrapper
@@ -668,6 +802,19 @@ class Vcpu:
         if h is not None:
             self.uc.hook_del(h)
         self._make_data_page(page)
+
+    def _rescan(self, page: int) -> None:
+        """A guarded (hot) code page whose sensitive instructions changed: re-decode it in
+        place, keeping it executable and writable; its cached translations are dropped."""
+        found = self._scanned.pop(page, {})
+        for addr in list(found):
+            self._unhook(addr)
+        for a in [a for a in self._insns if page <= a < page + PAGE]:
+            self._insns.pop(a, None)
+        self._scan(page)
+        self.counter.invalidate(page, page + PAGE)
+        self._prefix_cache.clear()
+        self.uc.ctl_remove_cache(page, page + PAGE)
 
     def _make_data_page(self, page: int) -> None:
         """Back to readable/writable, not executable (within its EPT rights): the next
@@ -697,14 +844,19 @@ class Vcpu:
             window = bytearray(self.read_mem(lo, hi - lo))
         except UcError:
             return
+        before = bytes(window)
         for i in range(size):
             j = address - lo + i
             if 0 <= j < len(window):
                 window[j] = (value >> (8 * i)) & 0xFF
-        new = D.scan_page(bytes(window), lo, self.bitness, 0, min(len(window), page + PAGE - lo))
-        old = {a: k for a, (k, _i) in found.items() if lo <= a < page + PAGE and a < hi}
-        newk = {a: k for a, (k, _i) in new.items() if a < page + PAGE}
-        changed = old != newk or any(lo <= a < hi for a in self._insns)
+        # the window decoded before and after the store from the same first byte (a window
+        # may begin inside an instruction: only a difference between the two counts)
+        lim = min(len(window), page + PAGE - lo)
+        old = {a: k for a, (k, _i) in self._scan_bytes(before, lo, 0, lim).items()}
+        newk = {a: k for a, (k, _i) in self._scan_bytes(bytes(window), lo, 0, lim).items()}
+        end = address + size
+        changed = old != newk or any(a < end and address < a + ins.length
+                                     for a, ins in self._insns.items() if lo <= a < hi)
         if changed:
             # hooks cannot change inside a running callback: stop (at the end of this block,
             # or at the next trapped instruction, which keeps the count exact) and rescan
@@ -728,11 +880,13 @@ class Vcpu:
 
     def _on_unmapped(self, uc, access, address, size, value, _ud):
         self._rcache.clear()
+        self._sync_mode()
         self._event = ("unmapped", access, address, size, self._retired_at(self.rip), self.rip)
         return False
 
     def _on_prot(self, uc, access, address, size, value, _ud):
         self._rcache.clear()
+        self._sync_mode()
         page = address & ~0xFFF
         if access == UC_MEM_WRITE_PROT and page in self._scanned and page not in self._hot_pages:
             acc = self._ept_access(page)
@@ -745,9 +899,20 @@ class Vcpu:
 
     def _on_intr(self, uc, intno, _ud):
         self._rcache.clear()
+        self._sync_mode()
         rip = self.rip
         # CR2 now: after this hook Unicorn jumps to a stale "next EIP", which may fault again
         self._event = ("intr", intno, rip, self._retired_at(rip), self.cr(2) if intno == 14 else None)
+        uc.emu_stop()
+
+    def _on_fastcall(self, uc, which):
+        # Unicorn skips SYSCALL/SYSENTER after this hook: stop there (RIP = the next
+        # instruction, the instruction retired) and do what the CPU does (cpu.fastcall)
+        self._rcache.clear()
+        self._sync_mode()
+        rip = self.rip
+        if self._event is None:
+            self._event = ("fastcall", which, rip, self._retired_at(rip))
         uc.emu_stop()
 
     def _raw_trap(self, _uch, address, size, _ud):
@@ -763,15 +928,20 @@ class Vcpu:
         if self._skip_once == address:
             self._skip_once = None
             return
+        self._rcache.clear()
         ins = self._insns.get(address)
-        if ins is None:
+        # the mode decides how the bytes decode; RDTSC/CPUID without prefixes decode the same
+        # in every mode and need no CPL unless CR4.TSD: skip reading the mode for them
+        if ins is None or ins.raw not in _MODE_FREE or (ins.kind == "rdtsc" and
+                                                         self.cr(4) & 4):
+            self._sync_mode()
+        if ins is None or (ins.bitness != self.bitness and ins.raw not in _MODE_FREE):
             ins = self._decode_at(address)
             if ins is None:
                 return
         if ins.kind not in self._trapped:
             return
         self._in_hook = True
-        self._rcache.clear()
         try:
             self.icount = self._retired_at(address)
             exits_before = self.exit_count
@@ -779,10 +949,7 @@ class Vcpu:
             if nxt is not None:
                 self.icount += 1
                 self.counter.set_count(self.icount)
-                if self.mode == 16:
-                    self.set_rip(nxt)
-                else:
-                    self._pend[self._pc_reg] = nxt
+                self._pend[self._pc_reg] = self._rip_value(nxt)
                 if self._pending_cfg is not None or self._event is not None or \
                         self.platform.changed or (
                         self.exit_count != exits_before and self._reentry_needed()):
@@ -841,6 +1008,7 @@ class Vcpu:
         instr = D.decode_one(raw, address, self.bitness)
         kind = D.classify(instr)
         if kind is None:
+            self._insns.pop(address, None)
             return None
         ins = D.make_insn(instr, raw, self.bitness, kind)
         self._insns[address] = ins
@@ -909,8 +1077,15 @@ class Vcpu:
         on = self._on.__getitem__
         k = ins.kind
         nxt = ins.address + ins.length
+        if self.cpl and (k in PRIVILEGED or (k == "gdt_idt" and ins.mnemonic in (D.M.LGDT, D.M.LIDT))
+                         or (k == "ldt_tr" and ins.mnemonic in (D.M.LLDT, D.M.LTR))
+                         or (k == "rdpmc" and not self.cr(4) & (1 << 8))
+                         or (k in ("rdtsc", "rdtscp") and self.cr(4) & (1 << 2))):
+            raise GuestFault(13, 0)
         if k in _UNCONDITIONAL:
             if k == "getsec" and not self.cr(4) & (1 << 14):
+                raise GuestFault(6)
+            if k == "xsetbv" and not self.cr(4) & (1 << 18):
                 raise GuestFault(6)
             return self._exit(_UNCONDITIONAL[k], ins)
         if k == "vmx":
@@ -950,7 +1125,18 @@ class Vcpu:
         if simple is not None:
             control, reason, emulate = simple
             if on(control):
+                if k in ("rdrand", "rdseed"):
+                    return self._exit(reason, ins, instruction_info=rdrand_info(ins))
+                if k == "mwait":
+                    # qualification bit 0: the monitoring hardware is armed (MONITOR ran)
+                    return self._exit(reason, ins, 1 if self._monitor_armed else 0)
+                if k == "monitor":
+                    self._monitor_armed = True
                 return self._exit(reason, ins)
+            if k == "monitor":
+                self._monitor_armed = True
+            elif k == "mwait":
+                self._monitor_armed = False
             if emulate is not None:
                 getattr(self, emulate)(ins)
             return nxt
@@ -974,16 +1160,16 @@ class Vcpu:
         if k == "gdt_idt":
             m = ins.mnemonic
             ident = {D.M.SGDT: 0, D.M.SIDT: 1, D.M.LGDT: 2, D.M.LIDT: 3}[m]
-            return self._exit(46, ins, self._mem_displacement(ins),
-                              instruction_info=ident << 28,
+            asz = _address_size(ins, self.mode)
+            osz = 2 if self.mode != 64 and (self.mode == 16) != (0x66 in _prefixes(ins)) else 4
+            return self._exit(Exit.GDTR_IDTR_ACCESS, ins, self._mem_displacement(ins),
+                              instruction_info=descriptor_table_info(ins, ident, asz, osz),
                               guest_linear_address=self.effective_address(ins))
         if k == "ldt_tr":
             m = ins.mnemonic
             ident = {D.M.SLDT: 0, D.M.STR: 1, D.M.LLDT: 2, D.M.LTR: 3}[m]
-            info = ident << 28
-            if not ins.has_mem:
-                info |= (1 << 10) | ((ins.gpr & 0xF) << 3)
-            return self._exit(47, ins, self._mem_displacement(ins) if ins.has_mem else 0,
+            info = ldt_tr_info(ins, ident, _address_size(ins, self.mode))
+            return self._exit(Exit.LDTR_TR_ACCESS, ins, self._mem_displacement(ins) if ins.has_mem else 0,
                               instruction_info=info,
                               guest_linear_address=self.effective_address(ins) if ins.has_mem else None)
         if k == "mov_dr":
@@ -1009,6 +1195,8 @@ class Vcpu:
         if k in ("mov_to_cr0", "mov_to_cr4"):
             n = ins.cr
             val = self.gpr(ins.gpr, ins.gpr_size)
+            if n == 4 and val & ~cr4_allowed(self.cpuid):
+                raise GuestFault(13, 0)
             mask, shadow = (self.cr0_mask, self.cr0_shadow) if n == 0 else (self.cr4_mask, self.cr4_shadow)
             if (mask & val) != (mask & shadow):
                 return self._exit(28, ins, cr_qualification(n, CR_MOV_TO, ins.gpr), data={"value": val})
@@ -1364,20 +1552,33 @@ class Vcpu:
     def deliver(self, vector: int, error_code: int | None, rip: int, *,
                 itype: int = INTR_HW_EXCEPTION, next_rip: int | None = None,
                 depth: int = 0) -> None:
-        """Deliver an event through the guest IDT (or IVT in real mode)."""
+        """Deliver an event through the guest IDT (or IVT in real mode): cpu.delivery.
+
+        A fault while delivering becomes what SDM table 6-5 says: #DF for two
+        contributory faults or a #PF followed by a #PF or a contributory fault,
+        a triple fault when delivering #DF faults, else the second fault itself."""
         ret = next_rip if itype in (INTR_SW_INTERRUPT, INTR_SW_EXCEPTION, INTR_PRIV_SW_EXCEPTION) \
             and next_rip is not None else rip
-        ok = self._deliver_idt(vector, error_code if itype == INTR_HW_EXCEPTION else None, ret)
-        if ok:
+        try:
+            deliver_event(self, vector, itype, error_code if itype == INTR_HW_EXCEPTION else None,
+                          ret)
             return
-        # the delivery itself faulted (#GP/#NP on the IDT): double fault, then triple fault
-        if vector == 8 or depth >= 2:
+        except DeliveryFault as f:
+            fault = f
+        self._rcache.clear()
+        self._pend.clear()
+        first = vector if itype == INTR_HW_EXCEPTION else -1
+        how = nested(first, fault.vector)
+        if how == "triple" or depth >= 3:
             self.triple_fault(rip)
             return
-        if vector in _CONTRIBUTORY or vector == 14:
+        if fault.vector == 14 and fault.cr2 is not None:
+            self.set_cr(2, fault.cr2)
+        if how == "double":
             self.raise_exception(8, 0, rip, _depth=depth + 1)
         else:
-            self.raise_exception(13, vector * 8 + 2, rip, _depth=depth + 1)
+            self.raise_exception(fault.vector, fault.error_code, rip, cr2=fault.cr2,
+                                 _depth=depth + 1)
 
     def triple_fault(self, rip: int) -> None:
         ex = VmExit(2, 0, rip)
@@ -1386,69 +1587,6 @@ class Vcpu:
         if ctx.ended is not None:
             raise ctx.ended
         self.set_rip(ctx.resume_rip)
-
-    def _deliver_idt(self, vector: int, error_code: int | None, ret: int) -> bool:
-        idtr = self.uc.reg_read(X.UC_X86_REG_IDTR)
-        base, limit = idtr[1], idtr[2]
-        fl = self.rflags
-        try:
-            if self.mode == 16 and not self.cr(0) & 1:
-                if vector * 4 + 3 > limit:
-                    return False
-                ip, cs = struct.unpack("<HH", self.read_mem(base + vector * 4, 4))
-                sp = self.gpr(4, 2)
-                ss = self.rr(X.UC_X86_REG_SS) << 4
-                old_cs = self.rr(X.UC_X86_REG_CS)
-                frame = struct.pack("<HHH", (ret - (old_cs << 4)) & 0xFFFF, old_cs, fl & 0xFFFF)
-                sp = (sp - 6) & 0xFFFF
-                self.write_mem(ss + sp, frame)
-                self.set_gpr(4, sp, 2)
-                self.rw(X.UC_X86_REG_CS, cs)
-                self.rw(X.UC_X86_REG_IP, ip)
-                self.set_rflags(fl & ~0x300)
-                return True
-            if self.mode == 64:
-                if vector * 16 + 15 > limit:
-                    return False
-                lo, hi = struct.unpack("<QQ", self.read_mem(base + vector * 16, 16))
-                if not lo >> 47 & 1:
-                    return False
-                target = (lo & 0xFFFF) | ((lo >> 48) << 16) | ((hi & 0xFFFFFFFF) << 32)
-                sel = (lo >> 16) & 0xFFFF
-                gtype = (lo >> 40) & 0xF
-                rsp = self.gpr(4) & ~0xF
-                vals = [self.rr(X.UC_X86_REG_SS), self.gpr(4), fl, self.rr(X.UC_X86_REG_CS), ret]
-                if error_code is not None:
-                    vals.append(error_code)
-                rsp -= 8 * len(vals)
-                self.write_mem(rsp, struct.pack("<" + "Q" * len(vals), *reversed(vals)))
-                self.set_gpr(4, rsp)
-                if sel != self.rr(X.UC_X86_REG_CS):
-                    self.rw(X.UC_X86_REG_CS, sel)
-                self.set_rflags(fl & ~((1 << 8) | (1 << 16) | ((1 << 9) if gtype == 0xE else 0)))
-                self.rw(X.UC_X86_REG_RIP, target)
-                return True
-            if vector * 8 + 7 > limit:
-                return False
-            g = struct.unpack("<Q", self.read_mem(base + vector * 8, 8))[0]
-            if not g >> 47 & 1:
-                return False
-            target = (g & 0xFFFF) | ((g >> 48) << 16)
-            sel = (g >> 16) & 0xFFFF
-            gtype = (g >> 40) & 0xF
-            vals = [fl, self.rr(X.UC_X86_REG_CS), ret]
-            if error_code is not None:
-                vals.append(error_code)
-            esp = self.gpr(4, 4) - 4 * len(vals)
-            self.write_mem(esp, struct.pack("<" + "I" * len(vals), *[v & 0xFFFFFFFF for v in reversed(vals)]))
-            self.set_gpr(4, esp, 4)
-            if sel != self.rr(X.UC_X86_REG_CS):
-                self.rw(X.UC_X86_REG_CS, sel)
-            self.set_rflags(fl & ~((1 << 8) | (1 << 16) | ((1 << 9) if gtype in (0xE, 0x6) else 0)))
-            self.rw(X.UC_X86_REG_EIP, target)
-            return True
-        except UcError:
-            return False
 
     # ================================================================ control changes
     def request_apply(self, new_config: VmxConfig) -> None:
@@ -1540,8 +1678,7 @@ class Vcpu:
         return self._pc_begin()
 
     def _pc_begin(self) -> int:
-        if self.mode == 16:
-            return self.rip
+        """Where emu_start begins: the RIP register (an offset in CS; `until` is linear)."""
         return self.rr(self._rip_reg)
 
     def _arm_entry_events(self) -> VmExit | None:
@@ -1761,17 +1898,18 @@ class Vcpu:
                 if self._smc_page is not None:
                     # the store that hit a code page, alone: QEMU may restart it once when it
                     # writes into its own block, so stop at the next instruction, not by count
-                    dec = self._decode_any(begin if self.mode != 16 else self.rip)
+                    dec = self._decode_any(self.rip)
                     until = (self.rip + (dec.len if dec is not None else 1))
                     count = 2
                 try:
                     uc.emu_start(begin, until, 0, count)
                 except UcError as e:
                     err = e
+                self._sync_mode()
                 smc_step = self._smc_page is not None
                 if smc_step:
                     self._end_smc_step()
-                    if err is None and self._event is None and self._pc_now() == until:
+                    if err is None and self._event is None and self.rip == until:
                         self.icount = start_icount + 1
                         counter.set_count(self.icount)
                         self._after_step()
@@ -1861,9 +1999,22 @@ class Vcpu:
             return
         if kind == "resume":
             return
+        if kind == "fastcall":
+            from .cpu import fastcall
+            _k, which, rip, ic = ev
+            self.icount = self.counter.count
+            length = 2
+            fault = (fastcall.syscall if which == "syscall" else fastcall.sysenter)(self)
+            if fault is not None:
+                self.icount -= 1                  # faulted: not retired
+                self.counter.set_count(self.icount)
+                self.set_rip(self.rip - length)
+                self.flush()
+                self.raise_exception(fault[0], fault[1], self.rip)
+            return
         if kind == "dirty":
             self.icount = self.counter.count
-            self._drop_page(ev[1])
+            self._rescan(ev[1])
             return
         if kind == "smc":
             self._code_page_written(ev[1], ev[2], ev[3])
@@ -1919,7 +2070,7 @@ class Vcpu:
         return None
 
     def _reset_old_exception(self) -> None:
-        off = old_exception_offset(self.mode)
+        off = old_exception_offset(64)
         if off is None:
             return
         self.flush()
@@ -1958,7 +2109,13 @@ class Vcpu:
         self.icount = ic
         self.counter.set_count(ic)
         self._smc_count[page] = self._smc_count.get(page, 0) + 1
-        self._drop_page(page)
+        try:
+            self._smc_before = self.read_mem(page, PAGE + 15 if page + PAGE + 15 <= self.memory
+                                             else PAGE)
+        except UcError:
+            self._smc_before = None
+        if self._smc_before is None or page not in self._scanned:
+            self._drop_page(page)
         acc = self._ept_access(page)
         self.uc.mem_protect(page, PAGE, UC_PROT_ALL if acc is None else
                             UC_PROT_EXEC | UC_PROT_WRITE | (UC_PROT_READ if "r" in acc else 0))
@@ -1967,8 +2124,44 @@ class Vcpu:
         self.set_rip(rip)
 
     def _end_smc_step(self) -> None:
+        """After the store: if it changed no sensitive instruction (the bytes around every
+        changed byte decode to the same trapped instructions before and after, from the same
+        first byte), the page keeps its scan and hooks and only its translations go;
+        otherwise it is dropped and rescanned at its next fetch."""
         page, self._smc_page = self._smc_page, None
+        before, self._smc_before = self._smc_before, None
+        if page in self._scanned and before is not None:
+            try:
+                after = self.read_mem(page, len(before))
+            except UcError:
+                after = None
+            if after is not None and self._same_sensitive(page, before, after):
+                acc = self._ept_access(page)
+                self.uc.mem_protect(page, PAGE, UC_PROT_EXEC | (
+                    UC_PROT_READ if acc is None or "r" in acc else 0))
+                self.counter.invalidate(page, page + PAGE)
+                self._prefix_cache.clear()
+                self.uc.ctl_remove_cache(page, page + PAGE)
+                return
+            self._drop_page(page)
         self._make_data_page(page)
+
+    def _same_sensitive(self, page: int, before: bytes, after: bytes) -> bool:
+        if before == after:
+            return True
+        n = len(before)
+        first = next(i for i in range(n) if before[i] != after[i])
+        last = next(i for i in range(n - 1, -1, -1) if before[i] != after[i])
+        lo, hi = max(0, first - 15), min(n, last + 16)
+        if any(page + lo <= a + ins.length and a < page + hi for a, ins in self._insns.items()
+               if page <= a < page + PAGE + 15):
+            return False
+        lim = min(hi, PAGE) - lo
+        if lim <= 0:
+            return True
+        old = {a: k for a, (k, _i) in self._scan_bytes(before[lo:hi], page + lo, 0, lim).items()}
+        new = {a: k for a, (k, _i) in self._scan_bytes(after[lo:hi], page + lo, 0, lim).items()}
+        return old == new
 
     def _memory_fault(self, kind: str, access: int, address: int, size: int, rip: int) -> None:
         from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT, \

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field as _dcf
 from typing import Any, Iterable
 
 from .table import CONTROL_BY_PATH, FIELDS
+from .vmcs import Vmcs
 
 # path -> (field, mask), and field -> (activating field, mask) for the hot path
 _BIT: dict[str, tuple[str, int]] = {p: (c.field, 1 << c.bit) for p, c in CONTROL_BY_PATH.items()}
@@ -149,33 +150,33 @@ class VmxConfig:
         for f in FIELDS:
             out[f.encoding] = self.controls.get(f.key, 0)
         s = self.settings
-        out[0x4004] = self.exception_bitmap()
-        out[0x4006] = s["exceptions"]["pf_error_code_mask"]
-        out[0x4008] = s["exceptions"]["pf_error_code_match"]
-        out[0x400A] = len(s["cr3"]["targets"])
+        out[Vmcs.EXCEPTION_BITMAP] = self.exception_bitmap()
+        out[Vmcs.PAGE_FAULT_ERROR_CODE_MASK] = s["exceptions"]["pf_error_code_mask"]
+        out[Vmcs.PAGE_FAULT_ERROR_CODE_MATCH] = s["exceptions"]["pf_error_code_match"]
+        out[Vmcs.CR3_TARGET_COUNT] = len(s["cr3"]["targets"])
         for i, t in enumerate(s["cr3"]["targets"]):
-            out[0x6008 + 2 * i] = t
-        out[0x6000], out[0x6004] = s["cr0"]["mask"], s["cr0"]["shadow"]
-        out[0x6002], out[0x6006] = s["cr4"]["mask"], s["cr4"]["shadow"]
-        out[0x2010] = s["tsc"]["offset"] & ((1 << 64) - 1)
-        out[0x2032] = s["tsc"]["multiplier"]
-        out[0x482E] = s["preemption_timer"]["value"]
-        out[0x4020], out[0x4022] = s["ple"]["gap"], s["ple"]["window"]
-        out[0x0000] = s["vpid"]["id"]
-        out[0x201A] = self.eptp()
-        out[0x0002] = s["posted_interrupts"]["vector"]
-        out[0x2018] = self.vm_function_controls()
-        out[0x401C] = s["apic"]["tpr_threshold"]
-        out[0x4016] = self.entry_interruption_info()
-        if s["inject"]["error_code"] is not None or out[0x4016] & (1 << 11):
-            out[0x4018] = s["inject"]["error_code"] or 0
-        out[0x401A] = s["inject"]["instruction_length"]
+            out[Vmcs.CR3_TARGET_VALUE0 + 2 * i] = t
+        out[Vmcs.CR0_GUEST_HOST_MASK], out[Vmcs.CR0_READ_SHADOW] = s["cr0"]["mask"], s["cr0"]["shadow"]
+        out[Vmcs.CR4_GUEST_HOST_MASK], out[Vmcs.CR4_READ_SHADOW] = s["cr4"]["mask"], s["cr4"]["shadow"]
+        out[Vmcs.TSC_OFFSET] = s["tsc"]["offset"] & ((1 << 64) - 1)
+        out[Vmcs.TSC_MULTIPLIER] = s["tsc"]["multiplier"]
+        out[Vmcs.VMX_PREEMPTION_TIMER_VALUE] = s["preemption_timer"]["value"]
+        out[Vmcs.PLE_GAP], out[Vmcs.PLE_WINDOW] = s["ple"]["gap"], s["ple"]["window"]
+        out[Vmcs.VIRTUAL_PROCESSOR_ID] = s["vpid"]["id"]
+        out[Vmcs.EPT_POINTER] = self.eptp()
+        out[Vmcs.POSTED_INTR_NV] = s["posted_interrupts"]["vector"]
+        out[Vmcs.VM_FUNCTION_CONTROL] = self.vm_function_controls()
+        out[Vmcs.TPR_THRESHOLD] = s["apic"]["tpr_threshold"]
+        out[Vmcs.VM_ENTRY_INTR_INFO_FIELD] = self.entry_interruption_info()
+        if s["inject"]["error_code"] is not None or out[Vmcs.VM_ENTRY_INTR_INFO_FIELD] & (1 << 11):
+            out[Vmcs.VM_ENTRY_EXCEPTION_ERROR_CODE] = s["inject"]["error_code"] or 0
+        out[Vmcs.VM_ENTRY_INSTRUCTION_LEN] = s["inject"]["instruction_length"]
         for st in SETTINGS:
             if st.table == "vmcs" and st.vmcs is not None and st.key != "eptp":
                 v = s["vmcs"][st.key]
                 if v is not None:
                     out[st.vmcs] = v
-        return dict(sorted(out.items()))
+        return {int(k): v for k, v in sorted(out.items())}
 
     def to_json(self) -> dict:
         """JSON-ready form (ranges as [lo, hi] pairs)."""

@@ -199,3 +199,10 @@ ERROR_CODE_VECTORS = frozenset({Vector.DF, Vector.TS, Vector.NP, Vector.SS, Vect
 CONTRIBUTORY_VECTORS = frozenset({Vector.DE, Vector.TS, Vector.NP, Vector.SS, Vector.GP})
 # The lowest vector an external interrupt may use (0-31 are reserved for exceptions).
 FIRST_EXTERNAL_VECTOR = 32
+LAST_VECTOR = 255
+
+
+def exits_json(counts: dict[int, int]) -> list[dict]:
+    """The one JSON shape of exit counts: [{"reason": n, "name": NAME, "count": c}] by reason."""
+    return [{"reason": int(r), "name": exit_name(r), "count": c}
+            for r, c in sorted(counts.items()) if c]

@@ -7,7 +7,7 @@ from .exits import EXIT_BY_NUMBER, decode_reason_field, lookup_exit
 from .models import MODEL_NAMES, all_models, get_model
 from .rules import RULE_BY_ID, dependents, requirements
 from .settings import SETTING_BY_PATH
-from .table import CONTROLS, FIELD_BY_KEY, all_names, resolve_control
+from .table import CONTROLS, CPUINFO_AGGREGATES, FIELD_BY_KEY, all_names, resolve_control
 
 
 def explain_control(c, inverted: bool = False) -> dict:
@@ -80,6 +80,10 @@ def explain(name: str) -> dict | None:
         return explain_control(*hits[0])
     if t in SETTING_BY_PATH:
         return explain_setting(t)
+    if t.lower() in CPUINFO_AGGREGATES:
+        return {"kind": "flag", "flag": t.lower(), "controls": list(CPUINFO_AGGREGATES[t.lower()]),
+                "meaning": "a Linux /proc/cpuinfo VMX flag that stands for several controls: "
+                           "shown when all of them may be 1"}
     if t.lower() in MODEL_NAMES:
         return explain_model(t.lower())
     try:
@@ -94,6 +98,6 @@ def explain(name: str) -> dict | None:
 
 def suggestions(name: str) -> list[str]:
     import difflib
-    pool = all_names() + list(RULE_BY_ID) + list(SETTING_BY_PATH) + \
+    pool = all_names() + list(CPUINFO_AGGREGATES) + list(RULE_BY_ID) + list(SETTING_BY_PATH) + \
         [r.name.lower() for r in EXIT_BY_NUMBER.values()] + list(MODEL_NAMES)
     return difflib.get_close_matches(name.lower().replace("-", "_"), pool, n=3)

@@ -13,54 +13,11 @@ from typing import Any
 
 from .config import VmxConfig
 from .settings import SETTINGS
+from .vmcs import Vmcs
 from .table import CONTROLS_BY_FIELD, FIELDS
 
 # VMCS encodings -> names (Linux vmx.h enum vmcs_field); control fields come from table.py.
-VMCS_NAMES: dict[int, str] = {
-    0x0000: "VIRTUAL_PROCESSOR_ID",
-    0x0002: "POSTED_INTR_NV",
-    0x2000: "IO_BITMAP_A",
-    0x2002: "IO_BITMAP_B",
-    0x2004: "MSR_BITMAP",
-    0x2006: "VM_EXIT_MSR_STORE_ADDR",
-    0x2008: "VM_EXIT_MSR_LOAD_ADDR",
-    0x200A: "VM_ENTRY_MSR_LOAD_ADDR",
-    0x200E: "PML_ADDRESS",
-    0x2010: "TSC_OFFSET",
-    0x2012: "VIRTUAL_APIC_PAGE_ADDR",
-    0x2014: "APIC_ACCESS_ADDR",
-    0x2016: "POSTED_INTR_DESC_ADDR",
-    0x2018: "VM_FUNCTION_CONTROL",
-    0x201A: "EPT_POINTER",
-    0x2024: "EPTP_LIST_ADDRESS",
-    0x2026: "VMREAD_BITMAP",
-    0x2028: "VMWRITE_BITMAP",
-    0x202A: "VE_INFORMATION_ADDRESS",
-    0x2030: "SPPT_POINTER",
-    0x2032: "TSC_MULTIPLIER",
-    0x4004: "EXCEPTION_BITMAP",
-    0x4006: "PAGE_FAULT_ERROR_CODE_MASK",
-    0x4008: "PAGE_FAULT_ERROR_CODE_MATCH",
-    0x400A: "CR3_TARGET_COUNT",
-    0x400E: "VM_EXIT_MSR_STORE_COUNT",
-    0x4010: "VM_EXIT_MSR_LOAD_COUNT",
-    0x4014: "VM_ENTRY_MSR_LOAD_COUNT",
-    0x4016: "VM_ENTRY_INTR_INFO_FIELD",
-    0x4018: "VM_ENTRY_EXCEPTION_ERROR_CODE",
-    0x401A: "VM_ENTRY_INSTRUCTION_LEN",
-    0x401C: "TPR_THRESHOLD",
-    0x4020: "PLE_GAP",
-    0x4022: "PLE_WINDOW",
-    0x482E: "VMX_PREEMPTION_TIMER_VALUE",
-    0x6000: "CR0_GUEST_HOST_MASK",
-    0x6002: "CR4_GUEST_HOST_MASK",
-    0x6004: "CR0_READ_SHADOW",
-    0x6006: "CR4_READ_SHADOW",
-    0x6008: "CR3_TARGET_VALUE0",
-    0x600A: "CR3_TARGET_VALUE1",
-    0x600C: "CR3_TARGET_VALUE2",
-    0x600E: "CR3_TARGET_VALUE3",
-}
+VMCS_NAMES: dict[int, str] = {int(v): v.name for v in Vmcs}
 for _f in FIELDS:
     VMCS_NAMES[_f.encoding] = _f.c_name
 

@@ -17,13 +17,14 @@ from typing import Callable, Iterable
 from .caps import CapSet
 from .config import MSR_HIGH_BASE, MSR_HIGH_END, MSR_LOW_END, VmxConfig
 from .msrs import MSR_INDEX
-from .settings import ERROR_CODE_VECTORS, SETTINGS
+from .exits import ERROR_CODE_VECTORS, LAST_VECTOR
+from .settings import SETTINGS
 from .table import CONTROL_BY_FIELD_BIT, FIELD_BY_KEY
 
 SDM_CTRL = "SDM 27.2.1.1 (VM-execution control fields)"
 SDM_EXIT = "SDM 27.2.1.2 (VM-exit control fields)"
 SDM_ENTRY = "SDM 27.2.1.3 (VM-entry control fields)"
-SDM_HOST = "SDM 27.2.2/27.2.3 (host state)"
+SDM_ADDRESS_SPACE = "SDM 27.2.4 (checks related to address-space size)"
 SDM_GUEST = "SDM 27.3.1 (guest state)"
 
 
@@ -293,9 +294,9 @@ requires("E16", "Posted interrupts need acknowledge-interrupt-on-exit",
 def _e17(ctx: Ctx, rule: Rule):
     if ctx.on("pin.process_posted_interrupts"):
         v = ctx.s("posted_interrupts.vector")
-        if v > 0xFF:
+        if v > LAST_VECTOR:
             yield rule.violation(f"posted_interrupts.vector = {v:#x} has bits 15:8 set.",
-                                 "use a vector from 0 to 255")
+                                 f"use a vector from 0 to {LAST_VECTOR}")
 
 
 value_rule("E17", "Posted-interrupt notification vector", "POSTED_INTR_NV bits 15:8 are 0",
@@ -739,7 +740,7 @@ def _g3(ctx: Ctx, rule: Rule):
 
 value_rule("H1", "Host address-space size", "exit.host_address_space_size equals the host's "
            "IA32_EFER.LMA (1: vmcfg's VMM is a 64-bit host)", ("exit.host_address_space_size",),
-           _h1, sdm=SDM_HOST, stage="launch")
+           _h1, sdm=SDM_ADDRESS_SPACE, stage="launch")
 value_rule("G2", "IA-32e mode guest vs guest mode", "entry.ia32e_mode_guest is 1 exactly for a "
            "64-bit guest (IA-32e mode needs CR0.PG = 1 and CR4.PAE = 1)",
            ("entry.ia32e_mode_guest", "guest.mode"), _g2, sdm=SDM_GUEST, stage="launch")

@@ -13,74 +13,15 @@ from __future__ import annotations
 from typing import Any
 
 from .models import MODEL_NAMES
-from .settings import INT_RANGES, SETTINGS_BY_TABLE, SETTING_TABLES, VECTOR_NAMES, Setting
+from .kinds import kind_of
+from .settings import SETTINGS_BY_TABLE, SETTING_TABLES, Setting
 from .table import CONTROLS_BY_FIELD, FIELDS, _norm
 
 SCHEMA_ID = "urn:vmcfg:schema:profile"
-_NUM = r"(0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+|[0-9_]+)"
-RANGE_PATTERN = rf"^\s*{_NUM}\s*-\s*{_NUM}\s*$"
-SIZE_PATTERN = r"^\s*[0-9]+\s*([KMGkmg]([iI])?[bB]?|[bB])?\s*$"
-
-
-def _int(kind: str) -> dict:
-    lo, hi = INT_RANGES[kind]
-    return {"type": "integer", "minimum": lo, "maximum": hi}
-
-
-def _range_list(hi: int, what: str) -> dict:
-    item = {"anyOf": [
-        {"type": "integer", "minimum": 0, "maximum": hi},
-        {"type": "string", "pattern": RANGE_PATTERN, "description": f"a {what} range \"lo-hi\""},
-        {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": hi},
-         "minItems": 2, "maxItems": 2},
-    ]}
-    return {"anyOf": [item, {"type": "array", "items": item}]}
-
-
-def _vectors() -> dict:
-    names = list(VECTOR_NAMES) + [f"#{n}" for n in VECTOR_NAMES]
-    names += [n.lower() for n in names]
-    item = {"anyOf": [
-        {"type": "integer", "minimum": 0, "maximum": 31},
-        {"type": "string", "enum": names},
-        {"type": "string", "pattern": r"^#?([0-9]|[12][0-9]|3[01])$"},
-    ]}
-    return {"anyOf": [item, {"type": "array", "items": item}]}
-
-
-def _size() -> dict:
-    return {"anyOf": [{"type": "integer", "minimum": 1},
-                      {"type": "string", "pattern": SIZE_PATTERN}]}
 
 
 def _setting_schema(s: Setting) -> dict:
-    k = s.kind
-    if k in INT_RANGES:
-        out = _int(k)
-    elif k == "bool":
-        out = {"type": "boolean"}
-    elif k == "enum":
-        out = {"enum": list(s.choices)}
-    elif k == "vectors":
-        out = _vectors()
-    elif k == "ports":
-        out = _range_list(0xFFFF, "port")
-    elif k == "msrs":
-        out = _range_list(0xFFFFFFFF, "MSR")
-    elif k == "u64list":
-        out = {"type": "array", "items": _int("u64")}
-    elif k == "size":
-        out = _size()
-    elif k == "str":
-        out = {"type": "string"}
-    elif k == "regions":
-        out = {"type": "array", "items": {
-            "type": "object", "additionalProperties": False, "required": ["base", "size"],
-            "properties": {"base": _int("u64"), "size": _size(),
-                           "access": {"type": "string", "pattern": "^[rwxRWX-]*$",
-                                      "description": "r, w, x (default \"rwx\")"}}}}
-    else:
-        out = {}
+    out = kind_of(s).schema(s)
     desc = s.meaning or s.title
     if s.needs:
         desc += f" (takes effect with {s.needs} = true)"
@@ -93,21 +34,7 @@ def _setting_schema(s: Setting) -> dict:
 
 
 def _star_schema(table: str, s: Setting) -> dict:
-    if s.kind == "cpuid":
-        reg = {"type": "integer", "minimum": 0, "maximum": 0xFFFFFFFF}
-        return {"type": "object", "title": s.title, "description": s.meaning,
-                "propertyNames": {"pattern": rf"^{_NUM}(\.{_NUM})?$"},
-                "additionalProperties": {"type": "object", "additionalProperties": False,
-                                         "properties": {r: reg for r in
-                                                        ("eax", "ebx", "ecx", "edx")}}}
-    if s.kind == "handlers":
-        from .exits import EXIT_REASONS
-        names = [r.name for r in EXIT_REASONS]
-        return {"type": "object", "title": s.title, "description": s.meaning,
-                "propertyNames": {"anyOf": [{"enum": names}, {"pattern": r"^[0-9]+$"}]},
-                "additionalProperties": {"type": "string",
-                                         "pattern": r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$"}}
-    return {"type": "object"}
+    return kind_of(s).schema(s) or {"type": "object"}
 
 
 def _control_props(field: str) -> dict:

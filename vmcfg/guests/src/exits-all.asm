@@ -70,6 +70,9 @@ start:
         monitor
         mwait
         print "xsetbv", 10
+        mov rax, cr4                    ; XSETBV needs CR4.OSXSAVE (else #UD)
+        bts rax, 18
+        mov cr4, rax
         xor ecx, ecx
         mov eax, 3
         xor edx, edx

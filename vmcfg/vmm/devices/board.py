@@ -11,6 +11,7 @@ One instance per machine.  Wiring (like QEMU's ``pc`` machine):
 | ACPI PM (pm.py) | I/O 0x600-0x60B (PM timer 0x608) | (SCI IRQ 9, no sources) |
 | fw_cfg (fwcfg.py) | I/O 0x510-0x511 | - |
 | isa-debug-exit, reset, POST (misc.py) | I/O 0xF4-0xF7, 0x60/0x64, 0xCF9, 0x80 | - |
+| PCI configuration, no devices (misc.py) | I/O 0xCF8 (dword), 0xCFC-0xCFF | - |
 | local APIC (lapic.py) | MMIO 0xFEE00000; MSRs 0x1B, 0x6E0, 0x800-0x8FF | delivers to the CPU |
 | IOAPIC (ioapic.py) | MMIO 0xFEC00000 | to the LAPIC |
 | ACPI tables (acpi.py) | RSDP at 0xF0000 in guest RAM | - |
@@ -32,7 +33,7 @@ from .bus import AccessFault, Bus
 from .fwcfg import FwCfg
 from .ioapic import IoApic
 from .lapic import LocalApic
-from .misc import DebugExitPort, KeyboardController, PostPort, ResetControl
+from .misc import DebugExitPort, KeyboardController, PciHost, PostPort, ResetControl
 from .pic import PicPair
 from .pit import Pit, SystemControlB
 from .pm import PowerManagement
@@ -76,9 +77,10 @@ class Board:
         self.kbc = KeyboardController()
         self.reset_control = ResetControl()
         self.post = PostPort()
+        self.pci = PciHost()
         self.testdev = TestDevice(self.set_irq)
         for dev in (self.pic, self.rtc, self.pm, self.fwcfg, self.debug_exit, self.kbc,
-                    self.reset_control, self.post, self.testdev):
+                    self.reset_control, self.post, self.pci, self.testdev):
             for base, count in dev.PORTS:
                 self.bus.add_ports(dev, base, count)
         self.bus.add_ports(self.pit, 0x40, 4)

@@ -5,8 +5,12 @@
   with (v << 1) | 1, and so does `vmcfg launch`.
 * The keyboard controller's command port 0x64: writing 0xFE pulses the CPU
   reset line; reads return status 0 (buffers empty).  Port 0x60 reads 0.
-* The reset control register 0xCF9: a write with bit 2 (RST_CPU) set resets
-  the machine; reads return the last value written (bits 1 and 3).
+* The reset control register 0xCF9 (byte accesses): a write with bit 2
+  (RST_CPU) set resets the machine; reads return the last value written (bits 1
+  and 3).
+* PCI configuration mechanism #1: a 32-bit access to 0xCF8 is the address
+  register (a dword write at 0xCF8 covers 0xCF9 but is not a reset), data at
+  0xCFC-0xCFF.  The bus has no devices: configuration reads return all ones.
 * Port 0x80 (POST codes, also used as a short delay): writes are kept in
   `value`; reads return all ones, as on QEMU's PC.
 """
@@ -67,6 +71,22 @@ class ResetControl:
             kind = "hard" if value & 0x02 else "soft"
             raise SystemReset("reset", f"the guest reset the machine ({kind} reset, "
                                        f"{value & 0xFF:#x} to port 0xcf9)")
+
+
+class PciHost:
+    PORTS = ((0xCF8, 1), (0xCFA, 2), (0xCFC, 4))
+
+    def __init__(self) -> None:
+        self.address = 0
+
+    def io_read(self, port: int, size: int) -> int:
+        if port == 0xCF8 and size == 4:
+            return self.address
+        return (1 << (8 * size)) - 1            # no device answers a configuration read
+
+    def io_write(self, port: int, size: int, value: int) -> None:
+        if port == 0xCF8 and size == 4:
+            self.address = value & 0x80FFFFFC
 
 
 class PostPort:

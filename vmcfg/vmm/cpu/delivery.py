@@ -1,0 +1,221 @@
+"""Exception and interrupt delivery (SDM Vol. 3 ch. 6): the one place an event enters the guest.
+
+``deliver_event`` takes an event (vector, type, error code, the linear address
+to return to) and does what the processor does: through the real-mode IVT, or
+through a protected-mode or long-mode IDT gate with the privilege checks of
+the gate and of the target code segment, a stack switch through the TSS when
+the CPL changes (SS:ESP from the 32-bit TSS, RSPn or an IST stack from the
+64-bit TSS), the frame with SS:RSP, RFLAGS, CS:RIP and the error code, and
+the RFLAGS bits cleared.  A fault while doing so raises ``DeliveryFault``
+with the architectural exception; the caller turns it into #DF or a triple
+fault (``nested``).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from ...vmx.exits import CONTRIBUTORY_VECTORS, InterruptionType, Vector
+from .paging import PageFault, translate
+from .state import (CS, DESC_B, DESC_CS, DESC_DPL_SHIFT, DESC_L, DESC_P, DESC_S, REAL_MODE_FLAGS,
+                    SS, TR, descriptor_cache)
+
+TF, IF, NT, RF, VM, AC = 1 << 8, 1 << 9, 1 << 14, 1 << 16, 1 << 17, 1 << 18
+SOFTWARE = (InterruptionType.SW_INTERRUPT, InterruptionType.SW_EXCEPTION)
+
+
+class DeliveryFault(Exception):
+    """A fault raised while delivering an event (vector, error code, CR2 for #PF)."""
+
+    def __init__(self, vector: int, error_code: int | None = 0, cr2: int | None = None):
+        super().__init__(f"vector {vector}")
+        self.vector = vector
+        self.error_code = error_code
+        self.cr2 = cr2
+
+
+def nested(first: int, second: int) -> str:
+    """What a fault `second` raised while delivering `first` becomes (SDM table 6-5):
+    'double' (#DF), 'triple' (shutdown) or 'serial' (deliver `second`)."""
+    if first == Vector.DF:
+        return "triple"
+    c1 = first in CONTRIBUTORY_VECTORS
+    c2 = second in CONTRIBUTORY_VECTORS
+    if (c1 and c2) or (first == Vector.PF and (c2 or second == Vector.PF)):
+        return "double"
+    return "serial"
+
+
+class _Mem:
+    """Guest-linear memory access for one delivery (supervisor accesses)."""
+
+    def __init__(self, v, cr0: int, cr3: int, cr4: int, efer: int):
+        self.v, self.cr0, self.cr3, self.cr4, self.efer = v, cr0, cr3, cr4, efer
+
+    def _phys(self, lin: int, write: bool) -> int:
+        try:
+            return translate(self.v.read_phys, lin, cr0=self.cr0, cr3=self.cr3, cr4=self.cr4,
+                             efer=self.efer, write=write)
+        except PageFault as f:
+            raise DeliveryFault(Vector.PF, f.error_code, f.address) from None
+
+    def read(self, lin: int, n: int) -> bytes:
+        out = b""
+        while n:
+            chunk = min(n, 0x1000 - (lin & 0xFFF))
+            try:
+                out += self.v.read_phys(self._phys(lin, False), chunk)
+            except Exception as e:
+                if isinstance(e, DeliveryFault):
+                    raise
+                raise DeliveryFault(Vector.GP, 0) from None
+            lin += chunk
+            n -= chunk
+        return out
+
+    def write(self, lin: int, data: bytes) -> None:
+        while data:
+            chunk = min(len(data), 0x1000 - (lin & 0xFFF))
+            try:
+                self.v.write_phys(self._phys(lin, True), data[:chunk])
+            except Exception as e:
+                if isinstance(e, DeliveryFault):
+                    raise
+                raise DeliveryFault(Vector.GP, 0) from None
+            lin += chunk
+            data = data[chunk:]
+
+
+def _descriptor(mem: _Mem, v, snap, sel: int, vector_ec: int) -> tuple[int, int]:
+    """The two dwords of the GDT/LDT descriptor `sel`; #GP(sel) past the table limit."""
+    if sel & 4:
+        _s, base, limit, _f = snap.segs[6]
+    else:
+        base, limit = v.gdtr()
+    idx = sel & ~7
+    if idx + 7 > limit or (sel & ~3) == 0:
+        raise DeliveryFault(Vector.GP, (sel & ~3) | vector_ec)
+    return struct.unpack("<II", mem.read(base + idx, 8))
+
+
+def deliver_event(v, vector: int, itype: int, error_code: int | None, ret_lin: int) -> None:
+    """Deliver one event; `ret_lin` is the linear address the handler returns to."""
+    v.flush()
+    snap = v.cpu_state.snapshot()
+    cr0, cr3, cr4 = v.cr(0), v.cr(3), v.cr(4)
+    efer = v.efer()
+    mem = _Mem(v, cr0, cr3, cr4, efer)
+    idt_base, idt_limit = v.idtr()
+    rflags = v.rr_rflags()
+    ext = 0 if itype in SOFTWARE or itype == InterruptionType.PRIV_SW_EXCEPTION else 1
+    cs_sel, cs_base = snap.segs[CS][0], snap.segs[CS][1]
+    ret = (ret_lin - cs_base) & 0xFFFFFFFFFFFFFFFF
+    if snap.real:
+        if vector * 4 + 3 > idt_limit:
+            raise DeliveryFault(Vector.GP, 0)
+        ip, cs = struct.unpack("<HH", mem.read(idt_base + vector * 4, 4))
+        ss_base = snap.segs[SS][1]
+        sp = v.rsp() & 0xFFFF
+        for val in (rflags & 0xFFFF, cs_sel, ret & 0xFFFF):
+            sp = (sp - 2) & 0xFFFF
+            mem.write(ss_base + sp, struct.pack("<H", val))
+        v.cpu_state.load_segments({CS: (cs, cs << 4, 0xFFFF, REAL_MODE_FLAGS)}, cpl=0)
+        v.after_state_load()
+        v.set_rsp((v.rsp() & ~0xFFFF) | sp)
+        v.set_rflags_raw(rflags & ~(IF | TF | AC))
+        v.set_rip_reg(ip)
+        return
+    long_mode = snap.long
+    gate_size = 16 if long_mode else 8
+    gate_ec = vector * 8 + 2 + ext
+    if vector * gate_size + gate_size - 1 > idt_limit:
+        raise DeliveryFault(Vector.GP, gate_ec)
+    raw = mem.read(idt_base + vector * gate_size, gate_size)
+    e1, e2 = struct.unpack_from("<II", raw)
+    gtype = (e2 >> 8) & 0x1F
+    gdpl = (e2 >> 13) & 3
+    cpl = snap.cpl
+    if long_mode:
+        if gtype not in (0x0E, 0x0F):
+            raise DeliveryFault(Vector.GP, gate_ec)
+    elif gtype not in (0x06, 0x07, 0x0E, 0x0F):
+        if gtype == 0x05:
+            v.unsupported("a task gate in the IDT (hardware task switch)")
+        raise DeliveryFault(Vector.GP, gate_ec)
+    if itype in SOFTWARE and gdpl < cpl:
+        raise DeliveryFault(Vector.GP, gate_ec)
+    if not e2 & DESC_P:
+        raise DeliveryFault(Vector.NP, gate_ec)
+    sel = (e1 >> 16) & 0xFFFF
+    offset = (e1 & 0xFFFF) | (e2 & 0xFFFF0000)
+    if long_mode:
+        offset |= struct.unpack_from("<I", raw, 8)[0] << 32
+    c1, c2 = _descriptor(mem, v, snap, sel, ext)
+    cdpl = (c2 >> DESC_DPL_SHIFT) & 3
+    if not (c2 & DESC_S and c2 & DESC_CS) or cdpl > cpl:
+        raise DeliveryFault(Vector.GP, (sel & ~3) | ext)
+    if not c2 & DESC_P:
+        raise DeliveryFault(Vector.NP, (sel & ~3) | ext)
+    if long_mode and (not c2 & DESC_L or c2 & DESC_B):
+        raise DeliveryFault(Vector.GP, (sel & ~3) | ext)
+    conforming = bool(c2 & (1 << 10))
+    new_cpl = cpl if conforming else cdpl
+    _trs, tss_base, tss_limit, _trf = snap.segs[TR]
+    old_ss, old_rsp = snap.segs[SS][0], v.rsp()
+    loads = {}
+    if long_mode:
+        ist = e2 & 7
+        if ist or new_cpl < cpl:
+            off = 0x24 + (ist - 1) * 8 if ist else 4 + new_cpl * 8
+            if off + 7 > tss_limit:
+                raise DeliveryFault(Vector.TS, (snap.segs[TR][0] & ~3) | ext)
+            rsp = struct.unpack("<Q", mem.read(tss_base + off, 8))[0]
+        else:
+            rsp = old_rsp
+        rsp &= ~0xF
+        frame = [old_ss, old_rsp, rflags, cs_sel, ret]
+        if error_code is not None:
+            frame.append(error_code)
+        rsp -= 8 * len(frame)
+        mem.write(rsp, struct.pack("<%dQ" % len(frame), *reversed(frame)))
+        if new_cpl != cpl:
+            loads[SS] = (new_cpl, 0, 0, new_cpl << DESC_DPL_SHIFT)
+        new_sp = rsp
+    else:
+        wide = gtype & 0x8
+        word = 4 if wide else 2
+        if new_cpl < cpl:
+            off = 4 + new_cpl * 8
+            if off + 5 > tss_limit:
+                raise DeliveryFault(Vector.TS, (snap.segs[TR][0] & ~3) | ext)
+            esp, ss = struct.unpack("<IH", mem.read(tss_base + off, 6))
+            s1, s2 = _descriptor(mem, v, snap, ss, ext)
+            if (ss & 3) != new_cpl or ((s2 >> DESC_DPL_SHIFT) & 3) != new_cpl or \
+                    not s2 & DESC_S or s2 & DESC_CS or not s2 & (1 << 9):
+                raise DeliveryFault(Vector.TS, (ss & ~3) | ext)
+            if not s2 & DESC_P:
+                raise DeliveryFault(Vector.SS, (ss & ~3) | ext)
+            ss_base, ss_limit, ss_flags = descriptor_cache(s1, s2)
+            loads[SS] = (ss, ss_base, ss_limit, ss_flags)
+            frame = [old_ss, old_rsp & 0xFFFFFFFF, rflags, cs_sel, ret]
+            sp, sp_base, sp_32 = esp, ss_base, bool(ss_flags & DESC_B)
+        else:
+            frame = [rflags, cs_sel, ret]
+            sp, sp_base, sp_32 = old_rsp, snap.segs[SS][1], bool(snap.segs[SS][3] & DESC_B)
+        if error_code is not None:
+            frame.append(error_code)
+        mask = 0xFFFFFFFF if sp_32 else 0xFFFF
+        sp = (sp - word * len(frame)) & mask
+        fmt = "<%d%s" % (len(frame), "I" if wide else "H")
+        mem.write(sp_base + sp, struct.pack(fmt, *[x & (0xFFFFFFFF if wide else 0xFFFF)
+                                                   for x in reversed(frame)]))
+        new_sp = (old_rsp & ~mask) | sp if SS not in loads else sp
+        if not wide:
+            offset &= 0xFFFF
+    cb, cl, cf = descriptor_cache(c1, c2)
+    loads[CS] = ((sel & ~3) | new_cpl, cb, cl, cf)
+    v.cpu_state.load_segments(loads, cpl=new_cpl)
+    v.after_state_load()
+    v.set_rsp(new_sp)
+    v.set_rflags_raw(rflags & ~(TF | NT | RF | VM | (IF if not gtype & 1 else 0)))
+    v.set_rip_reg(offset)

@@ -38,6 +38,7 @@ from unicorn import (UC_HOOK_INSN, UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_FETCH_
                      UcError)
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
+import iced_x86 as ix
 
 _CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
                             ctypes.c_void_p)
@@ -91,6 +92,7 @@ _CR = {0: X.UC_X86_REG_CR0, 2: X.UC_X86_REG_CR2, 3: X.UC_X86_REG_CR3, 4: X.UC_X8
        8: X.UC_X86_REG_CR8}
 _ERROR_CODE_VECTORS = ERROR_CODE_VECTORS
 _CONTRIBUTORY = CONTRIBUTORY_VECTORS
+_UD_MNEMONICS = frozenset({ix.Mnemonic.UD0, ix.Mnemonic.UD1, ix.Mnemonic.UD2})
 _MODE_FREE = frozenset({b"\x0f\x31", b"\x0f\xa2"})     # RDTSC, CPUID: same in every mode
 _UNCONDITIONAL = {"cpuid": 10, "invd": 13, "xsetbv": 55, "vmcall": 18, "getsec": 11}
 
@@ -402,6 +404,9 @@ class Vcpu:
         self.ptimer_value = s["preemption_timer"]["value"]
         self.ptimer_rate = 5          # IA32_VMX_MISC[4:0] of the cvmm capability set
         self._ptimer_fire: int | None = None
+        # use TPR shadow: the virtual-APIC page's VTPR lives in the VMM (devices/controls)
+        self.vtpr = s["apic"]["vtpr"] & 0xFF
+        self.tpr_threshold = s["apic"]["tpr_threshold"]
 
     def _make_cpuid(self, cfg: VmxConfig) -> CpuidModel:
         return CpuidModel(cfg.settings.get("cpuid") or {},
@@ -678,9 +683,6 @@ class Vcpu:
 
     def _device_wake(self) -> None:
         """Serial input arrived (another thread): take it at the next boundary."""
-        with self._cfg_lock:
-            if self._pending_cfg is None:
-                self._pending_cfg = self.cfg
         self._wake()
         if not self._in_hook:
             self.counter.request_stop()
@@ -1071,6 +1073,22 @@ class Vcpu:
             raise ctx.fault
         return ctx.resume_rip
 
+    def _trap_exit(self, reason: int, ins: D.Insn, nxt: int, **kw) -> int | None:
+        """A trap-like VM exit after `ins` completed: RIP is the next instruction."""
+        self.icount += 1                 # the instruction has retired before the exit
+        self.counter.set_count(self.icount)
+        self.set_rip(nxt)
+        ex = VmExit(reason, 0, nxt, 0, b"", "", insn=None, **kw)
+        self.vmexit(ex)
+        self.icount -= 1                 # _on_trap counts the instruction when it resumes
+        self.counter.set_count(self.icount)
+        ctx = self._last_ctx
+        if ctx.ended is not None:
+            raise ctx.ended
+        if ctx.fault is not None:
+            raise ctx.fault
+        return ctx.resume_rip
+
     # ---- instruction semantics (exit or not, per the controls) ---------------
     def _instruction(self, ins: D.Insn) -> int | None:
         cfg = self.cfg
@@ -1248,11 +1266,22 @@ class Vcpu:
                                   data={"value": val})
             if val >> 4:
                 raise GuestFault(13, 0)          # bits 63:4 of CR8 are reserved
+            if self._on["primary.use_tpr_shadow"]:
+                # SDM 29.3: VTPR[7:4] <- CR8[3:0], then TPR virtualization (29.1.2): below
+                # the threshold, a trap-like TPR-below-threshold exit after the instruction
+                self.vtpr = (val & 0xF) << 4
+                if val & 0xF < self.tpr_threshold & 0xF:
+                    return self._trap_exit(43, ins, nxt, data={
+                        "vtpr": self.vtpr, "tpr_threshold": self.tpr_threshold})
+                return nxt
             self.set_cr(8, val)
             return nxt
         if k == "mov_from_cr8":
             if self._on["primary.cr8_store_exiting"]:
                 return self._exit(28, ins, cr_qualification(8, CR_MOV_FROM, ins.gpr))
+            if self._on["primary.use_tpr_shadow"]:
+                self.set_gpr(ins.gpr, self.vtpr >> 4, 8)     # SDM 29.3: CR8 reads VTPR[7:4]
+                return nxt
             self.set_gpr(ins.gpr, self.cr(8), 8)
             return nxt
         raise GuestFault(6)
@@ -1357,6 +1386,7 @@ class Vcpu:
         interrupt or the next PIT interrupt.  Nothing can come: 'halted'.
         """
         now = self.tsc + TSC_PER_INSN      # the HLT retires, then the CPU waits
+        self.platform.advance(now)         # devices: what is due now (timers, serial input)
         cands: list[tuple[int, str]] = []
         if self.cfg.on("pin.activate_vmx_preemption_timer") and self._ptimer_fire is not None:
             cands.append((self._ptimer_fire, "ptimer"))
@@ -1616,7 +1646,8 @@ class Vcpu:
         def woken() -> bool:
             can_irq = bool(self.rflags & (1 << 9)) or self._on["pin.external_interrupt_exiting"]
             return bool(self._live_nmi or (self._live_irqs and can_irq) or
-                        self._end_request is not None or self._pending_cfg is not None)
+                        self._end_request is not None or self._pending_cfg is not None or
+                        self.platform.serial.input_waiting)
         self.halted = True
         try:
             with self.apply_cond:
@@ -1658,6 +1689,10 @@ class Vcpu:
             self.cr3_targets = list(s_new["cr3"]["targets"])
         if s_old["preemption_timer"] != s_new["preemption_timer"]:
             self.ptimer_value = s_new["preemption_timer"]["value"]
+        if s_old["apic"] != s_new["apic"]:
+            self.tpr_threshold = s_new["apic"]["tpr_threshold"]
+            if s_old["apic"]["vtpr"] != s_new["apic"]["vtpr"]:
+                self.vtpr = s_new["apic"]["vtpr"] & 0xFF
         if s_old.get("cpuid") != s_new.get("cpuid") or \
                 old.on("secondary.enable_rdtscp") != cfg.on("secondary.enable_rdtscp") or \
                 old.on("secondary.enable_invpcid") != cfg.on("secondary.enable_invpcid"):
@@ -1883,6 +1918,7 @@ class Vcpu:
                 counter.set_count(self.icount)
                 err = None
                 begin = self._pc_begin()
+                begin_lin = self.rip
                 if self._exc_dirty:
                     # Unicorn raised a CPU exception internally (fetch protection is a #PF
                     # to it): clear QEMU's double-fault bookkeeping before resuming
@@ -1923,6 +1959,9 @@ class Vcpu:
                 self._event = None
                 if err is not None or (ev is not None and ev[0] not in ("resume", "end")):
                     self._exc_dirty = True
+                if ev is None and err is None and self._stopped_at_invalid(
+                        begin_lin, start_icount, count):
+                    continue
                 if ev is None and err is None and count and not stopped_by_stub:
                     # count budget used up exactly
                     self.icount = start_icount + count
@@ -1943,6 +1982,26 @@ class Vcpu:
             self.message = e.message
         with self.apply_cond:           # wake anyone waiting for an apply that cannot come
             self.apply_cond.notify_all()
+
+    def _stopped_at_invalid(self, begin_lin: int, start_icount: int, count: int) -> bool:
+        """Unicorn sometimes stops *before* an invalid opcode instead of raising it: under an
+        instruction budget (count=) as if the budget were used up, and when emu_start begins
+        at it after the native block stub counted it.  A single step on UD2 then went on for
+        ever (MTF) and a run re-entered after an exit lost the #UD (preemption timer).  Seen
+        here: raise #UD at that instruction, with the count of what really retired."""
+        rip = self.rip
+        if not count and rip != begin_lin:
+            return False
+        dec = self._decode_any(rip)
+        if dec is not None and dec.mnemonic not in _UD_MNEMONICS:
+            return False
+        done = start_icount if rip == begin_lin else self._retired_at(rip)
+        if count and done - start_icount >= count:
+            return False                  # the budget really ended just before it
+        self.icount = done
+        self.counter.set_count(done)
+        self.raise_exception(6, None, rip)
+        return True
 
     def _after_step(self) -> None:
         """After a counted single step: MTF and interrupt-window checks."""

@@ -164,6 +164,12 @@ def old_exception_offset(mode: int) -> int | None:
     return off
 
 
+def tsc_frequency(cfg: VmxConfig) -> int:
+    """The TSC rate in Hz: the profile's tsc.frequency, else the machine clock's default."""
+    from .clock import TSC_HZ
+    return int((cfg.settings.get("tsc") or {}).get("frequency") or TSC_HZ)
+
+
 def _prefixes(ins: D.Insn) -> bytes:
     """The legacy/REX prefix bytes of a two-byte-opcode (0F xx) instruction."""
     i = ins.raw.find(b"\x0f")
@@ -259,7 +265,7 @@ class Vcpu:
                  handlers: dict[int, Callable] | None = None,
                  trace: Any = None,       # a vmm.run.TraceWriter (begin/end per exit)
                  max_instructions: int | None = None,
-                 native_counter: bool | None = None):
+                 native_counter: bool | None = None, clock: str = "virtual"):
         if mode not in (16, 32, 64):
             raise ValueError(f"mode must be 16, 32 or 64, not {mode}")
         self._set_cfg(config)
@@ -296,6 +302,10 @@ class Vcpu:
         # --- virtual time and state ---
         self.icount = 0
         self.idle_ticks = 0
+        if clock not in ("virtual", "realtime"):
+            raise ValueError(f"clock must be 'virtual' or 'realtime', not {clock!r}")
+        self.clock = clock
+        self._rt0 = time.perf_counter_ns()     # realtime clock: host time at TSC 0
         self.tsc_adjust = 0
         self.exit_count = 0
         self.exit_stats: dict[int, ExitStats] = {}
@@ -360,7 +370,7 @@ class Vcpu:
         self._trap_cfunc = _CODE_CB(self._raw_trap)
         self._trap_fn = ctypes.cast(self._trap_cfunc, ctypes.c_void_p)
         # --- hooks ---
-        self.counter = BlockCounter(self.uc, self._count_block, 0, min(memory, 64 << 20),
+        self.counter = BlockCounter(self.uc, self._count_block, 0, min(memory, 256 << 20),
                                     native=native_counter)
         self.uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self._on_fetch_prot)
         self.uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
@@ -389,6 +399,7 @@ class Vcpu:
         self.cr4_mask, self.cr4_shadow = s["cr4"]["mask"], s["cr4"]["shadow"]
         self.tsc_offset = s["tsc"]["offset"]
         self.tsc_multiplier = s["tsc"]["multiplier"]
+        self.tsc_hz = tsc_frequency(cfg)
         self.cr3_targets = list(s["cr3"]["targets"])
         self.ptimer_value = s["preemption_timer"]["value"]
         self.ptimer_rate = 5          # IA32_VMX_MISC[4:0] of the cvmm capability set
@@ -402,6 +413,7 @@ class Vcpu:
                           rdtscp=cfg.on("secondary.enable_rdtscp"),
                           invpcid=cfg.on("secondary.enable_invpcid"),
                           tsc_per_insn=TSC_PER_INSN, exit_cost=EXIT_COST,
+                          tsc_hz=tsc_frequency(cfg),
                           apic_enabled=lambda: self.platform.lapic.enabled)
 
     def _ept_layout(self, cfg: VmxConfig) -> list[tuple[int, int, str]] | None:
@@ -620,8 +632,26 @@ class Vcpu:
     @property
     def tsc(self) -> int:
         """The VMM's (host) virtual TSC."""
-        return (self.icount * TSC_PER_INSN + self.exit_count * EXIT_COST + self.idle_ticks
+        return self._tsc_at(self.icount)
+
+    def _tsc_at(self, icount: int) -> int:
+        if self.clock == "realtime":
+            # host nanoseconds at tsc.frequency ticks per second (plus HLT waits and guest writes)
+            return ((time.perf_counter_ns() - self._rt0) * self.tsc_hz // 1_000_000_000
+                    + self.tsc_adjust) & MASK64
+        return (icount * TSC_PER_INSN + self.exit_count * EXIT_COST + self.idle_ticks
                 + self.tsc_adjust) & MASK64
+
+    def _insns_for(self, ticks: int) -> int:
+        """Instructions to run before `ticks` TSC ticks have passed (a budget for deadlines)."""
+        if ticks <= 0:
+            return 0
+        if self.clock == "realtime":
+            # the measured rate so far; the run loop re-checks, so a low guess only costs a turn
+            el = max(1, (time.perf_counter_ns() - self._rt0) * self.tsc_hz // 1_000_000_000)
+            rate = max(self.icount, 1) / el
+            return max(1, int(ticks * rate))
+        return (ticks + TSC_PER_INSN - 1) // TSC_PER_INSN
 
     def guest_tsc(self, raw: int | None = None) -> int:
         """What RDTSC returns in the guest when it does not exit (§4.5)."""
@@ -992,8 +1022,7 @@ class Vcpu:
         self.exit_count += 1
         ex.seq = self.exit_count
         ex.instructions = ic = self.icount
-        ex.tsc = (ic * TSC_PER_INSN + self.exit_count * EXIT_COST + self.idle_ticks
-                  + self.tsc_adjust) & MASK64
+        ex.tsc = self._tsc_at(ic)
         if self._on["pin.activate_vmx_preemption_timer"] and self._ptimer_fire is not None \
                 and self._on["exit.save_vmx_preemption_timer_value"]:
             now = self.tsc - EXIT_COST
@@ -1378,8 +1407,19 @@ class Vcpu:
             raise RunEnd("halted", None, "the guest halted with no event that could wake it")
         t, kind = min(cands)
         if t > now:
-            self.idle_ticks += t - now
+            if self.clock == "realtime":
+                self._sleep_until(t)
+            else:
+                self.idle_ticks += t - now
         self._event = (kind,)
+
+    def _sleep_until(self, tsc: int) -> None:
+        """Realtime clock: wait on the host until the TSC reaches `tsc` (or a stop request)."""
+        while not self.counter.stop_pending() and self._end_request is None:
+            left = tsc - self.tsc
+            if left <= 0:
+                return
+            time.sleep(min(left / self.tsc_hz, 0.05))
 
     def _rand(self) -> int:
         x = self._rng
@@ -1817,13 +1857,12 @@ class Vcpu:
         if self.max_instructions is not None:
             best, kind = self.max_instructions, "limit"
         if self._ptimer_fire is not None:
-            left = self._ptimer_fire - self.tsc
-            d = self.icount + max(0, (left + TSC_PER_INSN - 1) // TSC_PER_INSN)
+            d = self.icount + self._insns_for(self._ptimer_fire - self.tsc)
             if best is None or d < best:
                 best, kind = d, "ptimer"
         nf = self.platform.next_event()
         if nf is not None:
-            d = self.icount + max(0, (nf - self.tsc + TSC_PER_INSN - 1) // TSC_PER_INSN)
+            d = self.icount + self._insns_for(nf - self.tsc)
             if best is None or d < best:
                 best, kind = d, "irq"
         if self.nmi_at is not None and (best is None or self.nmi_at < best):
@@ -1988,7 +2027,10 @@ class Vcpu:
     def _ptimer_exit(self) -> None:
         now = self.tsc
         if self._ptimer_fire is not None and self._ptimer_fire > now:
-            self.idle_ticks += self._ptimer_fire - now
+            if self.clock == "realtime":
+                self._sleep_until(self._ptimer_fire)
+            else:
+                self.idle_ticks += self._ptimer_fire - now
         self._entry_exit(VmExit(52, 0, self.rip))
 
     def _handle_event(self, ev: tuple, err: UcError | None) -> None:

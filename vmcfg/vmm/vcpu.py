@@ -164,6 +164,12 @@ def old_exception_offset(mode: int) -> int | None:
     return off
 
 
+def tsc_frequency(cfg: VmxConfig) -> int:
+    """The TSC rate in Hz: the profile's tsc.frequency, else the machine clock's default."""
+    from .clock import TSC_HZ
+    return int((cfg.settings.get("tsc") or {}).get("frequency") or TSC_HZ)
+
+
 def _prefixes(ins: D.Insn) -> bytes:
     """The legacy/REX prefix bytes of a two-byte-opcode (0F xx) instruction."""
     i = ins.raw.find(b"\x0f")
@@ -259,7 +265,7 @@ class Vcpu:
                  handlers: dict[int, Callable] | None = None,
                  trace: Any = None,       # a vmm.run.TraceWriter (begin/end per exit)
                  max_instructions: int | None = None,
-                 native_counter: bool | None = None):
+                 native_counter: bool | None = None, clock: str = "virtual"):
         if mode not in (16, 32, 64):
             raise ValueError(f"mode must be 16, 32 or 64, not {mode}")
         self._set_cfg(config)
@@ -296,6 +302,10 @@ class Vcpu:
         # --- virtual time and state ---
         self.icount = 0
         self.idle_ticks = 0
+        if clock not in ("virtual", "realtime"):
+            raise ValueError(f"clock must be 'virtual' or 'realtime', not {clock!r}")
+        self.clock = clock
+        self._rt0 = time.perf_counter_ns()     # realtime clock: host time at TSC 0
         self.tsc_adjust = 0
         self.exit_count = 0
         self.exit_stats: dict[int, ExitStats] = {}
@@ -360,7 +370,7 @@ class Vcpu:
         self._trap_cfunc = _CODE_CB(self._raw_trap)
         self._trap_fn = ctypes.cast(self._trap_cfunc, ctypes.c_void_p)
         # --- hooks ---
-        self.counter = BlockCounter(self.uc, self._count_block, 0, min(memory, 64 << 20),
+        self.counter = BlockCounter(self.uc, self._count_block, 0, min(memory, 256 << 20),
                                     native=native_counter)
         self.uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self._on_fetch_prot)
         self.uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
@@ -389,16 +399,21 @@ class Vcpu:
         self.cr4_mask, self.cr4_shadow = s["cr4"]["mask"], s["cr4"]["shadow"]
         self.tsc_offset = s["tsc"]["offset"]
         self.tsc_multiplier = s["tsc"]["multiplier"]
+        self.tsc_hz = tsc_frequency(cfg)
         self.cr3_targets = list(s["cr3"]["targets"])
         self.ptimer_value = s["preemption_timer"]["value"]
         self.ptimer_rate = 5          # IA32_VMX_MISC[4:0] of the cvmm capability set
         self._ptimer_fire: int | None = None
+        # use TPR shadow: the virtual-APIC page's VTPR lives in the VMM (devices/controls)
+        self.vtpr = s["apic"]["vtpr"] & 0xFF
+        self.tpr_threshold = s["apic"]["tpr_threshold"]
 
     def _make_cpuid(self, cfg: VmxConfig) -> CpuidModel:
         return CpuidModel(cfg.settings.get("cpuid") or {},
                           rdtscp=cfg.on("secondary.enable_rdtscp"),
                           invpcid=cfg.on("secondary.enable_invpcid"),
                           tsc_per_insn=TSC_PER_INSN, exit_cost=EXIT_COST,
+                          tsc_hz=tsc_frequency(cfg),
                           apic_enabled=lambda: self.platform.lapic.enabled)
 
     def _ept_layout(self, cfg: VmxConfig) -> list[tuple[int, int, str]] | None:
@@ -617,8 +632,26 @@ class Vcpu:
     @property
     def tsc(self) -> int:
         """The VMM's (host) virtual TSC."""
-        return (self.icount * TSC_PER_INSN + self.exit_count * EXIT_COST + self.idle_ticks
+        return self._tsc_at(self.icount)
+
+    def _tsc_at(self, icount: int) -> int:
+        if self.clock == "realtime":
+            # host nanoseconds at tsc.frequency ticks per second (plus HLT waits and guest writes)
+            return ((time.perf_counter_ns() - self._rt0) * self.tsc_hz // 1_000_000_000
+                    + self.tsc_adjust) & MASK64
+        return (icount * TSC_PER_INSN + self.exit_count * EXIT_COST + self.idle_ticks
                 + self.tsc_adjust) & MASK64
+
+    def _insns_for(self, ticks: int) -> int:
+        """Instructions to run before `ticks` TSC ticks have passed (a budget for deadlines)."""
+        if ticks <= 0:
+            return 0
+        if self.clock == "realtime":
+            # the measured rate so far; the run loop re-checks, so a low guess only costs a turn
+            el = max(1, (time.perf_counter_ns() - self._rt0) * self.tsc_hz // 1_000_000_000)
+            rate = max(self.icount, 1) / el
+            return max(1, int(ticks * rate))
+        return (ticks + TSC_PER_INSN - 1) // TSC_PER_INSN
 
     def guest_tsc(self, raw: int | None = None) -> int:
         """What RDTSC returns in the guest when it does not exit (§4.5)."""
@@ -650,9 +683,6 @@ class Vcpu:
 
     def _device_wake(self) -> None:
         """Serial input arrived (another thread): take it at the next boundary."""
-        with self._cfg_lock:
-            if self._pending_cfg is None:
-                self._pending_cfg = self.cfg
         self._wake()
         if not self._in_hook:
             self.counter.request_stop()
@@ -992,8 +1022,7 @@ class Vcpu:
         self.exit_count += 1
         ex.seq = self.exit_count
         ex.instructions = ic = self.icount
-        ex.tsc = (ic * TSC_PER_INSN + self.exit_count * EXIT_COST + self.idle_ticks
-                  + self.tsc_adjust) & MASK64
+        ex.tsc = self._tsc_at(ic)
         if self._on["pin.activate_vmx_preemption_timer"] and self._ptimer_fire is not None \
                 and self._on["exit.save_vmx_preemption_timer_value"]:
             now = self.tsc - EXIT_COST
@@ -1037,6 +1066,22 @@ class Vcpu:
                     ins.length if ins else 0, ins.raw if ins else b"",
                     ins.text if ins else "", insn=ins, **kw)
         self.vmexit(ex)
+        ctx = self._last_ctx
+        if ctx.ended is not None:
+            raise ctx.ended
+        if ctx.fault is not None:
+            raise ctx.fault
+        return ctx.resume_rip
+
+    def _trap_exit(self, reason: int, ins: D.Insn, nxt: int, **kw) -> int | None:
+        """A trap-like VM exit after `ins` completed: RIP is the next instruction."""
+        self.icount += 1                 # the instruction has retired before the exit
+        self.counter.set_count(self.icount)
+        self.set_rip(nxt)
+        ex = VmExit(reason, 0, nxt, 0, b"", "", insn=None, **kw)
+        self.vmexit(ex)
+        self.icount -= 1                 # _on_trap counts the instruction when it resumes
+        self.counter.set_count(self.icount)
         ctx = self._last_ctx
         if ctx.ended is not None:
             raise ctx.ended
@@ -1221,11 +1266,22 @@ class Vcpu:
                                   data={"value": val})
             if val >> 4:
                 raise GuestFault(13, 0)          # bits 63:4 of CR8 are reserved
+            if self._on["primary.use_tpr_shadow"]:
+                # SDM 29.3: VTPR[7:4] <- CR8[3:0], then TPR virtualization (29.1.2): below
+                # the threshold, a trap-like TPR-below-threshold exit after the instruction
+                self.vtpr = (val & 0xF) << 4
+                if val & 0xF < self.tpr_threshold & 0xF:
+                    return self._trap_exit(43, ins, nxt, data={
+                        "vtpr": self.vtpr, "tpr_threshold": self.tpr_threshold})
+                return nxt
             self.set_cr(8, val)
             return nxt
         if k == "mov_from_cr8":
             if self._on["primary.cr8_store_exiting"]:
                 return self._exit(28, ins, cr_qualification(8, CR_MOV_FROM, ins.gpr))
+            if self._on["primary.use_tpr_shadow"]:
+                self.set_gpr(ins.gpr, self.vtpr >> 4, 8)     # SDM 29.3: CR8 reads VTPR[7:4]
+                return nxt
             self.set_gpr(ins.gpr, self.cr(8), 8)
             return nxt
         raise GuestFault(6)
@@ -1330,6 +1386,7 @@ class Vcpu:
         interrupt or the next PIT interrupt.  Nothing can come: 'halted'.
         """
         now = self.tsc + TSC_PER_INSN      # the HLT retires, then the CPU waits
+        self.platform.advance(now)         # devices: what is due now (timers, serial input)
         cands: list[tuple[int, str]] = []
         if self.cfg.on("pin.activate_vmx_preemption_timer") and self._ptimer_fire is not None:
             cands.append((self._ptimer_fire, "ptimer"))
@@ -1350,8 +1407,19 @@ class Vcpu:
             raise RunEnd("halted", None, "the guest halted with no event that could wake it")
         t, kind = min(cands)
         if t > now:
-            self.idle_ticks += t - now
+            if self.clock == "realtime":
+                self._sleep_until(t)
+            else:
+                self.idle_ticks += t - now
         self._event = (kind,)
+
+    def _sleep_until(self, tsc: int) -> None:
+        """Realtime clock: wait on the host until the TSC reaches `tsc` (or a stop request)."""
+        while not self.counter.stop_pending() and self._end_request is None:
+            left = tsc - self.tsc
+            if left <= 0:
+                return
+            time.sleep(min(left / self.tsc_hz, 0.05))
 
     def _rand(self) -> int:
         x = self._rng
@@ -1578,7 +1646,8 @@ class Vcpu:
         def woken() -> bool:
             can_irq = bool(self.rflags & (1 << 9)) or self._on["pin.external_interrupt_exiting"]
             return bool(self._live_nmi or (self._live_irqs and can_irq) or
-                        self._end_request is not None or self._pending_cfg is not None)
+                        self._end_request is not None or self._pending_cfg is not None or
+                        self.platform.serial.input_waiting)
         self.halted = True
         try:
             with self.apply_cond:
@@ -1620,6 +1689,10 @@ class Vcpu:
             self.cr3_targets = list(s_new["cr3"]["targets"])
         if s_old["preemption_timer"] != s_new["preemption_timer"]:
             self.ptimer_value = s_new["preemption_timer"]["value"]
+        if s_old["apic"] != s_new["apic"]:
+            self.tpr_threshold = s_new["apic"]["tpr_threshold"]
+            if s_old["apic"]["vtpr"] != s_new["apic"]["vtpr"]:
+                self.vtpr = s_new["apic"]["vtpr"] & 0xFF
         if s_old.get("cpuid") != s_new.get("cpuid") or \
                 old.on("secondary.enable_rdtscp") != cfg.on("secondary.enable_rdtscp") or \
                 old.on("secondary.enable_invpcid") != cfg.on("secondary.enable_invpcid"):
@@ -1784,13 +1857,12 @@ class Vcpu:
         if self.max_instructions is not None:
             best, kind = self.max_instructions, "limit"
         if self._ptimer_fire is not None:
-            left = self._ptimer_fire - self.tsc
-            d = self.icount + max(0, (left + TSC_PER_INSN - 1) // TSC_PER_INSN)
+            d = self.icount + self._insns_for(self._ptimer_fire - self.tsc)
             if best is None or d < best:
                 best, kind = d, "ptimer"
         nf = self.platform.next_event()
         if nf is not None:
-            d = self.icount + max(0, (nf - self.tsc + TSC_PER_INSN - 1) // TSC_PER_INSN)
+            d = self.icount + self._insns_for(nf - self.tsc)
             if best is None or d < best:
                 best, kind = d, "irq"
         if self.nmi_at is not None and (best is None or self.nmi_at < best):
@@ -1955,7 +2027,10 @@ class Vcpu:
     def _ptimer_exit(self) -> None:
         now = self.tsc
         if self._ptimer_fire is not None and self._ptimer_fire > now:
-            self.idle_ticks += self._ptimer_fire - now
+            if self.clock == "realtime":
+                self._sleep_until(self._ptimer_fire)
+            else:
+                self.idle_ticks += self._ptimer_fire - now
         self._entry_exit(VmExit(52, 0, self.rip))
 
     def _handle_event(self, ev: tuple, err: UcError | None) -> None:

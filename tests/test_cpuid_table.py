@@ -125,3 +125,18 @@ def test_a_guest_executing_cpuid_sees_the_override(tmp_path, cli):
     # the same guest under the plain model fails the override checks
     r = cli("launch", "baseline", "--guest", str(g), "--json")
     assert json.loads(r.stdout)["guest_exit_code"] == 2 | 8
+
+
+@pytest.mark.parametrize("assignment, words", [
+    ('cpuid."0x1".ecx=0x100000000', ["0x100000000 does not fit", "0..0xffffffff"]),
+    ('cpuid."zz".ecx=1', ["'zz' is not a leaf number", '"0x7.0"']),
+    ('cpuid."1".esi=1', ["unknown register 'esi'"]),
+])
+def test_vmcfg_set_checks_cpuid_keys_like_the_loader(tmp_path, cli, assignment, words):
+    path = _profile(tmp_path, '[cpuid."0x1"]\necx = 0x80000000\n')
+    before = open(path).read()
+    r = cli("set", path, assignment)
+    assert r.exit_code == 2
+    for w in words:
+        assert w in r.stderr
+    assert open(path).read() == before

@@ -329,12 +329,10 @@ def parse_value(t: Target, text: str) -> tuple[Any, str]:
     if t.kind == "star":
         if t.setting.kind == "cpuid":
             n, lit = _int_text(text, what)
-            if t.sub[1] not in ("eax", "ebx", "ecx", "edx") or not 0 <= n <= 0xFFFFFFFF:
-                raise EditError(f"{what}: expected eax/ebx/ecx/edx = a 32-bit value")
-            try:
-                int(t.sub[0].split(".")[0], 0)
-            except ValueError:
-                raise EditError(f"{what}: CPUID leaf {t.sub[0]!r} is not a number") from None
+            try:        # the same checks and messages as a [cpuid] table in a file
+                normalize_setting(t.setting, {t.sub[0]: {t.sub[1]: n}})
+            except ValueError as e:
+                raise EditError(str(e)) from None
             return n, lit
         ok, v = _toml_value(text)
         s = v if ok and isinstance(v, str) else text

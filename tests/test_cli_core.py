@@ -91,7 +91,7 @@ def test_show(cli):
     doc = json.loads(r.stdout)
     states = {b["control"]: b["state"] for b in doc["bits"]["primary"] if b["control"]}
     assert states["primary.use_io_bitmaps"] == "on"
-    assert states["primary.use_tpr_shadow"].startswith("unsupported")
+    assert states["primary.activate_tertiary_controls"].startswith("unsupported")
     r = cli("show", "baseline", "--cpu", "penryn", "--json")
     states = {b["control"]: b["state"] for b in json.loads(r.stdout)["bits"]["primary"] if b["control"]}
     assert states["primary.cr3_load_exiting"] == "forced"

@@ -93,3 +93,62 @@ def test_external_interrupt_exiting_takes_lapic_and_ioapic_vectors_the_same_way(
                                                      0x80000043]
     for c in PLATFORM_OK:
         assert f"platform: {c} ok" in _lines(res)
+
+
+TPR_GUEST = """BITS 64
+        mov rax, cr8
+        mov r8, rax
+        mov rax, 6
+        mov cr8, rax
+        mov rax, 3
+        mov cr8, rax
+        mov rax, cr8
+        mov r9, rax
+        mov ecx, 0x1B
+        rdmsr
+        or eax, 0x400
+        wrmsr
+        mov ecx, 0x808
+        rdmsr
+        shl r8, 4
+        or r8, r9
+        or r8, rax
+        mov rax, r8
+        out 0xf4, al
+        hlt
+"""
+
+
+def test_use_tpr_shadow_virtualizes_cr8_and_exits_below_the_threshold(tmp_path):
+    """CR8 reads and writes VTPR (start value apic.vtpr), not the local APIC's TPR; a MOV to
+    CR8 below apic.tpr_threshold exits (reason 43) after it has completed."""
+    prof = _profile(tmp_path, """
+        [primary]
+        use_tpr_shadow = true
+        [apic]
+        tpr_threshold = 4
+        vtpr = 0x50
+        [vmcs]
+        virtual_apic_page = 0x5000
+        """)
+    g = tmp_path / "tpr.asm"
+    g.write_text(TPR_GUEST)
+    seen = []
+
+    def on_tpr(ctx):
+        seen.append((ctx.vcpu.vtpr, ctx.read(ctx.exit.rip, 4), ctx.instructions))
+
+    res, recs = run(prof, str(g), handlers={43: on_tpr})
+    # exit code: VTPR 5 at start (high nibble), CR8 reads 3 after the write, LAPIC TPR 0
+    assert res.status == "debug-exit" and res.guest_exit_code == 0x53
+    (r,) = recs
+    assert r["name"] == "TPR_BELOW_THRESHOLD" and r["qualification"] == 0
+    assert r["data"] == {"vtpr": 0x30, "tpr_threshold": 4}
+    # trap-like: six instructions retired (the MOV to CR8 included); RIP is the next
+    # instruction, MOV RAX, CR8 (44 0f 20 c0)
+    assert seen == [(0x30, bytes.fromhex("440f20c0"), 6)]
+    assert r["length"] == 0
+    # without the control CR8 is the LAPIC's TPR: 3 reads back through the x2APIC MSR
+    plain = _profile(tmp_path, "")
+    res, recs = run(plain, str(g))
+    assert res.guest_exit_code == 0x33 and recs == []

@@ -63,7 +63,7 @@ def test_serial_input_option_feeds_the_uart(tmp_path, cli):
     f.write_bytes(b"xyz")
     r = cli("launch", "baseline", "--guest", "builtin:platform", "--serial-input", str(f),
             "--json")
-    assert r.exit_code == 1, r.stderr
+    assert r.exit_code == 0, r.stderr             # debug-exit 0: the guest's checks passed
     assert "platform: serial input 'xyz'" in json.loads(r.stdout)["console"]
     r = cli("launch", "baseline", "--guest", "builtin:platform", "--serial-input",
             str(tmp_path / "missing"))

@@ -130,7 +130,7 @@ def test_profile_invalid_for_cvmm_is_refused(cli, write_profile):
         name = "bad"
         extends = "baseline"
         [primary]
-        use_tpr_shadow = true
+        activate_tertiary_controls = true
     """)
     r = cli("launch", p, "--guest", "builtin:cpuid")
     assert r.exit_code == 1

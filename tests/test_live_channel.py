@@ -94,7 +94,7 @@ def test_refusals_leave_guest_unchanged(guest, write_profile):
     newguest = write_profile('[profile]\nextends = "baseline"\n[guest]\nmemory = "64M"\n', "mem.toml")
     r = run("apply", newguest, "--to", "g2")
     assert r.returncode == 1 and "guest.memory" in r.stderr and "needs a new guest" in r.stderr
-    badcpu = write_profile('[profile]\nextends = "baseline"\n[primary]\nuse_tpr_shadow = true\n', "tpr.toml")
+    badcpu = write_profile('[profile]\nextends = "baseline"\n[primary]\nactivate_tertiary_controls = true\n', "tpr.toml")
     assert run("apply", badcpu, "--to", "g2").returncode == 1
     syntax = write_profile('[primary\n', "syn.toml")
     r = run("apply", syntax, "--to", "g2")

@@ -104,7 +104,7 @@ def test_refused_apply_leaves_guest_running(launched, write_profile):
     mem = write_profile(BASE + '[guest]\nmemory = "32M"\n', "mem.toml")
     r = vmcfg("apply", mem, "--to", "g2")
     assert r.returncode == 1 and "needs a new guest" in r.stderr
-    bad = write_profile(BASE + "[primary]\nuse_tpr_shadow = true\n", "bad.toml")
+    bad = write_profile(BASE + "[primary]\nactivate_tertiary_controls = true\n", "bad.toml")
     r = vmcfg("apply", bad, "--to", "g2", "--json")
     assert r.returncode == 1 and json.loads(r.stdout)["errors"][0]["rule"] == "E2"
     before = stats("g2")["instructions"]

@@ -53,7 +53,7 @@ EPT = "[secondary]\nenable_ept = true\n"
 CASES = [
     ("E1", "cvmm", "[raw]\npin = 0x16", "[raw]\npin = 0x0"),
     ("E1", "cvmm", "[pin]\nnmi_exiting = true", "[pin]\nprocess_posted_interrupts = true"),
-    ("E2", "cvmm", "[primary]\nhlt_exiting = true", "[primary]\nuse_tpr_shadow = true"),
+    ("E2", "cvmm", "[primary]\nhlt_exiting = true", "[primary]\nactivate_tertiary_controls = true"),
     ("E3", "cvmm", "[secondary]\nenable_rdtscp = true", "[secondary]\nvirtualize_apic_accesses = true"),
     ("E4", lambda: custom(SPR, "primary.activate_tertiary_controls", "tertiary.ipi_virtualization"),
      "[primary]\nactivate_tertiary_controls = true\n[tertiary]\nipi_virtualization = true",

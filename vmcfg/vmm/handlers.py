@@ -489,6 +489,10 @@ def h_mtf(ctx: ExitContext) -> None:
     """Monitor trap flag: nothing to do, resume."""
 
 
+def h_tpr_below_threshold(ctx: ExitContext) -> None:
+    """TPR below threshold (trap-like, after the MOV to CR8): nothing to deliver, resume."""
+
+
 def h_ptimer(ctx: ExitContext) -> None:
     """Reload the preemption timer with the profile's value (at least 1) and resume."""
     ctx.vcpu.ptimer_value = max(1, ctx.config.settings["preemption_timer"]["value"])
@@ -525,7 +529,8 @@ DEFAULT_HANDLERS: dict[int, Callable[[ExitContext], None]] = _Defaults({
     10: h_cpuid, 11: h_ud, 12: h_hlt, 13: h_nop, 14: h_invlpg, 15: h_rdpmc, 16: h_rdtsc,
     18: h_vmcall, 19: h_ud, 20: h_ud, 21: h_ud, 22: h_ud, 23: h_ud, 24: h_ud, 25: h_ud,
     26: h_ud, 27: h_ud, 28: h_cr, 29: h_dr, 30: h_io, 31: h_msr, 32: h_msr, 36: h_nop,
-    37: h_mtf, 39: h_nop, 40: h_nop, 46: h_desc, 47: h_desc, 48: h_ept, 50: h_ud, 51: h_rdtsc,
+    37: h_mtf, 39: h_nop, 40: h_nop, 43: h_tpr_below_threshold, 46: h_desc, 47: h_desc,
+    48: h_ept, 50: h_ud, 51: h_rdtsc,
     52: h_ptimer, 53: h_ud, 54: h_nop, 55: h_xsetbv, 57: h_rdrand, 58: h_invlpg, 59: h_ud,
     61: h_rdrand,
 })

@@ -183,7 +183,7 @@ CVMM_FEATURES = {
     "primary": ["interrupt_window_exiting", "use_tsc_offsetting", "hlt_exiting",
                 "invlpg_exiting", "mwait_exiting", "rdpmc_exiting", "rdtsc_exiting",
                 "cr3_load_exiting", "cr3_store_exiting", "cr8_load_exiting",
-                "cr8_store_exiting", "nmi_window_exiting", "mov_dr_exiting",
+                "cr8_store_exiting", "use_tpr_shadow", "nmi_window_exiting", "mov_dr_exiting",
                 "unconditional_io_exiting", "use_io_bitmaps", "monitor_trap_flag",
                 "use_msr_bitmaps", "monitor_exiting", "pause_exiting",
                 "activate_secondary_controls"],

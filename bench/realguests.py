@@ -9,8 +9,9 @@ profile of that directory's README (``vmcfg launch kut.toml --guest T.flat
 --mode 32 --memory 256M --timeout S --json``) and, when
 ``qemu-system-x86_64`` is on PATH, with QEMU TCG as kvm-unit-tests' own
 ``x86/run`` does.  Each run is judged the way kvm-unit-tests' runner judges
-QEMU's exit status: 1 (debug-exit value 0) = PASS, 77 (value 38) = SKIP,
-anything else = FAIL, with the last console line and the vmcfg status.
+QEMU's exit status ``(value << 1) | 1``: debug-exit value 0 (QEMU status 1) = PASS,
+value 38 (QEMU status 77) = SKIP, anything else = FAIL, with the last console
+line and the vmcfg status.
 
 Not a test: nothing here asserts anything; it prints a table.
 """
@@ -59,10 +60,11 @@ ia32e_mode_guest = false
 """
 
 
-def verdict(exit_status: int | None) -> str:
-    if exit_status == 1:
+def verdict(value: int | None) -> str:
+    """From the value the guest wrote to the debug-exit port (None: it did not)."""
+    if value == 0:
         return "PASS"
-    if exit_status == 77:
+    if value == 38:                  # kvm-unit-tests' SKIP: QEMU exits (38 << 1) | 1 = 77
         return "SKIP"
     return "FAIL"
 
@@ -85,7 +87,8 @@ def run_vmcfg(work: str, name: str, timeout: float) -> dict:
     except ValueError:
         return {"verdict": "FAIL", "status": f"exit {p.returncode}", "wall": wall,
                 "last": last_line(p.stderr)}
-    return {"verdict": verdict(doc.get("exit_status")), "status": doc.get("status"),
+    value = doc.get("guest_exit_code") if doc.get("status") == "debug-exit" else None
+    return {"verdict": verdict(value), "status": doc.get("status"),
             "exit_status": doc.get("exit_status"), "wall": wall,
             "last": last_line(doc.get("console", "")) or doc.get("message", "")[:70]}
 
@@ -103,7 +106,8 @@ def run_qemu(work: str, name: str, timeout: float) -> dict:
         rc, out = None, (e.stdout or b"").decode("latin-1") if isinstance(e.stdout, bytes) \
             else (e.stdout or "")
     wall = time.monotonic() - t0
-    return {"verdict": verdict(rc) if rc is not None else "FAIL",
+    value = rc >> 1 if rc is not None and rc & 1 else None
+    return {"verdict": verdict(value),
             "status": f"exit {rc}" if rc is not None else "timeout", "exit_status": rc,
             "wall": wall, "last": last_line(out)}
 

@@ -179,6 +179,10 @@ def installed_wheel(tmp_path_factory):
 
 def test_wheel_ships_the_sources_and_selftest_profile(installed_wheel):
     _whl, names, _site = installed_wheel
+    # every package of the source tree is in the wheel (pyproject lists them one by one)
+    for init in (ROOT / "vmcfg").rglob("__init__.py"):
+        rel = init.relative_to(ROOT).as_posix()
+        assert rel in names, f"{rel} is not in the wheel: add its package to pyproject.toml"
     for s in SOURCES:
         assert f"vmcfg/guests/src/{s.name}" in names
     assert "vmcfg/guests/src/lib64.inc" in names

@@ -52,7 +52,8 @@ def test_retired_count_matches_guest_arithmetic():
 def test_timeout_status():
     res, _ = run("baseline", "builtin:runaway", max_instructions=None, timeout=0.3)
     assert res.status == "timeout" and res.exit_status == 8
-    assert res.instructions > 1000
+    # never before the timeout; how many instructions fit in 0.3 s depends on the load
+    assert res.wall_seconds >= 0.3
 
 
 def test_live_apply_from_another_thread():

@@ -16,7 +16,7 @@ def _run(write_profile, tmp_path, body: str, controls: str):
         {controls}
         """)
     g = tmp_path / "g.asm"
-    g.write_text(body + "\nmov al, 0\nout 0xf4, al\n")
+    g.write_text("bits 64\n" + body + "\nmov al, 0\nout 0xf4, al\n")
     return run(prof, str(g), mode=64)
 
 
@@ -32,7 +32,7 @@ def test_descriptor_table_exits_carry_the_operand_in_instruction_information(wri
         sgdt [rbx + rcx*8 + 0x10]
         sidt [rbx]
         sldt ax
-        str word ptr [rbx + 0x40]
+        str word [rbx + 0x40]
         """, "[secondary]\ndescriptor_table_exiting = true")
     assert res.status == "debug-exit", res.message
     sgdt, sidt = _info(recs, "GDTR_IDTR_ACCESS")

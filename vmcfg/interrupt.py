@@ -70,6 +70,7 @@ class SignalWatch:
         self._rfd = self._wfd = -1
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._count = 0          # signals the watcher thread has seen (only it counts)
 
     @property
     def status(self) -> int | None:
@@ -141,8 +142,11 @@ class SignalWatch:
                 self._got(signum)
 
     def _got(self, signum: int) -> None:
-        first = self.signum is None
-        if first:
+        # Count here, not by self.signum: with raise_in_main the main thread's handler may
+        # have set self.signum before this thread reads the signal's byte.
+        self._count += 1
+        first = self._count == 1
+        if self.signum is None:
             self.signum = signum
         if self.on_signal is not None:
             try:

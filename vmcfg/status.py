@@ -33,7 +33,9 @@ OUTCOMES: tuple[Outcome, ...] = (
             "guest_exit_code; a value other than 0 gives exit status 3)"),
     Outcome("invalid", 1, False,
             "an invalid profile, differences found, or a change refused"),
-    Outcome("usage", 2, False, "bad usage or unreadable input (profile, image, handler, file)"),
+    Outcome("usage", 2, False, "bad usage or unreadable input (profile, image, handler, file; "
+                               "a --kernel that is not a bzImage, too old or too big for "
+                               "--memory; a bad --initrd)"),
     Outcome("guest-failure", 3, False,
             "the guest wrote a non-zero value to the debug-exit port 0xF4"),
     Outcome("entry-failure", 4, True, "VM entry failed (exit reason 33 | bit 31)"),
@@ -43,7 +45,8 @@ OUTCOMES: tuple[Outcome, ...] = (
     Outcome("error", 12, True,
             "a guest access outside its RAM, an EPT violation with on_violation = \"stop\", "
             "or a failing exit handler"),
-    Outcome("reset", 14, True, "the guest reset the machine (port 0x64 or 0xCF9)"),
+    Outcome("reset", 14, True, "the guest reset the machine (port 0x64 or 0xCF9; Linux "
+                               "rebooting, or after a panic with panic=-1)"),
     Outcome("interrupted", 130, True,
             "interrupted: 128 + the signal (130 for Ctrl-C/SIGINT, 143 for SIGTERM); a guest "
             "run is stopped and its report printed"),

@@ -7,7 +7,8 @@ import sys
 
 import click
 
-from .common import EXIT_OK, EXIT_USAGE, emit_json, err
+from .common import EXIT_OK, emit_json, err
+from .report import fail, finish
 
 
 @click.group()
@@ -44,12 +45,6 @@ def build(source, output, assembler, include, force, as_json):
     from ..guests.asm import AsmError, assemble
     from ..guests.build import source_path
 
-    def fail(msg: str, e: AsmError | None = None):
-        if as_json:
-            emit_json({"error": e.to_json() if e else {"message": msg}})
-        err(f"vmcfg: {msg}", fg="red")
-        sys.exit(EXIT_USAGE)
-
     try:
         path = source_path(source)
     except FileNotFoundError as e:
@@ -57,7 +52,7 @@ def build(source, output, assembler, include, force, as_json):
     try:
         res = assemble(path, include=tuple(include), backend=assembler)
     except AsmError as e:
-        fail(str(e), e)
+        fail(e)
     if not res.data:
         fail(f"{path}: the source assembled to nothing")
     if output is None:
@@ -80,7 +75,7 @@ def build(source, output, assembler, include, force, as_json):
     else:
         err(f"wrote {output} ({len(res.data)} bytes at {res.origin:#x}, {res.bits}-bit, "
             f"assembled with {res.backend})")
-    sys.exit(EXIT_OK)
+    finish(EXIT_OK)
 
 
 @guest.command("list")

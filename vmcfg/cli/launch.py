@@ -33,14 +33,21 @@ def _complete_guest(ctx, param, incomplete):
 @click.option("--guest", "guest", metavar="SPEC", shell_complete=_complete_guest,
               help="Guest image: flat binary, ELF, .asm/.s source, or builtin:NAME "
                    "(default: the profile's [guest] image).")
+@click.option("--kernel", metavar="BZIMAGE", type=click.Path(dir_okay=False),
+              help="Boot a Linux kernel (bzImage) by the x86 boot protocol instead of --guest.")
+@click.option("--initrd", metavar="FILE", type=click.Path(dir_okay=False),
+              help="With --kernel: the initramfs to load.")
+@click.option("--clock", type=click.Choice(["virtual", "realtime"]),
+              help="Guest time: 'virtual' (default; deterministic, from retired instructions) "
+                   "or 'realtime' (follows the host clock).")
 @click.option("--mode", type=click.Choice(["16", "32", "64"]), help="Start mode (default 64).")
 @click.option("--memory", metavar="SIZE", help="Guest RAM, e.g. 16M (default 16M).")
 @click.option("--load-address", "load_address", metavar="ADDR",
               help="Guest-physical load address of a flat image (default 0x100000).")
 @click.option("--entry", metavar="ADDR", help="Entry point (default: load address / ELF entry).")
 @click.option("--append", "append", metavar="TEXT",
-              help="Kernel command line of a Multiboot image (after the image name, as QEMU "
-                   "passes it).")
+              help="Kernel command line of --kernel, or of a Multiboot image (after the image "
+                   "name, as QEMU passes it).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
 @click.option("--trace", "trace_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Write every VM exit as a JSON line to FILE (gzip-compressed when FILE "
@@ -65,9 +72,9 @@ def _complete_guest(ctx, param, incomplete):
               help="Name the guest: reachable by ps, apply, watch, stats, history, stop, inject.")
 @click.option("--detach", is_flag=True,
               help="With --name: run in the background; return once the guest runs.")
-def launch(profile, guest, mode, memory, load_address, entry, append, as_json, trace_file,
-           trace_sample, max_instructions, nmi_at, timeout, console_file, serial_input, handlers,
-           name, detach):
+def launch(profile, guest, kernel, initrd, clock, mode, memory, load_address, entry, append,
+           as_json, trace_file, trace_sample, max_instructions, nmi_at, timeout, console_file,
+           serial_input, handlers, name, detach):
     """Run a guest on vmcfg's emulated VMM under PROFILE's VMX controls.
 
     VM exits happen exactly as the profile's controls say; each exit is
@@ -94,7 +101,8 @@ def launch(profile, guest, mode, memory, load_address, entry, append, as_json, t
         plan = build_plan(profile, guest=guest, mode=mode, memory=memory,
                           load_address=load_address, entry=entry, handlers=handlers,
                           max_instructions=max_instructions, timeout=timeout, nmi_at=nmi_at,
-                          serial_input=rx, cmdline=append)
+                          serial_input=rx, cmdline=append, kernel=kernel, initrd=initrd,
+                          clock=clock)
     except PlanError as e:
         if e.resolved is not None:
             render_violations(e.resolved)
@@ -108,7 +116,7 @@ def launch(profile, guest, mode, memory, load_address, entry, append, as_json, t
                     args=view.child_args(guest, base, mode, memory, load_address, entry,
                                          trace_file, max_instructions, timeout, console_file,
                                          handlers, nmi_at, trace_sample, serial_input,
-                                         append),
+                                         append, kernel=kernel, initrd=initrd, clock=clock),
                     console_file=console_file)
     # Ctrl-C / SIGTERM: the guest ends at its next block (status "interrupted"), the
     # report is written as usual and the exit status is 128 + the signal (130 / 143)
@@ -116,7 +124,15 @@ def launch(profile, guest, mode, memory, load_address, entry, append, as_json, t
     stopper = view.Stopper()
     with SignalWatch(stopper.signal) as sig:
         hook("launch:start")
-        res = _run(plan, name, as_json, trace_file, trace_sample, console_file, stopper.attach)
+        keys = view.TerminalKeys(enabled=serial_input != "-")
+
+        def on_vcpu(vcpu) -> None:
+            stopper.attach(vcpu)
+            keys.start(vcpu)
+        try:
+            res = _run(plan, name, as_json, trace_file, trace_sample, console_file, on_vcpu)
+        finally:
+            keys.stop()
         hook("launch:report")
         doc = res.to_json()
         if sig.status:

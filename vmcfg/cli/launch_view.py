@@ -16,9 +16,15 @@ from .report import console as rich_console
 
 def child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
                max_instructions, timeout, console_file, handlers, nmi_at=None,
-               trace_sample=1, serial_input=None, append=None) -> list[str]:
+               trace_sample=1, serial_input=None, append=None, *, kernel=None, initrd=None,
+               clock=None) -> list[str]:
     """The options of this launch, for the background process (paths made absolute)."""
     a: list[str] = []
+    for opt, v in (("--kernel", kernel), ("--initrd", initrd)):
+        if v:
+            a += [opt, os.path.abspath(v)]
+    if clock:
+        a += ["--clock", clock]
     if guest:
         g = guest
         if not g.startswith("builtin:") and os.path.exists(g):
@@ -35,7 +41,7 @@ def child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
             a += [opt, os.path.abspath(v)]
     if trace_file and trace_sample > 1:
         a += ["--trace-sample", str(trace_sample)]
-    if append:
+    if append is not None:
         a += ["--append", append]
     for h in handlers:
         a += ["--handler", h]
@@ -186,3 +192,21 @@ def render_result(res, image_name: str, mode: int) -> None:
     con.print(f"{res.instructions:,} instructions, {total:,} exits, TSC {res.tsc:,}, "
               f"{res.wall_seconds:.3f} s wall ({rate / 1e6:.1f} M instructions/s)", highlight=False)
 
+
+
+class TerminalKeys:
+    """With a terminal on stdin: keystrokes to the guest's COM1 receive path for the run."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled and sys.stdin is not None and sys.stdin.isatty()
+        self._input = None
+
+    def start(self, vcpu) -> None:
+        if self.enabled:
+            from ..vmm.console import TerminalInput
+            self._input = TerminalInput(sys.stdin.fileno(), vcpu.platform.serial.feed).start()
+
+    def stop(self) -> None:
+        if self._input is not None:
+            self._input.stop()
+            self._input = None

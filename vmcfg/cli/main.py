@@ -86,6 +86,10 @@ class LazyGroup(click.Group):
             if report.json_mode():
                 report.emit_json(report.error_doc(e.format_message(), e.exit_code))
             code = e.exit_code
+        except BrokenPipeError:                    # `vmcfg show x | head`: the reader left
+            import os
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            code = report.EXIT_OK
         except (click.exceptions.Abort, KeyboardInterrupt):
             report.err("vmcfg: interrupted")
             if report.json_mode():

@@ -24,15 +24,13 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import Comment, Null, Table, Whitespace
 
-from ..vmx.kinds import kind_of
+from ..vmx.kinds import kind_of, parse_truth
 from ..vmx.settings import SETTING_BY_PATH, SETTINGS_BY_TABLE, Setting
 from ..vmx.table import ALIASES, CONTROL_BY_FIELD_KEY, FIELD_BY_KEY, FIELD_KEYS, Control, resolve_control
 from .loader import META_KEYS, Profile, load_profile_text, normalize_setting
 from .source import ProfileError, parse_key
 from .writer import literal, toml_key, toml_string
 
-_TRUE = {"on", "true", "yes", "1", "enable", "enabled", "y"}
-_FALSE = {"off", "false", "no", "0", "disable", "disabled", "n"}
 
 
 class EditError(Exception):
@@ -235,12 +233,10 @@ def _toml_value(text: str) -> tuple[bool, Any]:
 
 
 def _truth(text: str, what: str) -> bool:
-    t = text.strip().lower()
-    if t in _TRUE:
-        return True
-    if t in _FALSE:
-        return False
-    raise EditError(f"{what}: expected on/off (true/false, yes/no, 1/0), got {text!r}")
+    try:
+        return parse_truth(text)
+    except ValueError as e:
+        raise EditError(f"{what}: {e}") from None
 
 
 def _int_text(text: str, what: str) -> tuple[int, str]:

@@ -8,6 +8,9 @@ translated block instead:
   (address, size); the number of instructions in the block is looked up in a
   table indexed by guest address (one u32 per byte: size | count << 16),
   filled by decoding the block the first time it is seen;
+* blocks outside the table's window (a kernel's high-half addresses, user space of a
+  guest with its own page tables) are looked up in a small hash table keyed by the
+  block address (tag + size|count), filled and invalidated the same way;
 * the callback is a few machine instructions assembled at start-up (with
   keystone) into an executable anonymous mapping, so the common path never
   enters Python.  A miss (new block, address outside the table) tail-calls a
@@ -34,8 +37,15 @@ import sys
 
 # u64 words of the shared state block
 W_COUNTER, W_BASE, W_LIMIT, W_TABLE, W_SLOW, W_LAST_ADDR, W_LAST_SIZE, W_DEADLINE, \
-    W_STOP, W_EMU_STOP, W_LAST_N, W_STOPPED = range(12)
+    W_STOP, W_EMU_STOP, W_LAST_N, W_STOPPED, W_HTABLE, W_HMASK = range(14)
 N_WORDS = 16
+HASH_BITS = 18                 # 256 Ki entries of 16 bytes (tag, size | count << 16)
+HASH_MASK = (1 << HASH_BITS) - 1
+
+
+def hash_slot(address: int) -> int:
+    """The hash-table slot of a block address (the stub computes the same)."""
+    return ((address >> 2) ^ (address >> 22)) & HASH_MASK
 NO_DEADLINE = (1 << 63) - 1
 
 # rdi = uc, rsi = address, edx = size, rcx = state (SysV x86-64)
@@ -45,9 +55,10 @@ _STUB = """
     mov rax, rsi
     sub rax, [rcx + 8]
     cmp rax, [rcx + 16]
-    jae slow
+    jae hashed
     mov r8, [rcx + 24]
     mov r9d, dword ptr [r8 + rax*4]
+found:
     mov r10d, r9d
     and r10d, 0xffff
     cmp r10d, edx
@@ -67,6 +78,19 @@ stop:
     jmp qword ptr [rcx + 72]
 slow:
     jmp qword ptr [rcx + 32]
+hashed:
+    mov rax, rsi
+    shr rax, 22
+    mov r8, rsi
+    shr r8, 2
+    xor rax, r8
+    and rax, [rcx + 104]
+    shl rax, 4
+    add rax, [rcx + 96]
+    cmp [rax], rsi
+    jne slow
+    mov r9d, dword ptr [rax + 8]
+    jmp found
 """
 
 _BLOCK_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
@@ -95,6 +119,10 @@ class BlockCounter:
         self._table = (ctypes.c_uint32 * max(1024, table_size)).from_address(self._table_addr)
         self.table_base = table_base
         self.table_size = table_size
+        self._hash = (ctypes.c_uint64 * (2 << HASH_BITS))()
+        st[W_HTABLE] = ctypes.addressof(self._hash)
+        st[W_HMASK] = HASH_MASK
+        self._hash_pages: dict[int, set[int]] = {}   # page -> slots filled for its blocks
         self._slow_cb = _BLOCK_CB(self._slow)
         st[W_SLOW] = ctypes.cast(self._slow_cb, ctypes.c_void_p).value
         st[W_EMU_STOP] = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
@@ -130,8 +158,14 @@ class BlockCounter:
             return
         off = address - self.table_base
         n = self._count_block(address, size)
-        if 0 <= off < self.table_size and size < 0x10000 and n < 0x10000:
-            self._table[off] = size | (n << 16)
+        if size < 0x10000 and n < 0x10000:
+            if 0 <= off < self.table_size:
+                self._table[off] = size | (n << 16)
+            else:
+                slot = hash_slot(address)
+                self._hash[2 * slot] = address
+                self._hash[2 * slot + 1] = size | (n << 16)
+                self._hash_pages.setdefault(address >> 12, set()).add(slot)
         total = st[W_COUNTER] + n
         if total > st[W_DEADLINE]:
             st[W_STOPPED] = 1
@@ -184,6 +218,12 @@ class BlockCounter:
         hi = min(end - self.table_base, self.table_size)
         if hi > lo:
             ctypes.memset(self._table_addr + lo * 4, 0, (hi - lo) * 4)
+        if self._hash_pages:
+            h = self._hash
+            for page in range((begin - 0x1000) >> 12, (end + 0xFFF) >> 12):
+                for slot in self._hash_pages.pop(page, ()):
+                    if begin - 0x1000 <= h[2 * slot] < end:
+                        h[2 * slot] = h[2 * slot + 1] = 0
 
 
 def _native_ok() -> bool:

@@ -25,6 +25,10 @@ class Image:
     kind: str = "flat"
     mode: int | None = None          # the mode the image asks for (ELF class, asm BITS)
     multiboot: bool = False          # a Multiboot (v1) kernel: entered with EAX/EBX per the spec
+    # registers a boot protocol sets on top of the start state (e.g. Linux: GDTR, the
+    # __BOOT_CS/__BOOT_DS selectors, RSI = zero page); names as in setup_start_state
+    boot_regs: dict = field(default_factory=dict)
+    linux: object | None = None      # vmm.linux.LinuxBoot for a bzImage
 
 
 def builtin_names() -> list[str]:

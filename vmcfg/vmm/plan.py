@@ -20,6 +20,7 @@ from .loader import Image
 DEFAULT_LOAD_ADDRESS = 0x100000
 DEFAULT_MEMORY = 16 << 20
 DEFAULT_MODE = 64
+LINUX_MEMORY = 256 << 20              # --kernel without --memory or [guest] memory
 VMM_CPU = "cvmm"
 
 
@@ -52,6 +53,8 @@ class LaunchPlan:
     nmi_at: int | None = None
     serial_input: bytes | None = None    # what the guest receives on COM1
     cmdline: str = ""                    # the command line a Multiboot image is given
+    clock: str = "virtual"               # guest time: "virtual" (deterministic) or "realtime"
+    linux: Any = None                    # vmm.linux.LinuxBoot for a --kernel bzImage
 
 
 def _number(text: str | int | None, what: str) -> int | None:
@@ -68,11 +71,15 @@ def build_plan(profile: str, *, guest: str | None = None, mode: int | str | None
                entry: int | str | None = None, handlers: Iterable[str] = (),
                max_instructions: int | None = None, timeout: float | None = None,
                nmi_at: int | None = None, serial_input: bytes | None = None,
-               cmdline: str | None = None, cwd: str | None = None) -> LaunchPlan:
+               cmdline: str | None = None, cwd: str | None = None,
+               kernel: str | None = None, initrd: str | None = None,
+               clock: str | None = None) -> LaunchPlan:
     """Check everything a launch of `profile` needs; options override the profile's [guest].
 
     `handlers` are "REASON=module:function" strings (relative to `cwd`); the
-    profile's [handlers] table is relative to the profile's folder.
+    profile's [handlers] table is relative to the profile's folder.  `kernel` (a bzImage),
+    `initrd` and `cmdline` boot Linux by the x86 boot protocol (vmm/linux.py) instead of a
+    guest image.
     """
     from ..profile import ProfileError, resolve
     from .handlers import HandlerError, resolve_handlers
@@ -90,7 +97,13 @@ def build_plan(profile: str, *, guest: str | None = None, mode: int | str | None
     written = (getattr(r.profile, "settings", None) or {}).get("guest", {})
     base_dir = os.path.dirname(os.path.abspath(r.profile_path)) if r.profile_path else None
 
-    spec = guest or gs.get("image")
+    if kernel and guest:
+        raise PlanError("--kernel and --guest exclude each other")
+    if initrd and not kernel:
+        raise PlanError("--initrd needs --kernel")
+    if clock not in (None, "virtual", "realtime"):
+        raise PlanError(f"--clock {clock!r}: 'virtual' or 'realtime'")
+    spec = kernel or guest or gs.get("image")
     if not spec:
         raise PlanError("no guest image: give --guest SPEC or set [guest] image in the profile "
                         "(bundled guests: builtin:NAME)")
@@ -103,9 +116,24 @@ def build_plan(profile: str, *, guest: str | None = None, mode: int | str | None
     la = la if la is not None else gs.get("load_address", DEFAULT_LOAD_ADDRESS)
     ent = _number(entry, "--entry")
     ent = ent if ent is not None else gs.get("entry")
+    boot = None
     try:
-        image = load_image(spec, base_dir=None if guest else base_dir, load_address=la,
-                           entry=ent, mode=run_mode)
+        if kernel:
+            from .linux import kernel_mode, load_linux
+            if load_address is not None or entry is not None:
+                raise PlanError("--load-address/--entry do not apply to --kernel (the boot "
+                                "protocol places the kernel)")
+            run_mode = int(mode) if mode else kernel_mode(cfg, written.get("mode"))
+            try:
+                mem = parse_size(memory if memory is not None
+                                 else written.get("memory") or LINUX_MEMORY)
+            except ValueError as e:
+                raise PlanError(f"bad memory size: {e}") from None
+            image, boot = load_linux(kernel, memory=mem, mode=run_mode, initrd=initrd,
+                                     cmdline=cmdline or "")
+        else:
+            image = load_image(spec, base_dir=None if guest else base_dir, load_address=la,
+                               entry=ent, mode=run_mode)
     except ImageError as e:
         raise PlanError(str(e)) from None
     if image.mode is not None and not mode and "mode" not in written and image.kind != "flat":
@@ -113,9 +141,9 @@ def build_plan(profile: str, *, guest: str | None = None, mode: int | str | None
     if image.multiboot and run_mode != 32:
         raise PlanError(f"{image.name}: a Multiboot kernel is entered in 32-bit protected mode; "
                         f"--mode {run_mode} does not apply (drop --mode or use --mode 32)")
-    if cmdline is not None and not image.multiboot:
-        raise PlanError(f"--append: {image.name} is not a Multiboot kernel "
-                        "(only those take a command line)")
+    if cmdline is not None and not image.multiboot and image.kind != "linux":
+        raise PlanError(f"--append: {image.name} is not a Multiboot kernel and not a --kernel "
+                        "bzImage (only those take a command line)")
 
     hmap: dict[int, Callable] = {}
     try:
@@ -130,7 +158,8 @@ def build_plan(profile: str, *, guest: str | None = None, mode: int | str | None
         raise PlanError(str(e)) from None
 
     plan = LaunchPlan(cfg, r.caps, profile, r.profile_path, image, spec, run_mode, mem, hmap,
-                      max_instructions, timeout, nmi_at, serial_input, cmdline or "")
+                      max_instructions, timeout, nmi_at, serial_input, cmdline or "",
+                      clock or "virtual", boot)
     from .run import LaunchError, check_layout
     try:
         check_layout(image, mem, run_mode)

@@ -36,11 +36,12 @@ class CpuidModel:
 
     def __init__(self, overrides: dict | None = None, *, rdtscp: bool = False,
                  invpcid: bool = False, tsc_per_insn: int = 1, exit_cost: int = 0,
+                 tsc_hz: int = 1_000_000_000,
                  apic_enabled: Callable[[], bool] | None = None):
         # devices: CPUID.1:EDX.APIC follows IA32_APIC_BASE.EN (SDM 10.4.3)
         self.apic_enabled = apic_enabled
         v = _regs("GenuineIntel")
-        self.max_basic = 0x0D
+        self.max_basic = 0x16
         t: dict[tuple[int, int], list[int]] = {}
         t[(0, 0)] = [self.max_basic, v[0], v[2], v[1]]
         fms = (6 << 8) | (0x5 << 4) | 4 | (0x5 << 16)          # family 6, model 0x55, stepping 4
@@ -59,6 +60,12 @@ class CpuidModel:
         # XSAVE: x87 and SSE state (XCR0 bits 0-1), 512-byte legacy area + 64-byte header
         t[(0xD, 0)] = [0x3, 576, 576, 0]
         t[(0xD, 1)] = [0, 0, 0, 0]
+        # TSC and core crystal clock: TSC = ECX * EBX / EAX = the profile's tsc.frequency
+        # (the crystal runs at the TSC rate), so a kernel takes the frequency without calibrating
+        k = 1 if tsc_hz < (1 << 32) else 1000
+        t[(0x15, 0)] = [1, k, (tsc_hz // k) & 0xFFFFFFFF, 0]
+        mhz = max(1, tsc_hz // 1_000_000) & 0xFFFF
+        t[(0x16, 0)] = [mhz, mhz, 100, 0]                       # base, max, bus MHz
         ext_max = 0x80000008
         t[(0x80000000, 0)] = [ext_max, 0, 0, 0]
         edx_ext = (1 << 11) | (1 << 20) | (1 << 29)             # SYSCALL, NX, LM
@@ -68,6 +75,7 @@ class CpuidModel:
         brand = BRAND.encode().ljust(48, b"\0")
         for i in range(3):
             t[(0x80000002 + i, 0)] = list(struct.unpack("<IIII", brand[16 * i:16 * i + 16]))
+        t[(0x80000007, 0)] = [0, 0, 0, 1 << 8]                  # invariant TSC
         t[(0x80000008, 0)] = [0x3027, 0, 0, 0]                  # 39-bit physical, 48-bit linear
         h = _regs(HYPERVISOR_SIGNATURE)
         t[(0x40000000, 0)] = [0x40000001, h[0], h[1], h[2]]

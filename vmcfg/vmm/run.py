@@ -117,6 +117,27 @@ def open_trace_file(path: str) -> IO[str]:
 TRACE_GZIP_LEVEL = 1     # bench/bench_trace.py: level 3 and 6 save 5-20 % more, but cost more time
 
 
+_BOOT_REGS = {"rax": "RAX", "rbx": "RBX", "rcx": "RCX", "rdx": "RDX", "rsi": "RSI", "rdi": "RDI",
+              "rbp": "RBP", "rsp": "RSP", "cs": "CS", "ds": "DS", "es": "ES", "ss": "SS",
+              "fs": "FS", "gs": "GS"}
+
+
+def apply_boot_regs(vcpu, mode: int, regs: dict) -> None:
+    """A boot protocol's registers on top of the start state (GDTR first, then selectors)."""
+    from unicorn import x86_const as X
+    uc = vcpu.uc
+    if "gdtr" in regs:
+        base, limit = regs["gdtr"]
+        uc.reg_write(X.UC_X86_REG_GDTR, (0, base, limit, 0))
+    for name, value in regs.items():
+        if name == "gdtr":
+            continue
+        reg = _BOOT_REGS[name]
+        if mode != 64 and reg.startswith("R"):
+            reg = "E" + reg[1:]
+        uc.reg_write(getattr(X, f"UC_X86_REG_{reg}"), value)
+
+
 def setup_start_state(vcpu, mode: int, memory: int, entry: int) -> None:
     """Long mode with identity paging / flat protected mode / real mode (docs/vmm.md)."""
     from unicorn import x86_const as X
@@ -252,10 +273,12 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
               progress: Callable[[Any], None] | None = None,
               on_vcpu: Callable[[Any], None] | None = None,
               nmi_at: int | None = None, serial_input: bytes | None = None,
-              cmdline: str = "") -> RunResult:
+              cmdline: str = "", clock: str = "virtual") -> RunResult:
     """Run `image` under `cfg`; never raises for guest behaviour (see RunResult.status).
     `serial_input`: bytes the guest receives on COM1 (the UART's receive path);
-    `cmdline`: the command line a Multiboot image is given."""
+    `cmdline`: the command line a Multiboot image is given (a bzImage carries its own);
+    `clock`: "virtual" (guest time from retired instructions and exits; deterministic) or
+    "realtime" (the guest's TSC follows the host's monotonic clock)."""
     from .devices import Board
     from .vcpu import Vcpu
     t0 = time.perf_counter()
@@ -263,11 +286,13 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
     problems = check_entry(cfg, mode)
     if problems:
         return _entry_failure(problems, t0)
-    plat = Board(console, memory=memory)
+    from .clock import Clock
+    from .vcpu import tsc_frequency
+    plat = Board(console, memory=memory, clock=Clock(hz=tsc_frequency(cfg)))
     writer = TraceWriter(trace, trace_sample) if trace is not None else None
     vcpu = Vcpu(cfg, memory=memory, mode=mode, platform=plat, handlers=handlers,
                 trace=writer,
-                max_instructions=max_instructions)
+                max_instructions=max_instructions, clock=clock)
     plat.install(vcpu.uc.mem_write)          # ACPI tables (the image may overwrite them)
     if serial_input:
         plat.serial.feed(serial_input)
@@ -276,6 +301,8 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
     setup_start_state(vcpu, mode, memory, image.entry)
     if image.multiboot:
         setup_multiboot(vcpu, image, memory, " ".join(x for x in (image.name, cmdline) if x))
+    if image.boot_regs:
+        apply_boot_regs(vcpu, mode, image.boot_regs)
     vcpu.nmi_at = nmi_at
     _inject_at_entry(vcpu, cfg)
     if on_vcpu is not None:
@@ -337,7 +364,7 @@ def run_plan(plan, *, trace: IO[str] | None = None, trace_sample: int = 1,
                      handlers=plan.handlers, trace=trace, trace_sample=trace_sample,
                      max_instructions=plan.max_instructions, timeout=plan.timeout,
                      console=console, progress=progress, on_vcpu=on_vcpu, nmi_at=plan.nmi_at,
-                     serial_input=plan.serial_input, cmdline=plan.cmdline)
+                     serial_input=plan.serial_input, cmdline=plan.cmdline, clock=plan.clock)
 
 
 def _inject_at_entry(vcpu, cfg: VmxConfig) -> None:

@@ -38,6 +38,7 @@ from unicorn import (UC_HOOK_INSN, UC_ARCH_X86, UC_ERR_FETCH_PROT, UC_ERR_FETCH_
                      UcError)
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
+import iced_x86 as ix
 
 _CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
                             ctypes.c_void_p)
@@ -91,6 +92,7 @@ _CR = {0: X.UC_X86_REG_CR0, 2: X.UC_X86_REG_CR2, 3: X.UC_X86_REG_CR3, 4: X.UC_X8
        8: X.UC_X86_REG_CR8}
 _ERROR_CODE_VECTORS = ERROR_CODE_VECTORS
 _CONTRIBUTORY = CONTRIBUTORY_VECTORS
+_UD_MNEMONICS = frozenset({ix.Mnemonic.UD0, ix.Mnemonic.UD1, ix.Mnemonic.UD2})
 _MODE_FREE = frozenset({b"\x0f\x31", b"\x0f\xa2"})     # RDTSC, CPUID: same in every mode
 _UNCONDITIONAL = {"cpuid": 10, "invd": 13, "xsetbv": 55, "vmcall": 18, "getsec": 11}
 
@@ -160,6 +162,12 @@ def old_exception_offset(mode: int) -> int | None:
         off = None
     _OLD_EXC_OFFSET[mode] = off
     return off
+
+
+def tsc_frequency(cfg: VmxConfig) -> int:
+    """The TSC rate in Hz: the profile's tsc.frequency, else the machine clock's default."""
+    from .clock import TSC_HZ
+    return int((cfg.settings.get("tsc") or {}).get("frequency") or TSC_HZ)
 
 
 def _prefixes(ins: D.Insn) -> bytes:
@@ -257,7 +265,7 @@ class Vcpu:
                  handlers: dict[int, Callable] | None = None,
                  trace: Any = None,       # a vmm.run.TraceWriter (begin/end per exit)
                  max_instructions: int | None = None,
-                 native_counter: bool | None = None):
+                 native_counter: bool | None = None, clock: str = "virtual"):
         if mode not in (16, 32, 64):
             raise ValueError(f"mode must be 16, 32 or 64, not {mode}")
         self._set_cfg(config)
@@ -294,6 +302,10 @@ class Vcpu:
         # --- virtual time and state ---
         self.icount = 0
         self.idle_ticks = 0
+        if clock not in ("virtual", "realtime"):
+            raise ValueError(f"clock must be 'virtual' or 'realtime', not {clock!r}")
+        self.clock = clock
+        self._rt0 = time.perf_counter_ns()     # realtime clock: host time at TSC 0
         self.tsc_adjust = 0
         self.exit_count = 0
         self.exit_stats: dict[int, ExitStats] = {}
@@ -358,7 +370,7 @@ class Vcpu:
         self._trap_cfunc = _CODE_CB(self._raw_trap)
         self._trap_fn = ctypes.cast(self._trap_cfunc, ctypes.c_void_p)
         # --- hooks ---
-        self.counter = BlockCounter(self.uc, self._count_block, 0, min(memory, 64 << 20),
+        self.counter = BlockCounter(self.uc, self._count_block, 0, min(memory, 256 << 20),
                                     native=native_counter)
         self.uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self._on_fetch_prot)
         self.uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
@@ -387,6 +399,7 @@ class Vcpu:
         self.cr4_mask, self.cr4_shadow = s["cr4"]["mask"], s["cr4"]["shadow"]
         self.tsc_offset = s["tsc"]["offset"]
         self.tsc_multiplier = s["tsc"]["multiplier"]
+        self.tsc_hz = tsc_frequency(cfg)
         self.cr3_targets = list(s["cr3"]["targets"])
         self.ptimer_value = s["preemption_timer"]["value"]
         self.ptimer_rate = 5          # IA32_VMX_MISC[4:0] of the cvmm capability set
@@ -400,6 +413,7 @@ class Vcpu:
                           rdtscp=cfg.on("secondary.enable_rdtscp"),
                           invpcid=cfg.on("secondary.enable_invpcid"),
                           tsc_per_insn=TSC_PER_INSN, exit_cost=EXIT_COST,
+                          tsc_hz=tsc_frequency(cfg),
                           apic_enabled=lambda: self.platform.lapic.enabled)
 
     def _ept_layout(self, cfg: VmxConfig) -> list[tuple[int, int, str]] | None:
@@ -623,8 +637,26 @@ class Vcpu:
     @property
     def tsc(self) -> int:
         """The VMM's (host) virtual TSC."""
-        return (self.icount * TSC_PER_INSN + self.exit_count * EXIT_COST + self.idle_ticks
+        return self._tsc_at(self.icount)
+
+    def _tsc_at(self, icount: int) -> int:
+        if self.clock == "realtime":
+            # host nanoseconds at tsc.frequency ticks per second (plus HLT waits and guest writes)
+            return ((time.perf_counter_ns() - self._rt0) * self.tsc_hz // 1_000_000_000
+                    + self.tsc_adjust) & MASK64
+        return (icount * TSC_PER_INSN + self.exit_count * EXIT_COST + self.idle_ticks
                 + self.tsc_adjust) & MASK64
+
+    def _insns_for(self, ticks: int) -> int:
+        """Instructions to run before `ticks` TSC ticks have passed (a budget for deadlines)."""
+        if ticks <= 0:
+            return 0
+        if self.clock == "realtime":
+            # the measured rate so far; the run loop re-checks, so a low guess only costs a turn
+            el = max(1, (time.perf_counter_ns() - self._rt0) * self.tsc_hz // 1_000_000_000)
+            rate = max(self.icount, 1) / el
+            return max(1, int(ticks * rate))
+        return (ticks + TSC_PER_INSN - 1) // TSC_PER_INSN
 
     def guest_tsc(self, raw: int | None = None) -> int:
         """What RDTSC returns in the guest when it does not exit (§4.5)."""
@@ -995,8 +1027,7 @@ class Vcpu:
         self.exit_count += 1
         ex.seq = self.exit_count
         ex.instructions = ic = self.icount
-        ex.tsc = (ic * TSC_PER_INSN + self.exit_count * EXIT_COST + self.idle_ticks
-                  + self.tsc_adjust) & MASK64
+        ex.tsc = self._tsc_at(ic)
         if self._on["pin.activate_vmx_preemption_timer"] and self._ptimer_fire is not None \
                 and self._on["exit.save_vmx_preemption_timer_value"]:
             now = self.tsc - EXIT_COST
@@ -1376,8 +1407,19 @@ class Vcpu:
             raise RunEnd("halted", None, "the guest halted with no event that could wake it")
         t, kind = min(cands)
         if t > now:
-            self.idle_ticks += t - now
+            if self.clock == "realtime":
+                self._sleep_until(t)
+            else:
+                self.idle_ticks += t - now
         self._event = (kind,)
+
+    def _sleep_until(self, tsc: int) -> None:
+        """Realtime clock: wait on the host until the TSC reaches `tsc` (or a stop request)."""
+        while not self.counter.stop_pending() and self._end_request is None:
+            left = tsc - self.tsc
+            if left <= 0:
+                return
+            time.sleep(min(left / self.tsc_hz, 0.05))
 
     def _rand(self) -> int:
         x = self._rng
@@ -1815,13 +1857,12 @@ class Vcpu:
         if self.max_instructions is not None:
             best, kind = self.max_instructions, "limit"
         if self._ptimer_fire is not None:
-            left = self._ptimer_fire - self.tsc
-            d = self.icount + max(0, (left + TSC_PER_INSN - 1) // TSC_PER_INSN)
+            d = self.icount + self._insns_for(self._ptimer_fire - self.tsc)
             if best is None or d < best:
                 best, kind = d, "ptimer"
         nf = self.platform.next_event()
         if nf is not None:
-            d = self.icount + max(0, (nf - self.tsc + TSC_PER_INSN - 1) // TSC_PER_INSN)
+            d = self.icount + self._insns_for(nf - self.tsc)
             if best is None or d < best:
                 best, kind = d, "irq"
         if self.nmi_at is not None and (best is None or self.nmi_at < best):
@@ -1877,6 +1918,7 @@ class Vcpu:
                 counter.set_count(self.icount)
                 err = None
                 begin = self._pc_begin()
+                begin_lin = self.rip
                 if self._exc_dirty:
                     # Unicorn raised a CPU exception internally (fetch protection is a #PF
                     # to it): clear QEMU's double-fault bookkeeping before resuming
@@ -1917,6 +1959,9 @@ class Vcpu:
                 self._event = None
                 if err is not None or (ev is not None and ev[0] not in ("resume", "end")):
                     self._exc_dirty = True
+                if ev is None and err is None and self._stopped_at_invalid(
+                        begin_lin, start_icount, count):
+                    continue
                 if ev is None and err is None and count and not stopped_by_stub:
                     # count budget used up exactly
                     self.icount = start_icount + count
@@ -1937,6 +1982,26 @@ class Vcpu:
             self.message = e.message
         with self.apply_cond:           # wake anyone waiting for an apply that cannot come
             self.apply_cond.notify_all()
+
+    def _stopped_at_invalid(self, begin_lin: int, start_icount: int, count: int) -> bool:
+        """Unicorn sometimes stops *before* an invalid opcode instead of raising it: under an
+        instruction budget (count=) as if the budget were used up, and when emu_start begins
+        at it after the native block stub counted it.  A single step on UD2 then went on for
+        ever (MTF) and a run re-entered after an exit lost the #UD (preemption timer).  Seen
+        here: raise #UD at that instruction, with the count of what really retired."""
+        rip = self.rip
+        if not count and rip != begin_lin:
+            return False
+        dec = self._decode_any(rip)
+        if dec is not None and dec.mnemonic not in _UD_MNEMONICS:
+            return False
+        done = start_icount if rip == begin_lin else self._retired_at(rip)
+        if count and done - start_icount >= count:
+            return False                  # the budget really ended just before it
+        self.icount = done
+        self.counter.set_count(done)
+        self.raise_exception(6, None, rip)
+        return True
 
     def _after_step(self) -> None:
         """After a counted single step: MTF and interrupt-window checks."""
@@ -1962,7 +2027,10 @@ class Vcpu:
     def _ptimer_exit(self) -> None:
         now = self.tsc
         if self._ptimer_fire is not None and self._ptimer_fire > now:
-            self.idle_ticks += self._ptimer_fire - now
+            if self.clock == "realtime":
+                self._sleep_until(self._ptimer_fire)
+            else:
+                self.idle_ticks += self._ptimer_fire - now
         self._entry_exit(VmExit(52, 0, self.rip))
 
     def _handle_event(self, ev: tuple, err: UcError | None) -> None:

@@ -117,17 +117,13 @@ def resolve_want(name: str) -> Want:
     raise ClosureError(f"--want {name!r}: not a control or setting{extra}")
 
 
-_TRUE = {"on", "true", "yes", "1", "enable", "enabled"}
-_FALSE = {"off", "false", "no", "0", "disable", "disabled"}
-
-
 def _truth(text: str, raw: str) -> bool:
-    t = text.strip().lower()
-    if t in _TRUE:
-        return True
-    if t in _FALSE:
-        return False
-    raise ClosureError(f"--want {raw!r}: a control takes on/off (true/false), not {text!r}")
+    from .kinds import parse_truth
+    try:
+        return parse_truth(text)
+    except ValueError:
+        raise ClosureError(f"--want {raw!r}: a control takes on/off (true/false), "
+                           f"not {text!r}") from None
 
 
 def _requirements(path: str) -> list[tuple[str, str]]:

@@ -47,6 +47,18 @@ def toml_size(v: int) -> str:
 
 # ---- shared value checks -------------------------------------------------------------------
 
+TRUE_WORDS = frozenset({"on", "true", "yes", "y", "1", "enable", "enabled"})
+FALSE_WORDS = frozenset({"off", "false", "no", "n", "0", "disable", "disabled"})
+
+
+def parse_truth(text: str) -> bool:
+    """on/off, true/false, yes/no, 1/0, enable(d)/disable(d) (ValueError otherwise)."""
+    t = text.strip().lower()
+    if t in TRUE_WORDS or t in FALSE_WORDS:
+        return t in TRUE_WORDS
+    raise ValueError(f"expected on/off (true/false, yes/no, 1/0), got {text!r}")
+
+
 def parse_int(v: Any, kind: str = "u64") -> int:
     if isinstance(v, bool):
         raise ValueError(f"expected an integer, got {str(v).lower()}")

@@ -94,6 +94,12 @@ SETTINGS: tuple[Setting, ...] = (
     _s("tsc", "multiplier", "u64", 1 << 48, "TSC multiplier",
        "Fixed-point multiplier with 48 fraction bits used with secondary.use_tsc_scaling "
        "(1.0 = 0x1000000000000).", Vmcs.TSC_MULTIPLIER),
+    _s("tsc", "frequency", "u64", None, "TSC frequency (Hz)",
+       "The guest's TSC frequency: the machine clock's rate (the local APIC timer counts at it), "
+       "reported in CPUID leaves 0x15/0x16 so a kernel need not calibrate.  With the virtual "
+       "clock one tick is one retired instruction, so this also sets how many instructions "
+       "make a guest second.  Absent: the PIT's 1.193182 MHz (one PIT count per tick).",
+       None, optional=True),
     _s("preemption_timer", "value", "u32", 0, "VMX-preemption timer value",
        "Initial count; decremented at TSC / 2^X (X = IA32_VMX_MISC[4:0]).", Vmcs.VMX_PREEMPTION_TIMER_VALUE),
     _s("ple", "gap", "u32", 128, "PLE_Gap",

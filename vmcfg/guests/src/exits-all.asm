@@ -86,6 +86,7 @@ start:
         int3
         print "hlt", 10
         hlt
+        exit 0                          ; reached only when something wakes the HLT
 ud_handler:
         add qword [rsp], 2
         iretq

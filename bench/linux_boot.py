@@ -1,0 +1,143 @@
+"""Boot a stock Debian 12 kernel with a busybox initramfs on vmcfg and on QEMU TCG, side by side.
+
+    .venv/bin/python bench/linux_boot.py [--profile baseline] [--timeout 900] [--markdown]
+                                         [--append "console=ttyS0 panic=-1 quiet"] [--skip-qemu]
+
+The inputs come from tools/linux_inputs.py (apt-get download linux-image-6.1.0-<n>-amd64 and
+busybox-static, an initramfs whose /init prints "vmcfg-ok 42" and powers off).  Each side is
+timed from start to the moment the line appears on its serial console (and to its end):
+
+* QEMU: ``qemu-system-x86_64 -accel tcg -kernel ... -initrd ... -m 256 -nographic -no-reboot``
+  (SeaBIOS included, as a user would run it);
+* vmcfg: ``run_guest`` of the same kernel and initramfs under PROFILE (in process, so the
+  report can say where the time went: VM exits by kind and the time the VMM spent handling
+  them, against the time inside the Unicorn engine).
+
+Ratio = vmcfg seconds to the line / QEMU seconds to the line (the goal is <= 3).  If vmcfg
+does not reach the line before --timeout, the table says so and shows how far it got (its
+last console line, instructions retired).  Not a test: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+LINE = "vmcfg-ok 42"
+
+
+def run_qemu(kernel: str, initrd: str, append: str, timeout: float) -> dict:
+    argv = ["qemu-system-x86_64", "-accel", "tcg", "-kernel", kernel, "-initrd", initrd,
+            "-append", append, "-m", "256", "-nographic", "-no-reboot", "-monitor", "none"]
+    t0 = time.perf_counter()
+    p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         stdin=subprocess.DEVNULL)
+    out = bytearray()
+    t_line = None
+    killer = threading.Timer(timeout, p.kill)
+    killer.start()
+    try:
+        while True:
+            chunk = p.stdout.read1(4096) if hasattr(p.stdout, "read1") else p.stdout.read(1)
+            if not chunk:
+                break
+            out += chunk
+            if t_line is None and LINE.encode() in out:
+                t_line = time.perf_counter() - t0
+        p.wait()
+    finally:
+        killer.cancel()
+    return {"to_line": t_line, "total": time.perf_counter() - t0, "rc": p.returncode,
+            "console": out.decode("latin-1")}
+
+
+def run_vmcfg(profile: str, kernel: str, initrd: str, append: str, timeout: float,
+              clock: str) -> dict:
+    from vmcfg.profile import resolve
+    from vmcfg.vmm.linux import kernel_mode, load_linux
+    from vmcfg.vmm.run import run_guest
+    r = resolve(profile, cpu="cvmm")
+    if not r.valid:
+        raise SystemExit(f"{profile}: not valid on cvmm")
+    mode = kernel_mode(r.config)
+    img, _boot = load_linux(kernel, memory=256 << 20, mode=mode, initrd=initrd, cmdline=append)
+    buf: list[str] = []
+    seen = {"t": None}
+    t0 = time.perf_counter()
+
+    def console(ch: str) -> None:
+        buf.append(ch)
+        if seen["t"] is None and ch == "\n" and LINE in "".join(buf[-64:]):
+            seen["t"] = time.perf_counter() - t0
+
+    res = run_guest(r.config, img, memory=256 << 20, mode=mode, timeout=timeout,
+                    console=console, clock=clock)
+    total = time.perf_counter() - t0
+    return {"to_line": seen["t"], "total": total, "result": res, "console": "".join(buf)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--profile", default="baseline")
+    ap.add_argument("--append", default="console=ttyS0 panic=-1 quiet")
+    ap.add_argument("--timeout", type=float, default=900.0)
+    ap.add_argument("--clock", default="virtual", choices=("virtual", "realtime"))
+    ap.add_argument("--skip-qemu", action="store_true")
+    ap.add_argument("--markdown", action="store_true")
+    a = ap.parse_args(argv)
+
+    import linux_inputs
+    try:
+        inp = linux_inputs.fetch()
+    except linux_inputs.InputsUnavailable as e:
+        print(f"linux_boot: {e}", file=sys.stderr)
+        return 3
+    print(f"kernel {inp.kernel.name} ({inp.package}), initrd {inp.initrd.stat().st_size} bytes, "
+          f"append {a.append!r}", file=sys.stderr)
+    q = None
+    if not a.skip_qemu:
+        q = run_qemu(str(inp.kernel), str(inp.initrd), a.append, a.timeout)
+        print(f"qemu: line after {q['to_line']}, total {q['total']:.1f} s", file=sys.stderr)
+    v = run_vmcfg(a.profile, str(inp.kernel), str(inp.initrd), a.append, a.timeout, a.clock)
+    res = v["result"]
+
+    def fmt(x):
+        return f"{x:.1f} s" if x is not None else "not reached"
+
+    rows = [("QEMU 7.2 TCG (-accel tcg)", fmt(q["to_line"]) if q else "skipped",
+             f"{q['total']:.1f} s" if q else "-", "-"),
+            (f"vmcfg launch {a.profile} --clock {a.clock}", fmt(v["to_line"]),
+             f"{v['total']:.1f} s", res.status)]
+    ratio = (v["to_line"] / q["to_line"]) if q and q["to_line"] and v["to_line"] else None
+    sep = "|" if a.markdown else " "
+    print(f"{sep} boot of {inp.package} to '{LINE}' {sep} to the line {sep} total {sep} status {sep}")
+    if a.markdown:
+        print("|---|---:|---:|---|")
+    for row in rows:
+        print(f"{sep} " + f" {sep} ".join(row) + f" {sep}")
+    print(f"ratio vmcfg/QEMU: {ratio:.2f}x" if ratio else
+          "ratio vmcfg/QEMU: n/a (vmcfg did not reach the line)")
+    vmm = res.vmm_seconds
+    print(f"\nvmcfg: {res.instructions:,} instructions, {sum(e['count'] for e in res.exits):,} "
+          f"exits; time handling exits in the VMM {vmm:.2f} s, in the engine (guest code, "
+          f"page scans, block hooks) {max(0.0, v['total'] - vmm):.2f} s")
+    secs = getattr(res, "exit_seconds", {})
+    for e in sorted(res.exits, key=lambda e: -e["count"]):
+        print(f"  {e['name']:<24} {e['count']:>10,}  {secs.get(e['reason'], 0.0):8.3f} s")
+    tail = [ln for ln in v["console"].splitlines() if ln.strip()][-3:]
+    if v["to_line"] is None:
+        print("vmcfg stopped before the line: " + res.message)
+        print("last console lines:\n  " + "\n  ".join(tail) if tail else "no console output")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

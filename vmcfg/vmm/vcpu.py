@@ -599,13 +599,18 @@ class Vcpu:
         self.rw(self._rflags_reg, v | 2)
 
     def cr(self, n: int) -> int:
-        if n == 8:                       # devices: CR8 is the local APIC's TPR[7:4]
+        if n == 8:      # devices: CR8 is TPR[7:4], the virtual TPR under use-TPR-shadow
+            if self._on["primary.use_tpr_shadow"]:
+                return self.vtpr >> 4
             return self.platform.lapic.tpr >> 4
         return self.rr(_CR[n])
 
     def set_cr(self, n: int, v: int) -> None:
         if n == 8:
-            self.platform.lapic.write(0x80, (v & 0xF) << 4)
+            if self._on["primary.use_tpr_shadow"]:
+                self.vtpr = (v & 0xF) << 4
+            else:
+                self.platform.lapic.write(0x80, (v & 0xF) << 4)
             return
         self.rw(_CR[n], v)
 
@@ -1265,22 +1270,17 @@ class Vcpu:
                                   data={"value": val})
             if val >> 4:
                 raise GuestFault(13, 0)          # bits 63:4 of CR8 are reserved
+            self.set_cr(8, val)
             if self._on["primary.use_tpr_shadow"]:
                 # SDM 29.3: VTPR[7:4] <- CR8[3:0], then TPR virtualization (29.1.2): below
                 # the threshold, a trap-like TPR-below-threshold exit after the instruction
-                self.vtpr = (val & 0xF) << 4
                 if val & 0xF < self.tpr_threshold & 0xF:
                     return self._trap_exit(43, ins, nxt, data={
                         "vtpr": self.vtpr, "tpr_threshold": self.tpr_threshold})
-                return nxt
-            self.set_cr(8, val)
             return nxt
         if k == "mov_from_cr8":
             if self._on["primary.cr8_store_exiting"]:
                 return self._exit(28, ins, cr_qualification(8, CR_MOV_FROM, ins.gpr))
-            if self._on["primary.use_tpr_shadow"]:
-                self.set_gpr(ins.gpr, self.vtpr >> 4, 8)     # SDM 29.3: CR8 reads VTPR[7:4]
-                return nxt
             self.set_gpr(ins.gpr, self.cr(8), 8)
             return nxt
         raise GuestFault(6)

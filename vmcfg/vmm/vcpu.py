@@ -72,7 +72,8 @@ MASK64 = (1 << 64) - 1
 UNTIL = 0xFFFF_FFFF_FFFF_FFFF
 SMC_HOT_LIMIT = 4              # stores to a code page before it gets a write hook instead
 DEADLINE_MARGIN = 600          # > TCG_MAX_INSNS (512): a block never crosses it
-MAP_CHUNK = 1 << 20            # guest RAM is mapped in regions of this size (see _map_memory)
+MAP_CHUNK = 1 << 20            # guest RAM is mapped in regions of at least this size (see _map_memory)
+MAP_REGIONS = 256              # ... and in at most about this many regions
 VMM_AREA_END = 0x10000         # guest-physical area the VMM uses for start-up tables
 
 # Where the VMM puts its start-up structures in guest memory (documented in docs/vmm.md)
@@ -446,9 +447,15 @@ class Vcpu:
 
     def _map_memory(self) -> None:
         # in 1 MiB regions: Unicorn's mem_protect on part of a region copies the whole region
-        # (2.5 s per code page on a 256 MiB guest mapped as one region)
-        for lo in range(0, self.memory, MAP_CHUNK):
-            self.uc.mem_map(lo, min(MAP_CHUNK, self.memory - lo), UC_PROT_READ | UC_PROT_WRITE)
+        # (2.5 s per code page on a 256 MiB guest mapped as one region, and the copy makes the
+        # region resident). But each mem_map costs time growing with the number of regions
+        # (4096 regions for a 4 GiB guest: over 100 s), so large guests get larger regions:
+        # at most about MAP_REGIONS of them (16 MiB each for 4 GiB). Memory stays lazy either way.
+        chunk = MAP_CHUNK
+        while self.memory > chunk * MAP_REGIONS:
+            chunk <<= 1
+        for lo in range(0, self.memory, chunk):
+            self.uc.mem_map(lo, min(chunk, self.memory - lo), UC_PROT_READ | UC_PROT_WRITE)
         if self._ept_regions is not None:
             # one mem_protect per run of pages with equal EPT permissions
             bounds = sorted({0, self.memory} | {min(max(x, 0), self.memory)

@@ -152,3 +152,24 @@ def test_use_tpr_shadow_virtualizes_cr8_and_exits_below_the_threshold(tmp_path):
     plain = _profile(tmp_path, "")
     res, recs = run(plain, str(g))
     assert res.guest_exit_code == 0x33 and recs == []
+
+
+def test_cr8_load_exiting_wins_over_tpr_virtualization_and_the_handler_sets_vtpr(tmp_path):
+    prof = _profile(tmp_path, """
+        [primary]
+        use_tpr_shadow = true
+        cr8_load_exiting = true
+        [apic]
+        tpr_threshold = 4
+        vtpr = 0x50
+        [vmcs]
+        virtual_apic_page = 0x5000
+        """)
+    g = tmp_path / "tpr.asm"
+    g.write_text(TPR_GUEST)
+    res, recs = run(prof, str(g))
+    # both MOVs to CR8 exit as CR accesses (no TPR-below-threshold exit); the default
+    # handler writes the virtual TPR, which CR8 then reads; the LAPIC's TPR stays 0
+    assert [r["name"] for r in recs] == ["CR_ACCESS", "CR_ACCESS"]
+    assert [r["data"]["value"] for r in recs] == [6, 3]
+    assert res.status == "debug-exit" and res.guest_exit_code == 0x53

@@ -166,7 +166,13 @@ def test_launch_runs_nasm_sources_the_same_with_either_assembler(tmp_path):
 def installed_wheel(tmp_path_factory):
     """`pip wheel . --no-deps`, unpacked as site-packages would hold it."""
     d = tmp_path_factory.mktemp("wheel")
-    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(ROOT), "--no-deps", "-q",
+    # build from a copy: setuptools builds in the source tree (build/, *.egg-info), and two
+    # test runs of one checkout at once would trip over each other's files there
+    import shutil
+    src = d / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", ".pytest_cache", "smoke-results"))
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-q",
                         "-w", str(d / "dist")], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     (whl,) = (d / "dist").glob("vmcfg-*.whl")

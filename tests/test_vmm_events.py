@@ -430,8 +430,8 @@ BITS 16
 start:
   xor ax, ax
   mov ds, ax
-  mov word [0x80], handler
-  mov word [0x82], 0
+  mov word [0x20], handler
+  mov word [0x22], 0
   mov al, 0x34
   out 0x43, al
   mov al, 0xd0
@@ -455,7 +455,8 @@ handler:
 
 
 def test_pit_interrupt_delivery_in_real_mode_through_the_ivt(tmp_path):
-    """Real mode: IVT entry 0x20 at 0x80, 3 PIT interrupts with EOI and IRET."""
+    """Real mode: IVT entry 0x08 at 0x20 (IRQ 0 at the BIOS's PIC base 0x08), 3 PIT
+    interrupts with EOI and IRET."""
     from vmcfg.profile import resolve
     from vmcfg.vmm.loader import load_image
     from vmcfg.vmm.run import run_guest

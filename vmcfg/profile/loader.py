@@ -189,7 +189,8 @@ def from_document(data: dict[str, Any], positions: dict[tuple[str, ...], Pos],
             try:
                 prof.settings[t] = {"*": normalize_setting(specs[0], table)}
             except ValueError as e:
-                raise _err(f"[{t}]: {e}", pos(t), path) from None
+                at = getattr(e, "at", ())
+                raise _err(str(e) if at else f"[{t}]: {e}", pos(t, *at), path) from None
             continue
         known = {s.key: s for s in specs}
         out = {}
@@ -237,7 +238,12 @@ def merge(parent: Profile, child: Profile) -> Profile:
     for t in set(parent.settings) | set(child.settings):
         p, c = parent.settings.get(t, {}), child.settings.get(t, {})
         if "*" in p or "*" in c:
-            out.settings[t] = {"*": {**p.get("*", {}), **c.get("*", {})}}
+            # a child's [cpuid."0x1"] ecx = ... keeps the parent's other registers of that leaf
+            pv, cv = p.get("*", {}), c.get("*", {})
+            out.settings[t] = {"*": {k: ({**pv[k], **cv[k]} if isinstance(pv.get(k), dict)
+                                         and isinstance(cv.get(k), dict)
+                                         else cv.get(k, pv.get(k)))
+                                     for k in {**pv, **cv}}}
         else:
             out.settings[t] = {**p, **c}
     return out

@@ -31,7 +31,9 @@ import sys
 from typing import Any, Callable
 
 from ..vmx.config import VmxConfig
+from ..vmx.exits import Exit as E
 from ..vmx.exits import lookup_exit
+from ..vmx.registers import GPR_NAMES
 from ..vmx.table import CONTROL_BY_PATH
 from .exitinfo import VmExit
 
@@ -39,8 +41,7 @@ from .exitinfo import VmExit
 class Registers:
     """Attribute access to the guest's registers: ``ctx.regs.rax = 1``."""
 
-    _GPR = {n: i for i, n in enumerate(("rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-                                        "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"))}
+    _GPR = {n: i for i, n in enumerate(GPR_NAMES)}
     _GPR32 = {"e" + n[1:]: i for n, i in list(_GPR.items())[:8]}
 
     def __init__(self, vcpu):
@@ -525,14 +526,51 @@ class _Defaults(dict):
 
 
 DEFAULT_HANDLERS: dict[int, Callable[[ExitContext], None]] = _Defaults({
-    0: h_exception, 1: h_external_interrupt, 2: h_triple, 7: h_interrupt_window, 8: h_nmi_window,
-    10: h_cpuid, 11: h_ud, 12: h_hlt, 13: h_nop, 14: h_invlpg, 15: h_rdpmc, 16: h_rdtsc,
-    18: h_vmcall, 19: h_ud, 20: h_ud, 21: h_ud, 22: h_ud, 23: h_ud, 24: h_ud, 25: h_ud,
-    26: h_ud, 27: h_ud, 28: h_cr, 29: h_dr, 30: h_io, 31: h_msr, 32: h_msr, 36: h_nop,
-    37: h_mtf, 39: h_nop, 40: h_nop, 43: h_tpr_below_threshold, 46: h_desc, 47: h_desc,
-    48: h_ept, 50: h_ud, 51: h_rdtsc,
-    52: h_ptimer, 53: h_ud, 54: h_nop, 55: h_xsetbv, 57: h_rdrand, 58: h_invlpg, 59: h_ud,
-    61: h_rdrand,
+    E.EXCEPTION_NMI: h_exception,
+    E.EXTERNAL_INTERRUPT: h_external_interrupt,
+    E.TRIPLE_FAULT: h_triple,
+    E.INTERRUPT_WINDOW: h_interrupt_window,
+    E.NMI_WINDOW: h_nmi_window,
+    E.CPUID: h_cpuid,
+    E.GETSEC: h_ud,
+    E.HLT: h_hlt,
+    E.INVD: h_nop,
+    E.INVLPG: h_invlpg,
+    E.RDPMC: h_rdpmc,
+    E.RDTSC: h_rdtsc,
+    E.VMCALL: h_vmcall,
+    E.VMCLEAR: h_ud,
+    E.VMLAUNCH: h_ud,
+    E.VMPTRLD: h_ud,
+    E.VMPTRST: h_ud,
+    E.VMREAD: h_ud,
+    E.VMRESUME: h_ud,
+    E.VMWRITE: h_ud,
+    E.VMXOFF: h_ud,
+    E.VMXON: h_ud,
+    E.CR_ACCESS: h_cr,
+    E.DR_ACCESS: h_dr,
+    E.IO_INSTRUCTION: h_io,
+    E.RDMSR: h_msr,
+    E.WRMSR: h_msr,
+    E.MWAIT: h_nop,
+    E.MONITOR_TRAP_FLAG: h_mtf,
+    E.MONITOR: h_nop,
+    E.PAUSE: h_nop,
+    E.TPR_BELOW_THRESHOLD: h_tpr_below_threshold,
+    E.GDTR_IDTR_ACCESS: h_desc,
+    E.LDTR_TR_ACCESS: h_desc,
+    E.EPT_VIOLATION: h_ept,
+    E.INVEPT: h_ud,
+    E.RDTSCP: h_rdtsc,
+    E.PREEMPTION_TIMER: h_ptimer,
+    E.INVVPID: h_ud,
+    E.WBINVD: h_nop,
+    E.XSETBV: h_xsetbv,
+    E.RDRAND: h_rdrand,
+    E.INVPCID: h_invlpg,
+    E.VMFUNC: h_ud,
+    E.RDSEED: h_rdrand,
 })
 
 

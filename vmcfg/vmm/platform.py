@@ -82,6 +82,12 @@ class CpuidModel:
         t[(0x40000001, 0)] = [tsc_per_insn, exit_cost, 0, 0]
         self.table = t
         self.subleaf_leaves = {4, 7, 0xB, 0xD, 0xF, 0x10, 0x12, 0x14, 0x17, 0x18, 0x1F}
+        # The profile's [cpuid] overrides replace only the registers they name; the rest of the
+        # leaf stays the model's.  A leaf past the model's maximum of its range (basic, 0x4000....
+        # hypervisor, 0x8000.... extended) raises that maximum, unless the profile also sets the
+        # range's maximum leaf (its EAX) itself.
+        set_max: set[int] = set()
+        added: list[int] = []
         for key, regs in (overrides or {}).items():
             leaf, sub = _parse_leaf(key)
             cur = list(self.table.get((leaf, sub), [0, 0, 0, 0]))
@@ -91,8 +97,14 @@ class CpuidModel:
             self.table[(leaf, sub)] = cur
             if "." in str(key):
                 self.subleaf_leaves.add(leaf)
-            if leaf == 0:
-                self.max_basic = cur[0]
+            if leaf in _RANGE_BASES and sub == 0 and regs.get("eax") is not None:
+                set_max.add(leaf)
+            added.append(leaf)
+        for leaf in added:
+            base = _range_base(leaf)
+            if base not in set_max and self.table[(base, 0)][0] < leaf:
+                self.table[(base, 0)][0] = leaf
+        self.max_basic = self.table[(0, 0)][0]
 
     def query(self, leaf: int, subleaf: int) -> tuple[int, int, int, int]:
         leaf &= 0xFFFFFFFF
@@ -110,6 +122,14 @@ class CpuidModel:
             return (0, 0, 0, 0)
         # Intel: a leaf above the maximum returns the highest basic leaf's data.
         return tuple(self.table.get((self.max_basic, 0), [0, 0, 0, 0]))
+
+
+_RANGE_BASES = (0, 0x40000000, 0x80000000)
+
+
+def _range_base(leaf: int) -> int:
+    """The first leaf of leaf's CPUID range (its EAX is the range's maximum leaf)."""
+    return 0x80000000 if leaf >= 0x80000000 else 0x40000000 if leaf >= 0x40000000 else 0
 
 
 def _parse_leaf(key) -> tuple[int, int]:

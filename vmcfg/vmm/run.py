@@ -293,7 +293,9 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
     vcpu = Vcpu(cfg, memory=memory, mode=mode, platform=plat, handlers=handlers,
                 trace=writer,
                 max_instructions=max_instructions, clock=clock)
-    plat.install(vcpu.uc.mem_write)          # ACPI tables (the image may overwrite them)
+    # ACPI tables, and for guests that run real-mode code the BIOS's IVT and PIC bases (the
+    # image, written next, may overwrite them)
+    plat.install(vcpu.uc.mem_write, bios=mode == 16 or image.multiboot)
     if serial_input:
         plat.serial.feed(serial_input)
     for addr, data in image.segments:

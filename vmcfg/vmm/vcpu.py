@@ -45,8 +45,11 @@ _CODE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uin
 _reg_read = uclib.uc_reg_read
 _reg_write_batch = uclib.uc_reg_write_batch
 _reg_write = uclib.uc_reg_write
+_vmem_translate = uclib.uc_vmem_translate
+_vmem_read = uclib.uc_vmem_read
 
 from ..vmx.config import VmxConfig
+from ..vmx.registers import GPR_NAMES
 from ..vmx.exits import CONTRIBUTORY_VECTORS, ERROR_CODE_VECTORS
 from . import decode as D
 from .counter import BlockCounter
@@ -85,8 +88,6 @@ _GPR64 = [X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RBX
           X.UC_X86_REG_R12, X.UC_X86_REG_R13, X.UC_X86_REG_R14, X.UC_X86_REG_R15]
 _GPR32 = [X.UC_X86_REG_EAX, X.UC_X86_REG_ECX, X.UC_X86_REG_EDX, X.UC_X86_REG_EBX,
           X.UC_X86_REG_ESP, X.UC_X86_REG_EBP, X.UC_X86_REG_ESI, X.UC_X86_REG_EDI]
-GPR_NAMES = ["rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi",
-             "r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15"]
 _SEGS = {"es": X.UC_X86_REG_ES, "cs": X.UC_X86_REG_CS, "ss": X.UC_X86_REG_SS,
          "ds": X.UC_X86_REG_DS, "fs": X.UC_X86_REG_FS, "gs": X.UC_X86_REG_GS}
 _CR = {0: X.UC_X86_REG_CR0, 2: X.UC_X86_REG_CR2, 3: X.UC_X86_REG_CR3, 4: X.UC_X86_REG_CR4,
@@ -344,6 +345,11 @@ class Vcpu:
         self._scanned: dict[int, dict[int, tuple[str, Any]]] = {}
         self._smc_count: dict[int, int] = {}
         self._hot_pages: set[int] = set()     # (reserved: pages guarded by a write hook)
+        # code pages: scanned (hooked) by linear page, protected by physical page -- the
+        # engine reports the physical address of a fetch or store fault
+        self._code_phys: dict[int, int] = {}          # scanned linear page -> physical page
+        self._phys_code: dict[int, set[int]] = {}     # physical page -> scanned linear pages
+        self._xlat = ctypes.c_uint64()
         self._smc_page: int | None = None
         self._smc_before: bytes | None = None
         self._monitor_armed = False             # MONITOR armed the address-monitoring hardware
@@ -555,7 +561,50 @@ class Vcpu:
     def write_phys(self, addr: int, data: bytes) -> None:
         if addr + len(data) > self.memory:
             raise UcError(UC_ERR_WRITE_UNMAPPED)
+        for ppage in range(addr & ~0xFFF, addr + len(data), PAGE):
+            for lp in list(self._phys_code.get(ppage, ())):
+                if lp != ppage:
+                    self._drop_page(lp)       # code seen at another linear address
         self.write_mem(addr, data)
+
+    # ---- guest-linear code -----------------------------------------------------------
+    def _paging(self) -> bool:
+        return bool(self.rr(X.UC_X86_REG_CR0) & (1 << 31))
+
+    def _sync_paging(self) -> None:
+        """Pending CR0/CR3/CR4 writes reach the engine before it walks the page tables."""
+        pend = self._pend
+        if pend and (X.UC_X86_REG_CR3 in pend or X.UC_X86_REG_CR0 in pend
+                     or X.UC_X86_REG_CR4 in pend):
+            self.flush()
+
+    def lin2phys(self, lin: int, prot: int = UC_PROT_READ) -> int | None:
+        """Guest-physical address of a linear one through the guest's paging (None: unmapped)."""
+        if not self._paging():
+            return lin
+        self._sync_paging()
+        err = _vmem_translate(self._uch, ctypes.c_uint64(lin & MASK64), ctypes.c_int(prot),
+                              ctypes.byref(self._xlat))
+        return None if err else self._xlat.value
+
+    def read_code(self, lin: int, size: int) -> bytes:
+        """Guest code at a linear address (through the guest's paging)."""
+        if not self._paging():
+            return bytes(self.uc.mem_read(lin, size))
+        self._sync_paging()
+        buf = ctypes.create_string_buffer(size)
+        err = _vmem_read(self._uch, ctypes.c_uint64(lin & MASK64), ctypes.c_int(UC_PROT_READ),
+                         buf, ctypes.c_size_t(size))
+        if err:
+            raise UcError(err)
+        return buf.raw
+
+    def _phys_page(self, page: int) -> int | None:
+        """The physical page under a code page (linear)."""
+        p = self._code_phys.get(page)
+        if p is None:
+            p = self.lin2phys(page)
+        return None if p is None else p & ~0xFFF
 
     def gdtr(self) -> tuple[int, int]:
         self.flush()
@@ -607,13 +656,18 @@ class Vcpu:
         self.rw(self._rflags_reg, v | 2)
 
     def cr(self, n: int) -> int:
-        if n == 8:                       # devices: CR8 is the local APIC's TPR[7:4]
+        if n == 8:      # devices: CR8 is TPR[7:4], the virtual TPR under use-TPR-shadow
+            if self._on["primary.use_tpr_shadow"]:
+                return self.vtpr >> 4
             return self.platform.lapic.tpr >> 4
         return self.rr(_CR[n])
 
     def set_cr(self, n: int, v: int) -> None:
         if n == 8:
-            self.platform.lapic.write(0x80, (v & 0xF) << 4)
+            if self._on["primary.use_tpr_shadow"]:
+                self.vtpr = (v & 0xF) << 4
+            else:
+                self.platform.lapic.write(0x80, (v & 0xF) << 4)
             return
         self.rw(_CR[n], v)
 
@@ -730,7 +784,7 @@ class Vcpu:
     def _count_block(self, address: int, size: int) -> int:
         self._sync_mode()            # a new block: the guest may have switched modes natively
         try:
-            data = self.read_mem(address, size)
+            data = self.read_code(address, size)
         except UcError:
             return 1
         return max(1, D.count_instructions(data, address, self.bitness))
@@ -743,7 +797,7 @@ class Vcpu:
         n = self._prefix_cache.get(key)
         if n is None:
             try:
-                data = self.read_mem(block, addr - block)
+                data = self.read_code(block, addr - block)
             except UcError:
                 return 0
             n = D.count_instructions(data, block, self.bitness, stop=addr)
@@ -760,11 +814,11 @@ class Vcpu:
 
     def _scan(self, page: int) -> None:
         try:
-            data = self.read_mem(page, PAGE)
+            data = self.read_code(page, PAGE)
         except UcError:
             return
         try:
-            data += self.read_mem(page + PAGE, 15)
+            data += self.read_code(page + PAGE, 15)
         except UcError:
             pass
         found = self._scan_bytes(data, page)
@@ -828,13 +882,30 @@ class Vcpu:
     def _make_data_page(self, page: int) -> None:
         """Back to readable/writable, not executable (within its EPT rights): the next
         fetch rescans it; its cached translations and block counts are dropped."""
-        acc = self._ept_access(page)
-        perms = UC_PROT_READ | UC_PROT_WRITE if acc is None else \
-            (UC_PROT_READ if "r" in acc else 0) | (UC_PROT_WRITE if "w" in acc else 0)
-        self.uc.mem_protect(page, PAGE, perms)
+        ppage = self._code_phys.pop(page, None)
+        if ppage is None:
+            ppage = page if not self._paging() else None
+        else:
+            lins = self._phys_code.get(ppage, set())
+            lins.discard(page)
+            if lins:
+                ppage = None                  # another linear view still runs code from it
+            else:
+                self._phys_code.pop(ppage, None)
+        if ppage is not None and ppage < self.memory:
+            acc = self._ept_access(ppage)
+            perms = UC_PROT_READ | UC_PROT_WRITE if acc is None else \
+                (UC_PROT_READ if "r" in acc else 0) | (UC_PROT_WRITE if "w" in acc else 0)
+            self.uc.mem_protect(ppage, PAGE, perms)
         self.counter.invalidate(page, page + PAGE)
         self._prefix_cache.clear()
-        self.uc.ctl_remove_cache(page, page + PAGE)
+        self._remove_cache(page)
+
+    def _remove_cache(self, page: int) -> None:
+        try:
+            self.uc.ctl_remove_cache(page, page + PAGE)
+        except UcError:                       # not mapped at that linear address any more
+            self.uc.ctl_flush_tb()
 
     def _on_code_write(self, uc, access, address, size, value, _ud):
         page = address & ~0xFFF
@@ -896,12 +967,13 @@ class Vcpu:
     def _on_prot(self, uc, access, address, size, value, _ud):
         self._rcache.clear()
         self._sync_mode()
-        page = address & ~0xFFF
-        if access == UC_MEM_WRITE_PROT and page in self._scanned and page not in self._hot_pages:
+        page = address & ~0xFFF                 # physical: the engine reports those
+        lins = self._phys_code.get(page)
+        if access == UC_MEM_WRITE_PROT and lins and page not in self._hot_pages:
             acc = self._ept_access(page)
             if acc is None or "w" in acc:
                 rip = self.rip
-                self._event = ("smc", page, rip, self._retired_at(rip))
+                self._event = ("smc", min(lins), rip, self._retired_at(rip))
                 return False
         self._event = ("prot", access, address, size, self._retired_at(self.rip), self.rip)
         return False
@@ -1003,10 +1075,10 @@ class Vcpu:
     def _code_bytes(self, address: int) -> bytes | None:
         """Up to 15 bytes of guest code at `address` (fewer at the end of RAM)."""
         try:
-            return self.read_mem(address, 15)
+            return self.read_code(address, 15)
         except UcError:
             try:
-                return self.read_mem(address, PAGE - (address & 0xFFF))
+                return self.read_code(address, PAGE - (address & 0xFFF))
             except UcError:
                 return None
 
@@ -1273,22 +1345,17 @@ class Vcpu:
                                   data={"value": val})
             if val >> 4:
                 raise GuestFault(13, 0)          # bits 63:4 of CR8 are reserved
+            self.set_cr(8, val)
             if self._on["primary.use_tpr_shadow"]:
                 # SDM 29.3: VTPR[7:4] <- CR8[3:0], then TPR virtualization (29.1.2): below
                 # the threshold, a trap-like TPR-below-threshold exit after the instruction
-                self.vtpr = (val & 0xF) << 4
                 if val & 0xF < self.tpr_threshold & 0xF:
                     return self._trap_exit(43, ins, nxt, data={
                         "vtpr": self.vtpr, "tpr_threshold": self.tpr_threshold})
-                return nxt
-            self.set_cr(8, val)
             return nxt
         if k == "mov_from_cr8":
             if self._on["primary.cr8_store_exiting"]:
                 return self._exit(28, ins, cr_qualification(8, CR_MOV_FROM, ins.gpr))
-            if self._on["primary.use_tpr_shadow"]:
-                self.set_gpr(ins.gpr, self.vtpr >> 4, 8)     # SDM 29.3: CR8 reads VTPR[7:4]
-                return nxt
             self.set_gpr(ins.gpr, self.cr(8), 8)
             return nxt
         raise GuestFault(6)
@@ -1564,7 +1631,7 @@ class Vcpu:
             text = ""
             dec = self._decode_any(rip)
             if dec is not None:
-                raw = self.read_mem(rip, dec.len)
+                raw = self.read_code(rip, dec.len)
                 text = D.format_instr(dec)
             qual = 0
             if vector == 14:
@@ -2122,7 +2189,7 @@ class Vcpu:
 
     def _soft_int_before(self, rip: int, vector: int) -> tuple[int, int] | None:
         try:
-            pre = self.read_mem(rip - 2, 2) if rip >= 2 else b"\0" + self.read_mem(rip - 1, 1)
+            pre = self.read_code(rip - 2, 2) if rip >= 2 else b"\0" + self.read_code(rip - 1, 1)
         except UcError:
             return None
         if pre[0] == 0xCD and pre[1] == vector:
@@ -2145,25 +2212,36 @@ class Vcpu:
         ctypes.memmove(base + off, b"\xff\xff\xff\xff", 4)
         self.uc.context_restore(ctx)
 
-    def _fetch_page(self, page: int, rip: int) -> None:
-        if page >= self.memory:
-            self._memory_fault("unmapped", 16 + 2, page, 1, rip)   # fetch
+    def _fetch_page(self, ppage: int, rip: int) -> None:
+        """The first fetch from physical page `ppage` (as the engine reports it); the linear
+        page is RIP's, or the next one for a block or instruction crossing into it."""
+        if ppage >= self.memory:
+            self._memory_fault("unmapped", 16 + 2, ppage, 1, rip)   # fetch
             return
-        acc = self._ept_access(page)
+        acc = self._ept_access(ppage)
         if acc is not None and "x" not in acc:
-            self._ept_violation(rip, page if page > rip else rip, "fetch", acc)
+            self._ept_violation(rip, ppage if ppage > rip else rip, "fetch", acc)
             return
+        page = ppage
+        if self._paging():
+            for cand in (rip & ~0xFFF, (rip & ~0xFFF) + PAGE):
+                phys = self.lin2phys(cand, UC_PROT_EXEC)
+                if phys is not None and phys & ~0xFFF == ppage:
+                    page = cand
+                    break
         if page in self._scanned:
             # executable already: a stale translation; drop and rescan
             self._drop_page(page)
         self._scan(page)
+        self._code_phys[page] = ppage
+        self._phys_code.setdefault(ppage, set()).add(page)
         # code pages are write-protected: a store to one is caught (UC_HOOK_MEM_WRITE_PROT)
         # at no cost to other stores; pages that keep being written get a write hook instead
         writable = (acc is None or "w" in acc) and page in self._hot_pages
         perms = UC_PROT_EXEC | (UC_PROT_READ if acc is None or "r" in acc else 0) | \
             (UC_PROT_WRITE if writable else 0)
-        self.uc.mem_protect(page, PAGE, perms)
-        self.uc.ctl_remove_cache(page, page + PAGE)
+        self.uc.mem_protect(ppage, PAGE, perms)
+        self._remove_cache(page)
 
     def _code_page_written(self, page: int, rip: int, ic: int) -> None:
         """A guest store hit a write-protected code page.
@@ -2175,18 +2253,25 @@ class Vcpu:
         self.icount = ic
         self.counter.set_count(ic)
         self._smc_count[page] = self._smc_count.get(page, 0) + 1
+        ppage = self._phys_page(page)
+        if ppage is None:
+            ppage = page
         try:
-            self._smc_before = self.read_mem(page, PAGE + 15 if page + PAGE + 15 <= self.memory
-                                             else PAGE)
+            self._smc_before = self.read_code(page, PAGE + 15 if ppage + PAGE + 15 <= self.memory
+                                              else PAGE)
         except UcError:
             self._smc_before = None
+        for other in list(self._phys_code.get(ppage, ())):
+            if other != page:
+                self._drop_page(other)
         if self._smc_before is None or page not in self._scanned:
             self._drop_page(page)
-        acc = self._ept_access(page)
-        self.uc.mem_protect(page, PAGE, UC_PROT_ALL if acc is None else
+        acc = self._ept_access(ppage)
+        self.uc.mem_protect(ppage, PAGE, UC_PROT_ALL if acc is None else
                             UC_PROT_EXEC | UC_PROT_WRITE | (UC_PROT_READ if "r" in acc else 0))
-        self.uc.ctl_remove_cache(page, page + PAGE)
+        self._remove_cache(page)
         self._smc_page = page
+        self._smc_phys = ppage
         self.set_rip(rip)
 
     def _end_smc_step(self) -> None:
@@ -2195,22 +2280,32 @@ class Vcpu:
         first byte), the page keeps its scan and hooks and only its translations go;
         otherwise it is dropped and rescanned at its next fetch."""
         page, self._smc_page = self._smc_page, None
+        ppage = getattr(self, "_smc_phys", page)
         before, self._smc_before = self._smc_before, None
         if page in self._scanned and before is not None:
             try:
-                after = self.read_mem(page, len(before))
+                after = self.read_code(page, len(before))
             except UcError:
                 after = None
             if after is not None and self._same_sensitive(page, before, after):
-                acc = self._ept_access(page)
-                self.uc.mem_protect(page, PAGE, UC_PROT_EXEC | (
+                acc = self._ept_access(ppage)
+                self.uc.mem_protect(ppage, PAGE, UC_PROT_EXEC | (
                     UC_PROT_READ if acc is None or "r" in acc else 0))
                 self.counter.invalidate(page, page + PAGE)
                 self._prefix_cache.clear()
-                self.uc.ctl_remove_cache(page, page + PAGE)
+                self._remove_cache(page)
                 return
             self._drop_page(page)
-        self._make_data_page(page)
+        if page in self._code_phys:
+            self._make_data_page(page)
+        elif ppage < self.memory:
+            acc = self._ept_access(ppage)
+            self.uc.mem_protect(ppage, PAGE, UC_PROT_READ | UC_PROT_WRITE if acc is None else
+                                (UC_PROT_READ if "r" in acc else 0)
+                                | (UC_PROT_WRITE if "w" in acc else 0))
+            self.counter.invalidate(page, page + PAGE)
+            self._prefix_cache.clear()
+            self._remove_cache(page)
 
     def _same_sensitive(self, page: int, before: bytes, after: bytes) -> bool:
         if before == after:
@@ -2252,7 +2347,7 @@ class Vcpu:
                     data={"access": what, "permissions": acc or "---"})
         dec = self._decode_any(rip)
         if dec is not None:
-            ex.instruction_bytes = self.read_mem(rip, dec.len)
+            ex.instruction_bytes = self.read_code(rip, dec.len)
             ex.disassembly = D.format_instr(dec)
         self.vmexit(ex)
         ctx = self._last_ctx
@@ -2301,7 +2396,7 @@ class Vcpu:
                      f"DS={self.rr(X.UC_X86_REG_DS):04x}")
         lines.append(f"CR0={self.cr(0):08x} CR2={self.cr(2):x} CR3={self.cr(3):x} CR4={self.cr(4):x}")
         try:
-            code = self.read_mem(self.rip, 15)
+            code = self.read_code(self.rip, 15)
             dec = D.decode_one(code, self.rip, self.bitness)
             lines.append(f"at RIP: {code[:dec.len].hex()}  {D.format_instr(dec)}")
         except UcError:

@@ -85,6 +85,15 @@ def _size_schema() -> dict:
                       {"type": "string", "pattern": SIZE_PATTERN}]}
 
 
+class ValueErrorAt(ValueError):
+    """A bad value whose fault lies at a key inside it: `at` is the key path below the setting
+    (the loader reports the position of that key, e.g. cpuid."0x1".ecx)."""
+
+    def __init__(self, msg: str, at: tuple[str, ...] = ()):
+        super().__init__(msg)
+        self.at = tuple(str(a) for a in at)
+
+
 class Kind:
     name = ""
     edit_as = "toml"
@@ -316,33 +325,75 @@ class RegionsKind(Kind):
 
 
 class CpuidKind(Kind):
-    """[cpuid."leaf"] / [cpuid."leaf.subleaf"] tables of eax/ebx/ecx/edx."""
+    """[cpuid."leaf"] / [cpuid."leaf.subleaf"] tables of eax/ebx/ecx/edx.
+
+    The normalised form maps "0x<leaf>" or "0x<leaf>.<subleaf>" (hex leaf, decimal subleaf) to
+    {register: u32}; registers not written keep the CPU model's value.
+    """
     name = "cpuid"
+    FIX = 'write one table per leaf, e.g. [cpuid."0x1"] ecx = 0x80000000 or [cpuid."0x7.0"] ebx = 0x1'
+
+    @staticmethod
+    def leaf_key(text: str) -> tuple[str, int, int | None]:
+        """'7', '0x7' or '0x7.0' -> ('0x7[.0]', leaf, subleaf or None) (ValueError if bad)."""
+        parts = str(text).strip().split(".")
+        try:
+            if len(parts) > 2 or any(p.strip() != p or p.startswith(("-", "+")) for p in parts):
+                raise ValueError
+            nums = [int(p.replace("_", ""), 0) for p in parts]
+        except ValueError:
+            raise ValueError(f"CPUID leaf {text!r} is not a leaf number: write it as \"0x1\" "
+                             "(leaf) or \"0x7.0\" (leaf.subleaf), hex or decimal") from None
+        for what, n in zip(("leaf", "subleaf"), nums):
+            if n > 0xFFFFFFFF:
+                raise ValueError(f"CPUID {what} {n:#x} in {text!r} does not fit in 32 bits "
+                                 "(0..0xffffffff)")
+        sub = nums[1] if len(nums) == 2 else None
+        return f"{nums[0]:#x}" + (f".{sub}" if sub is not None else ""), nums[0], sub
 
     def parse(self, s, v):
         if not isinstance(v, dict):
-            raise ValueError("expected sub-tables per leaf")
-        out = {}
+            raise ValueError(f"expected one sub-table per leaf: {self.FIX}")
+        out: dict[str, dict[str, int]] = {}
+        seen: dict[str, str] = {}
         for leaf, regs in v.items():
             try:
-                parts = [int(p, 0) for p in str(leaf).split(".")]
-            except ValueError:
-                raise ValueError(f"CPUID leaf {leaf!r} is not a number (\"0x1\" or \"0x7.0\")") from None
-            if len(parts) > 2 or not isinstance(regs, dict):
-                raise ValueError(f"CPUID leaf {leaf!r}: expected [cpuid.\"leaf\"] with eax/ebx/ecx/edx")
-            bad = set(regs) - set(GPR_CPUID)
-            if bad:
-                raise ValueError(f"CPUID leaf {leaf!r}: unknown register(s) {', '.join(sorted(bad))}")
-            key = f"{parts[0]:#x}" + (f".{parts[1]}" if len(parts) == 2 else "")
-            out[key] = {r: parse_int(x, "u32") for r, x in regs.items()}
+                key, _leaf, _sub = self.leaf_key(leaf)
+            except ValueError as e:
+                raise ValueErrorAt(str(e), (leaf,)) from None
+            if not isinstance(regs, dict):
+                raise ValueErrorAt(f"CPUID leaf {leaf!r} must be a table of registers, not a "
+                                   f"single value: {self.FIX}", (leaf,))
+            if key in seen:
+                raise ValueErrorAt(f"CPUID leaf {leaf!r} is the same leaf as {seen[key]!r}: "
+                                   "merge the two tables into one", (leaf,))
+            seen[key] = str(leaf)
+            regs_out = {}
+            for r, x in regs.items():
+                if r not in GPR_CPUID:
+                    hint = difflib.get_close_matches(str(r), GPR_CPUID, n=1, cutoff=0.5)
+                    raise ValueErrorAt(
+                        f"CPUID leaf {leaf!r}: unknown register {r!r}"
+                        + (f" (did you mean {hint[0]!r}?)" if hint else "")
+                        + "; registers: eax, ebx, ecx, edx", (leaf, r))
+                try:
+                    regs_out[r] = parse_int(x, "u32")
+                except ValueError as e:
+                    why = (f"{x:#x} does not fit in the 32-bit register" if isinstance(x, int)
+                           and not isinstance(x, bool) else str(e))
+                    raise ValueErrorAt(f"cpuid.\"{leaf}\".{r}: {why}: write an integer "
+                                       "0..0xffffffff", (leaf, r)) from None
+            out[key] = regs_out
         return out
 
     def schema(self, s):
-        reg = _int_schema("u32")
+        reg = dict(_int_schema("u32"), description="the register's value (32 bits)")
         return {"type": "object", "title": s.title, "description": s.meaning,
                 "propertyNames": {"pattern": rf"^{NUMBER_PATTERN}(\.{NUMBER_PATTERN})?$"},
-                "additionalProperties": {"type": "object", "additionalProperties": False,
-                                         "properties": {r: reg for r in GPR_CPUID}}}
+                "additionalProperties": {
+                    "type": "object", "additionalProperties": False,
+                    "description": "one CPUID leaf (\"0x1\") or leaf.subleaf (\"0x7.0\")",
+                    "properties": {r: reg for r in GPR_CPUID}}}
 
 
 class HandlersKind(Kind):

@@ -185,7 +185,9 @@ SETTINGS: tuple[Setting, ...] = (
     _s("guest", "entry", "u64", None, "Entry point",
        "Guest start address (default: the load address, or the ELF entry).", optional=True),
     _s("cpuid", "*", "cpuid", {}, "CPUID overrides",
-       "Leaf overrides, one sub-table per leaf: [cpuid.\"0x40000000\"] eax = ... (leaf or \"leaf.subleaf\"; keys eax/ebx/ecx/edx).", None),
+       "Override CPUID leaves, one sub-table per leaf: [cpuid.\"0x1\"] or [cpuid.\"0x7.0\"] "
+       "(leaf.subleaf) with eax/ebx/ecx/edx = 0..0xffffffff; registers not written keep the "
+       "CPU model's value.", None),
     _s("handlers", "*", "handlers", {}, "Exit handlers",
        "Python exit handlers: CPUID = \"module:function\" (key: exit-reason name or number).", None),
 )

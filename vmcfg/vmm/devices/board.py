@@ -15,6 +15,7 @@ One instance per machine.  Wiring (like QEMU's ``pc`` machine):
 | local APIC (lapic.py) | MMIO 0xFEE00000; MSRs 0x1B, 0x6E0, 0x800-0x8FF | delivers to the CPU |
 | IOAPIC (ioapic.py) | MMIO 0xFEC00000 | to the LAPIC |
 | ACPI tables (acpi.py) | RSDP at 0xF0000 in guest RAM | - |
+| real-mode BIOS (bios.py), real-mode and Multiboot guests | IVT at 0x0, handlers at 0xFF000 | PIC bases 0x08/0x70 |
 | pc-testdev (testdev.py) | I/O 0x2000-0x2017, 0xE0-0xE7; MMIO 0xFF000000 | sets lines 0-23 |
 
 An ISA line goes to both the PIC (IRQ n) and the IOAPIC (GSI n, IRQ 0 -> GSI 2);
@@ -29,6 +30,7 @@ from typing import Callable
 
 from ..clock import Clock
 from . import acpi
+from . import bios as _bios
 from .bus import AccessFault, Bus
 from .fwcfg import FwCfg
 from .ioapic import IoApic
@@ -101,10 +103,17 @@ class Board:
         if wake is not None:
             self.serial.notify = wake
 
-    def install(self, write: Callable[[int, bytes], None]) -> None:
-        """Firmware work at power-on: the ACPI tables in the BIOS area (RAM of 1 MiB or more)."""
-        if self.memory >= 1 << 20:
-            for addr, data in acpi.build():
+    def install(self, write: Callable[[int, bytes], None], *, bios: bool = False) -> None:
+        """Firmware work at power-on: the ACPI tables in the BIOS area (RAM of 1 MiB or more);
+        with `bios`, also the minimal real-mode BIOS (bios.py): the PIC vector bases 0x08/0x70,
+        the IVT and its default handlers."""
+        if self.memory < 1 << 20:
+            return
+        for addr, data in acpi.build():
+            write(addr, data)
+        if bios:
+            self.pic.set_bases(_bios.MASTER_BASE, _bios.SLAVE_BASE)
+            for addr, data in _bios.build():
                 write(addr, data)
 
     @property

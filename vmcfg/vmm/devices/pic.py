@@ -11,7 +11,9 @@ to acknowledge.
 
 At start the chips are in the state vmcfg's firmware leaves them (as earlier
 vmcfg releases documented): initialised in cascade mode, master vector base
-0x20, slave 0x28, every line unmasked.  A guest's ICW1 starts over.
+0x20, slave 0x28, every line unmasked; for real-mode and Multiboot guests the
+real-mode BIOS (bios.py) sets the PC BIOS bases 0x08 and 0x70 instead.  A
+guest's ICW1 starts over.
 """
 
 from __future__ import annotations
@@ -159,6 +161,11 @@ class PicPair:
         self.master = I8259(0x20, 0x00, master=True)
         self.slave = I8259(0x28, 0x00, master=False)
         self._changed = changed
+
+    def set_bases(self, master: int, slave: int) -> None:
+        """The vector bases firmware programmed (ICW2) before the guest starts."""
+        self.master.base = master & 0xF8
+        self.slave.base = slave & 0xF8
 
     # ---- the interface the interrupt router uses ---------------------------------------
     def set_irq(self, irq: int, level: bool) -> None:

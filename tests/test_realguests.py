@@ -7,6 +7,7 @@ Multiboot tests build their own small ELF32 kernel.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import struct
@@ -16,28 +17,24 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-KUT_PROFILE = """\
-[profile]
-name = "kut"
-extends = "baseline"
-[primary]
-activate_secondary_controls = true
-[secondary]
-enable_ept = true
-unrestricted_guest = true
-[entry]
-ia32e_mode_guest = false
-"""
+
+def _bench_module():
+    """bench/realguests.py: the one home of the kvm-unit-tests profile and of where the
+    images are found."""
+    spec = importlib.util.spec_from_file_location("bench_realguests",
+                                                  os.path.join(ROOT, "bench", "realguests.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+_BENCH = _bench_module()
+KUT_PROFILE = _BENCH.KUT_PROFILE
 
 
 def _shared_kut() -> str | None:
-    d = ROOT
-    for _ in range(3):
-        d = os.path.dirname(d)
-        cand = os.path.join(d, "shared", "kvm-unit-tests")
-        if os.path.isdir(cand):
-            return cand
-    return None
+    d = _BENCH.DEFAULT_SHARED
+    return d if os.path.isdir(d) else None
 
 
 @pytest.fixture(scope="module")

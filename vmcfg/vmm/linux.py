@@ -37,9 +37,8 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from .loader import Image, ImageError
+from .loader import Image, ImageError, read_input
 
 ZERO_PAGE = 0x10000
 BOOT_GDT = 0x11000
@@ -200,25 +199,6 @@ def _gdt32() -> bytes:
                        0x00CF92000000FFFF)    # 0x18 __BOOT_DS: flat data
 
 
-def _read(path: str, what: str, limit: int) -> bytes:
-    p = Path(path)
-    try:
-        st = p.stat()
-    except OSError:
-        raise ImageError(f"{what} {path}: no such file") from None
-    if not p.is_file():
-        raise ImageError(f"{what} {path}: not a regular file")
-    if st.st_size == 0:
-        raise ImageError(f"{what} {path}: the file is empty")
-    if st.st_size > limit:
-        raise ImageError(f"{what} {path}: {st.st_size} bytes is larger than the "
-                         f"{limit >> 20} MiB limit")
-    try:
-        return p.read_bytes()
-    except OSError as e:
-        raise ImageError(f"{what} {path}: cannot read: {e.strerror}") from None
-
-
 def load_linux(kernel: str, *, memory: int, mode: int = 64, initrd: str | None = None,
                cmdline: str = "", reserved: list[tuple[int, int, int]] | None = None,
                acpi_rsdp: int | None = -1) -> tuple[Image, LinuxBoot]:
@@ -232,7 +212,7 @@ def load_linux(kernel: str, *, memory: int, mode: int = 64, initrd: str | None =
     if acpi_rsdp == -1:
         from .devices.acpi import RSDP_ADDR
         acpi_rsdp = RSDP_ADDR
-    kdata = _read(kernel, "kernel", MAX_KERNEL)
+    kdata = read_input(kernel, "kernel", MAX_KERNEL)
     h = parse_header(kdata, kernel)
     if mode == 64:
         if h.version < MIN_PROTOCOL_64:
@@ -272,7 +252,7 @@ def load_linux(kernel: str, *, memory: int, mode: int = 64, initrd: str | None =
     # initramfs
     rd_addr, rd_size, rd = None, 0, b""
     if initrd is not None:
-        rd = _read(initrd, "initrd", MAX_INITRD)
+        rd = read_input(initrd, "initrd", MAX_INITRD)
         if _initrd_kind(rd) is None:
             raise ImageError(f"initrd {initrd}: not an initramfs (no cpio, gzip, xz, zstd, "
                              "bzip2, lzma, lz4 or lzo magic at the start)")

@@ -54,24 +54,31 @@ def resolve_spec(spec: str, base_dir: str | None = None) -> Path:
     return p
 
 
+def read_input(path: str, what: str, limit: int) -> bytes:
+    """The bytes of an input file (guest image, kernel, initrd), or an ImageError that says
+    what is wrong with it: missing, not a regular file, empty, over `limit` bytes, unreadable."""
+    p = Path(path)
+    try:
+        st = p.stat()
+    except OSError:
+        raise ImageError(f"{what} {path}: no such file") from None
+    if not p.is_file():
+        raise ImageError(f"{what} {path}: not a regular file")
+    if st.st_size == 0:
+        raise ImageError(f"{what} {path}: the file is empty")
+    if st.st_size > limit:
+        raise ImageError(f"{what} {path}: {st.st_size} bytes is larger than the "
+                         f"{limit >> 20} MiB limit")
+    try:
+        return p.read_bytes()
+    except OSError as e:
+        raise ImageError(f"{what} {path}: cannot read: {e.strerror}") from None
+
+
 def load_image(spec: str, *, base_dir: str | None = None, load_address: int = 0x100000,
                entry: int | None = None, mode: int = 64) -> Image:
     path = resolve_spec(spec, base_dir)
-    try:
-        st = path.stat()
-    except OSError:
-        raise ImageError(f"guest image {path}: no such file") from None
-    if not path.is_file():
-        raise ImageError(f"guest image {path}: not a regular file")
-    if st.st_size == 0:
-        raise ImageError(f"guest image {path}: the file is empty")
-    if st.st_size > MAX_IMAGE:
-        raise ImageError(f"guest image {path}: {st.st_size} bytes is larger than the "
-                         f"{MAX_IMAGE >> 20} MiB limit")
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise ImageError(f"guest image {path}: cannot read: {e.strerror}") from None
+    data = read_input(str(path), "guest image", MAX_IMAGE)
     if data[:4] == b"\x7fELF":
         img = _load_elf(data, str(path))
         if multiboot_header(data) is not None:

@@ -1145,6 +1145,10 @@ class Vcpu:
                     ins.length if ins else 0, ins.raw if ins else b"",
                     ins.text if ins else "", insn=ins, **kw)
         self.vmexit(ex)
+        return self._exit_outcome()
+
+    def _exit_outcome(self) -> int | None:
+        """What the handler of the last exit decided: end the run, fault, or resume at an RIP."""
         ctx = self._last_ctx
         if ctx.ended is not None:
             raise ctx.ended
@@ -1161,12 +1165,7 @@ class Vcpu:
         self.vmexit(ex)
         self.icount -= 1                 # _on_trap counts the instruction when it resumes
         self.counter.set_count(self.icount)
-        ctx = self._last_ctx
-        if ctx.ended is not None:
-            raise ctx.ended
-        if ctx.fault is not None:
-            raise ctx.fault
-        return ctx.resume_rip
+        return self._exit_outcome()
 
     # ---- instruction semantics (exit or not, per the controls) ---------------
     def _instruction(self, ins: D.Insn) -> int | None:

@@ -1,6 +1,8 @@
 """vmcfg edit driven by a scripted $EDITOR: save, re-edit, discard, force, conflicts."""
 
 import json
+
+import jsonschema
 import os
 import sys
 import textwrap
@@ -186,9 +188,13 @@ def test_json_result(edit):
     assert r.exit_code == 1
     assert doc["action"] == "discarded" and doc["valid"] is False and not doc["saved"]
     assert doc["errors"][0]["rule"] == "E19" and doc["kept_copy"]
+    from vmcfg.report_schemas import schema
+    jsonschema.validate(doc, schema("edit"))
     r, _ = edit([VALID], "--json")
     doc = json.loads(r.stdout)
     assert doc["saved"] and doc["valid"] and doc["action"] == "saved"
+    from vmcfg.report_schemas import schema
+    jsonschema.validate(doc, schema("edit"))
 
 
 def test_edit_bad_usage(cli, tmp_path):

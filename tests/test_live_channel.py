@@ -2,6 +2,8 @@
 (tests/fake_guest.py); the emulated VMM's own live tests are in test_live_vmm.py."""
 
 import json
+
+import jsonschema
 import os
 import signal
 import socket
@@ -211,4 +213,7 @@ def test_watch_survives_invalid_save(guest, write_profile, rundir):
         events.append(json.loads(w.stdout.readline()))   # its answer to this save
     w.communicate(timeout=PATIENCE)
     assert [e["event"] for e in events] == ["applied", "refused", "applied"]
+    from vmcfg.report_schemas import schema
+    for e in events:
+        jsonschema.validate(e, schema("watch"))
     assert events[0]["diff"][0]["new"] == 1 and events[2]["diff"][0]["new"] == 0

@@ -6,6 +6,8 @@ case once.  The CI snippets of docs/smoke.md are run as written (with the CI's v
 """
 
 import json
+
+import jsonschema
 import os
 import re
 import subprocess
@@ -156,6 +158,8 @@ def test_merge_refuses_overlap_and_garbage(tmp_path):
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert (doc["tests"], doc["passed"], doc["suites"], doc["ok"]) == (2, 2, 1, True)
+    from vmcfg.report_schemas import schema
+    jsonschema.validate(doc, schema("smoke-merge"))
 
 
 def _doc_block(title: str) -> str:

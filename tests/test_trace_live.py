@@ -2,6 +2,8 @@
 lines in a pipe, JSON lines; `vmcfg demo`'s before/after chart; the rate maths."""
 
 import json
+
+import jsonschema
 import os
 import pty
 import re
@@ -90,6 +92,9 @@ def test_stats_follow_json_lines_carry_rates(guest):
         first, second = json.loads(p.stdout.readline()), json.loads(p.stdout.readline())
         assert "rates" not in first and first["state"] == "running"
         assert set(second["rates"]) == {"RDTSC", "IO_INSTRUCTION"}
+        from vmcfg.report_schemas import schema
+        for doc in (first, second):
+            jsonschema.validate(doc, schema("stats-follow"))
         assert all(v > 0 for v in second["rates"].values())
     finally:
         p.kill()

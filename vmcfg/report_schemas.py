@@ -39,6 +39,10 @@ def _ref(name: str) -> dict:
 
 
 DEFS: dict[str, dict] = {
+    # a capability set as `caps show` and `caps import` print it
+    "caps_set": _obj({"name": _STR, "msrs": {"type": "object", "additionalProperties": _STR},
+                      "controls": {"type": "object"}},
+                     {"unknown": _arr(_STR), "notes": _arr(_STR), "partial": _BOOL}),
     # one exit reason with its count: the one shape of exit statistics
     "exit_count": _obj({"reason": {"type": "integer", "minimum": 0},
                         "name": {"type": "string", "pattern": "^[A-Z0-9_]+$"},
@@ -88,9 +92,7 @@ REPORTS: dict[str, dict] = {
     "profiles": _arr(_obj({"name": _STR, "description": _STR, "path": _STR},
                           {"extends": _OPT_STR, "cpu": _OPT_STR})),
     "cpus": _arr(_obj({"name": _STR, "title": _STR, "controls": _INT})),
-    "caps": _obj({"name": _STR, "msrs": {"type": "object",
-                                         "additionalProperties": _STR},
-                  "controls": {"type": "object"}}),
+    "caps": _ref("caps_set"),
     "new": _obj({"profile": _OPT_STR, "valid": _BOOL, "written": _BOOL,
                  "errors": _arr(_ref("violation")), "warnings": _arr(_ref("violation"))}),
     "set": _obj({"profile": _STR, "changes": _arr(_obj({"key": _STR, "op": _STR})),
@@ -102,6 +104,13 @@ REPORTS: dict[str, dict] = {
     "ps": _arr(_obj({"name": _STR, "pid": _INT, "state": _OPT_STR},
                     {"exits": _OPT_INT, "instructions": _OPT_INT})),
     "stats": _ref("snapshot"),
+    # `stats NAME -f --json`: one snapshot per line, with exit rates (per second) by name
+    "stats-follow": {"allOf": [_ref("snapshot"),
+                               _obj({}, {"rates": {"type": "object",
+                                                   "additionalProperties": _NUM}})]},
+    # `watch PROFILE --to NAME --json`: one event per line, per save of the profile
+    "watch": _obj({"event": {"enum": ["applied", "unchanged", "refused"]}},
+                  {"error": _STR, "diff": _arr(_ref("diff_entry")), "applied": _BOOL}),
     "apply": {"anyOf": [
         _obj({"applied": _BOOL, "diff": _arr(_ref("diff_entry"))}),
         _obj({"plan": _arr(_ref("diff_entry")), "would_apply": _BOOL,
@@ -112,6 +121,26 @@ REPORTS: dict[str, dict] = {
     "inject": _obj({"queued": _STR, "instructions": _INT}),
     "demo": _obj({p: _obj({"instructions": _INT, "exits": _ref("exits")})
                   for p in ("phase1", "phase2")}),
+    "caps-import": {"allOf": [_ref("caps_set"), _obj({"output": _OPT_STR})]},
+    "edit": _obj({"profile": _STR, "changed": _BOOL, "saved": _BOOL, "forced": _BOOL,
+                  "valid": {"type": ["boolean", "null"]}, "action": _STR},
+                 {"kept_copy": _OPT_STR, "errors": _arr({"type": "object"}),
+                  "warnings": _arr({"type": "object"})}),
+    "guest-list": _arr(_obj({"name": _STR, "image": _STR, "source": _OPT_STR,
+                             "profile": _OPT_STR})),
+    "guest-build": _obj({"source": _STR, "output": _STR, "bytes": _INT, "origin": _INT,
+                         "bits": {"enum": [16, 32, 64]},
+                         "assembler": {"enum": ["nasm", "keystone"]}}),
+    "trace-summary": _obj({"file": _STR, "exits": _INT, "records": _INT, "sample": _INT,
+                           "counts_exact": _BOOL, "host_ns": _INT,
+                           "reasons": _arr(_obj({
+                               "reason": _INT, "name": _STR, "count": _INT, "host_ns": _INT,
+                               "share": _NUM, "median_ns": _INT, "p99_ns": _INT,
+                               "top_rips": _arr(_obj({"rip": _INT, "count": _INT,
+                                                      "disassembly": _OPT_STR}))}))}),
+    "smoke-merge": _obj({"files": _INT, "suites": _INT, "tests": _INT, "failures": _INT,
+                         "errors": _INT, "skipped": _INT, "passed": _INT, "ok": _BOOL},
+                        {"time": _NUM, "output": _OPT_STR}),
     "smoke": _obj({"smoke_file": _STR, "summary": _obj({"total": _INT, "ok": _BOOL}),
                    "cases": _arr(_obj({"id": _STR, "outcome": _STR, "exits": _ref("exits")}))}),
 }

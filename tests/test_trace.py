@@ -194,24 +194,25 @@ def _peak_rss_kib(args):
     return ru.ru_maxrss
 
 
-def test_a_million_exits_export_and_summarise_in_bounded_memory(tmp_path):
+# one test per command, so that a parallel run (-n) does the two on two workers at once
+@pytest.mark.parametrize("cmd", [["export"], ["summary", "--json"]], ids=["export", "summary"])
+def test_a_million_exits_export_and_summarise_in_bounded_memory(tmp_path, cmd):
     small, big = tmp_path / "small.jsonl.gz", tmp_path / "big.jsonl.gz"
     _synthetic(small, 10_000)
     _synthetic(big, 1_000_000)
-    for cmd in (["export"], ["summary", "--json"]):
-        out_s, out_b = tmp_path / "s.out", tmp_path / "b.out"
-        rs = _peak_rss_kib(["trace", *cmd, str(small), "-o", str(out_s)])
-        rb = _peak_rss_kib(["trace", *cmd, str(big), "-o", str(out_b)])
-        # 100 times the exits: the output grows ~100x, the memory does not
-        # (holding 1 M records would take hundreds of MiB)
-        assert rb - rs < 16 * 1024, (cmd, rs, rb)
-        if cmd == ["export"]:
-            assert out_b.stat().st_size > 50 * out_s.stat().st_size
-        else:
-            s = json.loads(out_b.read_text())
-            assert s["exits"] == 1_000_000
-            assert {x["name"]: x["count"] for x in s["reasons"]} == {
-                n: 250_000 for n in ("IO_INSTRUCTION", "RDTSC", "CPUID", "HLT")}
+    out_s, out_b = tmp_path / "s.out", tmp_path / "b.out"
+    rs = _peak_rss_kib(["trace", *cmd, str(small), "-o", str(out_s)])
+    rb = _peak_rss_kib(["trace", *cmd, str(big), "-o", str(out_b)])
+    # 100 times the exits: the output grows ~100x, the memory does not
+    # (holding 1 M records would take hundreds of MiB)
+    assert rb - rs < 16 * 1024, (cmd, rs, rb)
+    if cmd == ["export"]:
+        assert out_b.stat().st_size > 50 * out_s.stat().st_size
+    else:
+        s = json.loads(out_b.read_text())
+        assert s["exits"] == 1_000_000
+        assert {x["name"]: x["count"] for x in s["reasons"]} == {
+            n: 250_000 for n in ("IO_INSTRUCTION", "RDTSC", "CPUID", "HLT")}
 
 
 @pytest.mark.parametrize("content, where, what", [

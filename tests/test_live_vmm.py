@@ -173,6 +173,19 @@ def test_demo_shows_the_statistics_change(rundir):
     assert json.loads(vmcfg("ps", "--json").stdout) == []
 
 
+def test_demo_into_a_pipe_closed_early_still_stops_its_guest(rundir):
+    """`vmcfg demo | head -1`: the reader goes away after the first line; the demo ends
+    quietly and leaves no guest running."""
+    p = subprocess.Popen([sys.executable, "-m", "vmcfg.cli", "demo", "--seconds", "1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT,
+                         env={**os.environ, "PYTHONPATH": ROOT})
+    assert p.stdout.readline().startswith(b"1. launch")
+    p.stdout.close()                       # the reader is gone
+    _, err = p.communicate(timeout=PATIENCE)
+    assert b"Traceback" not in err, err
+    assert json.loads(vmcfg("ps", "--json").stdout) == []
+
+
 def test_inject_nmi_into_running_guest(launched, write_profile):
     """An NMI injected live exits with nmi_exiting; the default handler then delivers
     it to the guest, which (the soak guest has no IDT) ends in a triple fault."""

@@ -61,9 +61,11 @@ def demo(first, second, guest, seconds, as_json):
     except ChannelError as e:
         fail(e.message)
     finally:
-        say(styled(f"3. vmcfg stop {name}", bold=True))
+        # the guest is stopped first, whatever ended the demo (a reader that closed our
+        # stdout included: the messages below may then fail, the stop must not)
         stop = subprocess.run([sys.executable, "-m", "vmcfg.cli", "stop", name, "--json"],
                               capture_output=True, text=True)
+        say(styled(f"3. vmcfg stop {name}", bold=True))
         try:
             summ = json.loads(stop.stdout).get("summary", {})
         except ValueError:

@@ -47,3 +47,88 @@ def test_soft_deadline_lets_the_crossing_block_finish(native):
     c.set_soft_deadline(20)
     uc.emu_start(BASE, 0xFFFF_FFFF)
     assert c.clear_stop() and c.count == 20 and uc.reg_read(X.UC_X86_REG_RAX) == 5
+
+
+LATE_GUEST = """
+bits 64
+org 0x100000
+        jmp start
+%include "lib64.inc"
+start:
+        gate 0x20, tick
+        lidt [idtr]
+        pic_init
+        xor al, al
+        out 0x21, al
+        mov al, 0x34                    ; PIT ch0 mode 2, period 1000 ticks
+        out 0x43, al
+        mov ax, 1000
+        out 0x40, al
+        mov al, ah
+        out 0x40, al                    ; the PIT counts from here
+        rdtsc
+        mov [rel t0], eax
+        sti
+.busy:                                  ; one long block: 32 INCs and the loop test
+%rep 32
+        inc rbx
+%endrep
+        cmp qword [rel ticks], 12
+        jb .busy
+        cli
+        mov eax, [rel t0]
+        call puthex
+        xor ecx, ecx
+.out:   mov rax, [rel stamps + rcx * 8]
+        call puthex
+        inc ecx
+        cmp ecx, 12
+        jb .out
+        call newline
+        exit 0
+tick:   push rax
+        push rdx
+        push rcx
+        rdtsc                           ; the handler's first instruction
+        mov rcx, [rel ticks]
+        mov [rel stamps + rcx * 8], rax
+        inc qword [rel ticks]
+        mov al, 0x20
+        out 0x20, al
+        pop rcx
+        pop rdx
+        pop rax
+        iretq
+align 16
+idtr:   dw 256 * 16 - 1
+        dq idt
+align 4096
+idt:    times 256 * 16 db 0
+ticks:  dq 0
+t0:     dq 0
+stamps: times 16 dq 0
+"""
+
+
+def _late_run(tmp_path):
+    from vmm_helpers import run
+    g = tmp_path / "late.asm"
+    g.write_text(LATE_GUEST)
+    res, _recs = run("baseline", str(g), max_instructions=2_000_000)
+    assert res.status == "debug-exit" and res.guest_exit_code == 0, res.message
+    vals = [int(x, 16) for x in res.console.replace("0x", " ").split()]
+    return res, vals[0], vals[1:]
+
+
+def test_timer_interrupt_is_taken_at_the_first_block_boundary_after_it(tmp_path):
+    """PIT period 1000 ticks, a guest loop made of one 34-instruction block: every interrupt
+    is taken at or after its deadline (never early), within one block of it, and the same
+    run gives the same instants."""
+    res, t0, stamps = _late_run(tmp_path)
+    assert len(stamps) == 12
+    # t0 is RDTSC one instruction after the OUT that started the PIT
+    start = t0 - 1
+    late = [s - (start + 1000 * (k + 1)) for k, s in enumerate(stamps)]
+    assert all(0 <= x <= 34 for x in late), late
+    again, t0b, stamps_b = _late_run(tmp_path)
+    assert (t0b, stamps_b) == (t0, stamps) and again.instructions == res.instructions

@@ -77,6 +77,7 @@ def new(name, from_, cpu, caps_file, wants, description, output, force, as_json)
     from ..profile.resolve import effective
     from ..profile.writer import render_new_profile
     from ..vmx.closure import ClosureError, closure, resolve_want
+    from ..vmx.kinds import kind_of
     from ..vmx.settings import SETTING_BY_PATH
     from ..vmx.table import CONTROL_BY_PATH
 
@@ -167,7 +168,7 @@ def new(name, from_, cpu, caps_file, wants, description, output, force, as_json)
     for path, v in cl.settings.items():
         s = SETTING_BY_PATH[path]
         if v is None:
-            v = True if s.kind == "bool" else copy.deepcopy(s.default)
+            v = kind_of(s).implied(s)
             if v is None:
                 fail(f"--want {path} needs a value: --want {path}=VALUE "
                            f"({s.title}; it has no default)")

@@ -24,7 +24,7 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import Comment, Null, Table, Whitespace
 
-from ..vmx.kinds import kind_of, parse_truth
+from ..vmx.kinds import ValueErrorAt, kind_of, parse_truth
 from ..vmx.settings import SETTING_BY_PATH, SETTINGS_BY_TABLE, Setting
 from ..vmx.table import ALIASES, CONTROL_BY_FIELD_KEY, FIELD_BY_KEY, FIELD_KEYS, Control, resolve_control
 from .loader import META_KEYS, Profile, load_profile_text, normalize_setting
@@ -126,10 +126,9 @@ def parse_target(name: str, *, allow_table: bool = False) -> Target:
     if head in SETTINGS_BY_TABLE:
         specs = SETTINGS_BY_TABLE[head]
         if len(specs) == 1 and specs[0].key == "*":
-            want = 3 if specs[0].kind == "cpuid" else 2
-            if len(segs) != want:
-                shape = f'{head}."0x1".eax' if want == 3 else f"{head}.CPUID"
-                raise EditError(f"[{head}] keys look like {shape}")
+            k = kind_of(specs[0])
+            if len(segs) != 1 + k.star_depth:
+                raise EditError(f"[{head}] keys look like {head}.{k.star_example}")
             return Target("star", head, None, setting=specs[0], sub=tuple(segs[1:]))
         if len(segs) == 2:
             s = SETTING_BY_PATH.get(f"{head}.{segs[1]}")
@@ -327,20 +326,17 @@ def parse_value(t: Target, text: str) -> tuple[Any, str]:
             raise EditError(f"{what}: {n:#x} does not fit the {width}-bit field")
         return n, f"0x{n:08x}"
     if t.kind == "star":
-        if t.setting.kind == "cpuid":
-            n, lit = _int_text(text, what)
-            try:        # the same checks and messages as a [cpuid] table in a file
-                normalize_setting(t.setting, {t.sub[0]: {t.sub[1]: n}})
-            except ValueError as e:
-                raise EditError(str(e)) from None
-            return n, lit
-        ok, v = _toml_value(text)
-        s = v if ok and isinstance(v, str) else text
-        try:
-            normalize_setting(t.setting, {t.sub[0]: s})
+        v, lit = _TEXT_READERS[kind_of(t.setting).edit_as](t.setting, text, what)
+        doc: Any = v
+        for seg in reversed(t.sub):
+            doc = {seg: doc}
+        try:        # the same checks and messages as the table in a file
+            normalize_setting(t.setting, doc)
+        except ValueErrorAt as e:     # its message names the key already
+            raise EditError(str(e)) from None
         except ValueError as e:
             raise EditError(f"{what}: {e}") from None
-        return s, toml_string(s)
+        return v, lit
     s = t.setting
     v, lit = _TEXT_READERS[kind_of(s).edit_as](s, text, what)
     try:
@@ -539,15 +535,19 @@ class ProfileEditor:
         value, lit = parse_value(t, text)
         if t.kind == "star":
             top = _ensure_table(self.doc, t.table, super_table=(len(t.sub) == 2))
+            first = _star_spelling(top, t)
+            if first != t.sub[0]:
+                spelt = ".".join([t.table, toml_key(first)] + [toml_key(x) for x in t.sub[1:]])
+                ch.note = f"written as {spelt} (the spelling in the file)"
             if len(t.sub) == 2:
-                if t.sub[0] not in top:
-                    top.append(t.sub[0], tomlkit.table())
-                tbl = top[t.sub[0]]
+                if first not in top:
+                    top.append(first, tomlkit.table())
+                tbl = top[first]
                 if not isinstance(tbl, MutableMapping):
-                    raise EditError(f"{t.display}: {t.sub[0]!r} is not a table in the file")
+                    raise EditError(f"{t.display}: {first!r} is not a table in the file")
                 k = t.sub[1]
             else:
-                tbl, k = top, t.sub[0]
+                tbl, k = top, first
         else:
             tbl = _ensure_table(self.doc, t.table)
             k = t.key
@@ -674,12 +674,13 @@ class ProfileEditor:
             ch.how = "removed" if spellings else "unchanged"
         elif t.kind == "star":
             tbl = _get_table(self.doc, t.table)
-            for s in t.sub[:-1]:
+            sub = ((_star_spelling(tbl, t),) + t.sub[1:]) if tbl is not None else t.sub
+            for s in sub[:-1]:
                 tbl = tbl.get(s) if tbl is not None else None
                 if tbl is not None and not isinstance(tbl, MutableMapping):
                     raise EditError(f"{t.display}: not a table in the file")
-            if tbl is not None and t.sub[-1] in tbl:
-                del tbl[t.sub[-1]]
+            if tbl is not None and sub[-1] in tbl:
+                del tbl[sub[-1]]
                 ch.how = "removed"
             else:
                 ch.how = "unchanged"
@@ -696,6 +697,20 @@ class ProfileEditor:
             if prof is not None and prof.extends and _inherited_has(prof, t):
                 ch.note += f" (its value is inherited from {prof.extends!r}; set it to override)"
         return ch
+
+
+def _star_spelling(tbl, t: Target) -> str:
+    """The key in `tbl` (a star table in the file) that names the same entry as t.sub[0]
+    ("1" and "0x1" are one CPUID leaf; "10" and "CPUID" one exit reason), else t.sub[0]."""
+    k = kind_of(t.setting)
+    want = k.star_key(t.sub[0])
+    for have in tbl.keys():
+        if str(have) == t.sub[0]:
+            return t.sub[0]
+    for have in tbl.keys():
+        if k.star_key(str(have)) == want:
+            return str(have)
+    return t.sub[0]
 
 
 def _inherited_has(prof: Profile, t: Target) -> bool:
@@ -763,7 +778,7 @@ def effective_value(resolved, key: str) -> Any:
         return getattr(resolved.profile, t.key, None) or None
     if t.kind == "star":
         v: Any = cfg.settings.get(t.table, {})
-        for s in t.sub:
+        for s in (kind_of(t.setting).star_key(t.sub[0]),) + t.sub[1:]:
             v = v.get(s) if isinstance(v, dict) else None
         return v
     if t.kind == "table":
@@ -788,10 +803,10 @@ def value_choices(key: str) -> list[str]:
         t = parse_target(key)
     except EditError:
         return []
-    if t.kind == "control" or (t.kind == "setting" and t.setting.kind == "bool"):
+    if t.kind == "control":
         return ["on", "off"]
-    if t.kind == "setting" and t.setting.kind == "enum":
-        return [str(c) for c in t.setting.choices]
+    if t.kind == "setting":
+        return kind_of(t.setting).choices(t.setting)
     if t.kind == "meta" and t.key == "cpu":
         from ..vmx.models import MODEL_NAMES
         return list(MODEL_NAMES)

@@ -399,7 +399,7 @@ def h_desc(ctx: ExitContext) -> None:
     v = ctx.vcpu
     ident = (ctx.exit.instruction_info >> 28) & 3
     ins = ctx.exit.insn
-    if ctx.reason == 46:
+    if ctx.reason == E.GDTR_IDTR_ACCESS:
         reg = X.UC_X86_REG_GDTR if ident in (0, 2) else X.UC_X86_REG_IDTR
         ea = ctx.exit.guest_linear_address or 0
         base_size = 8 if v.mode == 64 else 4

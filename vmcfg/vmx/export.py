@@ -22,6 +22,10 @@ for _f in FIELDS:
     VMCS_NAMES[_f.encoding] = _f.c_name
 
 
+# CR3_TARGET_VALUE<n> follow CR3_TARGET_VALUE0 at every second encoding (SDM: up to 256).
+MAX_CR3_TARGETS = 256
+
+
 def field_width(encoding: int) -> int:
     """Width in bits from encoding bits 14:13 (natural width = 64 on x86-64)."""
     return {0: 16, 1: 64, 2: 32, 3: 64}[(encoding >> 13) & 3]
@@ -30,8 +34,9 @@ def field_width(encoding: int) -> int:
 def vmcs_name(encoding: int) -> str:
     if encoding in VMCS_NAMES:
         return VMCS_NAMES[encoding]
-    if 0x6008 <= encoding <= 0x6206 and encoding % 2 == 0:
-        return f"CR3_TARGET_VALUE{(encoding - 0x6008) // 2}"
+    n, odd = divmod(encoding - Vmcs.CR3_TARGET_VALUE0, 2)
+    if 0 <= n < MAX_CR3_TARGETS and not odd:
+        return f"CR3_TARGET_VALUE{n}"
     return f"VMCS_FIELD_{encoding:04X}"
 
 

@@ -19,13 +19,13 @@ import re
 from typing import Any
 
 from .config import merge_ranges
+from .exits import LAST_EXCEPTION_VECTOR
+from .registers import CPUID_REGS
 from .settings import INT_RANGES, VECTOR_NAMES, Setting
 from .sizes import SIZE_PATTERN, format_size, parse_size
 
 NUMBER_PATTERN = r"(0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+|[0-9_]+)"
 RANGE_PATTERN = rf"^\s*{NUMBER_PATTERN}\s*-\s*{NUMBER_PATTERN}\s*$"
-GPR_CPUID = ("eax", "ebx", "ecx", "edx")
-LAST_EXCEPTION_VECTOR = 31
 _BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 VECTOR_BY_NUMBER: dict[int, str] = {}
 for _n, _v in VECTOR_NAMES.items():
@@ -408,12 +408,12 @@ class CpuidKind(Kind):
             seen[key] = str(leaf)
             regs_out = {}
             for r, x in regs.items():
-                if r not in GPR_CPUID:
-                    hint = difflib.get_close_matches(str(r), GPR_CPUID, n=1, cutoff=0.5)
+                if r not in CPUID_REGS:
+                    hint = difflib.get_close_matches(str(r), CPUID_REGS, n=1, cutoff=0.5)
                     raise ValueErrorAt(
                         f"CPUID leaf {leaf!r}: unknown register {r!r}"
                         + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                        + "; registers: eax, ebx, ecx, edx", (leaf, r))
+                        + f"; registers: {', '.join(CPUID_REGS)}", (leaf, r))
                 try:
                     regs_out[r] = parse_int(x, "u32")
                 except ValueError as e:
@@ -444,7 +444,7 @@ class CpuidKind(Kind):
                 "additionalProperties": {
                     "type": "object", "additionalProperties": False,
                     "description": "one CPUID leaf (\"0x1\") or leaf.subleaf (\"0x7.0\")",
-                    "properties": {r: reg for r in GPR_CPUID}}}
+                    "properties": {r: reg for r in CPUID_REGS}}}
 
 
 class HandlersKind(Kind):

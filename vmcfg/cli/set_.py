@@ -145,15 +145,20 @@ def _summary(path: str, doc: dict, res, dry_run: bool) -> None:
         err(f"{path}: no change; {state}")
 
 
+def edit_options(f):
+    """--cpu/--caps, --force, --dry-run and --json, as `set` and `unset` take them."""
+    f = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")(f)
+    f = click.option("-n", "--dry-run", is_flag=True,
+                     help="Validate and print the change as a diff (stdout); write nothing.")(f)
+    f = click.option("--force", is_flag=True, help="Write the result even if it is invalid.")(f)
+    return cpu_options(f)
+
+
 @click.command("set")
 @click.argument("profile", metavar="PROFILE", shell_complete=complete_profile_file)
 @click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...",
                 shell_complete=complete_assignment)
-@cpu_options
-@click.option("--force", is_flag=True, help="Write the result even if it is invalid.")
-@click.option("-n", "--dry-run", is_flag=True,
-              help="Validate and print the change as a diff (stdout); write nothing.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@edit_options
 def set_(profile, assignments, cpu, caps_file, force, dry_run, as_json):
     """Set KEY=VALUE in PROFILE in place, keeping every other byte of the file.
 
@@ -188,11 +193,7 @@ def set_(profile, assignments, cpu, caps_file, force, dry_run, as_json):
 @click.command()
 @click.argument("profile", metavar="PROFILE", shell_complete=complete_profile_file)
 @click.argument("keys", nargs=-1, required=True, metavar="KEY...", shell_complete=complete_key)
-@cpu_options
-@click.option("--force", is_flag=True, help="Write the result even if it is invalid.")
-@click.option("-n", "--dry-run", is_flag=True,
-              help="Validate and print the change as a diff (stdout); write nothing.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@edit_options
 def unset(profile, keys, cpu, caps_file, force, dry_run, as_json):
     """Remove KEYs from PROFILE in place (the value falls back to the parent's or
     the default).

@@ -24,6 +24,7 @@ import tomlkit
 from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import Comment, Null, Table, Whitespace
 
+from ..vmx.config import plain
 from ..vmx.kinds import ValueErrorAt, kind_of, parse_truth
 from ..vmx.settings import SETTING_BY_PATH, SETTINGS_BY_TABLE, Setting
 from ..vmx.table import ALIASES, CONTROL_BY_FIELD_KEY, FIELD_BY_KEY, FIELD_KEYS, Control, resolve_control
@@ -482,17 +483,7 @@ class Change:
 
     def to_json(self) -> dict:
         return {"key": self.key, "op": self.op, "value": self.text, "action": self.how,
-                "note": self.note, "before": _jsonable(self.before), "after": _jsonable(self.after)}
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, list):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _jsonable(x) for k, x in v.items()}
-    return v
+                "note": self.note, "before": plain(self.before), "after": plain(self.after)}
 
 
 class ProfileEditor:
@@ -771,7 +762,7 @@ def effective_value(resolved, key: str) -> Any:
         return bool(cfg.controls.get(t.control.field, 0) & t.control.mask)
     if t.kind == "setting":
         v = cfg.settings.get(t.table, {}).get(t.key)
-        return _jsonable(v)
+        return plain(v)
     if t.kind == "raw":
         return cfg.controls.get(t.key)
     if t.kind == "meta":
@@ -784,7 +775,7 @@ def effective_value(resolved, key: str) -> Any:
     if t.kind == "table":
         if t.table in FIELD_BY_KEY:
             return cfg.controls.get(t.table)
-        return _jsonable(cfg.settings.get(t.table))
+        return plain(cfg.settings.get(t.table))
     return None
 
 

@@ -9,9 +9,8 @@ The VMCS field names are the Linux arch/x86/include/asm/vmx.h spellings
 from __future__ import annotations
 
 import re
-from typing import Any
 
-from .config import VmxConfig
+from .config import VmxConfig, plain
 from .settings import SETTINGS
 from .vmcs import Vmcs
 from .table import CONTROLS_BY_FIELD, FIELDS
@@ -81,14 +80,6 @@ def raw_json(cfg: VmxConfig) -> list[dict]:
 
 # ---- json -----------------------------------------------------------------------------------
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    return v
-
-
 def export_json(resolved) -> dict:
     """The effective profile: every control field bit by bit, every setting, the VMCS values."""
     from .. import __version__
@@ -111,7 +102,7 @@ def export_json(resolved) -> dict:
                     "extends": prof.extends, "chain": list(prof.chain)},
         "cpu": resolved.caps.name, "valid": resolved.valid,
         "controls": controls,
-        "settings": _jsonable(cfg.settings),
+        "settings": plain(cfg.settings),
         "vmcs": raw_json(cfg),
         "eptp_note": "EPT_POINTER holds the EPTP flags; OR in the PML4 physical address",
     }

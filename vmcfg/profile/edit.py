@@ -57,25 +57,286 @@ def parse_key_path(name: str) -> list[str] | None:
 
 # ---- keys ----------------------------------------------------------------------------------
 
-@dataclass
 class Target:
-    kind: str                       # control | setting | meta | raw | table | star
-    table: str
-    key: str | None = None
-    control: Control | None = None
-    inverted: bool = False
-    setting: Setting | None = None
-    sub: tuple[str, ...] = ()       # star tables: (leaf, reg) or (reason,)
+    """What a dotted key names in a profile; one subclass per sort of key (a control, a
+    setting, a profile.* field, a raw field, a whole table, an entry of a free-key table).
+    Each knows how it reads `KEY=TEXT`, where it is written, its effective value and how
+    it is shown."""
+
+    is_list = False                 # takes KEY+=VALUE / KEY-=VALUE
+
+    def __init__(self, table: str, key: str | None = None, control: Control | None = None,
+                 inverted: bool = False, setting: Setting | None = None,
+                 sub: tuple[str, ...] = ()):
+        self.table = table
+        self.key = key
+        self.control = control
+        self.inverted = inverted
+        self.setting = setting
+        self.sub = sub              # star tables: (leaf, reg) or (reason,)
 
     @property
     def display(self) -> str:
-        if self.kind == "control":
-            return self.control.path
-        if self.kind == "table":
-            return self.table
-        if self.kind == "star":
-            return ".".join([self.table] + [toml_key(s) for s in self.sub])
         return f"{self.table}.{self.key}"
+
+    def parse(self, text: str) -> tuple[Any, str]:
+        """(TOML-level value, TOML literal) for KEY=text; EditError if not acceptable."""
+        raise EditError(f"{self.display} takes no value")
+
+    def place(self, doc, ch: "Change") -> tuple[Any, str]:
+        """(table in the document, key in it) where the value is written."""
+        return _ensure_table(doc, self.table), self.key
+
+    def set_in(self, ed: "ProfileEditor", op: str, text: str, ch: "Change") -> "Change":
+        value, lit = self.parse(text)
+        tbl, k = self.place(ed.doc, ch)
+        if k in tbl:
+            _set_existing(tbl, k, lit)
+            ch.how = "changed"
+        else:
+            ch.how = _insert(tbl, k, lit)
+        return ch
+
+    def unset_in(self, ed: "ProfileEditor", ch: "Change") -> None:
+        tbl = _get_table(ed.doc, self.table)
+        if tbl is not None and self.key in tbl:
+            del tbl[self.key]
+            ch.how = "removed"
+        else:
+            ch.how = "unchanged"
+
+    def inherited_in(self, prof: Profile) -> bool:
+        """Whether the merged profile `prof` sets this key (from what it extends)."""
+        return False
+
+    def effective(self, resolved) -> Any:
+        return None
+
+    def choices(self) -> list[str]:
+        """Values offered by shell completion after KEY=."""
+        return []
+
+    def show(self, v: Any) -> str | None:
+        """The human form of an effective value, or None for the plain one."""
+        return None
+
+
+class ControlTarget(Target):
+    @property
+    def display(self) -> str:
+        return self.control.path
+
+    def parse(self, text):
+        return _truth(text, self.display), ""   # literal decided by set_in (inversion)
+
+    def set_in(self, ed, op, text, ch):
+        on = _truth(text, self.display)
+        ctl = self.control
+        value = (not on) if self.inverted else on
+        raw = _get_table(ed.doc, "raw")
+        if raw is not None and ctl.field in raw:
+            v = int(raw[ctl.field])
+            nv = (v | ctl.mask) if value else (v & ~ctl.mask)
+            _set_existing(raw, ctl.field, f"0x{nv:08x}")
+            ch.how = "changed"
+            ch.note = f"[{ctl.field}] is given as raw.{ctl.field}: bit {ctl.bit} updated there"
+            return ch
+        tbl = _ensure_table(ed.doc, ctl.field)
+        spellings = _keys_for_control(tbl, ctl)
+        if spellings:
+            for k, inv in spellings:
+                _set_existing(tbl, k, "true" if (value != inv) else "false")
+            ch.how = "changed"
+            if any(k != ctl.key for k, _ in spellings):
+                ch.note = f"written as {', '.join(k for k, _ in spellings)} (the spelling in the file)"
+            return ch
+        ch.how = _insert(tbl, ctl.key, "true" if value else "false")
+        return ch
+
+    def unset_in(self, ed, ch):
+        raw = _get_table(ed.doc, "raw")
+        if raw is not None and self.control.field in raw:
+            raise EditError(f"[{self.control.field}] is given as raw.{self.control.field}; "
+                            f"use set {self.control.path}=off, or unset raw.{self.control.field}")
+        tbl = _get_table(ed.doc, self.table)
+        spellings = _keys_for_control(tbl, self.control) if tbl is not None else []
+        for k, _ in spellings:
+            del tbl[k]
+        ch.how = "removed" if spellings else "unchanged"
+
+    def inherited_in(self, prof):
+        return self.control.key in prof.controls.get(self.control.field, {})
+
+    def effective(self, resolved):
+        return bool(resolved.config.controls.get(self.control.field, 0) & self.control.mask)
+
+    def choices(self):
+        return ["on", "off"]
+
+
+class SettingTarget(Target):
+    @property
+    def is_list(self) -> bool:
+        return kind_of(self.setting).is_list
+
+    def parse(self, text):
+        s = self.setting
+        v, lit = _TEXT_READERS[kind_of(s).edit_as](s, text, self.display)
+        try:
+            normalize_setting(s, v)
+        except ValueError as e:
+            raise EditError(f"{self.display}: {e}") from None
+        return v, lit
+
+    def set_in(self, ed, op, text, ch):
+        if op != "=":
+            return ed._list_op(self, op, text, ch)
+        return super().set_in(ed, op, text, ch)
+
+    def inherited_in(self, prof):
+        return self.key in prof.settings.get(self.table, {})
+
+    def effective(self, resolved):
+        return plain(resolved.config.settings.get(self.table, {}).get(self.key))
+
+    def choices(self):
+        return kind_of(self.setting).choices(self.setting)
+
+    def show(self, v):
+        s = self.setting
+        if kind_of(s).is_ranges:
+            v = [tuple(r) for r in v]
+        try:
+            return literal(s, v)
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+class MetaTarget(Target):
+    """profile.name / description / extends / cpu."""
+
+    def parse(self, text):
+        ok, v = _toml_value(text)
+        s = v if ok and isinstance(v, str) else text
+        return s, toml_string(s)
+
+    def effective(self, resolved):
+        return getattr(resolved.profile, self.key, None) or None
+
+    def choices(self):
+        if self.key == "cpu":
+            from ..vmx.models import MODEL_NAMES
+            return list(MODEL_NAMES)
+        if self.key == "extends":
+            from .loader import builtin_names
+            return builtin_names()
+        return []
+
+
+class RawTarget(Target):
+    """raw.<field>: a whole control field as one number."""
+
+    def parse(self, text):
+        n, lit = _int_text(text, self.display)
+        width = FIELD_BY_KEY[self.key].width
+        if not 0 <= n < (1 << width):
+            raise EditError(f"{self.display}: {n:#x} does not fit the {width}-bit field")
+        return n, f"0x{n:08x}"
+
+    def effective(self, resolved):
+        return resolved.config.controls.get(self.key)
+
+    def show(self, v):
+        return f"0x{v:08x}"
+
+
+class TableTarget(Target):
+    """A whole table (`vmcfg unset p.toml tsc`)."""
+
+    @property
+    def display(self) -> str:
+        return self.table
+
+    def unset_in(self, ed, ch):
+        if self.table in ed.doc:
+            del ed.doc[self.table]
+            ch.how = "removed"
+        else:
+            ch.how = "unchanged"
+            ch.note = f"[{self.table}] is not in the file"
+
+    def effective(self, resolved):
+        if self.table in FIELD_BY_KEY:
+            return resolved.config.controls.get(self.table)
+        return plain(resolved.config.settings.get(self.table))
+
+
+class StarTarget(Target):
+    """An entry of a table of free keys: cpuid."0x1".eax, handlers.CPUID."""
+
+    @property
+    def display(self) -> str:
+        return ".".join([self.table] + [toml_key(s) for s in self.sub])
+
+    def parse(self, text):
+        v, lit = _TEXT_READERS[kind_of(self.setting).edit_as](self.setting, text, self.display)
+        doc: Any = v
+        for seg in reversed(self.sub):
+            doc = {seg: doc}
+        try:        # the same checks and messages as the table in a file
+            normalize_setting(self.setting, doc)
+        except ValueErrorAt as e:     # its message names the key already
+            raise EditError(str(e)) from None
+        except ValueError as e:
+            raise EditError(f"{self.display}: {e}") from None
+        return v, lit
+
+    def spelling(self, tbl) -> str:
+        """The key in `tbl` (the table in the file) that names the same entry as sub[0]
+        ("1" and "0x1" are one CPUID leaf; "10" and "CPUID" one exit reason), else sub[0]."""
+        k = kind_of(self.setting)
+        want = k.star_key(self.sub[0])
+        for have in tbl.keys():
+            if str(have) == self.sub[0]:
+                return self.sub[0]
+        for have in tbl.keys():
+            if k.star_key(str(have)) == want:
+                return str(have)
+        return self.sub[0]
+
+    def place(self, doc, ch):
+        top = _ensure_table(doc, self.table, super_table=(len(self.sub) == 2))
+        first = self.spelling(top)
+        if first != self.sub[0]:
+            spelt = ".".join([self.table, toml_key(first)] + [toml_key(x) for x in self.sub[1:]])
+            ch.note = f"written as {spelt} (the spelling in the file)"
+        if len(self.sub) == 1:
+            return top, first
+        if first not in top:
+            top.append(first, tomlkit.table())
+        tbl = top[first]
+        if not isinstance(tbl, MutableMapping):
+            raise EditError(f"{self.display}: {first!r} is not a table in the file")
+        return tbl, self.sub[1]
+
+    def unset_in(self, ed, ch):
+        tbl = _get_table(ed.doc, self.table)
+        sub = ((self.spelling(tbl),) + self.sub[1:]) if tbl is not None else self.sub
+        for s in sub[:-1]:
+            tbl = tbl.get(s) if tbl is not None else None
+            if tbl is not None and not isinstance(tbl, MutableMapping):
+                raise EditError(f"{self.display}: not a table in the file")
+        if tbl is not None and sub[-1] in tbl:
+            del tbl[sub[-1]]
+            ch.how = "removed"
+        else:
+            ch.how = "unchanged"
+
+    def effective(self, resolved):
+        v: Any = resolved.config.settings.get(self.table, {})
+        for s in (kind_of(self.setting).star_key(self.sub[0]),) + self.sub[1:]:
+            v = v.get(s) if isinstance(v, dict) else None
+        return v
 
 
 def _all_keys() -> list[str]:
@@ -104,14 +365,14 @@ def parse_target(name: str, *, allow_table: bool = False) -> Target:
     if head == "profile" and len(segs) == 2:
         if segs[1] not in META_KEYS:
             raise EditError(f"unknown key profile.{segs[1]}; keys: {', '.join(META_KEYS)}")
-        return Target("meta", "profile", segs[1])
+        return MetaTarget("profile", segs[1])
     if head == "raw" and len(segs) == 2:
         if segs[1] not in FIELD_BY_KEY:
             raise EditError(f"unknown field raw.{segs[1]}; fields: {', '.join(FIELD_KEYS)}")
-        return Target("raw", "raw", segs[1])
+        return RawTarget("raw", segs[1])
     if len(segs) == 1 and allow_table and (head in FIELD_BY_KEY or head in SETTINGS_BY_TABLE
                                            or head in ("profile", "raw")):
-        return Target("table", head)
+        return TableTarget(head)
     if head in FIELD_BY_KEY and len(segs) == 2:
         hits = resolve_control(segs[1], head)
         if not hits:
@@ -123,14 +384,14 @@ def parse_target(name: str, *, allow_table: bool = False) -> Target:
             extra = f" (did you mean {head}.{hint[0]}?)" if hint else ""
             raise EditError(f"unknown control {segs[1]!r} in [{head}]{extra}")
         c, inv = hits[0]
-        return Target("control", head, c.key, c, inv)
+        return ControlTarget(head, c.key, c, inv)
     if head in SETTINGS_BY_TABLE:
         specs = SETTINGS_BY_TABLE[head]
         if len(specs) == 1 and specs[0].key == "*":
             k = kind_of(specs[0])
             if len(segs) != 1 + k.star_depth:
                 raise EditError(f"[{head}] keys look like {head}.{k.star_example}")
-            return Target("star", head, None, setting=specs[0], sub=tuple(segs[1:]))
+            return StarTarget(head, None, setting=specs[0], sub=tuple(segs[1:]))
         if len(segs) == 2:
             s = SETTING_BY_PATH.get(f"{head}.{segs[1]}")
             if s is None:
@@ -139,7 +400,7 @@ def parse_target(name: str, *, allow_table: bool = False) -> Target:
                 extra = f" (did you mean {head}.{hint[0]}?)" if hint else ""
                 raise EditError(f"unknown setting {segs[1]!r} in [{head}]{extra}; keys: "
                                 f"{', '.join(keys)}")
-            return Target("setting", head, s.key, setting=s)
+            return SettingTarget(head, s.key, setting=s)
     # a bare control name or vendor alias (possibly containing dots? no: whole name)
     hits = resolve_control(name)
     if len(hits) > 1:
@@ -147,7 +408,7 @@ def parse_target(name: str, *, allow_table: bool = False) -> Target:
                         f"write the table, e.g. {hits[0][0].path}")
     if hits:
         c, inv = hits[0]
-        return Target("control", c.field, c.key, c, inv)
+        return ControlTarget(c.field, c.key, c, inv)
     raise _unknown(name)
 
 
@@ -313,38 +574,7 @@ def _split_top(s: str) -> list[str]:
 
 def parse_value(t: Target, text: str) -> tuple[Any, str]:
     """(TOML-level value, TOML literal) for `t = text`; EditError if it is not acceptable."""
-    what = t.display
-    if t.kind == "control":
-        return _truth(text, what), ""   # literal decided by the caller (inversion)
-    if t.kind == "meta":
-        ok, v = _toml_value(text)
-        s = v if ok and isinstance(v, str) else text
-        return s, toml_string(s)
-    if t.kind == "raw":
-        n, lit = _int_text(text, what)
-        width = FIELD_BY_KEY[t.key].width
-        if not 0 <= n < (1 << width):
-            raise EditError(f"{what}: {n:#x} does not fit the {width}-bit field")
-        return n, f"0x{n:08x}"
-    if t.kind == "star":
-        v, lit = _TEXT_READERS[kind_of(t.setting).edit_as](t.setting, text, what)
-        doc: Any = v
-        for seg in reversed(t.sub):
-            doc = {seg: doc}
-        try:        # the same checks and messages as the table in a file
-            normalize_setting(t.setting, doc)
-        except ValueErrorAt as e:     # its message names the key already
-            raise EditError(str(e)) from None
-        except ValueError as e:
-            raise EditError(f"{what}: {e}") from None
-        return v, lit
-    s = t.setting
-    v, lit = _TEXT_READERS[kind_of(s).edit_as](s, text, what)
-    try:
-        normalize_setting(s, v)
-    except ValueError as e:
-        raise EditError(f"{what}: {e}") from None
-    return v, lit
+    return t.parse(text)
 
 
 # ---- tomlkit helpers ------------------------------------------------------------------------
@@ -515,62 +745,10 @@ class ProfileEditor:
     def set(self, key: str, op: str, text: str) -> Change:
         t = parse_target(key)
         ch = Change(t.display, op, text)
-        if op != "=":
-            if t.kind != "setting" or not kind_of(t.setting).is_list:
-                lists = [s.path for s in SETTING_BY_PATH.values() if kind_of(s).is_list]
-                raise EditError(f"{t.display}: {op} works on lists only ({', '.join(lists)})")
-            return self._list_op(t, op, text, ch)
-        if t.kind == "control":
-            on = _truth(text, t.display)
-            return self._set_control(t, on, ch)
-        value, lit = parse_value(t, text)
-        if t.kind == "star":
-            top = _ensure_table(self.doc, t.table, super_table=(len(t.sub) == 2))
-            first = _star_spelling(top, t)
-            if first != t.sub[0]:
-                spelt = ".".join([t.table, toml_key(first)] + [toml_key(x) for x in t.sub[1:]])
-                ch.note = f"written as {spelt} (the spelling in the file)"
-            if len(t.sub) == 2:
-                if first not in top:
-                    top.append(first, tomlkit.table())
-                tbl = top[first]
-                if not isinstance(tbl, MutableMapping):
-                    raise EditError(f"{t.display}: {first!r} is not a table in the file")
-                k = t.sub[1]
-            else:
-                tbl, k = top, first
-        else:
-            tbl = _ensure_table(self.doc, t.table)
-            k = t.key
-        if k in tbl:
-            _set_existing(tbl, k, lit)
-            ch.how = "changed"
-        else:
-            ch.how = _insert(tbl, k, lit)
-        return ch
-
-    def _set_control(self, t: Target, on: bool, ch: Change) -> Change:
-        ctl = t.control
-        value = (not on) if t.inverted else on
-        raw = _get_table(self.doc, "raw")
-        if raw is not None and ctl.field in raw:
-            v = int(raw[ctl.field])
-            nv = (v | ctl.mask) if value else (v & ~ctl.mask)
-            _set_existing(raw, ctl.field, f"0x{nv:08x}")
-            ch.how = "changed"
-            ch.note = f"[{ctl.field}] is given as raw.{ctl.field}: bit {ctl.bit} updated there"
-            return ch
-        tbl = _ensure_table(self.doc, ctl.field)
-        spellings = _keys_for_control(tbl, ctl)
-        if spellings:
-            for k, inv in spellings:
-                _set_existing(tbl, k, "true" if (value != inv) else "false")
-            ch.how = "changed"
-            if any(k != ctl.key for k, _ in spellings):
-                ch.note = f"written as {', '.join(k for k, _ in spellings)} (the spelling in the file)"
-            return ch
-        ch.how = _insert(tbl, ctl.key, "true" if value else "false")
-        return ch
+        if op != "=" and not t.is_list:
+            lists = [s.path for s in SETTING_BY_PATH.values() if kind_of(s).is_list]
+            raise EditError(f"{t.display}: {op} works on lists only ({', '.join(lists)})")
+        return t.set_in(self, op, text, ch)
 
     def _list_op(self, t: Target, op: str, text: str, ch: Change) -> Change:
         s = t.setting
@@ -645,71 +823,13 @@ class ProfileEditor:
     def unset(self, key: str) -> Change:
         t = parse_target(key, allow_table=True)
         ch = Change(t.display, "unset")
-        if t.kind == "table":
-            if t.table in self.doc:
-                del self.doc[t.table]
-                ch.how = "removed"
-            else:
-                ch.how = "unchanged"
-                ch.note = f"[{t.table}] is not in the file"
-            return ch
-        if t.kind == "control":
-            raw = _get_table(self.doc, "raw")
-            if raw is not None and t.control.field in raw:
-                raise EditError(f"[{t.control.field}] is given as raw.{t.control.field}; "
-                                f"use set {t.control.path}=off, or unset raw.{t.control.field}")
-            tbl = _get_table(self.doc, t.table)
-            spellings = _keys_for_control(tbl, t.control) if tbl is not None else []
-            for k, _ in spellings:
-                del tbl[k]
-            ch.how = "removed" if spellings else "unchanged"
-        elif t.kind == "star":
-            tbl = _get_table(self.doc, t.table)
-            sub = ((_star_spelling(tbl, t),) + t.sub[1:]) if tbl is not None else t.sub
-            for s in sub[:-1]:
-                tbl = tbl.get(s) if tbl is not None else None
-                if tbl is not None and not isinstance(tbl, MutableMapping):
-                    raise EditError(f"{t.display}: not a table in the file")
-            if tbl is not None and sub[-1] in tbl:
-                del tbl[sub[-1]]
-                ch.how = "removed"
-            else:
-                ch.how = "unchanged"
-        else:
-            tbl = _get_table(self.doc, t.table)
-            if tbl is not None and t.key in tbl:
-                del tbl[t.key]
-                ch.how = "removed"
-            else:
-                ch.how = "unchanged"
-        if ch.how == "unchanged":
+        t.unset_in(self, ch)
+        if ch.how == "unchanged" and not ch.note:
             ch.note = f"{t.display} is not set in this file"
             prof = self._current_profile()
-            if prof is not None and prof.extends and _inherited_has(prof, t):
+            if prof is not None and prof.extends and t.inherited_in(prof):
                 ch.note += f" (its value is inherited from {prof.extends!r}; set it to override)"
         return ch
-
-
-def _star_spelling(tbl, t: Target) -> str:
-    """The key in `tbl` (a star table in the file) that names the same entry as t.sub[0]
-    ("1" and "0x1" are one CPUID leaf; "10" and "CPUID" one exit reason), else t.sub[0]."""
-    k = kind_of(t.setting)
-    want = k.star_key(t.sub[0])
-    for have in tbl.keys():
-        if str(have) == t.sub[0]:
-            return t.sub[0]
-    for have in tbl.keys():
-        if k.star_key(str(have)) == want:
-            return str(have)
-    return t.sub[0]
-
-
-def _inherited_has(prof: Profile, t: Target) -> bool:
-    if t.kind == "control":
-        return t.control.key in prof.controls.get(t.control.field, {})
-    if t.kind == "setting":
-        return t.key in prof.settings.get(t.table, {})
-    return False
 
 
 def _norm_set(s: Setting, items: list) -> set[int]:
@@ -757,26 +877,7 @@ def effective_value(resolved, key: str) -> Any:
         t = parse_target(key, allow_table=True)
     except EditError:
         return None
-    cfg = resolved.config
-    if t.kind == "control":
-        return bool(cfg.controls.get(t.control.field, 0) & t.control.mask)
-    if t.kind == "setting":
-        v = cfg.settings.get(t.table, {}).get(t.key)
-        return plain(v)
-    if t.kind == "raw":
-        return cfg.controls.get(t.key)
-    if t.kind == "meta":
-        return getattr(resolved.profile, t.key, None) or None
-    if t.kind == "star":
-        v: Any = cfg.settings.get(t.table, {})
-        for s in (kind_of(t.setting).star_key(t.sub[0]),) + t.sub[1:]:
-            v = v.get(s) if isinstance(v, dict) else None
-        return v
-    if t.kind == "table":
-        if t.table in FIELD_BY_KEY:
-            return cfg.controls.get(t.table)
-        return plain(cfg.settings.get(t.table))
-    return None
+    return t.effective(resolved)
 
 
 def set_key_names() -> list[str]:
@@ -791,20 +892,9 @@ def set_key_names() -> list[str]:
 def value_choices(key: str) -> list[str]:
     """Values offered by shell completion after KEY=."""
     try:
-        t = parse_target(key)
+        return parse_target(key).choices()
     except EditError:
         return []
-    if t.kind == "control":
-        return ["on", "off"]
-    if t.kind == "setting":
-        return kind_of(t.setting).choices(t.setting)
-    if t.kind == "meta" and t.key == "cpu":
-        from ..vmx.models import MODEL_NAMES
-        return list(MODEL_NAMES)
-    if t.kind == "meta" and t.key == "extends":
-        from .loader import builtin_names
-        return builtin_names()
-    return []
 
 
 def display_value(key: str, v: Any) -> str:
@@ -814,19 +904,11 @@ def display_value(key: str, v: Any) -> str:
     if isinstance(v, bool):
         return "on" if v else "off"
     try:
-        t = parse_target(key, allow_table=True)
+        shown = parse_target(key, allow_table=True).show(v)
     except EditError:
-        t = None
-    if t is not None and t.kind == "raw":
-        return f"0x{v:08x}"
-    if t is not None and t.kind == "setting":
-        s = t.setting
-        if kind_of(s).is_ranges:
-            v = [tuple(r) for r in v]
-        try:
-            return literal(s, v)
-        except (ValueError, TypeError, KeyError):
-            pass
+        shown = None
+    if shown is not None:
+        return shown
     if isinstance(v, int):
         return str(v) if -0x10000 < v < 0x10000 else f"0x{v:x}"
     if isinstance(v, str):

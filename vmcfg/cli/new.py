@@ -71,7 +71,7 @@ def new(name, from_, cpu, caps_file, wants, description, output, force, as_json)
     """
     from ..profile import ProfileError, load_caps, load_profile, resolve_profile
     from ..profile.atomic import WriteError, atomic_write
-    from ..profile.edit import EditError, SettingTarget, parse_value
+    from ..profile.keys import EditError, SettingTarget, parse_value
     from ..profile.loader import load_profile_text
     from ..profile.loader import builtin_path, normalize_setting
     from ..profile.resolve import effective

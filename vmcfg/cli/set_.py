@@ -23,7 +23,7 @@ from .report import finish
 def complete_assignment(ctx, param, incomplete):
     """KEY=VALUE completion for `set`: keys from the tables, then values of that key."""
     from click.shell_completion import CompletionItem
-    from ..profile.edit import set_key_names, value_choices
+    from ..profile.keys import set_key_names, value_choices
     # bash splits "KEY=VALUE" at '=' (COMP_WORDBREAKS): the words before are KEY and '='
     prior = list((ctx.params or {}).get("assignments") or ())
     if prior and prior[-1] == "=" and len(prior) >= 2:
@@ -44,7 +44,7 @@ def complete_assignment(ctx, param, incomplete):
 
 def complete_key(ctx, param, incomplete):
     from click.shell_completion import CompletionItem
-    from ..profile.edit import set_key_names
+    from ..profile.keys import set_key_names
     from ..vmx.settings import SETTING_TABLES
     from ..vmx.table import FIELD_KEYS
     keys = set_key_names() + list(FIELD_KEYS) + list(SETTING_TABLES)
@@ -54,7 +54,7 @@ def complete_key(ctx, param, incomplete):
 # ---- set / unset ------------------------------------------------------------------------------
 
 def _fmt(key: str, v) -> str:
-    from ..profile.edit import display_value
+    from ..profile.keys import display_value
     return display_value(key, v)
 
 
@@ -62,7 +62,7 @@ def run_edit(path: str, ops: list[tuple], *, cpu, caps_file, force: bool, dry_ru
              as_json: bool) -> int:
     """Stage `ops` (("set", key, op, value) / ("unset", key)) in one ProfileTransaction,
     check, commit unless refused or a dry run; render the report."""
-    from ..profile.edit import EditError
+    from ..profile.values import EditError
     from ..profile.source import ProfileError
     from ..profile.transaction import ProfileTransaction, Refused, WriteError
 
@@ -177,7 +177,7 @@ def set_(profile, assignments, cpu, caps_file, force, dry_run, as_json):
     Exit status: 0 written or nothing to do, 1 refused (invalid result),
     2 bad key/value or unreadable file.
     """
-    from ..profile.edit import EditError, split_assignment
+    from ..profile.keys import EditError, split_assignment
     path = profile_file(profile, "set")
     ops = []
     for a in assignments:

@@ -190,7 +190,7 @@ class ProfileTransaction:
         value before and after (`Change.before`/`.after`)."""
         v = self._verdict(self.text)
         if self.changes:
-            from .edit import effective_value
+            from .keys import effective_value
             old = self.before()
             for ch in self.changes:
                 ch.before = effective_value(old.resolved, ch.key) if old.resolved else None

@@ -46,7 +46,8 @@ class RunLoopMixin:
                 if ev is not None:
                     self._entry_exit(ev)
                     continue
-                deadline, dkind = self._deadline()
+                deadline, dkind, soft = self._deadline()
+                counter.set_soft_deadline(soft)
                 count = 0
                 if self._iw_steps or self._on["primary.monitor_trap_flag"] or \
                         self._smc_page is not None:

@@ -289,3 +289,26 @@ def test_every_setting_kind_has_one_class():
         assert k.parse(s, v) == v, s.path
         import tomllib
         assert k.parse(s, tomllib.loads(f"x = {k.literal(s, v)}")["x"]) == v, s.path
+
+
+# ---- the vCPU package --------------------------------------------------------------------
+
+def test_vcpu_parts_name_exit_reasons_and_do_not_import_in_a_circle():
+    """The vCPU is one module per part of its state; exits are named by `Exit`, never by a
+    number; the default handlers and the run's outcome do not import the vCPU back."""
+    import ast
+    import pathlib
+    pkg = pathlib.Path(ROOT, "vmcfg", "vmm", "vcpu")
+    parts = sorted(p.stem for p in pkg.glob("*.py"))
+    assert {"core", "registers", "memory", "codepages", "intercepts", "events", "vtime",
+            "reconfig", "runloop"} <= set(parts)
+    bare = re.compile(r"\b(?:_exit|_trap_exit|VmExit|_entry_exit)\(\s*\d")
+    for p in pkg.glob("*.py"):
+        text = p.read_text()
+        assert not bare.search(text), f"{p.name}: an exit reason written as a number"
+        assert len(text.splitlines()) < 800, f"{p.name} is growing back into a monolith"
+    for leaf in ("handlers.py", "outcome.py"):
+        tree = ast.parse(pathlib.Path(ROOT, "vmcfg", "vmm", leaf).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert "vcpu" not in (node.module or ""), f"{leaf} imports the vCPU back"

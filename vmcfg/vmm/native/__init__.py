@@ -122,7 +122,7 @@ def status() -> str:
 class FastExit:
     """The state block of one vCPU, its per-address entries, and the hook function."""
 
-    def __init__(self, reg_ids: list[int], cr4_id: int, counter_state, *, native: bool | None = None):
+    def __init__(self, reg_ids: list[int], cr4_id: int, *, native: bool | None = None):
         lib = library() if native is not False else None
         if native and lib is None:
             raise RuntimeError(f"the native exit path is not available: {status()}")
@@ -132,7 +132,6 @@ class FastExit:
         st.version = FX_VERSION
         for i in range(NREASONS // 64):
             st.py_mask[i] = (1 << 64) - 1           # every reason to Python until it is known
-        st.counter = ctypes.addressof(counter_state)
         for i, r in enumerate(reg_ids):
             st.reg_ids[i] = r
         st.cr4_id = cr4_id
@@ -142,6 +141,7 @@ class FastExit:
         st.io_bitmap = ctypes.addressof(self._bitmap)
         self._entries: dict[int, FxEntry] = {}
         self._latch_ports: dict[int, int] = {}
+        self._cpuid_keys: set = set()
         self._py_cb = None
         self.hook_fn: ctypes.c_void_p | None = None
         if lib is not None:
@@ -151,6 +151,11 @@ class FastExit:
             st.read_batch = ctypes.cast(uclib.uc_reg_read_batch, ctypes.c_void_p).value
             st.write_batch = ctypes.cast(uclib.uc_reg_write_batch, ctypes.c_void_p).value
             self.hook_fn = ctypes.cast(lib.fx_trap, ctypes.c_void_p)
+
+    def attach_counter(self, counter_state) -> None:
+        """The block counter's state words (counter.py): the C side keeps the count exact."""
+        self._counter_state = counter_state
+        self.state.counter = ctypes.addressof(counter_state)
 
     def set_python_trap(self, fn) -> None:
         """The Python trap path, `fn(uch, address, size, entry_ptr)`; the C hook calls it when
@@ -192,10 +197,10 @@ class FastExit:
         e.port = port
         e.kind = k
 
-    @staticmethod
-    def set_prefix(e: FxEntry, block: int, prefix: int) -> None:
-        e.block = block
-        e.prefix = prefix
+    def forget_prefixes(self) -> None:
+        """Code changed somewhere: the cached block prefixes may be wrong."""
+        for e in self._entries.values():
+            e.block = 0
 
     # ---- what the fast path may do -------------------------------------------------------
     def set_fast(self, on: bool) -> None:
@@ -203,7 +208,7 @@ class FastExit:
         st.flags = (st.flags | FAST) if on else (st.flags & ~FAST)
 
     def configure(self, *, rdtsc_exiting: bool, tsc_offsetting: bool, tsc_scaling: bool,
-                  tsc_offset: int, tsc_multiplier: int, io_bitmaps: bool, io_unconditional: bool,
+                  io_bitmaps: bool, io_unconditional: bool,
                   bitmap: bytes | None, tsc_per_insn: int, exit_cost: int) -> None:
         st = self.state
         f = st.flags & FAST
@@ -212,8 +217,6 @@ class FastExit:
         f |= TSC_SCALE if tsc_scaling else 0
         f |= IO_BITMAPS if io_bitmaps else 0
         f |= IO_UNCOND if io_unconditional else 0
-        st.tsc_offset = tsc_offset & ((1 << 64) - 1)
-        st.tsc_mult = tsc_multiplier & ((1 << 64) - 1)
         st.tsc_per_insn = tsc_per_insn
         st.exit_cost = exit_cost
         if bitmap is not None:
@@ -238,8 +241,10 @@ class FastExit:
         """Cache a CPUID result; sub None = the same for every ECX."""
         st = self.state
         n = st.ncpuid
-        if n >= NCPUID:
+        key = (leaf, sub)
+        if n >= NCPUID or key in self._cpuid_keys:
             return
+        self._cpuid_keys.add(key)
         c = st.cpuid[n]
         c.leaf, c.sub, c.any = leaf & 0xFFFFFFFF, (sub or 0) & 0xFFFFFFFF, 1 if sub is None else 0
         for i in range(4):
@@ -249,6 +254,7 @@ class FastExit:
 
     def cpuid_clear(self) -> None:
         self.state.ncpuid = 0
+        self._cpuid_keys.clear()
 
     # ---- latch ports ---------------------------------------------------------------------------
     def add_latch(self, port: int, wmask: int, read_cell: bool, value: int = 0) -> FxLatch:

@@ -87,6 +87,7 @@ class RunLoopMixin:
                     dec = self._decode_any(self.rip)
                     until = (self.rip + (dec.len if dec is not None else 1))
                     count = 2
+                self._fx_arm(count)
                 try:
                     uc.emu_start(begin, until, 0, count)
                 except UcError as e:

@@ -214,3 +214,30 @@ def test_build_without_a_compiler_falls_back(tmp_path):
                        cwd=ROOT, env=dict(os.environ, VMCFG_NO_NATIVE="1"),
                        capture_output=True, text=True, timeout=120)
     assert q.returncode == 0, q.stderr
+
+
+@pytest.mark.parametrize("limit", [None, 3_000])
+def test_mtf_stepping_agrees(monkeypatch, limit):
+    """Monitor trap flag with the default handler: one MTF exit per retired instruction, the
+    virtual TSC (which counts exits) read in between, other exits in between."""
+    cfg = _cfg("baseline", "primary.monitor_trap_flag")
+    body = ("nop\nrdtsc\nadd r9, rax\nxor eax, eax\ncpuid\nout 0x80, al\n"
+            "mov ecx, 3\ninner: loop inner")
+    res, v = _both(cfg, _image(LOOP.format(n=400, body=body)), monkeypatch,
+                   max_instructions=limit)
+    counts = res.exit_counts()
+    assert res.status == ("debug-exit" if limit is None else "instruction-limit")
+    # the debug-exit OUT ends the run before its MTF exit
+    assert counts["MONITOR_TRAP_FLAG"] == res.instructions - (1 if limit is None else 0)
+    if BUILT:
+        # (the last 1,200 before an instruction limit are stepped by count, in Python)
+        assert v.fx.state.stats[int(Exit.MONITOR_TRAP_FLAG)] > 0.5 * counts["MONITOR_TRAP_FLAG"]
+
+
+def test_mtf_user_handler_sees_every_step(monkeypatch):
+    cfg = _cfg("baseline", "primary.monitor_trap_flag")
+    seen = []
+    im = _image(LOOP.format(n=200, body="nop\nnop"))
+    res, _g, v = _run(cfg, im, monkeypatch, python=False,
+                      handlers={Exit.MONITOR_TRAP_FLAG: lambda ctx: seen.append(ctx.exit.rip)})
+    assert len(seen) == res.exit_counts()["MONITOR_TRAP_FLAG"] == res.instructions - 1

@@ -21,7 +21,7 @@ import ctypes
 import importlib.machinery
 import os
 
-FX_VERSION = 3
+FX_VERSION = 4
 NSNAP = 18
 NWRITE = 32
 NREASONS = 128
@@ -68,7 +68,8 @@ class FxState(ctypes.Structure):
                 ("wids", _u64 * NWRITE), ("wvals", _u64 * NWRITE), ("pc_write", _u64),
                 ("pc", _u64), ("stats", _u64 * NREASONS), ("stats_ns", _u64 * NREASONS),
                 ("fast", _u64), ("slow", _u64), ("ncpuid", _u64),
-                ("cpuid", FxCpuid * NCPUID), ("latch", FxLatch * NLATCH)]
+                ("cpuid", FxCpuid * NCPUID), ("latch", FxLatch * NLATCH),
+                ("mtf_on", _u64), ("mtf_started", _u64), ("mtf_skip", _u64), ("mtf_done", _u64)]
 
 
 class FxEntry(ctypes.Structure):
@@ -144,6 +145,7 @@ class FastExit:
         self._cpuid_keys: set = set()
         self._py_cb = None
         self.hook_fn: ctypes.c_void_p | None = None
+        self.step_fn: ctypes.c_void_p | None = None
         if lib is not None:
             from unicorn.unicorn_py3.unicorn import uclib
             st.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
@@ -151,6 +153,7 @@ class FastExit:
             st.read_batch = ctypes.cast(uclib.uc_reg_read_batch, ctypes.c_void_p).value
             st.write_batch = ctypes.cast(uclib.uc_reg_write_batch, ctypes.c_void_p).value
             self.hook_fn = ctypes.cast(lib.fx_trap, ctypes.c_void_p)
+            self.step_fn = ctypes.cast(lib.fx_step, ctypes.c_void_p)
 
     def attach_counter(self, counter_state) -> None:
         """The block counter's state words (counter.py): the C side keeps the count exact."""
@@ -235,6 +238,19 @@ class FastExit:
     def all_python(self) -> None:
         for i in range(NREASONS // 64):
             self.state.py_mask[i] = (1 << 64) - 1
+
+    # ---- monitor-trap-flag stepping ----------------------------------------------------------
+    def mtf_begin(self) -> None:
+        st = self.state
+        st.mtf_started = st.mtf_done = 0
+        st.mtf_skip = (1 << 64) - 1
+        st.mtf_on = 1
+
+    def mtf_end(self) -> int:
+        """Stop; the MTF exits the C side did since mtf_begin."""
+        st = self.state
+        st.mtf_on = 0
+        return st.mtf_done
 
     # ---- CPUID results ----------------------------------------------------------------------
     def cpuid_put(self, leaf: int, sub: int | None, regs) -> None:

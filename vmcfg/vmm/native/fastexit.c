@@ -27,7 +27,7 @@
 #include <string.h>
 #include <time.h>
 
-#define FX_VERSION 3
+#define FX_VERSION 4
 #define FX_NSNAP 18            /* RAX..R15, RIP, RFLAGS */
 #define FX_NWRITE 32
 #define FX_NREASONS 128
@@ -51,7 +51,7 @@ enum { W_COUNTER = 0, W_LAST_ADDR = 5, W_LAST_SIZE = 6, W_STOP = 8, W_LAST_N = 1
 /* snapshot slots */
 enum { S_RAX = 0, S_RCX = 1, S_RDX = 2, S_RBX = 3, S_RIP = 16, S_RFLAGS = 17 };
 
-enum { R_CPUID = 10, R_RDTSC = 16, R_IO = 30 };
+enum { R_CPUID = 10, R_RDTSC = 16, R_IO = 30, R_MTF = 37 };
 
 typedef void uc_engine;
 typedef int (*reg_read_t)(uc_engine *, int, void *);
@@ -104,6 +104,10 @@ typedef struct fx_state {
     uint64_t ncpuid;
     fx_cpuid cpuid[FX_NCPUID];
     fx_latch latch[FX_NLATCH];
+    uint64_t mtf_on;           /* monitor-trap-flag stepping in C (fx_step is hooked) */
+    uint64_t mtf_started;      /* an instruction began in this emu_start */
+    uint64_t mtf_skip;         /* fx_trap did the boundary at this address already */
+    uint64_t mtf_done;         /* MTF exits done in this emu_start */
 } fx_state;
 
 typedef struct fx_entry {
@@ -285,10 +289,43 @@ static int fast(uc_engine *uc, uint64_t address, fx_entry *e, fx_state *st)
     return 1;
 }
 
+/* Monitor trap flag with the default handler: an MTF exit after every instruction, i.e.
+ * at every instruction boundary but the first of an emu_start (the Python side does the
+ * one after the last instruction that retired, and the first exit of the reason). */
+static inline void mtf_boundary(fx_state *st)
+{
+    if (st->mtf_started) {
+        st->exit_count++;
+        st->stats[R_MTF]++;
+        st->mtf_done++;
+    } else {
+        st->mtf_started = 1;
+    }
+}
+
+/* UC_HOOK_CODE over all code while MTF stepping runs here (user data: the state).  Unicorn
+ * calls it after the trap hook of the same address, which has done the boundary then. */
+void fx_step(uc_engine *uc, uint64_t address, uint32_t size, void *user_data)
+{
+    fx_state *st = (fx_state *)user_data;
+    (void)uc; (void)size;
+    if (!st->mtf_on)
+        return;
+    if (st->mtf_skip == address) {
+        st->mtf_skip = ~0ull;
+        return;
+    }
+    mtf_boundary(st);
+}
+
 void fx_trap(uc_engine *uc, uint64_t address, uint32_t size, void *user_data)
 {
     fx_entry *e = (fx_entry *)user_data;
     fx_state *st = e->st;
+    if (st->mtf_on) {
+        mtf_boundary(st);
+        st->mtf_skip = address;
+    }
     if (e->kind && (st->flags & FX_FAST) && fast(uc, address, e, st))
         return;
     /* the Python path: registers in one batch before, queued writes in one batch after */

@@ -6,8 +6,11 @@ and every trap takes the Python path (intercepts.py)."""
 
 from __future__ import annotations
 
-from unicorn import x86_const as X
+import ctypes
+from unicorn import UC_HOOK_CODE, UcError, x86_const as X
+from unicorn.unicorn_py3.unicorn import uclib
 from .. import decode as D
+from ..exitinfo import VmExit
 from ...vmx.exits import Exit
 from ..native import NWRITE, FastExit
 from .common import EXIT_COST, MASK64, TSC_PER_INSN, _GPR64
@@ -30,6 +33,8 @@ class FastExitMixin:
         self._fxs = self.fx.state
         self._fx_native = self.fx.native
         self._fx_exits_ok: bool | None = None
+        self._fx_step_hook: int | None = None     # fx_step over all code (MTF stepping)
+        self._fx_mtf_from: int | None = None      # icount at the start of a native MTF run
 
     def _fx_attach(self) -> None:
         """After the block counter and the devices exist."""
@@ -97,11 +102,13 @@ class FastExitMixin:
                           tsc_per_insn=TSC_PER_INSN, exit_cost=EXIT_COST)
         self._fx_exits_ok = None              # re-decided at the next emu_start
 
-    def _fx_arm(self, count: int) -> None:
-        """Before emu_start: may the native path finish traps (and exits) on its own?"""
+    def _fx_arm(self, count: int, mtf: bool = False) -> None:
+        """Before emu_start: may the native path finish traps (and exits) on its own?
+        mtf: it also does the monitor-trap-flag exits (see _fx_mtf_ok)."""
         fx = self.fx
         if not self._fx_native:
             return
+        self._fx_step(mtf)
         ok = not count and self.clock == "virtual" and self._skip_once is None \
             and self._pending_cfg is None
         fx.set_fast(ok)
@@ -114,6 +121,52 @@ class FastExitMixin:
             for r in FX_REASONS:
                 fx.python_only(r, not (exits_ok and r in self.exit_stats
                                        and r not in self.user_handlers))
+
+    # ---- monitor-trap-flag stepping ----------------------------------------------------------
+    def _fx_mtf_ok(self) -> bool:
+        """MTF single-stepping may run natively (no count=1 emu_start per instruction): the
+        default handler, nothing else that must look at every instruction boundary (events,
+        windows, timers, a trace), and the reason already seen once (exit order)."""
+        on = self._on
+        return bool(self._fx_native and self.clock == "virtual" and self.trace is None
+                    and Exit.MONITOR_TRAP_FLAG in self.exit_stats
+                    and Exit.MONITOR_TRAP_FLAG not in self.user_handlers
+                    and not self._iw_steps and self._smc_page is None
+                    and self._skip_once is None and self._pending_cfg is None
+                    and not on["pin.activate_vmx_preemption_timer"]
+                    and not on["primary.interrupt_window_exiting"]
+                    and not on["primary.nmi_window_exiting"]
+                    and self.platform.next_event() is None and not self._virq
+                    and not self._nmi_reflect and not self._nmi_pending)
+
+    def _fx_step(self, on: bool) -> None:
+        if on and self._fx_step_hook is None:
+            hh = ctypes.c_size_t()
+            err = uclib.uc_hook_add(self._uch, ctypes.byref(hh), UC_HOOK_CODE, self.fx.step_fn,
+                                    ctypes.c_void_p(ctypes.addressof(self._fxs)),
+                                    ctypes.c_uint64(1), ctypes.c_uint64(0))
+            if err:
+                raise UcError(err)
+            self._fx_step_hook = hh.value
+            self.uc.ctl_flush_tb()          # the hook is compiled into translated blocks
+        elif not on and self._fx_step_hook is not None:
+            uclib.uc_hook_del(self._uch, ctypes.c_size_t(self._fx_step_hook))
+            self._fx_step_hook = None
+            self.uc.ctl_flush_tb()
+        if on:
+            self.fx.mtf_begin()
+            self._fx_mtf_from = self.icount
+
+    def _fx_mtf_settle(self) -> None:
+        """After a native MTF run (top of the run loop, the count final): the MTF exit after
+        the last instruction that retired is still to do (fx_step does one per boundary)."""
+        if self._fx_mtf_from is None:
+            return
+        done = self.fx.mtf_end()
+        missing = self.icount - self._fx_mtf_from - done
+        self._fx_mtf_from = None
+        if missing > 0:
+            self._entry_exit(VmExit(Exit.MONITOR_TRAP_FLAG, 0, self.rip))
 
     def _fx_first_exit(self, reason: int) -> None:
         """The first exit of a reason went through Python: the next ones may run natively."""

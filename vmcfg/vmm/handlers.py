@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from ..vmx.config import VmxConfig
 from ..vmx.exits import Exit as E
-from ..vmx.exits import lookup_exit
+from ..vmx.exits import Vector, lookup_exit
 from ..vmx.registers import GPR_NAMES
 from ..vmx.table import CONTROL_BY_PATH
 from .exitinfo import VmExit
@@ -174,7 +174,7 @@ class ExitContext:
             raise ValueError(f"cannot inject {kind!r}: use one of "
                              f"{', '.join(k for k in INJECT_TYPES if k != 'other')}")
         if vector is None:
-            vector = 2 if kind == "nmi" else 0
+            vector = int(Vector.NMI) if kind == "nmi" else 0
         cfg = self._next_config()
         cfg.settings["inject"] = {**cfg.settings.get("inject", {}), "type": kind,
                                   "vector": vector, "error_code": error_code,
@@ -246,6 +246,10 @@ def h_cpuid(ctx: ExitContext) -> None:
     eax, ebx, ecx, edx = v.cpuid.query(leaf, v.rr(g[1]) & 0xFFFFFFFF)
     if leaf == 1 and ecx & (1 << 26):
         ecx = (ecx & ~(1 << 27)) | ((v.cr(4) >> 18 & 1) << 27)    # OSXSAVE mirrors CR4
+    elif leaf != 1:
+        # the native exit path answers the next ones (leaf 1 follows CR4 and the APIC: never)
+        v.fx.cpuid_put(leaf, v.rr(g[1]) & 0xFFFFFFFF if leaf in v.cpuid.subleaf_leaves else None,
+                       (eax, ebx, ecx, edx))
     pend = v._pend            # 32-bit results zero-extend into the 64-bit registers
     pend[g[0]] = eax
     pend[g[3]] = ebx

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import iced_x86 as ix
 import time
-from dataclasses import dataclass
+from typing import Any
 from .. import decode as D
 from ...vmx.config import VmxConfig
 from ...vmx.exits import Exit, Vector
@@ -23,7 +23,9 @@ from .common import EXIT_COST, MASK64, TSC_PER_INSN, _SEGS
 _UD_MNEMONICS = frozenset({ix.Mnemonic.UD0, ix.Mnemonic.UD1, ix.Mnemonic.UD2})
 
 
-_MODE_FREE = frozenset({b"\x0f\x31", b"\x0f\xa2"})     # RDTSC, CPUID: same in every mode
+# RDTSC, CPUID and byte IN/OUT (imm8 and DX forms): the same instruction in every mode
+_MODE_FREE = frozenset({b"\x0f\x31", b"\x0f\xa2", b"\xec", b"\xee"}
+                       | {bytes((op, p)) for op in (0xE4, 0xE6) for p in range(256)})
 
 
 _UNCONDITIONAL = {"cpuid": Exit.CPUID, "invd": Exit.INVD, "xsetbv": Exit.XSETBV,
@@ -125,10 +127,36 @@ SIMPLE_EXITS: dict[str, tuple[str, Exit, str | None]] = {
 }
 
 
-@dataclass
 class ExitStats:
-    count: int = 0
-    seconds: float = 0.0
+    """Exits of one reason and the host time their handlers took, including the ones the
+    native exit path did (it counts them in its state block, vmm/native)."""
+
+    __slots__ = ("_count", "_seconds", "_native", "_reason")
+
+    def __init__(self, count: int = 0, seconds: float = 0.0, native: Any = None,
+                 reason: int = 0):
+        self._count, self._seconds, self._native, self._reason = count, seconds, native, reason
+
+    @property
+    def count(self) -> int:
+        n = self._native
+        return self._count + (n.stats[self._reason] if n is not None else 0)
+
+    @count.setter
+    def count(self, v: int) -> None:
+        self._count = v - (self.count - self._count)
+
+    @property
+    def seconds(self) -> float:
+        n = self._native
+        return self._seconds + (n.stats_ns[self._reason] * 1e-9 if n is not None else 0.0)
+
+    @seconds.setter
+    def seconds(self, v: float) -> None:
+        self._seconds = v - (self.seconds - self._seconds)
+
+    def __repr__(self) -> str:
+        return f"ExitStats(count={self.count}, seconds={self.seconds:.6f})"
 
 
 class InterceptsMixin:
@@ -148,6 +176,8 @@ class InterceptsMixin:
             self._skip_once = None
             return
         self._rcache.clear()
+        if self._fx_native:           # the native hook read the registers in one batch
+            self._fx_snapshot()
         ins = self._insns.get(address)
         # the mode decides how the bytes decode; RDTSC/CPUID without prefixes decode the same
         # in every mode and need no CPL unless CR4.TSD: skip reading the mode for them
@@ -166,6 +196,8 @@ class InterceptsMixin:
         self._in_hook = True
         try:
             self.icount = self._retired_at(address)
+            if self._fx_native:
+                self._fx_learn(address, ins)
             exits_before = self.exit_count
             nxt = self._instruction(ins)
             if nxt is not None:
@@ -206,7 +238,7 @@ class InterceptsMixin:
             self.counter.set_count(self.icount)
             uc.emu_stop()
         finally:
-            self.flush()
+            self._trap_flush()
             self._in_hook = False
 
     def _pushf_rf(self, address: int) -> None:
@@ -241,9 +273,10 @@ class InterceptsMixin:
             self.ptimer_value = max(0, left) & 0xFFFFFFFF
         st = self.exit_stats.get(ex.reason)
         if st is None:
-            st = self.exit_stats[ex.reason] = ExitStats()
+            st = self.exit_stats[ex.reason] = ExitStats(native=self._fxs, reason=ex.reason)
             self.exit_order.append(ex.reason)
-        st.count += 1
+            self._fx_first_exit(ex.reason)
+        st._count += 1
         # -- trace hook (issue 17): the record is taken before the handler and written after it
         #    with the handler's host time; with no trace nothing extra runs.
         tr = self.trace
@@ -265,7 +298,7 @@ class InterceptsMixin:
             self._last_ctx = ctx
         finally:
             dt = time.perf_counter_ns() - t0
-            st.seconds += dt * 1e-9
+            st._seconds += dt * 1e-9
             if rec is not None:
                 tr.end(rec, t0, dt)
         # -- end of trace hook

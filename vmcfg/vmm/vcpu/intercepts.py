@@ -254,7 +254,7 @@ class InterceptsMixin:
         self.counter.set_count(self.icount)
         self.set_rflags(fl & ~RFLAGS_RF)
         self._pend[self._pc_reg] = self._rip_value(address)
-        self.flush()
+        self._trap_flush()
 
     def _reentry_needed(self) -> bool:
         return self._reentry or self.platform.next_event() is not None or bool(self._virq) \

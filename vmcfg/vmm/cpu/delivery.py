@@ -49,15 +49,15 @@ def nested(first: int, second: int) -> str:
     return "serial"
 
 
-_vmem_translate = None
+_uclib = None
 
 
-def _vmem():
-    global _vmem_translate
-    if _vmem_translate is None:
+def _lib():
+    global _uclib
+    if _uclib is None:
         from unicorn.unicorn_py3.unicorn import uclib
-        _vmem_translate = uclib.uc_vmem_translate
-    return _vmem_translate
+        _uclib = uclib
+    return _uclib
 
 
 class _Mem:
@@ -72,11 +72,14 @@ class _Mem:
         self.v, self.cr0, self.cr3, self.cr4, self.efer = v, cr0, cr3, cr4, efer
         self.paging = bool(cr0 & (1 << 31))
         self.fast = fast and self.paging
+        lib = _lib()
+        self._uch = v.uc._uch
+        self._mem_read = lib.uc_mem_read
+        self._buf = ctypes.create_string_buffer(16)
         if self.fast:
             self._out = ctypes.c_uint64()
             self._outref = ctypes.byref(self._out)
-            self._uch = v.uc._uch
-            self._tr = _vmem()
+            self._tr = lib.uc_vmem_translate
 
     def _phys(self, lin: int, write: bool) -> int:
         if not self.paging:
@@ -95,7 +98,12 @@ class _Mem:
         while n:
             chunk = min(n, 0x1000 - (lin & 0xFFF))
             try:
-                out += self.v.read_phys(self._phys(lin, False), chunk)
+                pa = self._phys(lin, False)
+                if chunk <= 16 and pa + chunk <= self.v.memory and not self._mem_read(
+                        self._uch, ctypes.c_uint64(pa), self._buf, ctypes.c_uint64(chunk)):
+                    out += self._buf.raw[:chunk]
+                else:
+                    out += self.v.read_phys(pa, chunk)
             except Exception as e:
                 if isinstance(e, DeliveryFault):
                     raise
@@ -166,10 +174,10 @@ def deliver_event(v, vector: int, itype: int, error_code: int | None, ret_lin: i
         else:                              # the frame wraps around the 64 KiB segment
             for i in range(3):
                 mem.write(ss_base + ((sp + 2 * i) & 0xFFFF), frame[2 * i:2 * i + 2])
-        st.patch_segments({CS: (cs, cs << 4, 0xFFFF, REAL_MODE_FLAGS)}, cpl=0)
+        hf = st.patch_segments({CS: (cs, cs << 4, 0xFFFF, REAL_MODE_FLAGS)}, cpl=0)
         env.regs[4] = (old_rsp & ~0xFFFF) | sp
         st.commit()
-        v.after_state_load()
+        v.after_state_load((hf, cs << 4, env.eflags & ~VM))
         v.set_rflags_raw(rflags & ~(IF | TF | AC))
         v.set_rip_reg(ip)
         return
@@ -265,9 +273,9 @@ def deliver_event(v, vector: int, itype: int, error_code: int | None, ret_lin: i
     loads[CS] = ((sel & ~3) | new_cpl, cb, cl, cf)
     # the frame is written: now the new state, in one write-back (the context copy taken
     # above is still current: the frame went to memory, not to registers)
-    st.patch_segments(loads, cpl=new_cpl)
+    hf = st.patch_segments(loads, cpl=new_cpl)
     env.regs[4] = new_sp & _MASK64
     st.commit()
-    v.after_state_load()
+    v.after_state_load((hf, cb, env.eflags & ~VM))
     v.set_rflags_raw(rflags & ~(TF | NT | RF | VM | (IF if not gtype & 1 else 0)))
     v.set_rip_reg(offset)

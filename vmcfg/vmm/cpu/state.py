@@ -262,18 +262,19 @@ class CpuState:
                        cpl: int | None = None) -> int:
         """`load_segments` on the state `begin()` read, without writing it back; returns the
         new hflags."""
-        b = self._base
+        env = self._env
+        segs = env.segs
         for i, (sel, base, limit, flags) in loads.items():
-            o = b + _SEGS + i * _SEG_SIZE
-            ctypes.c_uint32.from_address(o).value = sel & 0xFFFF
-            ctypes.c_uint64.from_address(o + 8).value = base & 0xFFFFFFFFFFFFFFFF
-            ctypes.c_uint32.from_address(o + 16).value = limit & 0xFFFFFFFF
-            ctypes.c_uint32.from_address(o + 20).value = flags & 0xFFFFFFFF
-        hf = self._u32(_HFLAGS)
-        cr0 = self._u64(_CR)
-        eflags = self._u64(_EFLAGS)
-        cs_flags = self._u32(_SEGS + CS * _SEG_SIZE + 20)
-        ss_flags = self._u32(_SEGS + SS * _SEG_SIZE + 20)
+            c = segs[i]
+            c.selector = sel & 0xFFFF
+            c.base = base & 0xFFFFFFFFFFFFFFFF
+            c.limit = limit & 0xFFFFFFFF
+            c.flags = flags & 0xFFFFFFFF
+        hf = env.hflags
+        cr0 = env.cr[0]
+        eflags = env.eflags
+        cs_flags = segs[CS].flags
+        ss_flags = segs[SS].flags
         hf &= ~(HF_CS32 | HF_SS32 | HF_CS64 | HF_ADDSEG | HF_CPL_MASK | HF_PE)
         if cr0 & 1:
             hf |= HF_PE
@@ -291,11 +292,9 @@ class CpuState:
         if not hf & HF_CS64:
             if not cr0 & 1 or eflags & (1 << 17) or not hf & HF_CS32:
                 hf |= HF_ADDSEG
-            else:
-                bases = [self._u64(_SEGS + s * _SEG_SIZE + 8) for s in (DS, ES, SS)]
-                if any(bases):
-                    hf |= HF_ADDSEG
-        ctypes.c_uint32.from_address(b + _HFLAGS).value = hf
+            elif segs[DS].base or segs[ES].base or segs[SS].base:
+                hf |= HF_ADDSEG
+        env.hflags = hf
         return hf
 
 

@@ -122,11 +122,19 @@ class RegistersMixin:
     def set_rip_reg(self, v: int) -> None:
         self.rw(self._rip_reg, v)
 
-    def after_state_load(self) -> None:
-        """The hidden state was rewritten (cpu.state): forget cached registers, re-read the mode."""
+    def after_state_load(self, mode_bits: tuple[int, int, int] | None = None) -> None:
+        """The hidden state was rewritten (cpu.state): forget cached registers, re-read the mode
+        (or take it from `mode_bits` = (hflags, CS base, EFLAGS) the writer already knows)."""
         self._rcache.clear()
         self._pend.clear()
-        self._sync_mode()
+        if mode_bits is None:
+            self._sync_mode()
+            return
+        hf, self.cs_base, eflags = mode_bits
+        self._hflags = hf
+        self.mode = self.bitness = mode_of(hf, eflags)
+        self.cpl = hf & 3
+        self.real = not hf & HF_PE
 
     def unsupported(self, what: str) -> None:
         self.fault_dump = self.register_dump()

@@ -485,6 +485,7 @@ class HandlersKind(Kind):
 KINDS: dict[str, Kind] = {k.name: k for k in (
     *(IntKind(n) for n in INT_RANGES), BoolKind(), EnumKind(), VectorsKind(),
     RangesKind("ports", 0xFFFF, "port"), RangesKind("msrs", 0xFFFFFFFF, "MSR"),
+    RangesKind("irq_vectors", 0xFF, "interrupt vector"),
     U64ListKind(), SizeKind(), StrKind(), RegionsKind(), CpuidKind(), HandlersKind())}
 
 

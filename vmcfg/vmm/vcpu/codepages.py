@@ -77,8 +77,13 @@ class CodePagesMixin:
         # registered straight with the C API: one shared ctypes callback, no binding wrapper
         if addr not in self._hooks:
             hh = ctypes.c_size_t()
-            err = uclib.uc_hook_add(self._uch, ctypes.byref(hh), UC_HOOK_CODE, self._trap_fn,
-                                    None, ctypes.c_uint64(addr), ctypes.c_uint64(addr))
+            if self._fx_native:      # the native hook (fastexit.c), this address's entry as data
+                fn = self.fx.hook_fn
+                ud = ctypes.c_void_p(ctypes.addressof(self.fx.entry(addr)))
+            else:
+                fn, ud = self._trap_fn, None
+            err = uclib.uc_hook_add(self._uch, ctypes.byref(hh), UC_HOOK_CODE, fn,
+                                    ud, ctypes.c_uint64(addr), ctypes.c_uint64(addr))
             if err:
                 raise UcError(err)
             self._hooks[addr] = hh.value
@@ -87,6 +92,7 @@ class CodePagesMixin:
         h = self._hooks.pop(addr, None)
         if h is not None:
             uclib.uc_hook_del(self._uch, ctypes.c_size_t(h))
+            self.fx.forget(addr)
 
     def _drop_page(self, page: int) -> None:
         found = self._scanned.pop(page, {})
@@ -111,6 +117,7 @@ class CodePagesMixin:
         self._scan(page)
         self.counter.invalidate(page, page + PAGE)
         self._prefix_cache.clear()
+        self.fx.forget_prefixes()
         self.uc.ctl_remove_cache(page, page + PAGE)
 
     def _make_data_page(self, page: int) -> None:
@@ -133,6 +140,7 @@ class CodePagesMixin:
             self.uc.mem_protect(ppage, PAGE, perms)
         self.counter.invalidate(page, page + PAGE)
         self._prefix_cache.clear()
+        self.fx.forget_prefixes()
         self._remove_cache(page)
 
     def _remove_cache(self, page: int) -> None:
@@ -309,6 +317,7 @@ class CodePagesMixin:
                     UC_PROT_READ if acc is None or "r" in acc else 0))
                 self.counter.invalidate(page, page + PAGE)
                 self._prefix_cache.clear()
+                self.fx.forget_prefixes()
                 self._remove_cache(page)
                 return
             self._drop_page(page)
@@ -321,6 +330,7 @@ class CodePagesMixin:
                                 | (UC_PROT_WRITE if "w" in acc else 0))
             self.counter.invalidate(page, page + PAGE)
             self._prefix_cache.clear()
+            self.fx.forget_prefixes()
             self._remove_cache(page)
 
     def _same_sensitive(self, page: int, before: bytes, after: bytes) -> bool:

@@ -19,6 +19,7 @@ from .common import _CODE_CB, _GPR64
 from .intercepts import ExitStats, trapped_kinds
 from .codepages import CodePagesMixin
 from .events import EventsMixin
+from .fastexit import FastExitMixin
 from .intercepts import InterceptsMixin
 from .memory import MemoryMixin
 from .reconfig import ReconfigMixin
@@ -27,7 +28,7 @@ from .runloop import RunLoopMixin
 from .vtime import TimeMixin
 
 
-class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesMixin, TimeMixin, MemoryMixin, RegistersMixin):
+class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesMixin, TimeMixin, MemoryMixin, RegistersMixin, FastExitMixin):
     """One guest vCPU on Unicorn under a VmxConfig.
 
     Each part of its state has one module (see the package docstring).
@@ -38,7 +39,8 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
                  handlers: dict[int, Callable] | None = None,
                  trace: Any = None,       # a vmm.run.TraceWriter (begin/end per exit)
                  max_instructions: int | None = None,
-                 native_counter: bool | None = None, clock: str = "virtual"):
+                 native_counter: bool | None = None, clock: str = "virtual",
+                 native_exit: bool | None = None):
         if mode not in (16, 32, 64):
             raise ValueError(f"mode must be 16, 32 or 64, not {mode}")
         self._set_cfg(config)
@@ -73,6 +75,8 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         self._rip_reg = X.UC_X86_REG_RIP
         self._rflags_reg = X.UC_X86_REG_RFLAGS
         # --- virtual time and state ---
+        # the exit fast path's state block (fastexit.py): exit count, idle ticks, TSC words
+        self._fx_init(native_exit)
         self.icount = 0
         self.idle_ticks = 0
         if clock not in ("virtual", "realtime"):
@@ -160,3 +164,4 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
                             self._tsc_msr_write, devices=self.platform)
         self.cpuid = self._make_cpuid(config)
         self.wall_in_vmm = 0.0
+        self._fx_attach()

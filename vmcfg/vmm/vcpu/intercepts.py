@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import iced_x86 as ix
 import time
-from dataclasses import dataclass
+from typing import Any
 from .. import decode as D
 from ...vmx.config import VmxConfig
-from ...vmx.exits import Exit
+from ...vmx.exits import Exit, Vector
 from ..devices import DebugExit, SystemReset
 from ..exitinfo import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, VmExit, cr_qualification,
                         descriptor_table_info, dr_qualification, io_qualification, ldt_tr_info, rdrand_info)
@@ -23,7 +23,9 @@ from .common import EXIT_COST, MASK64, TSC_PER_INSN, _SEGS
 _UD_MNEMONICS = frozenset({ix.Mnemonic.UD0, ix.Mnemonic.UD1, ix.Mnemonic.UD2})
 
 
-_MODE_FREE = frozenset({b"\x0f\x31", b"\x0f\xa2"})     # RDTSC, CPUID: same in every mode
+# RDTSC, CPUID and byte IN/OUT (imm8 and DX forms): the same instruction in every mode
+_MODE_FREE = frozenset({b"\x0f\x31", b"\x0f\xa2", b"\xec", b"\xee"}
+                       | {bytes((op, p)) for op in (0xE4, 0xE6) for p in range(256)})
 
 
 _UNCONDITIONAL = {"cpuid": Exit.CPUID, "invd": Exit.INVD, "xsetbv": Exit.XSETBV,
@@ -36,7 +38,9 @@ ALWAYS_TRAPPED = frozenset({"cpuid", "invd", "xsetbv", "vmcall", "vmx", "getsec"
                             "rdtsc", "rdtscp", "rdmsr", "wrmsr", "io", "rdrand", "rdseed",
                             "rdpmc", "mwait", "monitor", "invpcid",
                             "mov_to_cr4",       # CR4 bits the CPU model lacks: #GP (cr4_allowed)
-                            "mov_to_cr8", "mov_from_cr8"})   # devices: CR8 is the LAPIC TPR
+                            "mov_to_cr8", "mov_from_cr8",    # devices: CR8 is the LAPIC TPR
+                            "smsw_wide"})      # the engine's SMSW r32/r64 stores 16 bits only
+CR4_UMIP = 1 << 11
 
 
 # Instruction kinds that raise #GP(0) at CPL > 0 (this check comes before any VM exit)
@@ -89,7 +93,7 @@ def trapped_kinds(cfg: VmxConfig) -> frozenset[str]:
     if on("primary.mov_dr_exiting"):
         k.add("mov_dr")
     if s["cr0"]["mask"]:
-        k |= {"mov_to_cr0", "mov_from_cr0", "smsw"}
+        k |= {"mov_to_cr0", "mov_from_cr0", "smsw"}        # smsw_wide: always
         if s["cr0"]["mask"] & 0x8:
             k.add("clts")
         if s["cr0"]["mask"] & 0xF:
@@ -121,10 +125,36 @@ SIMPLE_EXITS: dict[str, tuple[str, Exit, str | None]] = {
 }
 
 
-@dataclass
 class ExitStats:
-    count: int = 0
-    seconds: float = 0.0
+    """Exits of one reason and the host time their handlers took, including the ones the
+    native exit path did (it counts them in its state block, vmm/native)."""
+
+    __slots__ = ("_count", "_seconds", "_native", "_reason")
+
+    def __init__(self, count: int = 0, seconds: float = 0.0, native: Any = None,
+                 reason: int = 0):
+        self._count, self._seconds, self._native, self._reason = count, seconds, native, reason
+
+    @property
+    def count(self) -> int:
+        n = self._native
+        return self._count + (n.stats[self._reason] if n is not None else 0)
+
+    @count.setter
+    def count(self, v: int) -> None:
+        self._count = v - (self.count - self._count)
+
+    @property
+    def seconds(self) -> float:
+        n = self._native
+        return self._seconds + (n.stats_ns[self._reason] * 1e-9 if n is not None else 0.0)
+
+    @seconds.setter
+    def seconds(self, v: float) -> None:
+        self._seconds = v - (self.seconds - self._seconds)
+
+    def __repr__(self) -> str:
+        return f"ExitStats(count={self.count}, seconds={self.seconds:.6f})"
 
 
 class InterceptsMixin:
@@ -144,6 +174,8 @@ class InterceptsMixin:
             self._skip_once = None
             return
         self._rcache.clear()
+        if self._fx_native:           # the native hook read the registers in one batch
+            self._fx_snapshot()
         ins = self._insns.get(address)
         # the mode decides how the bytes decode; RDTSC/CPUID without prefixes decode the same
         # in every mode and need no CPL unless CR4.TSD: skip reading the mode for them
@@ -159,14 +191,16 @@ class InterceptsMixin:
         self._in_hook = True
         try:
             self.icount = self._retired_at(address)
+            if self._fx_native:
+                self._fx_learn(address, ins)
             exits_before = self.exit_count
             nxt = self._instruction(ins)
             if nxt is not None:
                 self.icount += 1
                 self.counter.set_count(self.icount)
                 self._pend[self._pc_reg] = self._rip_value(nxt)
-                if self._pending_cfg is not None or self._event is not None or \
-                        self.platform.changed or (
+                if self._pending_cfg is not None or self._event is not None or (
+                        self.platform.changed and self._device_change_needs_stop(self.icount)) or (
                         self.exit_count != exits_before and self._reentry_needed()):
                     if self._event is None:
                         self._event = ("resume",)
@@ -199,7 +233,7 @@ class InterceptsMixin:
             self.counter.set_count(self.icount)
             uc.emu_stop()
         finally:
-            self.flush()
+            self._trap_flush()
             self._in_hook = False
 
     def _reentry_needed(self) -> bool:
@@ -219,9 +253,10 @@ class InterceptsMixin:
             self.ptimer_value = max(0, left) & 0xFFFFFFFF
         st = self.exit_stats.get(ex.reason)
         if st is None:
-            st = self.exit_stats[ex.reason] = ExitStats()
+            st = self.exit_stats[ex.reason] = ExitStats(native=self._fxs, reason=ex.reason)
             self.exit_order.append(ex.reason)
-        st.count += 1
+            self._fx_first_exit(ex.reason)
+        st._count += 1
         # -- trace hook (issue 17): the record is taken before the handler and written after it
         #    with the handler's host time; with no trace nothing extra runs.
         tr = self.trace
@@ -243,7 +278,7 @@ class InterceptsMixin:
             self._last_ctx = ctx
         finally:
             dt = time.perf_counter_ns() - t0
-            st.seconds += dt * 1e-9
+            st._seconds += dt * 1e-9
             if rec is not None:
                 tr.end(rec, t0, dt)
         # -- end of trace hook
@@ -379,7 +414,7 @@ class InterceptsMixin:
                               guest_linear_address=self.effective_address(ins) if ins.has_mem else None)
         if k == "mov_dr":
             return self._exit(Exit.DR_ACCESS, ins, dr_qualification(ins.dr, ins.io_in, ins.gpr))
-        if k.startswith("mov_") or k in ("clts", "lmsw", "smsw"):
+        if k.startswith("mov_") or k in ("clts", "lmsw", "smsw", "smsw_wide"):
             return self._cr_access(ins)
         if k in ("sti", "popf", "iret", "ss_load"):
             # interrupt-window exiting / a blocked pending event: let the instruction run,
@@ -411,8 +446,17 @@ class InterceptsMixin:
             mask, shadow = (self.cr0_mask, self.cr0_shadow) if n == 0 else (self.cr4_mask, self.cr4_shadow)
             self.set_gpr(ins.gpr, (self.cr(n) & ~mask) | (shadow & mask), 8)
             return nxt
-        if k == "smsw":
-            v = ((self.cr(0) & ~self.cr0_mask) | (self.cr0_shadow & self.cr0_mask)) & 0xFFFF
+        if k in ("smsw", "smsw_wide"):
+            if self.cpl and self.cr(4) & CR4_UMIP:
+                raise GuestFault(Vector.GP, 0)
+            # bits the CR0 guest/host mask owns read from the shadow (SDM 25.3)
+            v = (self.cr(0) & ~self.cr0_mask) | (self.cr0_shadow & self.cr0_mask)
+            if k == "smsw_wide":
+                # SMSW r32 stores CR0[31:0] (64-bit mode: zero-extended; elsewhere the SDM
+                # leaves bits 31:16 undefined and Intel CPUs store CR0's), SMSW r64 all of CR0
+                self.set_gpr(ins.gpr, v & ((1 << (8 * ins.gpr_size)) - 1), ins.gpr_size)
+                return nxt
+            v &= 0xFFFF
             if ins.has_mem:
                 self.write_mem(self.effective_address(ins), v.to_bytes(2, "little"))
             else:

@@ -124,6 +124,8 @@ class ReconfigMixin:
                 old.on("secondary.enable_rdtscp") != cfg.on("secondary.enable_rdtscp") or \
                 old.on("secondary.enable_invpcid") != cfg.on("secondary.enable_invpcid"):
             self.cpuid = self._make_cpuid(cfg)
+            self.fx.cpuid_clear()
+        self._fx_configure()
         trapped = trapped_kinds(cfg) | self._extra_trap
         if trapped != self._trapped:
             self._trapped = trapped

@@ -36,6 +36,7 @@ class RunLoopMixin:
         counter = self.counter
         try:
             while True:
+                self._fx_mtf_settle()
                 self._apply_pending()
                 if self._rehalt:
                     self._rehalt = False
@@ -46,17 +47,25 @@ class RunLoopMixin:
                 if ev is not None:
                     self._entry_exit(ev)
                     continue
-                deadline, dkind = self._deadline()
+                deadline, dkind, soft = self._deadline()
+                counter.set_soft_deadline(soft)
                 count = 0
+                mtf_native = False
                 if self._iw_steps or self._on["primary.monitor_trap_flag"] or \
                         self._smc_page is not None:
                     count = 1
+                    # MTF with the default handler: the native exit path steps (fastexit.py)
+                    mtf_native = self._fx_mtf_ok()
+                    if mtf_native:
+                        count = 0
                 if deadline is not None:
                     left = deadline - self.icount
                     if left <= 0:
                         self._deadline_reached(dkind)
                         continue
                     if left <= 2 * DEADLINE_MARGIN or self._force_count:
+                        if mtf_native:
+                            mtf_native, count = False, 1
                         count = left if not count else min(count, left)
                         counter.set_deadline(None)
                     else:
@@ -87,6 +96,7 @@ class RunLoopMixin:
                     dec = self._decode_any(self.rip)
                     until = (self.rip + (dec.len if dec is not None else 1))
                     count = 2
+                self._fx_arm(count, mtf_native)
                 try:
                     uc.emu_start(begin, until, 0, count)
                 except UcError as e:

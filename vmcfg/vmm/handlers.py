@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from ..vmx.config import VmxConfig
 from ..vmx.exits import Exit as E
-from ..vmx.exits import lookup_exit
+from ..vmx.exits import Vector, lookup_exit
 from ..vmx.registers import GPR_NAMES
 from ..vmx.table import CONTROL_BY_PATH
 from .exitinfo import VmExit
@@ -174,7 +174,7 @@ class ExitContext:
             raise ValueError(f"cannot inject {kind!r}: use one of "
                              f"{', '.join(k for k in INJECT_TYPES if k != 'other')}")
         if vector is None:
-            vector = 2 if kind == "nmi" else 0
+            vector = int(Vector.NMI) if kind == "nmi" else 0
         cfg = self._next_config()
         cfg.settings["inject"] = {**cfg.settings.get("inject", {}), "type": kind,
                                   "vector": vector, "error_code": error_code,

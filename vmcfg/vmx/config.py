@@ -24,6 +24,15 @@ _BIT: dict[str, tuple[str, int]] = {p: (c.field, 1 << c.bit) for p, c in CONTROL
 _ACT: dict[str, tuple[str, int] | None] = {
     f.key: (_BIT[f.activated_by] if f.activated_by else None) for f in FIELDS}
 
+def plain(v: Any) -> Any:
+    """A normalised value as plain JSON data: tuples (ranges) as lists, keys as strings."""
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): plain(x) for k, x in v.items()}
+    return v
+
+
 MSR_LOW_END = 0x1FFF
 MSR_HIGH_BASE = 0xC0000000
 MSR_HIGH_END = 0xC0001FFF
@@ -143,6 +152,13 @@ class VmxConfig:
             v |= 1 << 11
         return v
 
+    def eoi_exit_bitmap(self) -> int:
+        """The 256-bit EOI-exit bitmap (EOI_EXIT_BITMAP0..3 as one integer)."""
+        out = 0
+        for lo, hi in self.settings["apic"]["eoi_exit"]:
+            out |= ((1 << (hi - lo + 1)) - 1) << lo
+        return out
+
     def vmcs_fields(self) -> dict[int, int]:
         """VMCS field encoding -> value for every field this config determines."""
         from .settings import SETTINGS
@@ -167,6 +183,10 @@ class VmxConfig:
         out[Vmcs.POSTED_INTR_NV] = s["posted_interrupts"]["vector"]
         out[Vmcs.VM_FUNCTION_CONTROL] = self.vm_function_controls()
         out[Vmcs.TPR_THRESHOLD] = s["apic"]["tpr_threshold"]
+        bitmap = self.eoi_exit_bitmap()
+        for i in range(4):
+            out[Vmcs.EOI_EXIT_BITMAP0 + 2 * i] = (bitmap >> (64 * i)) & ((1 << 64) - 1)
+        out[Vmcs.GUEST_INTR_STATUS] = (s["apic"]["svi"] << 8) | s["apic"]["rvi"]
         out[Vmcs.VM_ENTRY_INTR_INFO_FIELD] = self.entry_interruption_info()
         if s["inject"]["error_code"] is not None or out[Vmcs.VM_ENTRY_INTR_INFO_FIELD] & (1 << 11):
             out[Vmcs.VM_ENTRY_EXCEPTION_ERROR_CODE] = s["inject"]["error_code"] or 0
@@ -182,5 +202,5 @@ class VmxConfig:
         """JSON-ready form (ranges as [lo, hi] pairs)."""
         return {"name": self.name, "cpu": self.cpu,
                 "controls": dict(self.controls),
-                "settings": {t: {k: ([list(r) for r in v] if t in ("io", "msr") and isinstance(v, list) else v)
+                "settings": {t: {k: ([list(r) for r in v] if (t in ("io", "msr") or (t, k) == ("apic", "eoi_exit")) and isinstance(v, list) else v)
                                  for k, v in tbl.items()} for t, tbl in self.settings.items()}}

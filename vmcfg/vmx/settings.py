@@ -24,7 +24,7 @@ INJECT_TYPES: dict[str, int] = {t.name.lower(): int(t) for t in InterruptionType
 class Setting:
     table: str
     key: str
-    kind: str                 # u8 u16 u32 u64 i64 bool enum vectors ports msrs u64list
+    kind: str                 # u8 u16 u32 u64 i64 bool enum vectors ports msrs irq_vectors u64list
                               # size str cpuid handlers regions
     default: Any
     title: str
@@ -52,6 +52,9 @@ _NEEDS: dict[str, str] = {
     "posted_interrupts": "pin.process_posted_interrupts",
     "vmfunc": "secondary.enable_vm_functions",
     "apic": "primary.use_tpr_shadow",
+    "apic.eoi_exit": "secondary.virtual_interrupt_delivery",
+    "apic.rvi": "secondary.virtual_interrupt_delivery",
+    "apic.svi": "secondary.virtual_interrupt_delivery",
 }
 
 
@@ -128,6 +131,16 @@ SETTINGS: tuple[Setting, ...] = (
        "VM exit when the virtual TPR drops below this value (use TPR shadow).", Vmcs.TPR_THRESHOLD),
     _s("apic", "vtpr", "u8", 0, "Virtual TPR",
        "Initial VTPR byte (offset 0x80 of the virtual-APIC page).", None),
+    _s("apic", "eoi_exit", "irq_vectors", [], "EOI-exit bitmap",
+       "Vectors (numbers 0-255 or \"lo-hi\" ranges) whose virtual EOI causes an EOI-induced "
+       "VM exit (reason 45, qualification = the vector) under virtual-interrupt delivery.",
+       Vmcs.EOI_EXIT_BITMAP0),
+    _s("apic", "rvi", "u8", 0, "Requesting virtual interrupt (RVI)",
+       "Guest interrupt status bits 7:0 at the first VM entry: the highest vector requested in "
+       "VIRR (virtual-interrupt delivery; its VIRR bit is set too).", Vmcs.GUEST_INTR_STATUS),
+    _s("apic", "svi", "u8", 0, "Servicing virtual interrupt (SVI)",
+       "Guest interrupt status bits 15:8 at the first VM entry: the vector in service in VISR "
+       "(virtual-interrupt delivery; its VISR bit is set too).", Vmcs.GUEST_INTR_STATUS),
     # Addresses the VMM chooses unless the profile pins them (for exports and checks).
     _s("vmcs", "eptp", "u64", None, "EPT pointer (raw)",
        "A raw EPTP value; overrides ept.memory_type/walk_length/accessed_dirty.", Vmcs.EPT_POINTER,

@@ -314,6 +314,27 @@ class EventsMixin:
                 self._rehook_all()
         return None
 
+    def _device_change_needs_stop(self, icount: int) -> bool:
+        """A device changed inside one of the engine's hooks (an emulated I/O instruction, an
+        MMIO store), `icount` instructions retired.  True when the run loop must look at the
+        next instruction boundary: an NMI or interrupt is now requested (taken, exited on or
+        waited for), or the boundary watches must change (a timer was armed for the first
+        time).  Otherwise only a device deadline moved (an EOI, a timer re-programmed): the
+        block counter's soft deadline follows it and the guest runs on without a stop."""
+        plat = self.platform
+        if self._nmi_pending or self._live_nmi or self._live_irqs or \
+                plat.pending_interrupt() is not None:
+            return True
+        nf = plat.next_event()
+        if nf is not None and "ss_load" not in self._extra_trap:
+            return True
+        plat.changed = False
+        soft = None
+        if nf is not None:
+            soft = icount + max(1, self._insns_for(nf - self._tsc_at(icount)))
+        self.counter.set_soft_deadline(soft)
+        return False
+
     def ack_interrupt(self) -> int | None:
         """INTA: take the highest-priority external interrupt (live queue first, then the
         board: LAPIC, or the PIC through LINT0)."""

@@ -10,7 +10,7 @@ import time
 from typing import Any
 from .. import decode as D
 from ...vmx.config import VmxConfig
-from ...vmx.exits import Exit
+from ...vmx.exits import Exit, Vector
 from ..devices import DebugExit, SystemReset
 from ..exitinfo import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, VmExit, cr_qualification,
                         descriptor_table_info, dr_qualification, io_qualification, ldt_tr_info, rdrand_info)
@@ -38,7 +38,9 @@ ALWAYS_TRAPPED = frozenset({"cpuid", "invd", "xsetbv", "vmcall", "vmx", "getsec"
                             "rdtsc", "rdtscp", "rdmsr", "wrmsr", "io", "rdrand", "rdseed",
                             "rdpmc", "mwait", "monitor", "invpcid",
                             "mov_to_cr4",       # CR4 bits the CPU model lacks: #GP (cr4_allowed)
-                            "mov_to_cr8", "mov_from_cr8"})   # devices: CR8 is the LAPIC TPR
+                            "mov_to_cr8", "mov_from_cr8",    # devices: CR8 is the LAPIC TPR
+                            "smsw_wide"})      # the engine's SMSW r32/r64 stores 16 bits only
+CR4_UMIP = 1 << 11
 
 
 # Instruction kinds that raise #GP(0) at CPL > 0 (this check comes before any VM exit)
@@ -91,7 +93,7 @@ def trapped_kinds(cfg: VmxConfig) -> frozenset[str]:
     if on("primary.mov_dr_exiting"):
         k.add("mov_dr")
     if s["cr0"]["mask"]:
-        k |= {"mov_to_cr0", "mov_from_cr0", "smsw"}
+        k |= {"mov_to_cr0", "mov_from_cr0", "smsw"}        # smsw_wide: always
         if s["cr0"]["mask"] & 0x8:
             k.add("clts")
         if s["cr0"]["mask"] & 0xF:
@@ -198,8 +200,8 @@ class InterceptsMixin:
                 self.icount += 1
                 self.counter.set_count(self.icount)
                 self._pend[self._pc_reg] = self._rip_value(nxt)
-                if self._pending_cfg is not None or self._event is not None or \
-                        self.platform.changed or (
+                if self._pending_cfg is not None or self._event is not None or (
+                        self.platform.changed and self._device_change_needs_stop(self.icount)) or (
                         fxs.exit_count != exits_before and self._reentry_needed()):
                     if self._event is None:
                         self._event = ("resume",)
@@ -418,7 +420,7 @@ class InterceptsMixin:
                               guest_linear_address=self.effective_address(ins) if ins.has_mem else None)
         if k == "mov_dr":
             return self._exit(Exit.DR_ACCESS, ins, dr_qualification(ins.dr, ins.io_in, ins.gpr))
-        if k.startswith("mov_") or k in ("clts", "lmsw", "smsw"):
+        if k.startswith("mov_") or k in ("clts", "lmsw", "smsw", "smsw_wide"):
             return self._cr_access(ins)
         if k in ("sti", "popf", "iret", "ss_load"):
             # interrupt-window exiting / a blocked pending event: let the instruction run,
@@ -450,8 +452,17 @@ class InterceptsMixin:
             mask, shadow = (self.cr0_mask, self.cr0_shadow) if n == 0 else (self.cr4_mask, self.cr4_shadow)
             self.set_gpr(ins.gpr, (self.cr(n) & ~mask) | (shadow & mask), 8)
             return nxt
-        if k == "smsw":
-            v = ((self.cr(0) & ~self.cr0_mask) | (self.cr0_shadow & self.cr0_mask)) & 0xFFFF
+        if k in ("smsw", "smsw_wide"):
+            if self.cpl and self.cr(4) & CR4_UMIP:
+                raise GuestFault(Vector.GP, 0)
+            # bits the CR0 guest/host mask owns read from the shadow (SDM 25.3)
+            v = (self.cr(0) & ~self.cr0_mask) | (self.cr0_shadow & self.cr0_mask)
+            if k == "smsw_wide":
+                # SMSW r32 stores CR0[31:0] (64-bit mode: zero-extended; elsewhere the SDM
+                # leaves bits 31:16 undefined and Intel CPUs store CR0's), SMSW r64 all of CR0
+                self.set_gpr(ins.gpr, v & ((1 << (8 * ins.gpr_size)) - 1), ins.gpr_size)
+                return nxt
+            v &= 0xFFFF
             if ins.has_mem:
                 self.write_mem(self.effective_address(ins), v.to_bytes(2, "little"))
             else:

@@ -151,7 +151,8 @@ class MemoryMixin:
         try:
             self._mmio_enter()
             self.platform.mmio_write(base + offset, size, value)
-            if self.platform.changed and self._event is None:
+            if self.platform.changed and self._event is None and \
+                    self._device_change_needs_stop(self._mmio_icount):
                 # interrupt state changed: re-check before the next block.  Not emu_stop: a
                 # stop requested inside an MMIO store makes Unicorn restart the store
                 self._event = ("resume",)

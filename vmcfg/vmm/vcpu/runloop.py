@@ -47,7 +47,8 @@ class RunLoopMixin:
                 if ev is not None:
                     self._entry_exit(ev)
                     continue
-                deadline, dkind = self._deadline()
+                deadline, dkind, soft = self._deadline()
+                counter.set_soft_deadline(soft)
                 count = 0
                 mtf_native = False
                 if self._iw_steps or self._on["primary.monitor_trap_flag"] or \

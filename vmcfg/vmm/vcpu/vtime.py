@@ -83,7 +83,15 @@ class TimeMixin:
         """Where emu_start begins: the RIP register (an offset in CS; `until` is linear)."""
         return self.rr(self._rip_reg)
 
-    def _deadline(self) -> tuple[int | None, str | None]:
+    def _deadline(self) -> tuple[int | None, str | None, int | None]:
+        """(hard deadline, its kind, soft deadline), in retired instructions.
+
+        Hard deadlines are exact -- the instruction budget (`limit`), the preemption timer
+        (`ptimer`), `--nmi-at` (`nmi`): the engine stops before the instruction at which they
+        fall.  The soft one is the next device timer (PIT, LAPIC timer, RTC): the engine runs
+        natively to the first block boundary at or after it (counter.py) and the interrupt is
+        taken there, at an instruction boundary a few instructions after the timer expired,
+        never before it -- without stepping the engine toward it."""
         best, kind = None, None
         if self.max_instructions is not None:
             best, kind = self.max_instructions, "limit"
@@ -91,14 +99,13 @@ class TimeMixin:
             d = self.icount + self._insns_for(self._ptimer_fire - self.tsc)
             if best is None or d < best:
                 best, kind = d, "ptimer"
-        nf = self.platform.next_event()
-        if nf is not None:
-            d = self.icount + self._insns_for(nf - self.tsc)
-            if best is None or d < best:
-                best, kind = d, "irq"
         if self.nmi_at is not None and (best is None or self.nmi_at < best):
             best, kind = max(self.nmi_at, self.icount), "nmi"
-        return best, kind
+        soft = None
+        nf = self.platform.next_event()
+        if nf is not None:
+            soft = self.icount + max(1, self._insns_for(nf - self.tsc))
+        return best, kind, soft
 
     def _deadline_reached(self, kind: str | None) -> None:
         if kind == "limit":

@@ -1,0 +1,375 @@
+"""APIC virtualization: the virtual-APIC page and what the processor does with it.
+
+The SDM's chapter "APIC Virtualization and Virtual Interrupts" (vol. 3C ch. 30 in
+recent editions, 29 in older ones), as the controls of one profile select it:
+
+* use TPR shadow -- VTPR (offset 0x80) and TPR virtualization: below the TPR threshold a
+  trap-like TPR-below-threshold exit (reason 43), or with virtual-interrupt delivery PPR
+  virtualization and the evaluation of pending virtual interrupts;
+* virtualize APIC accesses -- guest accesses to the APIC-access page (by default the
+  local APIC's page, 0xFEE00000) are virtualized against the virtual-APIC page or cause
+  fault-like APIC-access exits (reason 44, qualification = access type << 12 | offset);
+* virtualize x2APIC mode -- RDMSR/WRMSR of 0x800-0x8FF (those the MSR bitmap lets through)
+  for TPR, and with virtual-interrupt delivery EOI and SELF IPI, go to the virtual-APIC page;
+* APIC-register virtualization -- reads of most APIC registers come from the virtual-APIC
+  page; virtualized writes other than TPR/EOI/self-IPI end in trap-like APIC-write exits
+  (reason 56, qualification = the register's offset);
+* virtual-interrupt delivery -- VIRR/VISR/VPPR with RVI/SVI (guest interrupt status),
+  delivery through the guest IDT when RVI[7:4] > VPPR[7:4], virtual EOI and the EOI-exit
+  bitmap (EOI-induced exit, reason 45, qualification = the vector);
+* posted interrupts -- an external interrupt with the notification vector moves the
+  descriptor's PIR into VIRR (ON cleared, the local APIC's EOI written) without an exit.
+
+This module is the processor's side only: it never touches the guest's CPU registers.  The
+vCPU asks it (`xapic_access`, `rdmsr`, `wrmsr`, `pending`, `deliver`, ...) and turns its
+answers into exits, faults and interrupt deliveries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ..vmx.exits import Exit
+from .devices.lapic import (APIC_BASE_DEFAULT, DFR, EOI, ESR, ICR_HI, ICR_LO, ID, IRR0, ISR0,
+                            LDR, LVT_OFFSETS, PPR, SVR, TDCR, TMICT, TMR0, TPR, VERSION)
+
+LVT_CMCI = 0x2F0
+SELF_IPI_MSR, EOI_MSR, TPR_MSR = 0x83F, 0x80B, 0x808
+X2APIC_FIRST, X2APIC_LAST = 0x800, 0x8FF
+
+# APIC-access exit qualification bits 15:12 (SDM "Exit Qualification for APIC-Access VM Exits")
+ACCESS_READ, ACCESS_WRITE, ACCESS_FETCH, ACCESS_EVENT_DELIVERY = 0, 1, 2, 3
+ACCESS_TYPE_NAMES = {ACCESS_READ: "linear read", ACCESS_WRITE: "linear write",
+                     ACCESS_FETCH: "linear instruction fetch",
+                     ACCESS_EVENT_DELIVERY: "linear access during event delivery"}
+
+# Registers whose reads APIC-register virtualization satisfies from the virtual-APIC page
+# (32-bit aligned page offsets).
+READ_VIRTUALIZED = frozenset(
+    [ID, VERSION, TPR, EOI, LDR, DFR, SVR, ESR, LVT_CMCI, ICR_LO, ICR_HI, TMICT, TDCR,
+     *LVT_OFFSETS, *range(ISR0, IRR0 + 0x80, 0x10)])
+# ... and the writes it virtualizes (then APIC-write emulation decides what follows)
+WRITE_VIRTUALIZED = frozenset(
+    [TPR, EOI, LDR, DFR, SVR, ESR, LVT_CMCI, ICR_LO, ICR_HI, TMICT, TDCR, *LVT_OFFSETS])
+# x2APIC MSRs whose RDMSR APIC-register virtualization satisfies (offset = (msr & 0xFF) << 4)
+X2_READ_VIRTUALIZED = frozenset(
+    [0x802, 0x803, 0x808, 0x80A, 0x80D, 0x80F, *range(0x810, 0x828), 0x828, 0x82F, 0x830,
+     *range(0x832, 0x839), 0x83E])
+
+
+class VirtualGp(Exception):
+    """A virtualized x2APIC MSR access raises #GP(0) (reserved bits set)."""
+
+
+@dataclass
+class Trap:
+    """A trap-like VM exit that follows a virtualized access (after the instruction)."""
+
+    reason: Exit
+    qualification: int = 0
+    data: dict = field(default_factory=dict)
+
+
+@dataclass
+class Access:
+    """What the processor does with one access to the APIC-access page.
+
+    kind: "exit" (fault-like APIC-access exit with `qualification`), "read" (virtualized:
+    `value` is the data read), "write" (virtualized: stored in the virtual-APIC page, then
+    APIC-write emulation gives `trap`, possibly None)."""
+
+    kind: str
+    qualification: int = 0
+    value: int = 0
+    trap: Trap | None = None
+
+
+def _highest(bits: int) -> int:
+    return bits.bit_length() - 1 if bits else 0
+
+
+class VirtualApic:
+    """The virtual-APIC page, guest interrupt status (RVI/SVI), the EOI-exit bitmap and the
+    posted-interrupt descriptor of one vCPU, with the processor's virtualization rules."""
+
+    def __init__(self, config, *, read_phys: Callable[[int, int], bytes],
+                 write_phys: Callable[[int, bytes], None], memory: int):
+        self.page = bytearray(4096)
+        self._read_phys, self._write_phys, self._memory = read_phys, write_phys, memory
+        self._pid_local = bytearray(64)      # the descriptor when the VMM places it
+        self.rvi = self.svi = 0
+        self.virtual_eois = 0                # EOI virtualizations performed (for reports)
+        self.delivered = 0                   # virtual interrupts delivered
+        self.posted = 0                      # posted-interrupt notifications processed
+        self.configure(config, first=True)
+
+    # ---- configuration -------------------------------------------------------------
+    def configure(self, config, *, first: bool = False, old=None) -> None:
+        on = config.on
+        s = config.settings
+        self.tpr_shadow = on("primary.use_tpr_shadow")
+        self.apic_accesses = on("secondary.virtualize_apic_accesses")
+        self.x2apic = on("secondary.virtualize_x2apic_mode")
+        self.register_virt = on("secondary.apic_register_virtualization")
+        self.vid = on("secondary.virtual_interrupt_delivery")
+        self.posted_interrupts = on("pin.process_posted_interrupts")
+        self.tpr_threshold = s["apic"]["tpr_threshold"]
+        self.eoi_exit = config.eoi_exit_bitmap()
+        self.notification_vector = s["posted_interrupts"]["vector"] & 0xFF
+        aa = s["vmcs"]["apic_access_page"]
+        self.access_page = (aa if aa is not None else APIC_BASE_DEFAULT) & ~0xFFF
+        self.pid_address = s["vmcs"]["posted_intr_desc"]
+        if first or old is None or old["apic"]["vtpr"] != s["apic"]["vtpr"]:
+            self.vtpr = s["apic"]["vtpr"] & 0xFF
+        if first or old is None or (old["apic"]["rvi"], old["apic"]["svi"]) != \
+                (s["apic"]["rvi"], s["apic"]["svi"]):
+            self._load_interrupt_status(s["apic"]["rvi"], s["apic"]["svi"])
+
+    def _load_interrupt_status(self, rvi: int, svi: int) -> None:
+        """Guest interrupt status at VM entry: RVI/SVI, their VIRR/VISR bits, VPPR."""
+        self.rvi, self.svi = rvi & 0xFF, svi & 0xFF
+        if self.rvi:
+            self.set_bit(IRR0, self.rvi)
+        if self.svi:
+            self.set_bit(ISR0, self.svi)
+        self.ppr_virtualization()
+
+    @property
+    def active(self) -> bool:
+        """Anything beyond the plain TPR shadow is in use."""
+        return self.apic_accesses or self.x2apic or self.register_virt or self.vid
+
+    def covers(self, address: int) -> bool:
+        """`address` (guest-physical) is on the APIC-access page and accesses are virtualized."""
+        return self.apic_accesses and address & ~0xFFF == self.access_page
+
+    def load_from_lapic(self, lapic) -> None:
+        """The VMM's start state of the virtual-APIC page: the local APIC's registers as the
+        guest would read them (ID, version, LDR, DFR, SVR, LVTs, timer set-up), as a
+        hypervisor initialises it; VTPR, VIRR/VISR and VPPR are the virtual ones."""
+        for off in (ID, VERSION, LDR, DFR, SVR, ESR, TMICT, TDCR, *LVT_OFFSETS):
+            try:
+                self.set_reg(off, lapic.read(off) & 0xFFFFFFFF)
+            except Exception:          # a register the device does not read in this mode
+                pass
+
+    # ---- the page ------------------------------------------------------------------
+    def reg(self, off: int) -> int:
+        return int.from_bytes(self.page[off:off + 4], "little")
+
+    def set_reg(self, off: int, value: int) -> None:
+        self.page[off:off + 4] = (value & 0xFFFFFFFF).to_bytes(4, "little")
+
+    @property
+    def vtpr(self) -> int:
+        return self.page[TPR]
+
+    @vtpr.setter
+    def vtpr(self, value: int) -> None:
+        self.set_reg(TPR, value & 0xFF)
+
+    @property
+    def vppr(self) -> int:
+        return self.page[PPR]
+
+    def _bits(self, base: int) -> int:
+        out = 0
+        for i in range(8):
+            out |= self.reg(base + 0x10 * i) << (32 * i)
+        return out
+
+    def _set_bits(self, base: int, bits: int) -> None:
+        for i in range(8):
+            self.set_reg(base + 0x10 * i, bits >> (32 * i))
+
+    def set_bit(self, base: int, vector: int, value: bool = True) -> None:
+        off = base + 0x10 * (vector >> 5)
+        r = self.reg(off)
+        m = 1 << (vector & 31)
+        self.set_reg(off, r | m if value else r & ~m)
+
+    @property
+    def virr(self) -> int:
+        return self._bits(IRR0)
+
+    @property
+    def visr(self) -> int:
+        return self._bits(ISR0)
+
+    # ---- the processor's virtualization steps ----------------------------------------
+    def ppr_virtualization(self) -> None:
+        vtpr, svi = self.vtpr, self.svi
+        self.set_reg(PPR, vtpr if vtpr >> 4 >= svi >> 4 else svi & 0xF0)
+
+    def tpr_virtualization(self) -> Trap | None:
+        """After VTPR was written (MOV to CR8, a TPR write on the APIC-access page, WRMSR 0x808)."""
+        if self.vid:
+            self.ppr_virtualization()
+            return None
+        if self.vtpr >> 4 < self.tpr_threshold & 0xF:
+            return Trap(Exit.TPR_BELOW_THRESHOLD, 0,
+                        {"vtpr": self.vtpr, "tpr_threshold": self.tpr_threshold})
+        return None
+
+    def eoi_virtualization(self) -> Trap | None:
+        vector = self.svi
+        self.set_bit(ISR0, vector, False)
+        self.svi = _highest(self.visr)
+        self.virtual_eois += 1
+        if self.eoi_exit >> vector & 1:
+            return Trap(Exit.EOI_INDUCED, vector, {"vector": vector})
+        self.ppr_virtualization()
+        return None
+
+    def request(self, vector: int) -> None:
+        """A virtual interrupt becomes requested: VIRR[vector] = 1, RVI = max(RVI, vector)
+        (self-IPI virtualization, and the VMM passing an interrupt on)."""
+        vector &= 0xFF
+        self.set_bit(IRR0, vector)
+        self.rvi = max(self.rvi, vector)
+
+    def pending(self, interrupt_window_exiting: bool = False) -> int | None:
+        """Evaluation of pending virtual interrupts: the vector recognized now, if any."""
+        if not self.vid or interrupt_window_exiting:
+            return None
+        if self.rvi >> 4 > self.vppr >> 4:
+            return self.rvi
+        return None
+
+    def deliver(self) -> int:
+        """Virtual-interrupt delivery of RVI: VISR/SVI/VPPR/VIRR/RVI updated; returns the
+        vector the CPU now delivers through the guest IDT."""
+        vector = self.rvi
+        self.set_bit(ISR0, vector)
+        self.svi = vector
+        self.set_reg(PPR, vector & 0xF0)
+        self.set_bit(IRR0, vector, False)
+        self.rvi = _highest(self.virr)
+        self.delivered += 1
+        return vector
+
+    # ---- posted interrupts -----------------------------------------------------------
+    def _pid_read(self) -> bytes:
+        a = self.pid_address
+        if a is not None and a + 64 <= self._memory:
+            return self._read_phys(a, 64)
+        return bytes(self._pid_local)
+
+    def _pid_write(self, data: bytes) -> None:
+        a = self.pid_address
+        if a is not None and a + 64 <= self._memory:
+            self._write_phys(a, data)
+        else:
+            self._pid_local[:] = data
+
+    def is_notification(self, vector: int) -> bool:
+        return self.posted_interrupts and vector == self.notification_vector
+
+    def process_posted(self) -> int:
+        """Posted-interrupt processing (the notification vector was acknowledged): clear ON,
+        VIRR |= PIR, PIR = 0, RVI = max(RVI, highest PIR bit).  Returns the PIR that moved."""
+        d = bytearray(self._pid_read())
+        pir = int.from_bytes(d[:32], "little")
+        d[32] &= ~1                                     # ON (bit 256)
+        d[:32] = bytes(32)
+        self._pid_write(bytes(d))
+        if pir:
+            self._set_bits(IRR0, self.virr | pir)
+            self.rvi = max(self.rvi, _highest(pir))
+        self.posted += 1
+        return pir
+
+    def post(self, vector: int) -> bool:
+        """What a device or another CPU does to post `vector`: PIR[vector] = 1 and ON = 1.
+        Returns True if a notification must be sent (ON was 0 and SN is 0)."""
+        d = bytearray(self._pid_read())
+        d[vector >> 3] |= 1 << (vector & 7)
+        was_on, sn = d[32] & 1, d[32] >> 1 & 1
+        d[32] |= 1
+        self._pid_write(bytes(d))
+        return not was_on and not sn
+
+    # ---- APIC-access page (xAPIC MMIO) ------------------------------------------------
+    def xapic_access(self, offset: int, size: int, write: bool, value: int = 0) -> Access:
+        """One linear read or write of `size` bytes at page offset `offset`."""
+        atype = ACCESS_WRITE if write else ACCESS_READ
+        exit_ = Access("exit", (atype << 12) | offset)
+        if not self.tpr_shadow:
+            return exit_
+        reg = offset & ~0xF
+        if (offset & 0xF) + size > 4:          # not inside the register's low 32 bits
+            return exit_
+        if not write:
+            ok = reg in READ_VIRTUALIZED if self.register_virt else reg == TPR
+            if not ok:
+                return exit_
+            return Access("read", value=self.reg(reg) >> (8 * (offset & 3)) &
+                          ((1 << (8 * size)) - 1))
+        if self.register_virt:
+            ok = reg in WRITE_VIRTUALIZED
+        else:
+            ok = reg == TPR or (self.vid and reg in (EOI, ICR_LO))
+        if not ok:
+            return exit_
+        self.page[offset:offset + size] = (value & ((1 << (8 * size)) - 1)).to_bytes(size, "little")
+        return Access("write", trap=self._apic_write_emulation(reg))
+
+    def _apic_write_emulation(self, reg: int) -> Trap | None:
+        if reg == TPR:
+            self.page[TPR + 1:TPR + 4] = bytes(3)
+            return self.tpr_virtualization()
+        if reg == EOI and self.vid:
+            return self.eoi_virtualization()
+        if reg == ICR_LO and self.vid:
+            lo = self.reg(ICR_LO)
+            if (lo & 0xFFF32000) == 0 and (lo >> 18) & 3 == 1 and not lo & (1 << 15) \
+                    and (lo >> 8) & 7 == 0 and lo & 0xF0:
+                self.request(lo & 0xFF)
+                return None
+        return Trap(Exit.APIC_WRITE, reg, {"offset": reg, "value": self.reg(reg)})
+
+    # ---- x2APIC MSRs ---------------------------------------------------------------
+    def rdmsr(self, msr: int) -> int | None:
+        """RDMSR of an x2APIC MSR that the MSR bitmap let through: the virtualized value, or
+        None when the read goes to the local APIC as usual."""
+        if not self.x2apic or not X2APIC_FIRST <= msr <= X2APIC_LAST:
+            return None
+        if msr == TPR_MSR or (self.register_virt and msr in X2_READ_VIRTUALIZED):
+            off = (msr & 0xFF) << 4
+            v = self.reg(off)
+            if msr == 0x830:
+                v |= self.reg(ICR_HI) << 32
+            return v
+        return None
+
+    def wrmsr(self, msr: int, value: int) -> tuple[bool, Trap | None]:
+        """WRMSR of an x2APIC MSR that the MSR bitmap let through: (virtualized, trap).
+        Not virtualized: the write goes to the local APIC.  Raises VirtualGp."""
+        if not self.x2apic or not X2APIC_FIRST <= msr <= X2APIC_LAST:
+            return False, None
+        if msr == TPR_MSR:
+            if value >> 8:
+                raise VirtualGp()
+            self.vtpr = value & 0xFF
+            return True, self.tpr_virtualization()
+        if self.vid and msr == EOI_MSR:
+            if value:
+                raise VirtualGp()
+            self.set_reg(EOI, 0)
+            return True, self.eoi_virtualization()
+        if self.vid and msr == SELF_IPI_MSR:
+            if value >> 8:
+                raise VirtualGp()
+            self.set_reg(0x3F0, value & 0xFF)
+            self.request(value & 0xFF)
+            return True, None
+        return False, None
+
+    def report(self) -> dict:
+        """State for the run report."""
+        return {"vtpr": self.vtpr, "vppr": self.vppr, "rvi": self.rvi, "svi": self.svi,
+                "virr": [v for v in range(256) if self.virr >> v & 1],
+                "visr": [v for v in range(256) if self.visr >> v & 1],
+                "delivered": self.delivered, "virtual_eois": self.virtual_eois,
+                "posted": self.posted}

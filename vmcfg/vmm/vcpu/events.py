@@ -12,6 +12,7 @@ from unicorn import (UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_16, UC_MODE_32, UC_MODE_
 from unicorn.unicorn_py3.unicorn import uclib
 from .. import decode as D
 from ..cpu.delivery import DeliveryFault, deliver_event, nested
+from ..cpu.state import HF_INHIBIT_IRQ
 from ..exitinfo import (INTR_EXTERNAL, INTR_HW_EXCEPTION, INTR_NMI, INTR_PRIV_SW_EXCEPTION,
                         INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit, interruption_info)
 from .common import _ERROR_CODE_VECTORS
@@ -264,6 +265,10 @@ class EventsMixin:
                     self._live_nmi = False
                     self._nmi_pending = True
         shadow = self._iw_steps > 0
+        # the engine ends a block after STI and MOV SS / POP SS and keeps their blocking in
+        # hflags: an engine stop at a block boundary (a device timer) may fall right after one
+        engine_shadow = not shadow and self._engine_shadow()
+        shadow = shadow or engine_shadow
         if_on = bool(self.rflags & (1 << 9))
         if on["primary.nmi_window_exiting"] and on["pin.virtual_nmis"] and not self._nmi_blocked:
             return VmExit(Exit.NMI_WINDOW, 0, self.rip)
@@ -298,6 +303,9 @@ class EventsMixin:
         elif self._virq and if_on and not shadow:
             self._deliver_event(INTR_EXTERNAL, self._virq.pop(0))
             return None
+        if engine_shadow and if_on and ((vec is not None and not ext_exit) or self._virq or
+                                        on["primary.interrupt_window_exiting"]):
+            self._iw_steps = 1           # one more instruction, then the event (_after_step)
         # something waits for RFLAGS.IF or for IRET: watch STI/POPF/IRET
         waiting = ((vec is not None and not ext_exit) or self._virq) and not if_on
         nmi_wait = (self._nmi_pending or self._nmi_reflect or self._nmi_blocked)
@@ -313,6 +321,29 @@ class EventsMixin:
                 self._trapped = trapped
                 self._rehook_all()
         return None
+
+    def _engine_shadow(self) -> bool:
+        """Blocking by STI or MOV SS / POP SS at an engine stop: the engine ends a block after
+        them and keeps the blocking in hflags, and the block counter may stop it right there
+        (a device timer).  The flag is believed only when the block that ran last ran to its
+        end natively and its last instruction is one of them (the engine leaves the flag set
+        when a hook retired the next instruction instead)."""
+        if not self._hflags & HF_INHIBIT_IRQ or not self._stub_stopped:
+            return False
+        addr, size, n = self.counter.last_block()
+        rip = self.rip
+        if not size or addr + size != rip:
+            return False
+        last = None
+        a = addr
+        for _ in range(max(n, 1)):
+            last = self._decode_any(a)
+            if last is None:
+                return False
+            a += last.len
+            if a >= rip:
+                break
+        return a == rip and D.classify(last) in ("sti", "ss_load")
 
     def _device_change_needs_stop(self, icount: int) -> bool:
         """A device changed inside one of the engine's hooks (an emulated I/O instruction, an

@@ -39,8 +39,10 @@ ALWAYS_TRAPPED = frozenset({"cpuid", "invd", "xsetbv", "vmcall", "vmx", "getsec"
                             "rdpmc", "mwait", "monitor", "invpcid",
                             "mov_to_cr4",       # CR4 bits the CPU model lacks: #GP (cr4_allowed)
                             "mov_to_cr8", "mov_from_cr8",    # devices: CR8 is the LAPIC TPR
-                            "smsw_wide"})      # the engine's SMSW r32/r64 stores 16 bits only
+                            "smsw_wide",       # the engine's SMSW r32/r64 stores 16 bits only
+                            "pushf_rf"})       # ... and its 16/32-bit PUSHF stores RF
 CR4_UMIP = 1 << 11
+RFLAGS_RF = 1 << 16
 
 
 # Instruction kinds that raise #GP(0) at CPL > 0 (this check comes before any VM exit)
@@ -188,6 +190,9 @@ class InterceptsMixin:
                 return
         if ins.kind not in self._trapped:
             return
+        if ins.kind == "pushf_rf":
+            self._pushf_rf(address)
+            return
         self._in_hook = True
         try:
             self.icount = self._retired_at(address)
@@ -236,6 +241,21 @@ class InterceptsMixin:
         finally:
             self._trap_flush()
             self._in_hook = False
+
+    def _pushf_rf(self, address: int) -> None:
+        """PUSHF/PUSHFD outside 64-bit code: the engine copies RFLAGS.RF into the image, and
+        keeps RF set after the instruction that follows the IRET that loaded it, where the
+        processor clears it (SDM 17.3.1.1) and PUSHF stores it as 0.  With RF set, clear it
+        and restart the block at the PUSHF (the engine's translated code must not go on
+        with flags rewritten under it); with RF clear, it runs natively."""
+        fl = self.rflags
+        if not fl & RFLAGS_RF:
+            return
+        self.icount = self._retired_at(address)
+        self.counter.set_count(self.icount)
+        self.set_rflags(fl & ~RFLAGS_RF)
+        self._pend[self._pc_reg] = self._rip_value(address)
+        self._trap_flush()
 
     def _reentry_needed(self) -> bool:
         return self._reentry or self.platform.next_event() is not None or bool(self._virq) \

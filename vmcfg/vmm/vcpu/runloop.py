@@ -111,6 +111,7 @@ class RunLoopMixin:
                         self._after_step()
                         continue
                 stopped_by_stub = counter.clear_stop()
+                self._stub_stopped = stopped_by_stub and self._event is None and err is None
                 # a stub stop without progress: approach the deadline in count mode
                 self._force_count = stopped_by_stub and counter.count == start_icount
                 if counter.stop_pending():

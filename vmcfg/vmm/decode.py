@@ -198,6 +198,31 @@ def count_instructions(data: bytes, address: int, bitness: int, stop: int | None
     return n
 
 
+# what can make an instruction sensitive: its mnemonic, or (MOV to/from CR/DR/Sreg, POP SS)
+# its exact form; anything else is never classified (classify() is the judge for these)
+_SENSITIVE_MNEMONICS = frozenset(_MNEMONIC_KIND)
+_SENSITIVE_CODES = frozenset(getattr(Code, n) for n in dir(Code) if not n.startswith("_") and (
+    (n.startswith("MOV_") and ("CR" in n or "DR" in n or "SREG" in n))
+    or (n.startswith("POP") and n.endswith("_SS"))))
+
+
+def block_sensitive(data: bytes, address: int, bitness: int
+                    ) -> tuple[int, list[tuple[int, str, ix.Instruction]]]:
+    """A translated block's instruction count and its sensitive instructions (address,
+    kind, instruction), decoded from the block's first byte: the real instruction
+    boundaries, unlike scan_page's every-offset guesses."""
+    dec = ix.Decoder(bitness, data, ip=address)
+    n = 0
+    found = []
+    for instr in dec:
+        n += 1
+        if instr.mnemonic in _SENSITIVE_MNEMONICS or instr.code in _SENSITIVE_CODES:
+            kind = classify(instr)
+            if kind is not None:
+                found.append((instr.ip, kind, instr))
+    return n, found
+
+
 def scan_page(data: bytes, base: int, bitness: int, lo: int = 0, hi: int | None = None
               ) -> dict[int, tuple[str, ix.Instruction]]:
     """Every address in [base+lo, base+hi) where a sensitive instruction starts.

@@ -198,7 +198,8 @@ class InterceptsMixin:
             self.icount = self._retired_at(address)
             if self._fx_native:
                 self._fx_learn(address, ins)
-            exits_before = self.exit_count
+            fxs = self._fxs
+            exits_before = fxs.exit_count
             nxt = self._instruction(ins)
             if nxt is not None:
                 self.icount += 1
@@ -206,7 +207,7 @@ class InterceptsMixin:
                 self._pend[self._pc_reg] = self._rip_value(nxt)
                 if self._pending_cfg is not None or self._event is not None or (
                         self.platform.changed and self._device_change_needs_stop(self.icount)) or (
-                        self.exit_count != exits_before and self._reentry_needed()):
+                        fxs.exit_count != exits_before and self._reentry_needed()):
                     if self._event is None:
                         self._event = ("resume",)
                     uc.emu_stop()
@@ -262,8 +263,8 @@ class InterceptsMixin:
 
     def vmexit(self, ex: VmExit) -> None:
         """Record an exit, run its handler (user or default)."""
-        self.exit_count += 1
-        ex.seq = self.exit_count
+        fxs = self._fxs
+        ex.seq = fxs.exit_count = fxs.exit_count + 1
         ex.instructions = ic = self.icount
         ex.tsc = self._tsc_at(ic)
         if self._on["pin.activate_vmx_preemption_timer"] and self._ptimer_fire is not None \
@@ -373,6 +374,11 @@ class InterceptsMixin:
             self.emulate_msr(ins)
             return nxt
         if k == "io":
+            if not ins.io_string:             # the common case: no exit, one port access
+                port = ins.port_imm if ins.port_imm is not None else self.gpr(2, 2)
+                if not self._io_exits(port, ins.io_size):
+                    self._io_access(ins, port)
+                    return nxt
             port, size, qual, gla = self._io_params(ins)
             if self._io_exits(port, size):
                 data = {"port": port, "size": size, "direction": "in" if ins.io_in else "out"}
@@ -550,12 +556,21 @@ class InterceptsMixin:
         return port, size, qual, gla
 
     def _io_exits(self, port: int, size: int) -> bool:
-        on = self.cfg.on
-        if on("primary.use_io_bitmaps"):
+        on = self._on
+        if on["primary.use_io_bitmaps"]:
             if port + size - 1 > 0xFFFF:
                 return True
-            return any(self.cfg.io_port_intercepted(port + i) for i in range(size))
-        return on("primary.unconditional_io_exiting")
+            bm = self.fx.io_bitmap            # the I/O bitmaps, one bit per port
+            return any(bm[p >> 3] >> (p & 7) & 1 for p in range(port, port + size))
+        return on["primary.unconditional_io_exiting"]
+
+    def _io_access(self, ins: D.Insn, port: int) -> None:
+        """IN/OUT (not string I/O) on the board's devices."""
+        size = ins.io_size
+        if ins.io_in:
+            self.set_gpr(0, self.platform.io_read(port, size), size)
+        else:
+            self.platform.io_write(port, size, self.gpr(0, size))
 
     def _ple_check(self) -> bool:
         if not self.cfg.on("secondary.pause_loop_exiting"):
@@ -590,14 +605,11 @@ class InterceptsMixin:
             raise GuestFault(13, 0) from None
 
     def emulate_io(self, ins: D.Insn) -> None:
+        if not ins.io_string:
+            self._io_access(ins, ins.port_imm if ins.port_imm is not None else self.gpr(2, 2))
+            return
         port, size, _q, _g = self._io_params(ins)
         p = self.platform
-        if not ins.io_string:
-            if ins.io_in:
-                self.set_gpr(0, p.io_read(port, size), size)
-            else:
-                p.io_write(port, size, self.gpr(0, size))
-            return
         asz = 8 if self.mode == 64 else 4 if self.mode == 32 else 2
         count = self.gpr(1, asz) if ins.io_rep else 1
         step = -size if self.rflags & (1 << 10) else size

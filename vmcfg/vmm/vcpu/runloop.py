@@ -118,6 +118,15 @@ class RunLoopMixin:
                     counter.clear_stop_request()
                 ev = self._event
                 self._event = None
+                if ev is not None and ev[0] == "rehook" and err is None:
+                    # a block about to run for the first time has a trapped instruction that
+                    # was just hooked (_count_block): nothing of that block has retired; it
+                    # is translated again, with the hook, when the run goes on
+                    self._remove_cache(ev[1] & ~0xFFF)
+                    ev = None
+                    if not (count and counter.count - start_icount == count):
+                        self.icount = counter.count
+                        continue
                 if err is not None or (ev is not None and ev[0] not in ("resume", "end")):
                     self._exc_dirty = True
                 if ev is None and err is None and self._stopped_at_invalid(

@@ -182,6 +182,35 @@ def test_values_by_kind(cli, tmp_path):
     assert prof.settings["guest"]["memory"] == 32 << 20
 
 
+def test_one_key_written_two_ways_is_edited_in_place(cli, tmp_path):
+    """cpuid."1" is the leaf the file spells "0x1"; handlers.CPUID the reason it spells 10."""
+    p = _write(tmp_path, textwrap.dedent("""\
+        [profile]
+        extends = "baseline"
+
+        [cpuid."0x1"]
+        ecx = 0x1   # kept
+
+        [handlers]
+        10 = "m:f"
+        """))
+    r = cli("set", str(p), 'cpuid."1".eax=5', "handlers.cpuid=a:b", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["written"] and [c["after"] for c in doc["changes"]] == [5, "a:b"]
+    assert doc["changes"][0]["before"] is None and doc["changes"][1]["before"] == "m:f"
+    assert "cpuid.0x1.eax" in doc["changes"][0]["note"]
+    text = p.read_text()
+    assert text.count("[cpuid.") == 1 and "ecx = 0x1   # kept" in text
+    assert '10 = "a:b"' in text and "CPUID" not in text
+    assert load_profile(str(p)).settings["cpuid"]["*"] == {"0x1": {"ecx": 1, "eax": 5}}
+    r = cli("unset", str(p), 'cpuid."1".ecx', "handlers.CPUID")
+    assert r.exit_code == 0, r.output
+    prof = load_profile(str(p))
+    assert prof.settings["cpuid"]["*"] == {"0x1": {"eax": 5}}
+    assert not prof.settings.get("handlers", {}).get("*")
+
+
 def test_raw_field_bits_are_edited_in_the_raw_value(cli, tmp_path):
     from vmcfg.vmx.table import CONTROL_BY_PATH
     p = _write(tmp_path, textwrap.dedent("""\

@@ -289,3 +289,112 @@ def test_every_setting_kind_has_one_class():
         assert k.parse(s, v) == v, s.path
         import tomllib
         assert k.parse(s, tomllib.loads(f"x = {k.literal(s, v)}")["x"]) == v, s.path
+
+
+# ---- one home for each fact: exit reasons, statuses, vector bounds ----------------------
+
+def test_exit_reasons_come_from_the_one_table():
+    """Every layer names exit reasons through vmx/exits.py: the enum, the handlers' table,
+    the control table, explain and the profile schema all derive from EXIT_REASONS."""
+    from vmcfg.vmm.handlers import DEFAULT_HANDLERS
+    from vmcfg.vmx.exits import EXIT_BY_NUMBER, EXIT_REASONS, Exit, exit_name
+    from vmcfg.vmx.explain import explain
+    from vmcfg.vmx.schema import profile_schema
+    from vmcfg.vmx.table import CONTROLS
+    reasons = {r.number: r.name for r in EXIT_REASONS}
+    assert {int(e): e.name for e in Exit} == reasons
+    assert len(reasons) == len(EXIT_REASONS), "two rows of the exit table share a number"
+    assert all(isinstance(k, Exit) for k in DEFAULT_HANDLERS), "a handler keyed by a bare number"
+    for c in CONTROLS:
+        assert set(c.exits) <= set(reasons), c.path
+    for n, name in reasons.items():
+        assert exit_name(n) == name and EXIT_BY_NUMBER[n].name == name
+        assert explain(str(n)) is not None and explain(name) is not None, name
+    handlers = profile_schema()["properties"]["handlers"]["propertyNames"]["anyOf"][0]["enum"]
+    assert handlers == list(reasons.values())
+
+
+def _bare_exit_numbers(path: str) -> list[str]:
+    """`reason == 16`, `reason in (10, 12)` and `VmExit(16, ...)` in one source file."""
+    import ast
+    tree = ast.parse(open(path, encoding="utf-8").read())
+    found = []
+
+    def is_int(n):
+        return isinstance(n, ast.Constant) and type(n.value) is int
+
+    def names_reason(n):
+        return (isinstance(n, ast.Attribute) and "reason" in n.attr) or \
+               (isinstance(n, ast.Name) and "reason" in n.id)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and names_reason(node.left):
+            for right in node.comparators:
+                items = right.elts if isinstance(right, (ast.Tuple, ast.List, ast.Set)) else [right]
+                if any(is_int(i) for i in items):
+                    found.append(f"{path}:{node.lineno}")
+        if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "VmExit" \
+                and node.args and is_int(node.args[0]):
+            found.append(f"{path}:{node.lineno}")
+    return found
+
+
+def test_no_bare_exit_reason_numbers():
+    """Exit reasons are written as Exit.NAME, never as numbers, outside vmx/exits.py."""
+    pkg = os.path.join(ROOT, "vmcfg")
+    bare = []
+    for dirpath, _dirs, files in os.walk(pkg):
+        for f in files:
+            if f.endswith(".py"):
+                bare += _bare_exit_numbers(os.path.join(dirpath, f))
+    assert bare == []
+
+
+def test_statuses_and_vector_bounds_have_one_home():
+    """The launch report's statuses, the JSON error statuses and the vector bounds that
+    the profile, the live channel and the rules check come from status.py and exits.py."""
+    from vmcfg import status as S
+    from vmcfg.profile import load_caps, load_profile, resolve_profile
+    from vmcfg.report_schemas import schema
+    from vmcfg.vmx import exits as X
+    from vmcfg.vmx.kinds import KINDS
+    from vmcfg.vmx.settings import SETTING_BY_PATH
+    run = schema("launch")["$defs"]["run_result"]["properties"]["status"]["enum"]
+    assert run == list(S.LAUNCH_STATUSES)
+    for o in S.OUTCOMES:
+        if not o.launch:
+            assert S.name_of(o.code) == o.name and S.exit_code(o.name) == o.code
+    assert X.LAST_EXCEPTION_VECTOR + 1 == X.FIRST_EXTERNAL_VECTOR
+    vectors = KINDS["vectors"]
+    s = SETTING_BY_PATH["exceptions.intercept"]
+    assert vectors.parse(s, [X.LAST_EXCEPTION_VECTOR]) == [X.LAST_EXCEPTION_VECTOR]
+    with pytest.raises(ValueError, match=f"0-{X.LAST_EXCEPTION_VECTOR}"):
+        vectors.parse(s, [X.FIRST_EXTERNAL_VECTOR])
+    for vector, ok in ((X.LAST_EXCEPTION_VECTOR, True), (X.FIRST_EXTERNAL_VECTOR, False)):
+        prof = load_profile("baseline")
+        prof.settings["inject"] = {"type": X.InterruptionType.HW_EXCEPTION.name.lower(),
+                                   "vector": vector}
+        res = resolve_profile(prof, load_caps("cvmm", None))
+        assert ("N4" in {e.rule for e in res.errors}) != ok, vector
+
+
+# ---- the vCPU package --------------------------------------------------------------------
+
+def test_vcpu_parts_name_exit_reasons_and_do_not_import_in_a_circle():
+    """The vCPU is one module per part of its state; exits are named by `Exit`, never by a
+    number; the default handlers and the run's outcome do not import the vCPU back."""
+    import ast
+    import pathlib
+    pkg = pathlib.Path(ROOT, "vmcfg", "vmm", "vcpu")
+    parts = sorted(p.stem for p in pkg.glob("*.py"))
+    assert {"core", "registers", "memory", "codepages", "intercepts", "events", "vtime",
+            "reconfig", "runloop"} <= set(parts)
+    bare = re.compile(r"\b(?:_exit|_trap_exit|VmExit|_entry_exit)\(\s*\d")
+    for p in pkg.glob("*.py"):
+        text = p.read_text()
+        assert not bare.search(text), f"{p.name}: an exit reason written as a number"
+        assert len(text.splitlines()) < 800, f"{p.name} is growing back into a monolith"
+    for leaf in ("handlers.py", "outcome.py"):
+        tree = ast.parse(pathlib.Path(ROOT, "vmcfg", "vmm", leaf).read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert "vcpu" not in (node.module or ""), f"{leaf} imports the vCPU back"

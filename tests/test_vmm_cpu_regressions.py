@@ -55,3 +55,85 @@ def test_tracing_profiles_finish_exits_all(profile, status):
     assert res.console.rstrip().endswith("hlt")
     assert res.guest_exit_code in (None, 0)
     assert "TRIPLE_FAULT" not in names(recs)
+
+
+
+SMSW32 = """bits 32
+org 0x100000
+        mov eax, cr0
+        or eax, 0x40000000             ; CD: a bit above 15
+        mov cr0, eax
+        mov ebx, eax
+        mov eax, 0x11111111
+        smsw eax                       ; CR0[31:0] as Intel CPUs store it
+        cmp eax, ebx
+        jne bad
+        mov edx, 0x33333333
+        smsw dx                        ; only the low 16 bits change
+        mov esi, 0x33330000
+        movzx edi, bx
+        or esi, edi
+        cmp edx, esi
+        jne bad2
+        mov al, 0
+        out 0xf4, al
+bad:    mov al, 1
+        out 0xf4, al
+bad2:   mov al, 2
+        out 0xf4, al
+"""
+
+SMSW64 = """bits 64
+org 0x100000
+        mov rax, cr0
+        or eax, 0x40000000             ; CD: a bit above 15
+        mov cr0, rax
+        mov rbx, rax
+        mov rax, 0x1111111111111111
+        smsw eax                       ; zero-extended CR0[31:0]
+        cmp rax, rbx
+        jne bad
+        mov rcx, 0x2222222222222222
+        smsw rcx
+        cmp rcx, rbx
+        jne bad
+        mov rdx, 0x3333333333333333
+        smsw dx                        ; only the low 16 bits change
+        mov rsi, 0x3333333333330000
+        movzx edi, bx
+        or rsi, rdi
+        cmp rdx, rsi
+        jne bad
+        mov al, 0
+        out 0xf4, al
+bad:    mov al, 1
+        out 0xf4, al
+"""
+
+KUT_LIKE = """
+[profile]
+name = "kut-like"
+extends = "baseline"
+[primary]
+activate_secondary_controls = true
+[secondary]
+enable_ept = true
+unrestricted_guest = true
+[entry]
+ia32e_mode_guest = false
+"""
+
+
+@pytest.mark.parametrize("bits", [32, 64])
+def test_smsw_to_a_wide_register_stores_cr0(bits, tmp_path):
+    """SMSW r32 stores CR0[31:0] (the engine stored only bits 15:0), SMSW r64 all of CR0,
+    SMSW r16 only the low word; exit codes 1/2 name the check that failed."""
+    g = tmp_path / "smsw.asm"
+    g.write_text(SMSW32 if bits == 32 else SMSW64)
+    if bits == 32:
+        p = tmp_path / "kut.toml"
+        p.write_text(KUT_LIKE)
+        res, _ = run(str(p), str(g), mode=32)
+    else:
+        res, _ = run("baseline", str(g))
+    assert res.status == "debug-exit" and res.guest_exit_code == 0, res.console

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from .common import EXIT_INVALID, EXIT_OK, complete_cpu, emit_json, err
+from .common import EXIT_INVALID, EXIT_OK, complete_cpu, default_group, emit_json, err
 from .report import fail, finish, out
 
 
@@ -31,16 +31,7 @@ def _load(spec: str | None, caps_file: str | None):
         fail(str(e))
 
 
-class CapsGroup(click.Group):
-    """`vmcfg caps MODEL` shows a model; `vmcfg caps import|diff ...` are subcommands."""
-
-    def parse_args(self, ctx, args):
-        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
-            args = ["show"] + list(args)
-        return super().parse_args(ctx, args)
-
-
-@click.group(cls=CapsGroup)
+@click.group(cls=default_group("show"))
 def caps():
     """Decode, import and compare VMX capability sets.
 

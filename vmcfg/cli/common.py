@@ -39,6 +39,22 @@ def profile_file(spec: str, what: str = "edit") -> str:
     fail(f"{spec}: no such file (create one with: vmcfg new NAME)")
 
 
+class DefaultGroup(click.Group):
+    """A group whose first argument, when it is not a subcommand, goes to `default`
+    (`vmcfg caps MODEL` is `vmcfg caps show MODEL`; `vmcfg smoke FILE` is `smoke run FILE`)."""
+
+    default = ""
+
+    def parse_args(self, ctx, args):
+        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
+            args = [self.default] + list(args)
+        return super().parse_args(ctx, args)
+
+
+def default_group(default: str) -> type[DefaultGroup]:
+    return type(f"DefaultGroup_{default}", (DefaultGroup,), {"default": default})
+
+
 def cpu_options(f: Callable) -> Callable:
     f = click.option("--caps", "caps_file", metavar="FILE",
                      type=click.Path(dir_okay=False),

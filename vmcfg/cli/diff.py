@@ -68,7 +68,7 @@ def _bit_rows(field: str, a: int, b: int, width: int, verdict=None) -> list[dict
 
 
 def diff_profiles(ra, rb, spec_a: str | None = None, spec_b: str | None = None) -> dict:
-    from ..profile.edit import display_value
+    from ..profile.keys import display_value
     from ..vmx.table import FIELDS
     fields = []
     for f in FIELDS:

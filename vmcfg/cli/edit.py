@@ -71,17 +71,24 @@ def edit(profile, cpu, caps_file, force, yes, no_input, as_json):
     Exit status: 0 saved or no change, 1 discarded / refused / editor failed,
     2 bad usage or unreadable file.
     """
-    from ..profile.atomic import WriteError, atomic_write, locked
-    from ..profile.edit import validate_text
-    from ..profile.source import ProfileError, read_text
+    from ..profile.source import ProfileError
+    from ..profile.transaction import ProfileTransaction
 
     path = profile_file(profile, "edit")
     caps = load_shared_caps(cpu, caps_file)
     try:
-        original = read_text(path)
+        with ProfileTransaction.open(path, caps=caps) as tx:
+            _edit_loop(tx, editor_command(), force=force, yes=yes, no_input=no_input,
+                       as_json=as_json)
     except ProfileError as e:
         fail(str(e))
-    argv = editor_command()
+
+
+def _edit_loop(tx, argv: list[str], *, force: bool, yes: bool, no_input: bool,
+               as_json: bool) -> None:
+    """Editor -> check -> (edit again | discard | force) -> commit, on a temporary copy."""
+    from ..profile.transaction import Conflict, WriteError
+    path, original = tx.path, tx.original
     tmpdir = tempfile.mkdtemp(prefix="vmcfg-edit-")
     base = os.path.basename(path)
     copy = os.path.join(tmpdir, base if base.endswith(".toml") else base + ".toml")
@@ -124,34 +131,28 @@ def edit(profile, cpu, caps_file, force, yes, no_input, as_json):
                        f"vmcfg: the editor exited with status {rc}; {path} unchanged", "red")
             try:
                 with open(copy, encoding="utf-8") as fh:
-                    new = fh.read()
+                    tx.replace(fh.read())
             except (OSError, UnicodeDecodeError) as e:
                 keep = True
                 done(EXIT_INVALID, "unreadable-copy",
                        f"vmcfg: cannot read the edited copy: {e}; {path} unchanged", "red")
-            if new == original:
+            if not tx.changed:
                 done(EXIT_OK, "unchanged", f"{path}: no changes")
             doc["changed"] = True
-            res, load_err = validate_text(new, path, caps=caps)
-            valid = res is not None and res.valid
-            doc["valid"] = valid
-            if res is not None:
-                j = res.to_json()
-                doc["errors"], doc["warnings"] = j["errors"], j["warnings"]
-            elif load_err is not None:
-                doc["errors"] = [{"rule": None, "message": load_err.message,
-                                  "location": load_err.to_json()}]
-            if valid:
-                if res.warnings and not as_json:
-                    render_violations(res)
+            v = tx.check()
+            doc["valid"] = v.valid
+            doc["errors"], doc["warnings"] = v.problems(located_message=False)
+            if v.valid:
+                if v.resolved.warnings and not as_json:
+                    render_violations(v.resolved)
                 break
             if not as_json:
                 err(click.style(f"{path}: the edited profile is invalid "
                                 f"(line numbers refer to your edit):", fg="red", bold=True))
-                if load_err is not None:
-                    err(str(load_err), fg="red")
+                if v.load_error is not None:
+                    err(str(v.load_error), fg="red")
                 else:
-                    render_violations(res)
+                    render_violations(v.resolved)
             if force:
                 doc["forced"] = True
                 break
@@ -170,26 +171,21 @@ def edit(profile, cpu, caps_file, force, yes, no_input, as_json):
             done(EXIT_INVALID, "discarded", f"vmcfg: {path} unchanged (changes discarded)",
                    "red")
         # ---- save: compare-and-swap under the lock
+
+        def overwrite() -> bool:
+            if not as_json:
+                err(click.style(f"{path} changed on disk while you were editing.",
+                                fg="yellow", bold=True))
+            if yes or no_input:
+                return yes
+            return _ask("Overwrite the changes made meanwhile? (y/n)", ["y", "n"], "n") == "y"
+
         try:
-            with locked(path):
-                try:
-                    current = read_text(path)
-                except ProfileError:
-                    current = None
-                if current != original:
-                    if not as_json:
-                        err(click.style(f"{path} changed on disk while you were editing.",
-                                        fg="yellow", bold=True))
-                    ok = yes
-                    if not ok and not no_input:
-                        ok = _ask("Overwrite the changes made meanwhile? (y/n)", ["y", "n"],
-                                  "n") == "y"
-                    if not ok:
-                        keep = True
-                        done(EXIT_INVALID, "conflict",
-                               f"vmcfg: {path} not overwritten (it changed meanwhile; "
-                               f"--yes overwrites)", "red")
-                atomic_write(path, new)
+            tx.commit(force=doc["forced"], overwrite=overwrite)
+        except Conflict:
+            keep = True
+            done(EXIT_INVALID, "conflict",
+                   f"vmcfg: {path} not overwritten (it changed meanwhile; --yes overwrites)", "red")
         except WriteError as e:
             keep = True
             done(EXIT_INVALID, "write-failed", f"vmcfg: {e}", "red")
@@ -197,8 +193,7 @@ def edit(profile, cpu, caps_file, force, yes, no_input, as_json):
         if doc["forced"] and not doc["valid"]:
             done(EXIT_OK, "saved",
                    click.style(f"{path}: saved INVALID profile (forced)", fg="red", bold=True))
-        name = res.caps.name if res is not None else "?"
-        done(EXIT_OK, "saved", click.style(f"{path}: saved", fg="green") + f"; valid on {name}")
+        done(EXIT_OK, "saved", click.style(f"{path}: saved", fg="green") + f"; valid on {v.cpu or '?'}")
     finally:
         if not keep:
             shutil.rmtree(tmpdir, ignore_errors=True)

@@ -71,12 +71,13 @@ def new(name, from_, cpu, caps_file, wants, description, output, force, as_json)
     """
     from ..profile import ProfileError, load_caps, load_profile, resolve_profile
     from ..profile.atomic import WriteError, atomic_write
-    from ..profile.edit import EditError, Target, parse_value
+    from ..profile.keys import EditError, SettingTarget, parse_value
     from ..profile.loader import load_profile_text
     from ..profile.loader import builtin_path, normalize_setting
     from ..profile.resolve import effective
     from ..profile.writer import render_new_profile
     from ..vmx.closure import ClosureError, closure, resolve_want
+    from ..vmx.kinds import kind_of
     from ..vmx.settings import SETTING_BY_PATH
     from ..vmx.table import CONTROL_BY_PATH
 
@@ -167,14 +168,14 @@ def new(name, from_, cpu, caps_file, wants, description, output, force, as_json)
     for path, v in cl.settings.items():
         s = SETTING_BY_PATH[path]
         if v is None:
-            v = True if s.kind == "bool" else copy.deepcopy(s.default)
+            v = kind_of(s).implied(s)
             if v is None:
                 fail(f"--want {path} needs a value: --want {path}=VALUE "
                            f"({s.title}; it has no default)")
             norm = normalize_setting(s, v)
         else:
             try:
-                tv, _ = parse_value(Target("setting", s.table, s.key, setting=s), str(v))
+                tv, _ = parse_value(SettingTarget(s.table, s.key, setting=s), str(v))
             except EditError as e:
                 fail(f"--want {path}: {e}")
             norm = normalize_setting(s, tv)

@@ -23,7 +23,7 @@ from .report import finish
 def complete_assignment(ctx, param, incomplete):
     """KEY=VALUE completion for `set`: keys from the tables, then values of that key."""
     from click.shell_completion import CompletionItem
-    from ..profile.edit import set_key_names, value_choices
+    from ..profile.keys import set_key_names, value_choices
     # bash splits "KEY=VALUE" at '=' (COMP_WORDBREAKS): the words before are KEY and '='
     prior = list((ctx.params or {}).get("assignments") or ())
     if prior and prior[-1] == "=" and len(prior) >= 2:
@@ -44,7 +44,7 @@ def complete_assignment(ctx, param, incomplete):
 
 def complete_key(ctx, param, incomplete):
     from click.shell_completion import CompletionItem
-    from ..profile.edit import set_key_names
+    from ..profile.keys import set_key_names
     from ..vmx.settings import SETTING_TABLES
     from ..vmx.table import FIELD_KEYS
     keys = set_key_names() + list(FIELD_KEYS) + list(SETTING_TABLES)
@@ -54,84 +54,69 @@ def complete_key(ctx, param, incomplete):
 # ---- set / unset ------------------------------------------------------------------------------
 
 def _fmt(key: str, v) -> str:
-    from ..profile.edit import display_value
+    from ..profile.keys import display_value
     return display_value(key, v)
 
 
 def run_edit(path: str, ops: list[tuple], *, cpu, caps_file, force: bool, dry_run: bool,
              as_json: bool) -> int:
-    from ..profile.atomic import WriteError, atomic_write, locked
-    from ..profile.edit import EditError, ProfileEditor, effective_value, validate_text
-    from ..profile.source import ProfileError, read_text
+    """Stage `ops` (("set", key, op, value) / ("unset", key)) in one ProfileTransaction,
+    check, commit unless refused or a dry run; render the report."""
+    from ..profile.values import EditError
+    from ..profile.source import ProfileError
+    from ..profile.transaction import ProfileTransaction, Refused, WriteError
 
     caps = load_shared_caps(cpu, caps_file)
     try:
-        with locked(path):
-            text = read_text(path)
+        with ProfileTransaction.open(path, caps=caps, hold_lock=True) as tx:
             try:
-                ed = ProfileEditor(text, path)
-                changes = []
                 for op in ops:
                     if op[0] == "unset":
-                        changes.append(ed.unset(op[1]))
+                        tx.unset(op[1])
                     else:
-                        changes.append(ed.set(op[1], op[2], op[3]))
+                        tx.set(op[1], op[2], op[3])
             except EditError as e:
                 fail(f"{path}: {e}")
-            new_text = ed.text()
-            old_res, _ = validate_text(text, path, caps=caps)
-            new_res, load_err = validate_text(new_text, path, caps=caps)
-            for ch in changes:
-                ch.before = effective_value(old_res, ch.key) if old_res else None
-                ch.after = effective_value(new_res, ch.key) if new_res else None
-            changed = new_text != text
-            valid = new_res is not None and new_res.valid
-            doc = {"profile": path, "changes": [c.to_json() for c in changes],
-                   "changed": changed, "written": False, "valid": valid,
-                   "cpu": new_res.caps.name if new_res else None,
-                   "errors": [], "warnings": []}
-            if new_res is not None:
-                j = new_res.to_json()
-                doc["errors"], doc["warnings"] = j["errors"], j["warnings"]
-            if load_err is not None:
-                doc["errors"] = [{"rule": None, "message": str(load_err),
-                                  "location": load_err.to_json()}]
+            v = tx.check()
+            doc = {"profile": path, "changes": [c.to_json() for c in tx.changes],
+                   "changed": tx.changed, "written": False, "valid": v.valid, "cpu": v.cpu}
+            doc["errors"], doc["warnings"] = v.problems()
             if not as_json:
-                for ch in changes:
+                for ch in tx.changes:
                     _render_change(ch)
-            refused = changed and not valid and not force
-            if refused:
+            try:
+                doc["written"] = tx.commit(force=force, dry_run=dry_run)
+            except Refused:
                 doc["refused"] = True
                 if not as_json:
-                    if load_err is not None:
-                        err(f"{load_err}", fg="red")
-                    else:
-                        render_violations(new_res)
-                    was = ""
-                    if old_res is not None and not old_res.valid:
-                        was = f" (it was already invalid: {len(old_res.errors)} error(s))"
-                    err(click.style(f"{path}: refused: the result would be invalid{was}; "
-                                    f"nothing written (use --force to write it anyway)",
-                                    fg="red", bold=True))
-            elif changed and not dry_run:
-                atomic_write(path, new_text)
-                doc["written"] = True
+                    _render_refusal(tx, v)
             if dry_run:
                 doc["dry_run"] = True
-                doc["text"] = new_text
-    except ProfileError as e:
-        fail(str(e))
-    except WriteError as e:
+                doc["text"] = tx.text
+    except (ProfileError, WriteError) as e:
         fail(str(e))
     if as_json:
         emit_json(doc)
     else:
-        _summary(path, doc, new_res, dry_run)
+        _summary(path, doc, v.resolved, dry_run)
         if dry_run:
             import difflib
             sys.stdout.writelines(difflib.unified_diff(
-                text.splitlines(True), new_text.splitlines(True), path, f"{path} (new)"))
+                tx.original.splitlines(True), tx.text.splitlines(True), path, f"{path} (new)"))
     return EXIT_INVALID if doc.get("refused") else EXIT_OK
+
+
+def _render_refusal(tx, v) -> None:
+    if v.load_error is not None:
+        err(f"{v.load_error}", fg="red")
+    else:
+        render_violations(v.resolved)
+    old = tx.before().resolved
+    was = ""
+    if old is not None and not old.valid:
+        was = f" (it was already invalid: {len(old.errors)} error(s))"
+    err(click.style(f"{tx.path}: refused: the result would be invalid{was}; "
+                    f"nothing written (use --force to write it anyway)", fg="red", bold=True))
 
 
 def _render_change(ch) -> None:
@@ -160,15 +145,20 @@ def _summary(path: str, doc: dict, res, dry_run: bool) -> None:
         err(f"{path}: no change; {state}")
 
 
+def edit_options(f):
+    """--cpu/--caps, --force, --dry-run and --json, as `set` and `unset` take them."""
+    f = click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")(f)
+    f = click.option("-n", "--dry-run", is_flag=True,
+                     help="Validate and print the change as a diff (stdout); write nothing.")(f)
+    f = click.option("--force", is_flag=True, help="Write the result even if it is invalid.")(f)
+    return cpu_options(f)
+
+
 @click.command("set")
 @click.argument("profile", metavar="PROFILE", shell_complete=complete_profile_file)
 @click.argument("assignments", nargs=-1, required=True, metavar="KEY=VALUE...",
                 shell_complete=complete_assignment)
-@cpu_options
-@click.option("--force", is_flag=True, help="Write the result even if it is invalid.")
-@click.option("-n", "--dry-run", is_flag=True,
-              help="Validate and print the change as a diff (stdout); write nothing.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@edit_options
 def set_(profile, assignments, cpu, caps_file, force, dry_run, as_json):
     """Set KEY=VALUE in PROFILE in place, keeping every other byte of the file.
 
@@ -187,7 +177,7 @@ def set_(profile, assignments, cpu, caps_file, force, dry_run, as_json):
     Exit status: 0 written or nothing to do, 1 refused (invalid result),
     2 bad key/value or unreadable file.
     """
-    from ..profile.edit import EditError, split_assignment
+    from ..profile.keys import EditError, split_assignment
     path = profile_file(profile, "set")
     ops = []
     for a in assignments:
@@ -203,11 +193,7 @@ def set_(profile, assignments, cpu, caps_file, force, dry_run, as_json):
 @click.command()
 @click.argument("profile", metavar="PROFILE", shell_complete=complete_profile_file)
 @click.argument("keys", nargs=-1, required=True, metavar="KEY...", shell_complete=complete_key)
-@cpu_options
-@click.option("--force", is_flag=True, help="Write the result even if it is invalid.")
-@click.option("-n", "--dry-run", is_flag=True,
-              help="Validate and print the change as a diff (stdout); write nothing.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@edit_options
 def unset(profile, keys, cpu, caps_file, force, dry_run, as_json):
     """Remove KEYs from PROFILE in place (the value falls back to the parent's or
     the default).

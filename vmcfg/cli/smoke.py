@@ -9,27 +9,11 @@ import time
 
 import click
 
-from .common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, emit_json, err
+from .common import EXIT_INVALID, EXIT_OK, EXIT_USAGE, default_group, emit_json, err
 from .report import Failure, fail, finish
 
 
-def _cpus() -> int:
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-class SmokeGroup(click.Group):
-    """`vmcfg smoke FILE ...` runs a smoke file; `vmcfg smoke merge ...` merges JUnit reports."""
-
-    def parse_args(self, ctx, args):
-        if not args or (args[0] not in self.commands and args[0] not in ("-h", "--help")):
-            args = ["run"] + list(args)
-        return super().parse_args(ctx, args)
-
-
-@click.group(cls=SmokeGroup)
+@click.group(cls=default_group("run"))
 def smoke():
     """Run a matrix of profiles x guests with expectations; JUnit XML.
 
@@ -80,7 +64,8 @@ def run(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_dir,
     """
     from ..interrupt import SignalWatch
 
-    cancel = _Cancel()
+    from ..smoke.runner import CancelLatch
+    cancel = CancelLatch()
     with SignalWatch(cancel.signal) as sig:
         try:
             _smoke(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_dir,
@@ -89,32 +74,6 @@ def run(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_dir,
             if sig.status:          # a signal at any point: 130 / 143, whatever else happened
                 finish(sig.status)
             raise
-
-
-class _Cancel:
-    """Hands a signal to the runner, whether it arrives before or after the runner exists."""
-
-    def __init__(self):
-        import threading
-        self._lock = threading.Lock()
-        self.runner = None
-        self.reason: str | None = None
-
-    def signal(self, signum: int) -> None:
-        from ..interrupt import signal_name
-        with self._lock:
-            if self.reason is None:
-                self.reason = f"interrupted by {signal_name(signum)}"
-            runner = self.runner
-        if runner is not None:
-            runner.cancel(self.reason)
-
-    def attach(self, runner) -> None:
-        with self._lock:
-            self.runner = runner
-            reason = self.reason
-        if reason is not None:
-            runner.cancel(reason)
 
 
 def _smoke(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_dir, keep_all,
@@ -168,14 +127,16 @@ def _smoke(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_d
     if junit_file and os.path.isdir(junit_file):
         fail(f"--junit {junit_file}: is a folder")
 
-    from ..smoke.report import Progress, closing_line, echo_closing, summary_table
-    from ..smoke.runner import ResultsDirError, Runner, prepare_results_dir
+    from ..smoke.report import (Progress, closing_line, echo_closing, report_doc,
+                                summary_table)
+    from ..smoke.runner import (ResultsDirError, Runner, cpu_count, keep_report,
+                                prepare_results_dir)
 
     try:
         prepare_results_dir(results_dir)
     except ResultsDirError as e:
         fail(str(e))
-    jobs = jobs or _cpus()
+    jobs = jobs or cpu_count()
     runnable = sum(1 for c in cases if not c.skip)
     workers = min(jobs, runnable) if runnable else 0
     err(f"smoke: {smoke_file}: {len(cases)} case{'s' if len(cases) != 1 else ''}"
@@ -218,27 +179,10 @@ def _smoke(smoke_file, keyword, shard_spec, jobs, junit_file, as_json, results_d
         err(f"stopped after the first failure (-x): {runner.not_run} case"
             f"{'s' if runner.not_run != 1 else ''} not run", fg="yellow")
 
-    doc = {
-        "smoke_file": smoke_file, "suite": suite.name, "shard": shard_label,
-        "summary": {"total": len(cases), "passed": _count(results, "passed"),
-                    "failed": _count(results, "failed"), "errors": _count(results, "error"),
-                    "skipped": _count(results, "skipped"), "deselected": deselected,
-                    "not_run": runner.not_run, "seconds": round(seconds, 3), "ok": ok,
-                    "interrupted": interrupted},
-        "results_dir": results_dir if kept else None,
-        "junit": junit_file,
-        "cases": [r.to_json() for r in results],
-    }
-    if kept:
-        import json
-        try:
-            with open(os.path.join(results_dir, "report.json"), "w", encoding="utf-8") as fh:
-                json.dump(doc, fh, indent=2)
-                fh.write("\n")
-        except OSError:
-            pass
-    else:
-        _remove_empty_results(results_dir)
+    doc = report_doc(smoke_file, suite.name, shard_label, cases, results, deselected=deselected,
+                     not_run=runner.not_run, seconds=seconds, ok=ok, interrupted=interrupted,
+                     results_dir=results_dir if kept else None, junit=junit_file)
+    keep_report(results_dir, doc if kept else None)
 
     status = EXIT_OK if ok else EXIT_INVALID
     if junit_file:
@@ -300,18 +244,3 @@ def merge(reports, output, as_json):
     else:
         click.echo(line)
     finish(EXIT_OK if ok else EXIT_INVALID)
-
-
-def _count(results, outcome: str) -> int:
-    return sum(1 for r in results if r.outcome == outcome)
-
-
-def _remove_empty_results(path: str) -> None:
-    """Nothing kept: remove the folder again if it holds only our marker."""
-    from ..smoke.runner import MARKER
-    try:
-        if os.listdir(path) == [MARKER]:
-            os.unlink(os.path.join(path, MARKER))
-            os.rmdir(path)
-    except OSError:
-        pass

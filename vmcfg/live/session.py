@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
+from ..profile.transaction import TransactionError
 from ..vmx.configdiff import diff_configs
 from ..vmx.exits import FIRST_EXTERNAL_VECTOR, LAST_VECTOR
 from .channel import ChannelError, ControlServer
@@ -49,29 +50,24 @@ class LiveSession:
         return entry
 
     # ---- planning ----------------------------------------------------------------
-    def plan(self, profile: str) -> tuple[Any, list[dict], list[dict]]:
-        """(new config, diff, refusals) for a profile path; raises ChannelError when invalid."""
-        from ..profile import ProfileError, load_profile, resolve_profile
-        from ..vmx.rules import check_entry_state
+    def plan(self, profile: str):
+        """(transaction, plan) for a profile: the LivePlan of committing it to this guest;
+        raises ChannelError when it cannot be committed (does not load, invalid, entry)."""
+        from ..profile import ProfileError
+        from ..profile.transaction import ProfileTransaction
         try:
-            prof = load_profile(profile)
-            r = resolve_profile(prof, self.target.caps)
+            tx = ProfileTransaction.of_profile(profile, caps=self.target.caps)
+            return tx, tx.plan_live(self.target, name=profile)
         except ProfileError as e:
             raise ChannelError(str(e), 2, {"errors": [e.to_json()]}) from None
-        if not r.valid:
-            raise ChannelError(f"{profile} is invalid on {r.caps.name}", 1,
-                               {"errors": r.to_json()["errors"]})
-        entry = check_entry_state(r.config, self.target.caps, self.target.mode)
-        if entry:
-            raise ChannelError("the change would make VM entry fail", 1,
-                               {"errors": [v.to_json() for v in entry]})
-        diff = diff_configs(self.target.config, r.config)
-        refusals = [d for d in diff if not d["live"]]
-        return r.config, diff, refusals
+        except TransactionError as e:
+            raise ChannelError(e.message, e.status, {"errors": e.errors}) from None
 
-    def _apply_config(self, cfg, profile: str | None, diff: list, kind: str) -> dict:
+    def _apply_config(self, cfg, profile: str | None, diff: list, kind: str,
+                      send: Callable[[], dict]) -> dict:
+        """Send `cfg` to the guest with `send()`, timed; record it in the history."""
         t0 = time.perf_counter()
-        at = self.target.apply(cfg)
+        at = send()
         latency = (time.perf_counter() - t0) * 1e3
         entry = self._record(cfg, profile, at, diff, kind, latency)
         return {"applied": True, "seq": entry["seq"], "diff": diff,
@@ -92,18 +88,22 @@ class LiveSession:
             return {"history": self.history}
         if op in ("plan", "apply"):
             with self.lock:
-                cfg, diff, refusals = self.plan(args["profile"])
+                tx, plan = self.plan(args["profile"])
                 if op == "plan":
-                    return {"plan": diff, "refused": refusals, "would_apply": not refusals}
-                if refusals:
-                    keys = ", ".join(d["key"] for d in refusals)
-                    raise ChannelError(f"cannot change {keys} on a running guest (needs a new guest)",
-                                       1, {"plan": diff, "refused": refusals})
-                if not diff:
+                    return {"plan": plan.diff, "refused": plan.refused,
+                            "would_apply": plan.would_apply}
+                if not plan.diff:
                     snap = self.target.snapshot()
                     return {"applied": False, "diff": [], "message": "no changes",
                             "instructions": snap.get("instructions"), "tsc": snap.get("tsc")}
-                res = self._apply_config(cfg, args["profile"], diff, "apply")
+
+                def send() -> dict:
+                    try:
+                        return tx.commit_live(self.target, plan)
+                    except TransactionError as e:
+                        raise ChannelError(e.message, e.status,
+                                           {"plan": plan.diff, "refused": plan.refused}) from None
+                res = self._apply_config(plan.config, args["profile"], plan.diff, "apply", send)
                 self._set_profile(args["profile"])
                 return res
         if op == "rollback":
@@ -121,7 +121,8 @@ class LiveSession:
                                            f"{last} change(s) after the launch (#0..#{last})", 1)
                 cfg = self._configs[idx]
                 diff = diff_configs(self.target.config, cfg)
-                res = self._apply_config(cfg, self.history[idx]["profile"], diff, f"rollback to #{idx}")
+                res = self._apply_config(cfg, self.history[idx]["profile"], diff,
+                                         f"rollback to #{idx}", lambda: self.target.apply(cfg))
                 self._set_profile(self.history[idx]["profile"])
                 return res
         if op == "stop":

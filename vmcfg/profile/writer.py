@@ -9,22 +9,15 @@ addresses and masks, exception names, "lo-hi" port/MSR ranges, "16M" sizes.
 
 from __future__ import annotations
 
-import re
 from typing import Any, Iterable
 
 from ..vmx.caps import CapSet
-from ..vmx.kinds import kind_of, toml_string
+from ..vmx.kinds import kind_of, toml_key, toml_string  # noqa: F401 - toml_key re-exported
 from ..vmx.settings import SETTINGS_BY_TABLE, SETTING_TABLES, Setting
 from ..vmx.table import CONTROLS_BY_FIELD, FIELDS, Field
 from .loader import Profile
 
-_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-# ---- TOML literals (strings and integers: vmx/kinds.py) ------------------------------
-
-def toml_key(k: str) -> str:
-    return k if _BARE_KEY.match(k) else toml_string(k)
+# ---- TOML literals (strings, integers and keys: vmx/kinds.py) ------------------------
 
 
 def literal(s: Setting, v: Any) -> str:
@@ -125,14 +118,7 @@ def _setting_rows(table: str, prof: Profile, on: set[str]) -> list[tuple[str, st
 
 def _star_section(table: str, spec: Setting, value: dict) -> list[str]:
     lines = _wrap_comment(f"{spec.title}: {spec.meaning}")
-    if spec.kind == "cpuid":
-        for leaf, regs in value.items():
-            lines.append(f"[{table}.{toml_string(leaf)}]")
-            lines += [f"{r} = 0x{v:x}" for r, v in regs.items()]
-    else:
-        lines.append(f"[{table}]")
-        lines += [f"{toml_key(k)} = {toml_string(v)}" for k, v in value.items()]
-    return lines + [""]
+    return lines + kind_of(spec).table_lines(table, value) + [""]
 
 
 def render_new_profile(prof: Profile, caps: CapSet, *, on: Iterable[str] = (),

@@ -21,6 +21,26 @@ LABEL = {"passed": "PASS", "failed": "FAIL", "error": "ERROR", "skipped": "SKIP"
 COLOR = {"passed": "green", "failed": "red", "error": "red", "skipped": "yellow"}
 
 
+def report_doc(smoke_file: str, suite: str, shard: str | None, cases: Sequence[Case],
+               results: Sequence[CaseResult], *, deselected: int, not_run: int, seconds: float,
+               ok: bool, interrupted: str | None, results_dir: str | None,
+               junit: str | None) -> dict:
+    """The JSON report of a smoke run (`vmcfg smoke --json`, and report.json)."""
+    def count(outcome: str) -> int:
+        return sum(1 for r in results if r.outcome == outcome)
+    return {
+        "smoke_file": smoke_file, "suite": suite, "shard": shard,
+        "summary": {"total": len(cases), "passed": count("passed"),
+                    "failed": count("failed"), "errors": count("error"),
+                    "skipped": count("skipped"), "deselected": deselected,
+                    "not_run": not_run, "seconds": round(seconds, 3), "ok": ok,
+                    "interrupted": interrupted},
+        "results_dir": results_dir,
+        "junit": junit,
+        "cases": [r.to_json() for r in results],
+    }
+
+
 def _fmt_secs(s: float) -> str:
     return f"{s:.2f}s"
 

@@ -46,6 +46,58 @@ STDERR_LIMIT = 64 * 1024
 TRACE_LIMIT = 16 << 20         # a kept trace larger than this keeps its first and last 8 MiB
 
 
+def cpu_count() -> int:
+    """The CPUs this process may run on (the default number of cases at once)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+class CancelLatch:
+    """Hands a signal to the runner, whether it arrives before or after the runner exists."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.runner = None
+        self.reason: str | None = None
+
+    def signal(self, signum: int) -> None:
+        from ..interrupt import signal_name
+        with self._lock:
+            if self.reason is None:
+                self.reason = f"interrupted by {signal_name(signum)}"
+            runner = self.runner
+        if runner is not None:
+            runner.cancel(self.reason)
+
+    def attach(self, runner) -> None:
+        with self._lock:
+            self.runner = runner
+            reason = self.reason
+        if reason is not None:
+            runner.cancel(reason)
+
+
+def keep_report(results_dir: str, doc: dict | None) -> None:
+    """Write the run's report.json beside the kept artefacts; with nothing kept (doc None),
+    remove the results folder again if it holds only our marker."""
+    if doc is not None:
+        try:
+            with open(os.path.join(results_dir, "report.json"), "w", encoding="utf-8") as fh:
+                json.dump(doc, fh, indent=2)
+                fh.write("\n")
+        except OSError:
+            pass
+        return
+    try:
+        if os.listdir(results_dir) == [MARKER]:
+            os.unlink(os.path.join(results_dir, MARKER))
+            os.rmdir(results_dir)
+    except OSError:
+        pass
+
+
 class ResultsDirError(Exception):
     """The results folder cannot be used (message says why)."""
 

@@ -18,7 +18,14 @@ translated block instead:
 * it also stops emulation *before* a block that would run past a deadline
   (instruction limit, preemption timer) or when another thread raised the
   stop word (live apply, timeout) -- stopping inside the block hook leaves
-  RIP at the block start with the block not executed, so the count is exact.
+  RIP at the block start with the block not executed, so the count is exact;
+* and before the first block that starts at or after a *soft* deadline (a
+  device timer: PIT, LAPIC timer, RTC): the block that crosses it runs to its
+  end, so the engine never has to approach it instruction by instruction.  The
+  interrupt is then taken at that block boundary, a few instructions after the
+  timer expired (as on hardware, where an interrupt waits for an instruction
+  boundary); which boundary that is depends only on the guest's code and the
+  run's history, so a --clock virtual run stays deterministic.
 
 Where the guest stops inside a block (a trapped instruction, a fault), the
 count is corrected by decoding the block prefix (``Vcpu._retired_at``).
@@ -37,7 +44,7 @@ import sys
 
 # u64 words of the shared state block
 W_COUNTER, W_BASE, W_LIMIT, W_TABLE, W_SLOW, W_LAST_ADDR, W_LAST_SIZE, W_DEADLINE, \
-    W_STOP, W_EMU_STOP, W_LAST_N, W_STOPPED, W_HTABLE, W_HMASK = range(14)
+    W_STOP, W_EMU_STOP, W_LAST_N, W_STOPPED, W_HTABLE, W_HMASK, W_SOFT = range(15)
 N_WORDS = 16
 HASH_BITS = 18                 # 256 Ki entries of 16 bytes (tag, size | count << 16)
 HASH_MASK = (1 << HASH_BITS) - 1
@@ -65,6 +72,8 @@ found:
     jne slow
     shr r9d, 16
     mov rax, [rcx]
+    cmp rax, [rcx + 112]
+    jae stop
     add rax, r9
     cmp rax, [rcx + 56]
     ja stop
@@ -113,6 +122,7 @@ class BlockCounter:
         st[W_BASE] = table_base
         st[W_LIMIT] = table_size
         st[W_DEADLINE] = NO_DEADLINE
+        st[W_SOFT] = NO_DEADLINE
         self._table_map = mmap.mmap(-1, max(4096, table_size * 4))
         self._table_addr = ctypes.addressof(ctypes.c_char.from_buffer(self._table_map))
         st[W_TABLE] = self._table_addr
@@ -156,6 +166,10 @@ class BlockCounter:
             st[W_STOPPED] = 1
             self.uc.emu_stop()
             return
+        if st[W_COUNTER] >= st[W_SOFT]:
+            st[W_STOPPED] = 1
+            self.uc.emu_stop()
+            return
         off = address - self.table_base
         n = self._count_block(address, size)
         if size < 0x10000 and n < 0x10000:
@@ -194,6 +208,11 @@ class BlockCounter:
 
     def set_deadline(self, value: int | None) -> None:
         self.state[W_DEADLINE] = NO_DEADLINE if value is None else min(value, NO_DEADLINE)
+
+    def set_soft_deadline(self, value: int | None) -> None:
+        """Stop before the first block that starts with `value` or more instructions retired
+        (None: no soft deadline)."""
+        self.state[W_SOFT] = NO_DEADLINE if value is None else min(value, NO_DEADLINE)
 
     def request_stop(self) -> None:
         """Thread-safe: stop before the next block starts."""

@@ -42,7 +42,8 @@ VMX_REASON: dict[int, int] = {
 }
 
 ALL_KINDS: frozenset[str] = frozenset(_MNEMONIC_KIND.values()) | frozenset(
-    f"mov_{d}_cr{n}" for d in ("to", "from") for n in (0, 2, 3, 4, 8)) | {"mov_dr", "ss_load"}
+    f"mov_{d}_cr{n}" for d in ("to", "from") for n in (0, 2, 3, 4, 8)) | {"mov_dr", "ss_load",
+                                                                           "smsw_wide"}
 
 # Bytes that can begin the opcode of a sensitive instruction (after prefixes):
 # 0F xx escapes, HLT, PAUSE (F3 90), IN/OUT, INS/OUTS, STI, POPF, IRET, MOV SS, POP SS.
@@ -135,6 +136,8 @@ def classify(instr: ix.Instruction) -> str | None:
                 if r in _DR_NUM:
                     return "mov_dr"
         return None
+    if m == M.SMSW and instr.op0_kind == OpKind.REGISTER and gpr_size(instr.op0_register) > 2:
+        return "smsw_wide"              # SMSW r32/r64: the engine would store only 16 bits
     return _MNEMONIC_KIND.get(m)
 
 
@@ -155,7 +158,7 @@ def make_insn(instr: ix.Instruction, raw: bytes, bitness: int, kind: str | None 
             ins.dr, reg = _DR_NUM[instr.op1_register], instr.op0_register
             ins.io_in = True       # direction: MOV from DR
         ins.gpr, ins.gpr_size = _GPR_INDEX.get(reg, 0), gpr_size(reg)
-    elif kind in ("rdrand", "rdseed", "smsw", "sgdt", "sldt", "str", "ldt_tr", "lmsw", "invpcid"):
+    elif kind in ("rdrand", "rdseed", "smsw", "smsw_wide", "sgdt", "sldt", "str", "ldt_tr", "lmsw", "invpcid"):
         if instr.op_count and instr.op0_kind == OpKind.REGISTER:
             ins.gpr, ins.gpr_size = _GPR_INDEX.get(instr.op0_register, 0), gpr_size(instr.op0_register)
     elif kind == "io":

@@ -32,10 +32,11 @@ from typing import Any, Callable
 
 from ..vmx.config import VmxConfig
 from ..vmx.exits import Exit as E
-from ..vmx.exits import lookup_exit
+from ..vmx.exits import Vector, lookup_exit
 from ..vmx.registers import GPR_NAMES
 from ..vmx.table import CONTROL_BY_PATH
 from .exitinfo import VmExit
+from .outcome import GuestFault, RunEnd
 
 
 class Registers:
@@ -153,7 +154,6 @@ class ExitContext:
 
     def inject(self, vector: int, error_code: int | None = None) -> None:
         """Deliver exception `vector` to the guest at the exiting instruction."""
-        from .vcpu import GuestFault
         self.fault = GuestFault(vector, error_code)
 
     def inject_event(self, kind: str, vector: int | None = None, error_code: int | None = None,
@@ -174,7 +174,7 @@ class ExitContext:
             raise ValueError(f"cannot inject {kind!r}: use one of "
                              f"{', '.join(k for k in INJECT_TYPES if k != 'other')}")
         if vector is None:
-            vector = 2 if kind == "nmi" else 0
+            vector = int(Vector.NMI) if kind == "nmi" else 0
         cfg = self._next_config()
         cfg.settings["inject"] = {**cfg.settings.get("inject", {}), "type": kind,
                                   "vector": vector, "error_code": error_code,
@@ -187,7 +187,6 @@ class ExitContext:
         self.vcpu.inject_event(INJECT_TYPES[kind], vector, error_code, instruction_length)
 
     def end(self, exit_code: int | None = None, message: str = "") -> None:
-        from .vcpu import RunEnd
         if exit_code is None:
             self.ended = RunEnd("halted", None, message or f"ended by the {self.name} handler")
         else:
@@ -230,7 +229,6 @@ def _skip_after(fn: Callable) -> Callable:
 
 def _guard_fault(fn: Callable[[ExitContext], None]) -> Callable[[ExitContext], None]:
     def h(ctx: ExitContext) -> None:
-        from .vcpu import GuestFault
         try:
             fn(ctx)
         except GuestFault as f:
@@ -248,6 +246,10 @@ def h_cpuid(ctx: ExitContext) -> None:
     eax, ebx, ecx, edx = v.cpuid.query(leaf, v.rr(g[1]) & 0xFFFFFFFF)
     if leaf == 1 and ecx & (1 << 26):
         ecx = (ecx & ~(1 << 27)) | ((v.cr(4) >> 18 & 1) << 27)    # OSXSAVE mirrors CR4
+    elif leaf != 1:
+        # the native exit path answers the next ones (leaf 1 follows CR4 and the APIC: never)
+        v.fx.cpuid_put(leaf, v.rr(g[1]) & 0xFFFFFFFF if leaf in v.cpuid.subleaf_leaves else None,
+                       (eax, ebx, ecx, edx))
     pend = v._pend            # 32-bit results zero-extend into the 64-bit registers
     pend[g[0]] = eax
     pend[g[3]] = ebx
@@ -265,7 +267,6 @@ def h_rdtsc(ctx: ExitContext) -> None:
 def h_hlt(ctx: ExitContext) -> None:
     """Skip HLT, then wait for the preemption timer; with no event possible, end ('halted')."""
     ctx.skip()
-    from .vcpu import RunEnd
     try:
         ctx.vcpu.emulate_hlt(None)
     except RunEnd as e:
@@ -319,7 +320,6 @@ def h_vmcall(ctx: ExitContext) -> None:
 def h_xsetbv(ctx: ExitContext) -> None:
     """XCR0 := EDX:EAX.  #GP(0) for ECX != 0, x87 state off, or a state component the CPU
     model does not support (CPUID.(EAX=0DH,ECX=0):EAX; AVX needs SSE)."""
-    from .vcpu import GuestFault
     v = ctx.vcpu
     val = (v.gpr(2, 4) << 32) | v.gpr(0, 4)
     supported = v.cpuid.query(0xD, 0)[0] | (v.cpuid.query(0xD, 0)[3] << 32)
@@ -399,7 +399,7 @@ def h_desc(ctx: ExitContext) -> None:
     v = ctx.vcpu
     ident = (ctx.exit.instruction_info >> 28) & 3
     ins = ctx.exit.insn
-    if ctx.reason == 46:
+    if ctx.reason == E.GDTR_IDTR_ACCESS:
         reg = X.UC_X86_REG_GDTR if ident in (0, 2) else X.UC_X86_REG_IDTR
         ea = ctx.exit.guest_linear_address or 0
         base_size = 8 if v.mode == 64 else 4
@@ -458,7 +458,6 @@ def h_exception(ctx: ExitContext) -> None:
 
 def h_triple(ctx: ExitContext) -> None:
     """The guest is dead: end the run with status 'triple-fault'."""
-    from .vcpu import RunEnd
     ctx.vcpu.fault_dump = ctx.vcpu.register_dump()
     ctx.ended = RunEnd("triple-fault", None,
                        f"triple fault at RIP {ctx.exit.rip:#x} (an exception could not be "
@@ -501,7 +500,6 @@ def h_ptimer(ctx: ExitContext) -> None:
 
 def h_ept(ctx: ExitContext) -> None:
     """ept.on_violation = "map": map the page rwx and resume; "stop": end with a report."""
-    from .vcpu import RunEnd
     v = ctx.vcpu
     gpa = ctx.exit.guest_physical_address or 0
     if ctx.config.settings["ept"]["on_violation"] == "map" and gpa < v.memory:
@@ -516,7 +514,6 @@ def h_ept(ctx: ExitContext) -> None:
 
 
 def h_unhandled(ctx: ExitContext) -> None:
-    from .vcpu import RunEnd
     ctx.ended = RunEnd("error", None, f"no default handler for exit {ctx.reason} ({ctx.name})")
 
 

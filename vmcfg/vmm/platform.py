@@ -8,6 +8,8 @@ from __future__ import annotations
 import struct
 from typing import Callable
 
+from ..vmx.kinds import CpuidKind
+from ..vmx.registers import CPUID_REGS
 from .devices.bus import AccessFault
 
 # ---- CPUID ------------------------------------------------------------------------
@@ -91,7 +93,7 @@ class CpuidModel:
         for key, regs in (overrides or {}).items():
             leaf, sub = _parse_leaf(key)
             cur = list(self.table.get((leaf, sub), [0, 0, 0, 0]))
-            for i, r in enumerate(("eax", "ebx", "ecx", "edx")):
+            for i, r in enumerate(CPUID_REGS):
                 if r in regs and regs[r] is not None:
                     cur[i] = int(regs[r]) & 0xFFFFFFFF
             self.table[(leaf, sub)] = cur
@@ -137,11 +139,8 @@ def _parse_leaf(key) -> tuple[int, int]:
         return int(key[0]), int(key[1])
     if isinstance(key, int):
         return key, 0
-    s = str(key).strip()
-    if "." in s:
-        a, b = s.split(".", 1)
-        return int(a, 0), int(b, 0)
-    return int(s, 0), 0
+    _, leaf, sub = CpuidKind.leaf_key(str(key))       # the profile's leaf grammar
+    return leaf, sub or 0
 
 
 # ---- the virtual MSR file -----------------------------------------------------------

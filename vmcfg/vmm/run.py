@@ -381,7 +381,7 @@ def _inject_at_entry(vcpu, cfg: VmxConfig) -> None:
     rip = vcpu.rip
     nxt = rip + inj.get("instruction_length", 0) if itype in (
         INTR_SW_INTERRUPT, INTR_SW_EXCEPTION, INTR_PRIV_SW_EXCEPTION) else None
-    from .vcpu import RunEnd
+    from .outcome import RunEnd
     try:
         vcpu.deliver(inj["vector"], inj.get("error_code") if itype == INTR_HW_EXCEPTION else None,
                      rip, itype=itype, next_rip=nxt)

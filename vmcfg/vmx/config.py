@@ -24,6 +24,15 @@ _BIT: dict[str, tuple[str, int]] = {p: (c.field, 1 << c.bit) for p, c in CONTROL
 _ACT: dict[str, tuple[str, int] | None] = {
     f.key: (_BIT[f.activated_by] if f.activated_by else None) for f in FIELDS}
 
+def plain(v: Any) -> Any:
+    """A normalised value as plain JSON data: tuples (ranges) as lists, keys as strings."""
+    if isinstance(v, (list, tuple)):
+        return [plain(x) for x in v]
+    if isinstance(v, dict):
+        return {str(k): plain(x) for k, x in v.items()}
+    return v
+
+
 MSR_LOW_END = 0x1FFF
 MSR_HIGH_BASE = 0xC0000000
 MSR_HIGH_END = 0xC0001FFF

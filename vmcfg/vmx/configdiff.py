@@ -2,24 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
 
-from .config import VmxConfig
+from .config import VmxConfig, plain
 from .settings import SETTINGS
 from .table import CONTROL_BY_FIELD_BIT, FIELDS
 
 # Settings that describe the guest itself: changing them needs a new guest.
 NOT_LIVE_TABLES = frozenset({"guest"})
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, tuple):
-        return [_plain(x) for x in v]
-    if isinstance(v, list):
-        return [_plain(x) for x in v]
-    if isinstance(v, dict):
-        return {k: _plain(x) for k, x in v.items()}
-    return v
 
 
 def diff_configs(old: VmxConfig, new: VmxConfig) -> list[dict]:
@@ -47,7 +36,7 @@ def diff_configs(old: VmxConfig, new: VmxConfig) -> list[dict]:
         else:
             a, b = old.settings[s.table][s.key], new.settings[s.table][s.key]
             key = s.path
-        if _plain(a) != _plain(b):
-            out.append({"kind": "setting", "key": key, "old": _plain(a), "new": _plain(b),
+        if plain(a) != plain(b):
+            out.append({"kind": "setting", "key": key, "old": plain(a), "new": plain(b),
                         "live": s.table not in NOT_LIVE_TABLES})
     return out

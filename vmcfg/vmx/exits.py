@@ -199,6 +199,7 @@ ERROR_CODE_VECTORS = frozenset({Vector.DF, Vector.TS, Vector.NP, Vector.SS, Vect
 CONTRIBUTORY_VECTORS = frozenset({Vector.DE, Vector.TS, Vector.NP, Vector.SS, Vector.GP})
 # The lowest vector an external interrupt may use (0-31 are reserved for exceptions).
 FIRST_EXTERNAL_VECTOR = 32
+LAST_EXCEPTION_VECTOR = FIRST_EXTERNAL_VECTOR - 1
 LAST_VECTOR = 255
 
 

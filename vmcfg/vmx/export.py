@@ -9,9 +9,8 @@ The VMCS field names are the Linux arch/x86/include/asm/vmx.h spellings
 from __future__ import annotations
 
 import re
-from typing import Any
 
-from .config import VmxConfig
+from .config import VmxConfig, plain
 from .settings import SETTINGS
 from .vmcs import Vmcs
 from .table import CONTROLS_BY_FIELD, FIELDS
@@ -22,6 +21,10 @@ for _f in FIELDS:
     VMCS_NAMES[_f.encoding] = _f.c_name
 
 
+# CR3_TARGET_VALUE<n> follow CR3_TARGET_VALUE0 at every second encoding (SDM: up to 256).
+MAX_CR3_TARGETS = 256
+
+
 def field_width(encoding: int) -> int:
     """Width in bits from encoding bits 14:13 (natural width = 64 on x86-64)."""
     return {0: 16, 1: 64, 2: 32, 3: 64}[(encoding >> 13) & 3]
@@ -30,8 +33,9 @@ def field_width(encoding: int) -> int:
 def vmcs_name(encoding: int) -> str:
     if encoding in VMCS_NAMES:
         return VMCS_NAMES[encoding]
-    if 0x6008 <= encoding <= 0x6206 and encoding % 2 == 0:
-        return f"CR3_TARGET_VALUE{(encoding - 0x6008) // 2}"
+    n, odd = divmod(encoding - Vmcs.CR3_TARGET_VALUE0, 2)
+    if 0 <= n < MAX_CR3_TARGETS and not odd:
+        return f"CR3_TARGET_VALUE{n}"
     return f"VMCS_FIELD_{encoding:04X}"
 
 
@@ -76,14 +80,6 @@ def raw_json(cfg: VmxConfig) -> list[dict]:
 
 # ---- json -----------------------------------------------------------------------------------
 
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        return [_jsonable(x) for x in v]
-    if isinstance(v, dict):
-        return {str(k): _jsonable(x) for k, x in v.items()}
-    return v
-
-
 def export_json(resolved) -> dict:
     """The effective profile: every control field bit by bit, every setting, the VMCS values."""
     from .. import __version__
@@ -106,7 +102,7 @@ def export_json(resolved) -> dict:
                     "extends": prof.extends, "chain": list(prof.chain)},
         "cpu": resolved.caps.name, "valid": resolved.valid,
         "controls": controls,
-        "settings": _jsonable(cfg.settings),
+        "settings": plain(cfg.settings),
         "vmcs": raw_json(cfg),
         "eptp_note": "EPT_POINTER holds the EPTP flags; OR in the PML4 physical address",
     }

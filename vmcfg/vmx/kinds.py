@@ -12,18 +12,21 @@ layer switches over kind names.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import json
+import re
 from typing import Any
 
 from .config import merge_ranges
+from .exits import LAST_EXCEPTION_VECTOR
+from .registers import CPUID_REGS
 from .settings import INT_RANGES, VECTOR_NAMES, Setting
 from .sizes import SIZE_PATTERN, format_size, parse_size
 
 NUMBER_PATTERN = r"(0[xX][0-9a-fA-F_]+|0[oO][0-7_]+|0[bB][01_]+|[0-9_]+)"
 RANGE_PATTERN = rf"^\s*{NUMBER_PATTERN}\s*-\s*{NUMBER_PATTERN}\s*$"
-GPR_CPUID = ("eax", "ebx", "ecx", "edx")
-LAST_EXCEPTION_VECTOR = 31
+_BARE_KEY = re.compile(r"^[A-Za-z0-9_-]+$")
 VECTOR_BY_NUMBER: dict[int, str] = {}
 for _n, _v in VECTOR_NAMES.items():
     VECTOR_BY_NUMBER.setdefault(_v, _n)
@@ -34,6 +37,11 @@ for _n, _v in VECTOR_NAMES.items():
 def toml_string(s: str) -> str:
     """A TOML basic string for s."""
     return json.dumps(s, ensure_ascii=False).replace("\x7f", "\\u007f")
+
+
+def toml_key(k: str) -> str:
+    """A TOML key: bare where it can be, else quoted."""
+    return k if _BARE_KEY.match(k) else toml_string(k)
 
 
 def toml_int(v: int, hex_: bool = False) -> str:
@@ -99,6 +107,10 @@ class Kind:
     edit_as = "toml"
     is_list = False      # a list value: `vmcfg set KEY+=ITEM` / `-=` apply
     is_ranges = False    # a list of ranges: items may be split and merged
+    # a whole table of free keys ([cpuid."0x1"] eax = ..., [handlers] CPUID = ...): how many
+    # key segments below the table name one value, and an example of them
+    star_depth = 0
+    star_example = ""
 
     def parse(self, s: Setting, v: Any) -> Any:
         raise ValueError(f"unsupported kind {self.name}")
@@ -108,6 +120,23 @@ class Kind:
 
     def literal(self, s: Setting, v: Any) -> str:
         raise ValueError(f"no single-line literal for kind {self.name}")
+
+    def choices(self, s: Setting) -> list[str]:
+        """The values to offer after `vmcfg set KEY=` (shell completion)."""
+        return []
+
+    def implied(self, s: Setting) -> Any:
+        """The value `vmcfg new --want KEY` (no value) means: the default."""
+        return copy.deepcopy(s.default)
+
+    def star_key(self, key: str) -> str:
+        """The one spelling of a free key of a star table (the normalised value's key):
+        two spellings of one key ("1" and "0x1") edit one entry."""
+        return key
+
+    def table_lines(self, table: str, value: Any) -> list[str]:
+        """A star table's normalised value as TOML lines (header(s) and entries)."""
+        raise ValueError(f"kind {self.name} is not a table of free keys")
 
 
 class IntKind(Kind):
@@ -140,6 +169,12 @@ class BoolKind(Kind):
     def literal(self, s, v):
         return "true" if v else "false"
 
+    def choices(self, s):
+        return ["on", "off"]
+
+    def implied(self, s):
+        return True
+
 
 class EnumKind(Kind):
     name, edit_as = "enum", "choice"
@@ -162,6 +197,9 @@ class EnumKind(Kind):
 
     def literal(self, s, v):
         return str(v) if isinstance(v, int) else toml_string(str(v))
+
+    def choices(self, s):
+        return [str(c) for c in s.choices]
 
 
 class VectorsKind(Kind):
@@ -330,7 +368,7 @@ class CpuidKind(Kind):
     The normalised form maps "0x<leaf>" or "0x<leaf>.<subleaf>" (hex leaf, decimal subleaf) to
     {register: u32}; registers not written keep the CPU model's value.
     """
-    name = "cpuid"
+    name, edit_as, star_depth, star_example = "cpuid", "int", 2, '"0x1".eax'
     FIX = 'write one table per leaf, e.g. [cpuid."0x1"] ecx = 0x80000000 or [cpuid."0x7.0"] ebx = 0x1'
 
     @staticmethod
@@ -370,12 +408,12 @@ class CpuidKind(Kind):
             seen[key] = str(leaf)
             regs_out = {}
             for r, x in regs.items():
-                if r not in GPR_CPUID:
-                    hint = difflib.get_close_matches(str(r), GPR_CPUID, n=1, cutoff=0.5)
+                if r not in CPUID_REGS:
+                    hint = difflib.get_close_matches(str(r), CPUID_REGS, n=1, cutoff=0.5)
                     raise ValueErrorAt(
                         f"CPUID leaf {leaf!r}: unknown register {r!r}"
                         + (f" (did you mean {hint[0]!r}?)" if hint else "")
-                        + "; registers: eax, ebx, ecx, edx", (leaf, r))
+                        + f"; registers: {', '.join(CPUID_REGS)}", (leaf, r))
                 try:
                     regs_out[r] = parse_int(x, "u32")
                 except ValueError as e:
@@ -386,6 +424,19 @@ class CpuidKind(Kind):
             out[key] = regs_out
         return out
 
+    def star_key(self, key):
+        try:
+            return self.leaf_key(key)[0]
+        except ValueError:
+            return key
+
+    def table_lines(self, table, value):
+        out = []
+        for leaf, regs in value.items():
+            out.append(f"[{table}.{toml_string(leaf)}]")
+            out += [f"{r} = 0x{v:x}" for r, v in regs.items()]
+        return out
+
     def schema(self, s):
         reg = dict(_int_schema("u32"), description="the register's value (32 bits)")
         return {"type": "object", "title": s.title, "description": s.meaning,
@@ -393,12 +444,20 @@ class CpuidKind(Kind):
                 "additionalProperties": {
                     "type": "object", "additionalProperties": False,
                     "description": "one CPUID leaf (\"0x1\") or leaf.subleaf (\"0x7.0\")",
-                    "properties": {r: reg for r in GPR_CPUID}}}
+                    "properties": {r: reg for r in CPUID_REGS}}}
 
 
 class HandlersKind(Kind):
     """REASON = "module:function" (a reason by name or number)."""
-    name = "handlers"
+    name, edit_as, star_depth, star_example = "handlers", "str", 1, "CPUID"
+
+    def star_key(self, key):
+        from .exits import lookup_exit
+        r = lookup_exit(key)
+        return r.name if r is not None else key
+
+    def table_lines(self, table, value):
+        return [f"[{table}]"] + [f"{toml_key(k)} = {toml_string(v)}" for k, v in value.items()]
 
     def parse(self, s, v):
         from .exits import lookup_exit

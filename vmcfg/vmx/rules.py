@@ -17,7 +17,8 @@ from typing import Callable, Iterable
 from .caps import CapSet
 from .config import MSR_HIGH_BASE, MSR_HIGH_END, MSR_LOW_END, VmxConfig
 from .msrs import MSR_INDEX
-from .exits import ERROR_CODE_VECTORS, LAST_VECTOR
+from .exits import ERROR_CODE_VECTORS, LAST_EXCEPTION_VECTOR, LAST_VECTOR, Vector
+from .exits import InterruptionType as IT
 from .settings import SETTINGS
 from .table import CONTROL_BY_FIELD_BIT, FIELD_BY_KEY
 
@@ -548,10 +549,10 @@ def _n3(ctx: Ctx, rule: Rule):
     if not info >> 31:
         return
     t = info >> 8 & 7
-    if t == 1:
+    if t == 1:                                  # between EXTERNAL and NMI: reserved
         yield rule.violation("interruption type 1 is reserved.", "use another inject.type",
                              ["inject.info"])
-    elif t == 7 and not ctx.caps.supports("primary.monitor_trap_flag"):
+    elif t == IT.OTHER and not ctx.caps.supports("primary.monitor_trap_flag"):
         yield rule.violation(f"interruption type 7 (other event: pending MTF) needs MTF support, "
                              f"which {ctx.caps.name} lacks.", "use another inject.type",
                              ["inject.type", "primary.monitor_trap_flag"])
@@ -562,14 +563,15 @@ def _n4(ctx: Ctx, rule: Rule):
     if not info >> 31:
         return
     t, v = info >> 8 & 7, info & 0xFF
-    if t == 2 and v != 2:
-        yield rule.violation(f"an NMI must use vector 2, not {v}.", "set inject.vector = 2",
+    if t == IT.NMI and v != Vector.NMI:
+        yield rule.violation(f"an NMI must use vector {int(Vector.NMI)}, not {v}.",
+                             f"set inject.vector = {int(Vector.NMI)}",
                              ["inject.type", "inject.vector"])
-    elif t == 3 and v > 31:
-        yield rule.violation(f"a hardware exception needs a vector 0-31, not {v}.",
-                             "use an exception vector 0-31, or inject.type = \"external\"",
-                             ["inject.type", "inject.vector"])
-    elif t == 7 and v != 0:
+    elif t == IT.HW_EXCEPTION and v > LAST_EXCEPTION_VECTOR:
+        yield rule.violation(f"a hardware exception needs a vector 0-{LAST_EXCEPTION_VECTOR}, "
+                             f"not {v}.", f"use an exception vector 0-{LAST_EXCEPTION_VECTOR}, "
+                             "or inject.type = \"external\"", ["inject.type", "inject.vector"])
+    elif t == IT.OTHER and v != 0:
         yield rule.violation(f"type 7 (pending MTF) must use vector 0, not {v}.",
                              "set inject.vector = 0", ["inject.type", "inject.vector"])
 
@@ -581,7 +583,7 @@ def _n5(ctx: Ctx, rule: Rule):
     t, v, dec = info >> 8 & 7, info & 0xFF, bool(info >> 11 & 1)
     mode = ctx.s("guest.mode")
     protected = mode != 16 or not ctx.on("secondary.unrestricted_guest")
-    want = t == 3 and protected and v in ERROR_CODE_VECTORS
+    want = t == IT.HW_EXCEPTION and protected and v in ERROR_CODE_VECTORS
     if dec != want:
         if want:
             yield rule.violation(f"exception {v} pushes an error code in protected mode, but no "
@@ -589,7 +591,7 @@ def _n5(ctx: Ctx, rule: Rule):
                                  ["inject.error_code", "inject.vector"])
         else:
             yield rule.violation(f"an error code is delivered, but "
-                                 f"{'this event type' if t != 3 else f'vector {v}'} has none here.",
+                                 f"{'this event type' if t != IT.HW_EXCEPTION else f'vector {v}'} has none here.",
                                  "remove inject.error_code", ["inject.error_code", "inject.vector"])
 
 
@@ -610,7 +612,8 @@ def _n7(ctx: Ctx, rule: Rule):
 
 def _n8(ctx: Ctx, rule: Rule):
     info = _info(ctx)
-    if not info >> 31 or (info >> 8 & 7) not in (4, 5, 6):
+    if not info >> 31 or (info >> 8 & 7) not in (IT.SW_INTERRUPT, IT.PRIV_SW_EXCEPTION,
+                                                      IT.SW_EXCEPTION):
         return
     n = ctx.s("inject.instruction_length")
     if n == 0 and ctx.caps.misc("zero_len_inject"):

@@ -13,15 +13,18 @@ fault (``nested``).
 
 from __future__ import annotations
 
+import ctypes
 import struct
 
 from ...vmx.exits import CONTRIBUTORY_VECTORS, InterruptionType, Vector
 from .paging import PageFault, translate
-from .state import (CS, DESC_B, DESC_CS, DESC_DPL_SHIFT, DESC_L, DESC_P, DESC_S, REAL_MODE_FLAGS,
-                    SS, TR, descriptor_cache)
+from .state import (CS, DESC_B, DESC_CS, DESC_DPL_SHIFT, DESC_L, DESC_P, DESC_S, HF_CPL_MASK,
+                    HF_LMA, HF_PE, REAL_MODE_FLAGS, SS, descriptor_cache)
 
 TF, IF, NT, RF, VM, AC = 1 << 8, 1 << 9, 1 << 14, 1 << 16, 1 << 17, 1 << 18
 SOFTWARE = (InterruptionType.SW_INTERRUPT, InterruptionType.SW_EXCEPTION)
+CR4_SMAP = 1 << 21
+_MASK64 = (1 << 64) - 1
 
 
 class DeliveryFault(Exception):
@@ -46,13 +49,41 @@ def nested(first: int, second: int) -> str:
     return "serial"
 
 
-class _Mem:
-    """Guest-linear memory access for one delivery (supervisor accesses)."""
+_vmem_translate = None
 
-    def __init__(self, v, cr0: int, cr3: int, cr4: int, efer: int):
+
+def _vmem():
+    global _vmem_translate
+    if _vmem_translate is None:
+        from unicorn.unicorn_py3.unicorn import uclib
+        _vmem_translate = uclib.uc_vmem_translate
+    return _vmem_translate
+
+
+class _Mem:
+    """Guest-linear memory access for one delivery (supervisor accesses).
+
+    At CPL 0 without SMAP the engine's own MMU translates (one call, and it sets the
+    accessed/dirty bits as the processor does); where it refuses (a write to a page the VMM
+    protects, a supervisor-only case it cannot model at this CPL) or anywhere else, the
+    page walk of cpu.paging decides, with the architectural #PF error code."""
+
+    def __init__(self, v, cr0: int, cr3: int, cr4: int, efer: int, fast: bool):
         self.v, self.cr0, self.cr3, self.cr4, self.efer = v, cr0, cr3, cr4, efer
+        self.paging = bool(cr0 & (1 << 31))
+        self.fast = fast and self.paging
+        if self.fast:
+            self._out = ctypes.c_uint64()
+            self._outref = ctypes.byref(self._out)
+            self._uch = v.uc._uch
+            self._tr = _vmem()
 
     def _phys(self, lin: int, write: bool) -> int:
+        if not self.paging:
+            return lin & 0xFFFFFFFF if not self.efer & (1 << 10) else lin
+        if self.fast and not self._tr(self._uch, ctypes.c_uint64(lin & _MASK64),
+                                      ctypes.c_int(2 if write else 1), self._outref):
+            return self._out.value
         try:
             return translate(self.v.read_phys, lin, cr0=self.cr0, cr3=self.cr3, cr4=self.cr4,
                              efer=self.efer, write=write)
@@ -86,12 +117,14 @@ class _Mem:
             data = data[chunk:]
 
 
-def _descriptor(mem: _Mem, v, snap, sel: int, vector_ec: int) -> tuple[int, int]:
+def _seg(c) -> tuple[int, int, int, int]:
+    return c.selector, c.base, c.limit, c.flags
+
+
+def _descriptor(mem: _Mem, env, sel: int, vector_ec: int) -> tuple[int, int]:
     """The two dwords of the GDT/LDT descriptor `sel`; #GP(sel) past the table limit."""
-    if sel & 4:
-        _s, base, limit, _f = snap.segs[6]
-    else:
-        base, limit = v.gdtr()
+    table = env.ldt if sel & 4 else env.gdt
+    base, limit = table.base, table.limit
     idx = sel & ~7
     if idx + 7 > limit or (sel & ~3) == 0:
         raise DeliveryFault(Vector.GP, (sel & ~3) | vector_ec)
@@ -99,33 +132,48 @@ def _descriptor(mem: _Mem, v, snap, sel: int, vector_ec: int) -> tuple[int, int]
 
 
 def deliver_event(v, vector: int, itype: int, error_code: int | None, ret_lin: int) -> None:
-    """Deliver one event; `ret_lin` is the linear address the handler returns to."""
+    """Deliver one event; `ret_lin` is the linear address the handler returns to.
+
+    The CPU state is read once (one context copy: registers, descriptor caches, control
+    registers, EFER), patched, and written back once; RFLAGS and RIP go through the vCPU's
+    batched register writes."""
     v.flush()
-    snap = v.cpu_state.snapshot()
-    cr0, cr3, cr4 = v.cr(0), v.cr(3), v.cr(4)
-    efer = v.efer()
-    mem = _Mem(v, cr0, cr3, cr4, efer)
-    idt_base, idt_limit = v.idtr()
-    rflags = v.rr_rflags()
+    rflags = v.rr_rflags()                # with the arithmetic flags (the engine keeps them lazily)
+    st = v.cpu_state
+    env = st.begin()
+    hf = env.hflags
+    cr0, cr3, cr4 = env.cr[0], env.cr[3], env.cr[4]
+    efer = st.efer_of()
+    cpl = hf & HF_CPL_MASK
+    mem = _Mem(v, cr0, cr3, cr4, efer, fast=cpl == 0 and not cr4 & CR4_SMAP)
+    idt_base, idt_limit = env.idt.base, env.idt.limit
     ext = 0 if itype in SOFTWARE or itype == InterruptionType.PRIV_SW_EXCEPTION else 1
-    cs_sel, cs_base = snap.segs[CS][0], snap.segs[CS][1]
-    ret = (ret_lin - cs_base) & 0xFFFFFFFFFFFFFFFF
-    if snap.real:
+    cs_sel, cs_base = env.segs[CS].selector, env.segs[CS].base
+    ret = (ret_lin - cs_base) & _MASK64
+    old_rsp = env.regs[4]
+    if not hf & HF_PE:
         if vector * 4 + 3 > idt_limit:
             raise DeliveryFault(Vector.GP, 0)
         ip, cs = struct.unpack("<HH", mem.read(idt_base + vector * 4, 4))
-        ss_base = snap.segs[SS][1]
-        sp = v.rsp() & 0xFFFF
+        ss_base = env.segs[SS].base
+        sp = old_rsp & 0xFFFF
+        frame = b""
         for val in (rflags & 0xFFFF, cs_sel, ret & 0xFFFF):
             sp = (sp - 2) & 0xFFFF
-            mem.write(ss_base + sp, struct.pack("<H", val))
-        v.cpu_state.load_segments({CS: (cs, cs << 4, 0xFFFF, REAL_MODE_FLAGS)}, cpl=0)
+            frame = struct.pack("<H", val) + frame
+        if sp <= 0xFFFA:
+            mem.write(ss_base + sp, frame)
+        else:                              # the frame wraps around the 64 KiB segment
+            for i in range(3):
+                mem.write(ss_base + ((sp + 2 * i) & 0xFFFF), frame[2 * i:2 * i + 2])
+        st.patch_segments({CS: (cs, cs << 4, 0xFFFF, REAL_MODE_FLAGS)}, cpl=0)
+        env.regs[4] = (old_rsp & ~0xFFFF) | sp
+        st.commit()
         v.after_state_load()
-        v.set_rsp((v.rsp() & ~0xFFFF) | sp)
         v.set_rflags_raw(rflags & ~(IF | TF | AC))
         v.set_rip_reg(ip)
         return
-    long_mode = snap.long
+    long_mode = bool(hf & HF_LMA)
     gate_size = 16 if long_mode else 8
     gate_ec = vector * 8 + 2 + ext
     if vector * gate_size + gate_size - 1 > idt_limit:
@@ -134,7 +182,6 @@ def deliver_event(v, vector: int, itype: int, error_code: int | None, ret_lin: i
     e1, e2 = struct.unpack_from("<II", raw)
     gtype = (e2 >> 8) & 0x1F
     gdpl = (e2 >> 13) & 3
-    cpl = snap.cpl
     if long_mode:
         if gtype not in (0x0E, 0x0F):
             raise DeliveryFault(Vector.GP, gate_ec)
@@ -150,7 +197,7 @@ def deliver_event(v, vector: int, itype: int, error_code: int | None, ret_lin: i
     offset = (e1 & 0xFFFF) | (e2 & 0xFFFF0000)
     if long_mode:
         offset |= struct.unpack_from("<I", raw, 8)[0] << 32
-    c1, c2 = _descriptor(mem, v, snap, sel, ext)
+    c1, c2 = _descriptor(mem, env, sel, ext)
     cdpl = (c2 >> DESC_DPL_SHIFT) & 3
     if not (c2 & DESC_S and c2 & DESC_CS) or cdpl > cpl:
         raise DeliveryFault(Vector.GP, (sel & ~3) | ext)
@@ -160,15 +207,16 @@ def deliver_event(v, vector: int, itype: int, error_code: int | None, ret_lin: i
         raise DeliveryFault(Vector.GP, (sel & ~3) | ext)
     conforming = bool(c2 & (1 << 10))
     new_cpl = cpl if conforming else cdpl
-    _trs, tss_base, tss_limit, _trf = snap.segs[TR]
-    old_ss, old_rsp = snap.segs[SS][0], v.rsp()
+    tr = env.tr
+    tr_sel, tss_base, tss_limit = tr.selector, tr.base, tr.limit
+    old_ss = env.segs[SS].selector
     loads = {}
     if long_mode:
         ist = e2 & 7
         if ist or new_cpl < cpl:
             off = 0x24 + (ist - 1) * 8 if ist else 4 + new_cpl * 8
             if off + 7 > tss_limit:
-                raise DeliveryFault(Vector.TS, (snap.segs[TR][0] & ~3) | ext)
+                raise DeliveryFault(Vector.TS, (tr_sel & ~3) | ext)
             rsp = struct.unpack("<Q", mem.read(tss_base + off, 8))[0]
         else:
             rsp = old_rsp
@@ -187,9 +235,9 @@ def deliver_event(v, vector: int, itype: int, error_code: int | None, ret_lin: i
         if new_cpl < cpl:
             off = 4 + new_cpl * 8
             if off + 5 > tss_limit:
-                raise DeliveryFault(Vector.TS, (snap.segs[TR][0] & ~3) | ext)
+                raise DeliveryFault(Vector.TS, (tr_sel & ~3) | ext)
             esp, ss = struct.unpack("<IH", mem.read(tss_base + off, 6))
-            s1, s2 = _descriptor(mem, v, snap, ss, ext)
+            s1, s2 = _descriptor(mem, env, ss, ext)
             if (ss & 3) != new_cpl or ((s2 >> DESC_DPL_SHIFT) & 3) != new_cpl or \
                     not s2 & DESC_S or s2 & DESC_CS or not s2 & (1 << 9):
                 raise DeliveryFault(Vector.TS, (ss & ~3) | ext)
@@ -201,7 +249,8 @@ def deliver_event(v, vector: int, itype: int, error_code: int | None, ret_lin: i
             sp, sp_base, sp_32 = esp, ss_base, bool(ss_flags & DESC_B)
         else:
             frame = [rflags, cs_sel, ret]
-            sp, sp_base, sp_32 = old_rsp, snap.segs[SS][1], bool(snap.segs[SS][3] & DESC_B)
+            ss_c = env.segs[SS]
+            sp, sp_base, sp_32 = old_rsp, ss_c.base, bool(ss_c.flags & DESC_B)
         if error_code is not None:
             frame.append(error_code)
         mask = 0xFFFFFFFF if sp_32 else 0xFFFF
@@ -214,8 +263,11 @@ def deliver_event(v, vector: int, itype: int, error_code: int | None, ret_lin: i
             offset &= 0xFFFF
     cb, cl, cf = descriptor_cache(c1, c2)
     loads[CS] = ((sel & ~3) | new_cpl, cb, cl, cf)
-    v.cpu_state.load_segments(loads, cpl=new_cpl)
+    # the frame is written: now the new state, in one write-back (the context copy taken
+    # above is still current: the frame went to memory, not to registers)
+    st.patch_segments(loads, cpl=new_cpl)
+    env.regs[4] = new_sp & _MASK64
+    st.commit()
     v.after_state_load()
-    v.set_rsp(new_sp)
     v.set_rflags_raw(rflags & ~(TF | NT | RF | VM | (IF if not gtype & 1 else 0)))
     v.set_rip_reg(offset)

@@ -142,6 +142,25 @@ def _find_env_offset() -> int:
     return off
 
 
+class SegmentCache(ctypes.Structure):
+    _fields_ = [("selector", ctypes.c_uint32), ("_pad", ctypes.c_uint32),
+                ("base", ctypes.c_uint64), ("limit", ctypes.c_uint32), ("flags", ctypes.c_uint32)]
+
+
+class Env(ctypes.Structure):
+    """The start of QEMU 5's ``CPUX86State`` (the layout this module checks at start-up)."""
+    _fields_ = [("regs", ctypes.c_uint64 * 16), ("eip", ctypes.c_uint64),
+                ("eflags", ctypes.c_uint64), ("cc_dst", ctypes.c_uint64),
+                ("cc_src", ctypes.c_uint64), ("cc_src2", ctypes.c_uint64),
+                ("cc_op", ctypes.c_uint32), ("df", ctypes.c_int32),
+                ("hflags", ctypes.c_uint32), ("hflags2", ctypes.c_uint32),
+                ("segs", SegmentCache * 6), ("ldt", SegmentCache), ("tr", SegmentCache),
+                ("gdt", SegmentCache), ("idt", SegmentCache), ("cr", ctypes.c_uint64 * 5)]
+
+
+assert Env.hflags.offset == _HFLAGS and Env.segs.offset == _SEGS and Env.cr.offset == _CR
+
+
 def _ctx_addr(ctx) -> int:
     return ctypes.cast(ctx.context, ctypes.c_void_p).value
 
@@ -169,7 +188,22 @@ class CpuState:
         self.uc.context_update(self._ctx)
         if not self._base:
             self._base = _ctx_addr(self._ctx) + self.env
+            self._env = Env.from_address(self._base)
         return self._base
+
+    # ---- one read, patches, one write (event delivery) ------------------------------
+    def begin(self) -> Env:
+        """The CPU state now, as a structure to read and patch; `commit()` writes it back.
+        (Pending register writes of the vCPU must be flushed first.)"""
+        self._load()
+        return self._env
+
+    def efer_of(self) -> int:
+        """EFER in the state `begin()` read."""
+        return self._u64(_EFER_OFFSET)
+
+    def commit(self) -> None:
+        self.uc.context_restore(self._ctx)
 
     def mode_bits(self) -> tuple[int, int, int]:
         """(hflags, CS base, EFLAGS): what the current mode, CPL and linear RIP need."""
@@ -220,6 +254,13 @@ class CpuState:
         """Load segment registers (index -> (selector, base, limit, flags)) and recompute
         the mode bits of hflags the way the processor does when CS/SS change."""
         self._load()
+        self.patch_segments(loads, cpl)
+        self.uc.context_restore(self._ctx)
+
+    def patch_segments(self, loads: dict[int, tuple[int, int, int, int]],
+                       cpl: int | None = None) -> int:
+        """`load_segments` on the state `begin()` read, without writing it back; returns the
+        new hflags."""
         b = self._base
         for i, (sel, base, limit, flags) in loads.items():
             o = b + _SEGS + i * _SEG_SIZE
@@ -254,7 +295,7 @@ class CpuState:
                 if any(bases):
                     hf |= HF_ADDSEG
         ctypes.c_uint32.from_address(b + _HFLAGS).value = hf
-        self.uc.context_restore(self._ctx)
+        return hf
 
 
 def mode_of(hflags: int, eflags: int) -> int:

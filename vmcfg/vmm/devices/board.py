@@ -92,6 +92,14 @@ class Board:
         self.bus.add_mmio(self.ioapic, *self.ioapic.MMIO)
         self.bus.add_mmio(self.testdev, *self.testdev.MMIO)
 
+    def latches(self) -> list[tuple[int, object, str, int, bool]]:
+        """Ports whose device is one plain cell (see misc.Cell): (port, device, cell
+        attribute, bits a byte write keeps, reads return the cell).  The vCPU's native exit
+        path may serve byte accesses to them without calling Python."""
+        out = [(p, self.post, a, m, r) for p, a, m, r in self.post.latches()]
+        out += [(p, self.serial, a, m, r) for p, a, m, r in self.serial.latches(COM1_BASE)]
+        return out
+
     # ---- the CPU side --------------------------------------------------------------------
     def attach_cpu(self, now: Callable[[], int], nmi: Callable[[], None] | None = None,
                    wake: Callable[[], None] | None = None) -> None:

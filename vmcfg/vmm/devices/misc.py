@@ -89,11 +89,34 @@ class PciHost:
             self.address = value & 0x80FFFFFC
 
 
+class Cell:
+    """One register a device keeps as a plain latch.  The VMM may swap it for a cell of its
+    native exit path (vmm/native), which then serves the port without calling Python; the
+    device reads and writes the same cell either way."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: int = 0) -> None:
+        self.value = value
+
+
 class PostPort:
     PORTS = ((0x80, 1),)
 
     def __init__(self) -> None:
-        self.value = 0
+        self.cell = Cell()
+
+    @property
+    def value(self) -> int:
+        return self.cell.value
+
+    @value.setter
+    def value(self, v: int) -> None:
+        self.cell.value = v
+
+    def latches(self) -> list[tuple[int, str, int, bool]]:
+        """(port, cell attribute, bits a byte write keeps, reads return the cell)."""
+        return [(0x80, "cell", 0xFF, False)]
 
     def io_read(self, port: int, size: int) -> int:
         return (1 << (8 * size)) - 1

@@ -20,6 +20,7 @@ from __future__ import annotations
 import threading
 from collections import deque
 from typing import Callable
+from .misc import Cell
 
 IER_RDI, IER_THRI, IER_RLSI, IER_MSI = 1, 2, 4, 8
 LSR_DR, LSR_OE, LSR_THRE, LSR_TEMT = 0x01, 0x02, 0x20, 0x40
@@ -37,7 +38,7 @@ class Uart:
         self.mcr = 0
         self.lsr = LSR_THRE | LSR_TEMT
         self.msr = 0xB0              # CTS, DSR, DCD
-        self.scr = 0
+        self.scr_cell = Cell()       # SCR: a plain latch (see misc.Cell)
         self.dll, self.dlm = 0x0C, 0   # 9600 baud
         self.fcr = 0
         self.rx: deque[int] = deque()
@@ -46,6 +47,18 @@ class Uart:
         self._lock = threading.Lock()
         self.notify: Callable[[], None] = lambda: None   # set by the machine: wake the CPU
         self._level = False
+
+    @property
+    def scr(self) -> int:
+        return self.scr_cell.value
+
+    @scr.setter
+    def scr(self, v: int) -> None:
+        self.scr_cell.value = v
+
+    def latches(self, base: int) -> list[tuple[int, str, int, bool]]:
+        """(port, cell attribute, bits a byte write keeps, reads return the cell)."""
+        return [(base + 7, "scr_cell", 0xFF, True)]
 
     @property
     def text(self) -> str:

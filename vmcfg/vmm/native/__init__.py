@@ -1,0 +1,293 @@
+"""The exit fast path's shared state, and the optional C helper that uses it (issue 14).
+
+`fastexit.c` (built at install time by setup.py as an optional extension, loaded here with
+ctypes) is the Unicorn code hook at every trapped instruction.  It does CPUID, RDTSC and
+byte IN/OUT on latch ports entirely in C when nothing needs Python (see the C file), and
+otherwise calls the VMM's Python trap path with the guest registers already read in one batch
+(`snapshot`) and sends the register writes the Python side queued (`queue_writes`) in one
+batch afterwards.
+
+The state block (`FxState`) is the one home of the exit count, the idle ticks and the TSC
+adjustment, and of the per-reason exit counts the C side adds: it exists with or without
+the helper, so the Python fallback reads and writes the same fields.
+
+``VMCFG_NO_NATIVE=1`` in the environment forces the Python fallback (the tests run the
+exit paths both ways).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import os
+
+FX_VERSION = 4
+NSNAP = 18
+NWRITE = 32
+NREASONS = 128
+NCPUID = 64
+NLATCH = 8
+
+FAST = 1
+RDTSC_EXITING = 2
+TSC_OFFSET = 4
+TSC_SCALE = 8
+IO_BITMAPS = 16
+IO_UNCOND = 32
+
+K_NONE, K_CPUID, K_RDTSC, K_OUT_IMM, K_IN_IMM, K_OUT_DX, K_IN_DX = range(7)
+NO_PORT = 0xFFFFFFFF
+
+# instruction bytes the C side knows, and what they are (decoding them needs no mode)
+FAST_KINDS = {b"\x0f\xa2": K_CPUID, b"\x0f\x31": K_RDTSC, b"\xec": K_IN_DX, b"\xee": K_OUT_DX}
+FAST_IMM = {0xE4: K_IN_IMM, 0xE6: K_OUT_IMM}
+
+_u64 = ctypes.c_uint64
+_TRAP_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
+                            ctypes.c_void_p)
+
+
+class FxCpuid(ctypes.Structure):
+    _fields_ = [("leaf", ctypes.c_uint32), ("sub", ctypes.c_uint32), ("any", ctypes.c_uint32),
+                ("used", ctypes.c_uint32), ("r", ctypes.c_uint32 * 4)]
+
+
+class FxLatch(ctypes.Structure):
+    _fields_ = [("port", _u64), ("value", _u64), ("wmask", _u64), ("read_cell", _u64)]
+
+
+class FxState(ctypes.Structure):
+    _fields_ = [("version", _u64), ("flags", _u64), ("py_mask", _u64 * (NREASONS // 64)),
+                ("counter", ctypes.c_void_p), ("exit_count", _u64), ("idle_ticks", _u64),
+                ("tsc_adjust", _u64), ("tsc_per_insn", _u64), ("exit_cost", _u64),
+                ("tsc_offset", _u64), ("tsc_mult", _u64), ("io_bitmap", ctypes.c_void_p),
+                ("reg_read", ctypes.c_void_p), ("reg_write", ctypes.c_void_p),
+                ("read_batch", ctypes.c_void_p), ("write_batch", ctypes.c_void_p),
+                ("py_trap", ctypes.c_void_p), ("cr4_id", _u64),
+                ("reg_ids", _u64 * NSNAP), ("snap", _u64 * NSNAP), ("nwrite", _u64),
+                ("wids", _u64 * NWRITE), ("wvals", _u64 * NWRITE), ("pc_write", _u64),
+                ("pc", _u64), ("stats", _u64 * NREASONS), ("stats_ns", _u64 * NREASONS),
+                ("fast", _u64), ("slow", _u64), ("ncpuid", _u64),
+                ("cpuid", FxCpuid * NCPUID), ("latch", FxLatch * NLATCH),
+                ("mtf_on", _u64), ("mtf_started", _u64), ("mtf_skip", _u64), ("mtf_done", _u64)]
+
+
+class FxEntry(ctypes.Structure):
+    _fields_ = [("st", ctypes.c_void_p), ("kind", _u64), ("length", _u64), ("mode64", _u64),
+                ("block", _u64), ("prefix", _u64), ("port", _u64)]
+
+
+_LIB: ctypes.CDLL | None | bool = False
+
+
+def disabled() -> bool:
+    """VMCFG_NO_NATIVE=1 (or any value but '' and '0') forces the Python fallback."""
+    return os.environ.get("VMCFG_NO_NATIVE", "") not in ("", "0")
+
+
+def library() -> ctypes.CDLL | None:
+    """The built helper, or None (not built, a different build, or VMCFG_NO_NATIVE)."""
+    global _LIB
+    if disabled():
+        return None
+    if _LIB is False:
+        _LIB = _load()
+    return _LIB or None
+
+
+def _load() -> ctypes.CDLL | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = os.path.join(here, "_fastexit" + suffix)
+        if not os.path.exists(path):
+            continue
+        try:
+            lib = ctypes.CDLL(path)
+            if lib.fx_version() != FX_VERSION or lib.fx_state_size() != ctypes.sizeof(FxState) \
+                    or lib.fx_entry_size() != ctypes.sizeof(FxEntry):
+                return None                # a stale build: the Python path is always right
+            return lib
+        except (OSError, AttributeError):
+            return None
+    return None
+
+
+def status() -> str:
+    """One line for humans: which exit path runs."""
+    if disabled():
+        return "python (VMCFG_NO_NATIVE is set)"
+    return "native (fastexit.c)" if library() is not None else \
+        "python (the C helper is not built: no compiler at install time)"
+
+
+class FastExit:
+    """The state block of one vCPU, its per-address entries, and the hook function."""
+
+    def __init__(self, reg_ids: list[int], cr4_id: int, *, native: bool | None = None):
+        lib = library() if native is not False else None
+        if native and lib is None:
+            raise RuntimeError(f"the native exit path is not available: {status()}")
+        self.lib = lib
+        self.native = lib is not None
+        st = self.state = FxState()
+        st.version = FX_VERSION
+        for i in range(NREASONS // 64):
+            st.py_mask[i] = (1 << 64) - 1           # every reason to Python until it is known
+        for i, r in enumerate(reg_ids):
+            st.reg_ids[i] = r
+        st.cr4_id = cr4_id
+        for i in range(NLATCH):
+            st.latch[i].port = NO_PORT
+        self._bitmap = (ctypes.c_uint8 * 8192)()
+        st.io_bitmap = ctypes.addressof(self._bitmap)
+        self._entries: dict[int, FxEntry] = {}
+        self._latch_ports: dict[int, int] = {}
+        self._cpuid_keys: set = set()
+        self._py_cb = None
+        self.hook_fn: ctypes.c_void_p | None = None
+        self.step_fn: ctypes.c_void_p | None = None
+        if lib is not None:
+            from unicorn.unicorn_py3.unicorn import uclib
+            st.reg_read = ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value
+            st.reg_write = ctypes.cast(uclib.uc_reg_write, ctypes.c_void_p).value
+            st.read_batch = ctypes.cast(uclib.uc_reg_read_batch, ctypes.c_void_p).value
+            st.write_batch = ctypes.cast(uclib.uc_reg_write_batch, ctypes.c_void_p).value
+            self.hook_fn = ctypes.cast(lib.fx_trap, ctypes.c_void_p)
+            self.step_fn = ctypes.cast(lib.fx_step, ctypes.c_void_p)
+
+    def attach_counter(self, counter_state) -> None:
+        """The block counter's state words (counter.py): the C side keeps the count exact."""
+        self._counter_state = counter_state
+        self.state.counter = ctypes.addressof(counter_state)
+
+    def set_python_trap(self, fn) -> None:
+        """The Python trap path, `fn(uch, address, size, entry_ptr)`; the C hook calls it when
+        it cannot finish a trap itself."""
+        self._py_cb = _TRAP_CB(fn)
+        self.state.py_trap = ctypes.cast(self._py_cb, ctypes.c_void_p).value
+
+    # ---- per-address entries -------------------------------------------------------------
+    def entry(self, address: int) -> FxEntry:
+        """The (stable) entry of a hooked address; the hook's user data."""
+        e = self._entries.get(address)
+        if e is None:
+            e = self._entries[address] = FxEntry()
+            e.st = ctypes.addressof(self.state)
+        return e
+
+    def forget(self, address: int) -> None:
+        """The address is no longer a known instruction (page rescanned, hook removed)."""
+        e = self._entries.get(address)
+        if e is not None:
+            e.kind = K_NONE
+            e.block = 0
+
+    def learn(self, address: int, raw: bytes, length: int, mode64: bool) -> None:
+        """The instruction at `address` was decoded as `raw`: the C side may do it from now
+        on if it knows it (mode-free encodings only)."""
+        e = self._entries.get(address)
+        if e is None:
+            return
+        k = FAST_KINDS.get(raw)
+        port = 0
+        if k is None and len(raw) == 2 and raw[0] in FAST_IMM:
+            k, port = FAST_IMM[raw[0]], raw[1]
+        if k is None:
+            e.kind = K_NONE
+            return
+        e.length = length
+        e.mode64 = 1 if mode64 else 0
+        e.port = port
+        e.kind = k
+
+    def forget_prefixes(self) -> None:
+        """Code changed somewhere: the cached block prefixes may be wrong."""
+        for e in self._entries.values():
+            e.block = 0
+
+    # ---- what the fast path may do -------------------------------------------------------
+    def set_fast(self, on: bool) -> None:
+        st = self.state
+        st.flags = (st.flags | FAST) if on else (st.flags & ~FAST)
+
+    def configure(self, *, rdtsc_exiting: bool, tsc_offsetting: bool, tsc_scaling: bool,
+                  io_bitmaps: bool, io_unconditional: bool,
+                  bitmap: bytes | None, tsc_per_insn: int, exit_cost: int) -> None:
+        st = self.state
+        f = st.flags & FAST
+        f |= RDTSC_EXITING if rdtsc_exiting else 0
+        f |= TSC_OFFSET if tsc_offsetting else 0
+        f |= TSC_SCALE if tsc_scaling else 0
+        f |= IO_BITMAPS if io_bitmaps else 0
+        f |= IO_UNCOND if io_unconditional else 0
+        st.tsc_per_insn = tsc_per_insn
+        st.exit_cost = exit_cost
+        if bitmap is not None:
+            ctypes.memmove(self._bitmap, bitmap, 8192)
+        st.flags = f
+
+    def python_only(self, reason: int, yes: bool) -> None:
+        """Whether exits of `reason` must go to Python (a user handler, a trace, not seen yet)."""
+        st = self.state
+        w, b = divmod(int(reason), 64)
+        if yes:
+            st.py_mask[w] |= 1 << b
+        else:
+            st.py_mask[w] &= ~(1 << b)
+
+    def all_python(self) -> None:
+        for i in range(NREASONS // 64):
+            self.state.py_mask[i] = (1 << 64) - 1
+
+    # ---- monitor-trap-flag stepping ----------------------------------------------------------
+    def mtf_begin(self) -> None:
+        st = self.state
+        st.mtf_started = st.mtf_done = 0
+        st.mtf_skip = (1 << 64) - 1
+        st.mtf_on = 1
+
+    def mtf_end(self) -> int:
+        """Stop; the MTF exits the C side did since mtf_begin."""
+        st = self.state
+        st.mtf_on = 0
+        return st.mtf_done
+
+    # ---- CPUID results ----------------------------------------------------------------------
+    def cpuid_put(self, leaf: int, sub: int | None, regs) -> None:
+        """Cache a CPUID result; sub None = the same for every ECX."""
+        st = self.state
+        n = st.ncpuid
+        key = (leaf, sub)
+        if n >= NCPUID or key in self._cpuid_keys:
+            return
+        self._cpuid_keys.add(key)
+        c = st.cpuid[n]
+        c.leaf, c.sub, c.any = leaf & 0xFFFFFFFF, (sub or 0) & 0xFFFFFFFF, 1 if sub is None else 0
+        for i in range(4):
+            c.r[i] = regs[i] & 0xFFFFFFFF
+        c.used = 1
+        st.ncpuid = n + 1
+
+    def cpuid_clear(self) -> None:
+        self.state.ncpuid = 0
+        self._cpuid_keys.clear()
+
+    # ---- latch ports ---------------------------------------------------------------------------
+    def add_latch(self, port: int, wmask: int, read_cell: bool, value: int = 0) -> FxLatch:
+        """A port whose device is one cell: writes keep `value & wmask`, reads return the
+        cell (read_cell) or all ones.  The device reads and writes the returned cell."""
+        st = self.state
+        i = len(self._latch_ports)
+        if port in self._latch_ports or i >= NLATCH:
+            raise ValueError(f"cannot add a latch for port {port:#x}")
+        c = st.latch[i]
+        c.port, c.wmask, c.read_cell, c.value = port, wmask, 1 if read_cell else 0, value
+        self._latch_ports[port] = i
+        return c
+
+    # ---- statistics ------------------------------------------------------------------------------
+    def native_count(self, reason: int) -> int:
+        return self.state.stats[reason]
+
+    def native_seconds(self, reason: int) -> float:
+        return self.state.stats_ns[reason] * 1e-9

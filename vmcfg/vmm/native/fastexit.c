@@ -1,0 +1,358 @@
+/* fastexit.c -- the VM-exit fast path of vmcfg's emulated VMM (issue 14).
+ *
+ * One function, fx_trap, is registered with Unicorn as the UC_HOOK_CODE
+ * callback at every trapped instruction address (user data: that address's
+ * fx_entry).  For the common cases it does the whole trap in C:
+ *
+ *   CPUID        (exit 10)  result from a cache the Python side fills on a miss
+ *   RDTSC        (exit 16 with rdtsc_exiting, otherwise emulated): the virtual TSC
+ *   IN/OUT byte  (exit 30 when the I/O bitmap / unconditional I/O exiting says so,
+ *                 otherwise emulated): only ports served by a latch cell
+ *
+ * counting the exit (exit_count, per-reason count and host time), keeping the
+ * retired-instruction count exact (the block counter's words, see counter.py)
+ * and advancing RIP.  Anything else -- a user handler, a trace, a pending
+ * event, a cache miss, an instruction this file does not know -- goes to the
+ * Python callback (the VMM's full path): the guest registers are read in one
+ * batch before the call, and the writes the Python side queued are sent in
+ * one batch after it.
+ *
+ * No Unicorn header is needed: the Unicorn functions are passed in as
+ * pointers.  Built by setup.py as an optional extension and loaded with
+ * ctypes (vmcfg/vmm/native/__init__.py); without it the same logic runs in
+ * Python.  The structures mirror the ctypes ones in __init__.py: keep them
+ * in step (FX_VERSION).
+ */
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#define FX_VERSION 4
+#define FX_NSNAP 18            /* RAX..R15, RIP, RFLAGS */
+#define FX_NWRITE 32
+#define FX_NREASONS 128
+#define FX_NCPUID 64
+#define FX_NLATCH 8
+
+/* flags */
+#define FX_FAST 1u             /* the fast path may run (the run loop decides per entry) */
+#define FX_RDTSC_EXITING 2u
+#define FX_TSC_OFFSET 4u
+#define FX_TSC_SCALE 8u
+#define FX_IO_BITMAPS 16u
+#define FX_IO_UNCOND 32u
+
+/* entry kinds */
+enum { K_NONE = 0, K_CPUID, K_RDTSC, K_OUT_IMM, K_IN_IMM, K_OUT_DX, K_IN_DX };
+
+/* block counter words (counter.py) */
+enum { W_COUNTER = 0, W_LAST_ADDR = 5, W_LAST_SIZE = 6, W_STOP = 8, W_LAST_N = 10 };
+
+/* snapshot slots */
+enum { S_RAX = 0, S_RCX = 1, S_RDX = 2, S_RBX = 3, S_RIP = 16, S_RFLAGS = 17 };
+
+enum { R_CPUID = 10, R_RDTSC = 16, R_IO = 30, R_MTF = 37 };
+
+typedef void uc_engine;
+typedef int (*reg_read_t)(uc_engine *, int, void *);
+typedef int (*reg_write_t)(uc_engine *, int, const void *);
+typedef int (*read_batch_t)(uc_engine *, int *, void **, int);
+typedef int (*write_batch_t)(uc_engine *, int *, void *const *, int);
+typedef void (*py_trap_t)(uc_engine *, uint64_t, uint32_t, void *);
+
+typedef struct {
+    uint32_t leaf, sub, any, used;
+    uint32_t r[4];             /* eax ebx ecx edx */
+} fx_cpuid;
+
+typedef struct {
+    uint64_t port;             /* 0xFFFFFFFF = unused */
+    uint64_t value;            /* the cell: what the device holds */
+    uint64_t wmask;            /* bits a write keeps */
+    uint64_t read_cell;        /* 1: reads return the cell; 0: all ones */
+} fx_latch;
+
+typedef struct fx_state {
+    uint64_t version;
+    uint64_t flags;
+    uint64_t py_mask[FX_NREASONS / 64];   /* exit reasons only the Python side may handle */
+    uint64_t *counter;
+    uint64_t exit_count;
+    uint64_t idle_ticks;
+    uint64_t tsc_adjust;
+    uint64_t tsc_per_insn;
+    uint64_t exit_cost;
+    uint64_t tsc_offset;
+    uint64_t tsc_mult;
+    uint8_t *io_bitmap;        /* 8 KiB, one bit per port */
+    reg_read_t reg_read;
+    reg_write_t reg_write;
+    read_batch_t read_batch;
+    write_batch_t write_batch;
+    py_trap_t py_trap;
+    uint64_t cr4_id;
+    uint64_t reg_ids[FX_NSNAP];
+    uint64_t snap[FX_NSNAP];
+    uint64_t nwrite;
+    uint64_t wids[FX_NWRITE];
+    uint64_t wvals[FX_NWRITE];
+    uint64_t pc_write;
+    uint64_t pc;
+    uint64_t stats[FX_NREASONS];
+    uint64_t stats_ns[FX_NREASONS];
+    uint64_t fast, slow;       /* traps done here / sent to Python */
+    uint64_t ncpuid;
+    fx_cpuid cpuid[FX_NCPUID];
+    fx_latch latch[FX_NLATCH];
+    uint64_t mtf_on;           /* monitor-trap-flag stepping in C (fx_step is hooked) */
+    uint64_t mtf_started;      /* an instruction began in this emu_start */
+    uint64_t mtf_skip;         /* fx_trap did the boundary at this address already */
+    uint64_t mtf_done;         /* MTF exits done in this emu_start */
+} fx_state;
+
+typedef struct fx_entry {
+    fx_state *st;
+    uint64_t kind;
+    uint64_t length;
+    uint64_t mode64;           /* RDTSC: write EAX/EDX zero-extended (64-bit mode) */
+    uint64_t block;            /* the block start `prefix` was counted from (0 = none yet) */
+    uint64_t prefix;           /* instructions from `block` to this address */
+    uint64_t port;             /* imm8 forms */
+} fx_entry;
+
+int fx_version(void) { return FX_VERSION; }
+int fx_state_size(void) { return (int)sizeof(fx_state); }
+int fx_entry_size(void) { return (int)sizeof(fx_entry); }
+
+static inline uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+static inline int py_only(const fx_state *st, unsigned reason)
+{
+    return (st->py_mask[reason >> 6] >> (reason & 63)) & 1;
+}
+
+static inline uint64_t rd(uc_engine *uc, fx_state *st, int slot)
+{
+    uint64_t v = 0;
+    st->reg_read(uc, (int)st->reg_ids[slot], &v);
+    return v;
+}
+
+static const fx_cpuid *cpuid_find(const fx_state *st, uint32_t leaf, uint32_t sub)
+{
+    uint64_t n = st->ncpuid < FX_NCPUID ? st->ncpuid : FX_NCPUID;
+    for (uint64_t i = 0; i < n; i++) {
+        const fx_cpuid *c = &st->cpuid[i];
+        if (c->used && c->leaf == leaf && (c->any || c->sub == sub))
+            return c;
+    }
+    return 0;
+}
+
+static fx_latch *latch_find(fx_state *st, uint64_t port)
+{
+    for (int i = 0; i < FX_NLATCH; i++)
+        if (st->latch[i].port == port)
+            return &st->latch[i];
+    return 0;
+}
+
+static inline int io_intercepted(const fx_state *st, uint64_t port)
+{
+    if (st->flags & FX_IO_BITMAPS)
+        return st->io_bitmap ? (st->io_bitmap[port >> 3] >> (port & 7)) & 1 : 1;
+    return (st->flags & FX_IO_UNCOND) != 0;
+}
+
+/* The virtual TSC as the guest reads it (Vcpu._tsc_at + guest_tsc). */
+static inline uint64_t guest_tsc(const fx_state *st, uint64_t icount)
+{
+    uint64_t t = icount * st->tsc_per_insn + st->exit_count * st->exit_cost
+                 + st->idle_ticks + st->tsc_adjust;
+    if (st->flags & FX_TSC_OFFSET) {
+        if (st->flags & FX_TSC_SCALE)
+            t = (uint64_t)(((unsigned __int128)t * st->tsc_mult) >> 48);
+        t += st->tsc_offset;
+    }
+    return t;
+}
+
+/* The whole trap in C; 0 = leave it to Python (nothing has been changed then). */
+static int fast(uc_engine *uc, uint64_t address, fx_entry *e, fx_state *st)
+{
+    uint64_t *ctr = st->counter;
+    if (ctr[W_STOP])
+        return 0;
+    uint64_t a = ctr[W_LAST_ADDR], sz = ctr[W_LAST_SIZE];
+    uint64_t ic = ctr[W_COUNTER];
+    if (sz && a <= address && address < a + sz) {
+        if (e->block != a)
+            return 0;
+        ic = ic - ctr[W_LAST_N] + e->prefix;
+    }
+    uint64_t rip = rd(uc, st, S_RIP);
+    uint64_t nrip = rip + e->length;
+    if ((rip <= 0xFFFF && nrip > 0xFFFF) || (rip <= 0xFFFFFFFFu && nrip > 0xFFFFFFFFu))
+        return 0;                       /* the IP may wrap in 16/32-bit code: Python */
+    int ids[4];
+    uint64_t vals[4];
+    int nw = 0;
+    unsigned reason = 0;                /* 0: no exit */
+    uint64_t t0 = 0;
+
+    switch (e->kind) {
+    case K_CPUID: {
+        uint32_t leaf = (uint32_t)rd(uc, st, S_RAX), sub = (uint32_t)rd(uc, st, S_RCX);
+        const fx_cpuid *c;
+        if (py_only(st, R_CPUID) || !(c = cpuid_find(st, leaf, sub)))
+            return 0;
+        reason = R_CPUID;
+        t0 = now_ns();
+        st->exit_count++;
+        for (int i = 0; i < 4; i++) {
+            static const int slot[4] = {S_RAX, S_RBX, S_RCX, S_RDX};
+            ids[nw] = (int)st->reg_ids[slot[i]];
+            vals[nw++] = c->r[i];
+        }
+        break;
+    }
+    case K_RDTSC: {
+        uint64_t cr4 = 0;
+        st->reg_read(uc, (int)st->cr4_id, &cr4);
+        if (cr4 & 4)                    /* CR4.TSD: #GP at CPL > 0, which needs the CPL: Python */
+            return 0;
+        if (st->flags & FX_RDTSC_EXITING) {
+            if (py_only(st, R_RDTSC))
+                return 0;
+            reason = R_RDTSC;
+        }
+        if (reason) {
+            t0 = now_ns();
+            st->exit_count++;
+        }
+        uint64_t t = guest_tsc(st, ic);
+        uint64_t lo = t & 0xFFFFFFFFu, hi = t >> 32;
+        if (!e->mode64) {               /* 16/32-bit code: the upper halves stay */
+            lo |= rd(uc, st, S_RAX) & ~0xFFFFFFFFull;
+            hi |= rd(uc, st, S_RDX) & ~0xFFFFFFFFull;
+        }
+        ids[nw] = (int)st->reg_ids[S_RAX]; vals[nw++] = lo;
+        ids[nw] = (int)st->reg_ids[S_RDX]; vals[nw++] = hi;
+        break;
+    }
+    case K_OUT_IMM: case K_IN_IMM: case K_OUT_DX: case K_IN_DX: {
+        uint64_t port = (e->kind == K_OUT_IMM || e->kind == K_IN_IMM)
+                        ? e->port : (rd(uc, st, S_RDX) & 0xFFFF);
+        fx_latch *l = latch_find(st, port);
+        if (!l)
+            return 0;
+        if (io_intercepted(st, port)) {
+            if (py_only(st, R_IO))
+                return 0;
+            reason = R_IO;
+            t0 = now_ns();
+            st->exit_count++;
+        }
+        uint64_t rax = rd(uc, st, S_RAX);
+        if (e->kind == K_OUT_IMM || e->kind == K_OUT_DX) {
+            l->value = (rax & 0xFF) & l->wmask;
+        } else {
+            uint64_t v = l->read_cell ? (l->value & 0xFF) : 0xFF;
+            ids[nw] = (int)st->reg_ids[S_RAX];
+            vals[nw++] = (rax & ~0xFFull) | v;
+        }
+        break;
+    }
+    default:
+        return 0;
+    }
+    if (nw) {
+        void *ptrs[4];
+        for (int i = 0; i < nw; i++)
+            ptrs[i] = &vals[i];
+        st->write_batch(uc, ids, ptrs, nw);
+    }
+    if (reason) {
+        st->stats[reason]++;
+        st->stats_ns[reason] += now_ns() - t0;
+    }
+    /* the instruction retired; the rest of the block is counted when it restarts at nrip */
+    ctr[W_COUNTER] = ic + 1;
+    ctr[W_LAST_ADDR] = ctr[W_LAST_SIZE] = ctr[W_LAST_N] = 0;
+    st->reg_write(uc, (int)st->reg_ids[S_RIP], &nrip);
+    st->fast++;
+    return 1;
+}
+
+/* Monitor trap flag with the default handler: an MTF exit after every instruction, i.e.
+ * at every instruction boundary but the first of an emu_start (the Python side does the
+ * one after the last instruction that retired, and the first exit of the reason). */
+static inline void mtf_boundary(fx_state *st)
+{
+    if (st->mtf_started) {
+        st->exit_count++;
+        st->stats[R_MTF]++;
+        st->mtf_done++;
+    } else {
+        st->mtf_started = 1;
+    }
+}
+
+/* UC_HOOK_CODE over all code while MTF stepping runs here (user data: the state).  Unicorn
+ * calls it after the trap hook of the same address, which has done the boundary then. */
+void fx_step(uc_engine *uc, uint64_t address, uint32_t size, void *user_data)
+{
+    fx_state *st = (fx_state *)user_data;
+    (void)uc; (void)size;
+    if (!st->mtf_on)
+        return;
+    if (st->mtf_skip == address) {
+        st->mtf_skip = ~0ull;
+        return;
+    }
+    mtf_boundary(st);
+}
+
+void fx_trap(uc_engine *uc, uint64_t address, uint32_t size, void *user_data)
+{
+    fx_entry *e = (fx_entry *)user_data;
+    fx_state *st = e->st;
+    if (st->mtf_on) {
+        mtf_boundary(st);
+        st->mtf_skip = address;
+    }
+    if (e->kind && (st->flags & FX_FAST) && fast(uc, address, e, st))
+        return;
+    /* the Python path: registers in one batch before, queued writes in one batch after */
+    int ids[FX_NSNAP];
+    void *ptrs[FX_NSNAP];
+    for (int i = 0; i < FX_NSNAP; i++) {
+        ids[i] = (int)st->reg_ids[i];
+        ptrs[i] = &st->snap[i];
+    }
+    st->read_batch(uc, ids, ptrs, FX_NSNAP);
+    st->nwrite = 0;
+    st->pc_write = 0;
+    st->slow++;
+    st->py_trap(uc, address, size, e);
+    uint64_t n = st->nwrite < FX_NWRITE ? st->nwrite : FX_NWRITE;
+    if (n) {
+        int wid[FX_NWRITE];
+        void *wp[FX_NWRITE];
+        for (uint64_t i = 0; i < n; i++) {
+            wid[i] = (int)st->wids[i];
+            wp[i] = &st->wvals[i];
+        }
+        st->write_batch(uc, wid, wp, (int)n);
+        st->nwrite = 0;
+    }
+    if (st->pc_write) {
+        st->pc_write = 0;
+        st->reg_write(uc, (int)st->reg_ids[S_RIP], &st->pc);
+    }
+}

@@ -1,0 +1,421 @@
+"""Events: exceptions raised by guest instructions, event injection and delivery
+through the guest's IDT/IVT (cpu.delivery), #DF and triple fault, NMIs and external
+interrupts at instruction boundaries in the SDM's priority order, and the exits they
+cause (exception bitmap, external-interrupt/NMI exiting, interrupt/NMI windows)."""
+
+from __future__ import annotations
+
+import ctypes
+import struct
+from unicorn import (UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_16, UC_MODE_32, UC_MODE_64, Uc,
+                     UcError, x86_const as X)
+from unicorn.unicorn_py3.unicorn import uclib
+from .. import decode as D
+from ..cpu.delivery import DeliveryFault, deliver_event, nested
+from ..exitinfo import (INTR_EXTERNAL, INTR_HW_EXCEPTION, INTR_NMI, INTR_PRIV_SW_EXCEPTION,
+                        INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit, interruption_info)
+from .common import _ERROR_CODE_VECTORS
+from .intercepts import trapped_kinds
+from ...vmx.exits import Exit
+
+
+_OLD_EXC_OFFSET: dict[int, int | None] = {}
+
+
+def old_exception_offset(mode: int) -> int | None:
+    """Offset of QEMU's ``env->old_exception`` inside a Unicorn CPU context.
+
+    Unicorn reports CPU exceptions to UC_HOOK_INTR but never delivers them, so
+    QEMU's double-fault bookkeeping (old_exception) is never reset and the
+    next contributory exception would turn into #DF or a triple fault.  The
+    field is located once per process by diffing two contexts around a #DE in
+    a scratch engine (-1 before, 0 after); the vCPU resets it after it has
+    handled an exception.  None if it cannot be found (then nothing is patched).
+    """
+    if mode in _OLD_EXC_OFFSET:
+        return _OLD_EXC_OFFSET[mode]
+    off = None
+    try:
+        code = {64: b"\x31\xd2\x31\xc9\xb8\x01\x00\x00\x00\xf7\xf1\xf4",
+                32: b"\x31\xd2\x31\xc9\xb8\x01\x00\x00\x00\xf7\xf1\xf4",
+                16: b"\x66\x31\xd2\x66\x31\xc9\x66\xb8\x01\x00\x00\x00\x66\xf7\xf1\xf4"}[mode]
+        uc = Uc(UC_ARCH_X86, {16: UC_MODE_16, 32: UC_MODE_32, 64: UC_MODE_64}[mode])
+        uc.mem_map(0, 0x10000)
+        uc.mem_write(0x1000, code)
+        uc.hook_add(UC_HOOK_INTR, lambda u, n, d: u.emu_stop())
+        size = uclib.uc_context_size(uc._uch)
+        a = uc.context_save()
+        uc.emu_start(0x1000, 0x1000 + len(code))
+        b = uc.context_save()
+        ba = ctypes.string_at(a.context, size)
+        bb = ctypes.string_at(b.context, size)
+        hits = [i for i in range(0, size - 3, 4)
+                if ba[i:i + 4] == b"\xff\xff\xff\xff" and bb[i:i + 4] == b"\0\0\0\0"]
+        if len(hits) == 1:
+            off = hits[0]
+    except Exception:  # pragma: no cover - a Unicorn build we do not know
+        off = None
+    _OLD_EXC_OFFSET[mode] = off
+    return off
+
+
+class EventsMixin:
+    """Events: exceptions raised by guest instructions, event injection and delivery"""
+
+    def _device_nmi(self) -> None:
+        self._nmi_pending = True
+
+    def _device_wake(self) -> None:
+        """Serial input arrived (another thread): take it at the next boundary."""
+        self._wake()
+        if not self._in_hook:
+            self.counter.request_stop()
+
+    def _on_intr(self, uc, intno, _ud):
+        self._rcache.clear()
+        self._sync_mode()
+        rip = self.rip
+        # CR2 now: after this hook Unicorn jumps to a stale "next EIP", which may fault again
+        self._event = ("intr", intno, rip, self._retired_at(rip), self.cr(2) if intno == 14 else None)
+        uc.emu_stop()
+
+    def _on_fastcall(self, uc, which):
+        # Unicorn skips SYSCALL/SYSENTER after this hook: stop there (RIP = the next
+        # instruction, the instruction retired) and do what the CPU does (cpu.fastcall)
+        self._rcache.clear()
+        self._sync_mode()
+        rip = self.rip
+        if self._event is None:
+            self._event = ("fastcall", which, rip, self._retired_at(rip))
+        uc.emu_stop()
+
+    def _pf_error_code(self, cr2: int, rip: int) -> int:
+        """Reconstruct the #PF error code by walking the guest page tables."""
+        present = True
+        cr0, cr4 = self.cr(0), self.cr(4)
+        try:
+            if cr0 & (1 << 31):
+                if self.mode == 64 or cr4 & 0x20:
+                    table = self.cr(3) & 0x000FFFFFFFFFF000
+                    levels = (39, 30, 21, 12) if self.mode == 64 else (30, 21, 12)
+                    for sh in levels:
+                        idx = (cr2 >> sh) & (0x1FF if not (self.mode != 64 and sh == 30) else 3)
+                        e = struct.unpack("<Q", self.read_mem(table + idx * 8, 8))[0]
+                        if not e & 1:
+                            present = False
+                            break
+                        if sh in (30, 21) and e & 0x80:
+                            break
+                        table = e & 0x000FFFFFFFFFF000
+                else:
+                    pde = struct.unpack("<I", self.read_mem((self.cr(3) & ~0xFFF) + ((cr2 >> 22) << 2), 4))[0]
+                    if not pde & 1:
+                        present = False
+                    elif not pde & 0x80:
+                        pte = struct.unpack("<I", self.read_mem((pde & ~0xFFF) + (((cr2 >> 12) & 0x3FF) << 2), 4))[0]
+                        present = bool(pte & 1)
+        except UcError:
+            present = False
+        ec = 1 if present else 0
+        fetch = False
+        write = False
+        ins = self._decode_any(rip)
+        if ins is not None:
+            if ins.len and rip <= cr2 < rip + ins.len or cr2 == rip:
+                fetch = True
+            else:
+                import iced_x86 as ix
+                info = ix.InstructionInfoFactory().info(ins)
+                for m in info.used_memory():
+                    if m.access in (ix.OpAccess.WRITE, ix.OpAccess.READ_WRITE,
+                                    ix.OpAccess.COND_WRITE, ix.OpAccess.READ_COND_WRITE):
+                        write = True
+        else:
+            fetch = True
+        if write:
+            ec |= 2
+        if (self.rr(X.UC_X86_REG_CS) & 3) == 3:
+            ec |= 4
+        if fetch and self.msrs and self.uc.msr_read(0xC0000080) & (1 << 11):
+            ec |= 0x10
+        return ec
+
+    def _decode_any(self, rip: int):
+        raw = self._code_bytes(rip)
+        if raw is None:
+            return None
+        i = D.decode_one(raw, rip, self.bitness)
+        return None if i.code == 0 else i
+
+    def _exception_exits(self, vector: int, error_code: int | None) -> bool:
+        bm = self.cfg.exception_bitmap()
+        bit = bool(bm >> vector & 1)
+        if vector == 14:
+            s = self.cfg.settings["exceptions"]
+            match = ((error_code or 0) & s["pf_error_code_mask"]) == s["pf_error_code_match"]
+            return match == bit
+        return bit
+
+    def raise_exception(self, vector: int, error_code: int | None, rip: int, *,
+                        itype: int = INTR_HW_EXCEPTION, next_rip: int | None = None,
+                        cr2: int | None = None, _depth: int = 0) -> None:
+        """An exception in the guest at `rip`: a VM exit or delivery through the guest IDT."""
+        if error_code is None and vector in _ERROR_CODE_VECTORS and itype == INTR_HW_EXCEPTION:
+            error_code = 0
+        if itype != INTR_SW_INTERRUPT and self._exception_exits(vector, error_code):
+            ins_len = (next_rip - rip) if next_rip is not None else 0
+            ins = self._insns.get(rip)
+            raw = b""
+            text = ""
+            dec = self._decode_any(rip)
+            if dec is not None:
+                raw = self.read_code(rip, dec.len)
+                text = D.format_instr(dec)
+            qual = 0
+            if vector == 14:
+                qual = cr2 if cr2 is not None else self.cr(2)
+            ex = VmExit(Exit.EXCEPTION_NMI, qual, rip, ins_len if itype in (INTR_SW_EXCEPTION, INTR_PRIV_SW_EXCEPTION) else 0,
+                        raw, text, interruption_info(vector, itype, error_code is not None),
+                        error_code, insn=ins,
+                        data={"vector": vector, "next_rip": next_rip})
+            self.vmexit(ex)
+            ctx = self._last_ctx
+            if ctx.ended is not None:
+                raise ctx.ended
+            if ctx.fault is not None:
+                f = ctx.fault
+                ctx.fault = None
+                self.deliver(f.vector, f.error_code, rip, itype=INTR_HW_EXCEPTION, depth=_depth)
+                return
+            self.set_rip(ctx.resume_rip)
+            return
+        self.deliver(vector, error_code, rip, itype=itype, next_rip=next_rip, depth=_depth)
+
+    def deliver(self, vector: int, error_code: int | None, rip: int, *,
+                itype: int = INTR_HW_EXCEPTION, next_rip: int | None = None,
+                depth: int = 0) -> None:
+        """Deliver an event through the guest IDT (or IVT in real mode): cpu.delivery.
+
+        A fault while delivering becomes what SDM table 6-5 says: #DF for two
+        contributory faults or a #PF followed by a #PF or a contributory fault,
+        a triple fault when delivering #DF faults, else the second fault itself."""
+        ret = next_rip if itype in (INTR_SW_INTERRUPT, INTR_SW_EXCEPTION, INTR_PRIV_SW_EXCEPTION) \
+            and next_rip is not None else rip
+        try:
+            deliver_event(self, vector, itype, error_code if itype == INTR_HW_EXCEPTION else None,
+                          ret)
+            return
+        except DeliveryFault as f:
+            fault = f
+        self._rcache.clear()
+        self._pend.clear()
+        first = vector if itype == INTR_HW_EXCEPTION else -1
+        how = nested(first, fault.vector)
+        if how == "triple" or depth >= 3:
+            self.triple_fault(rip)
+            return
+        if fault.vector == 14 and fault.cr2 is not None:
+            self.set_cr(2, fault.cr2)
+        if how == "double":
+            self.raise_exception(8, 0, rip, _depth=depth + 1)
+        else:
+            self.raise_exception(fault.vector, fault.error_code, rip, cr2=fault.cr2,
+                                 _depth=depth + 1)
+
+    def triple_fault(self, rip: int) -> None:
+        ex = VmExit(Exit.TRIPLE_FAULT, 0, rip)
+        self.vmexit(ex)
+        ctx = self._last_ctx
+        if ctx.ended is not None:
+            raise ctx.ended
+        self.set_rip(ctx.resume_rip)
+
+    def _arm_entry_events(self) -> VmExit | None:
+        """Events due at VM entry, before any guest instruction."""
+        if self._on["pin.activate_vmx_preemption_timer"]:
+            if self._ptimer_fire is None:
+                now = self.tsc
+                self._ptimer_fire = ((now >> self.ptimer_rate) + self.ptimer_value) << self.ptimer_rate
+                if self.ptimer_value == 0:
+                    self._ptimer_fire = now
+        else:
+            self._ptimer_fire = None
+        if self._entry_inject is not None:
+            inj, self._entry_inject = self._entry_inject, None
+            self._deliver_event(*inj)
+        # priority (vmx-facts 4.8): preemption timer > NMI-window > NMI > interrupt-window
+        # > external interrupt
+        if self._ptimer_fire is not None and self._ptimer_fire <= self.tsc:
+            return VmExit(Exit.PREEMPTION_TIMER, 0, self.rip)
+        return self._events()
+
+    def _events(self) -> VmExit | None:
+        """Pending NMIs and interrupts at an instruction boundary: exit, deliver or wait."""
+        on = self._on
+        plat = self.platform
+        plat.advance(self.tsc)
+        plat.changed = False
+        if self.nmi_at is not None and self.icount >= self.nmi_at:
+            self.nmi_at = None
+            self._nmi_pending = True
+        if self._live_nmi or self._live_irqs:
+            with self._cfg_lock:
+                if self._live_nmi:
+                    self._live_nmi = False
+                    self._nmi_pending = True
+        shadow = self._iw_steps > 0
+        if_on = bool(self.rflags & (1 << 9))
+        if on["primary.nmi_window_exiting"] and on["pin.virtual_nmis"] and not self._nmi_blocked:
+            return VmExit(Exit.NMI_WINDOW, 0, self.rip)
+        if self._nmi_pending and on["pin.nmi_exiting"]:
+            self._nmi_pending = False
+            return VmExit(Exit.EXCEPTION_NMI, 0, self.rip, interruption_info=interruption_info(2, INTR_NMI, False),
+                          data={"vector": 2, "nmi": True})
+        if (self._nmi_pending or self._nmi_reflect) and not self._nmi_blocked:
+            if self._nmi_reflect:
+                self._nmi_reflect = False
+            else:
+                self._nmi_pending = False
+            self._deliver_event(INTR_NMI, 2)
+            return None
+        if on["primary.interrupt_window_exiting"] and if_on and not shadow:
+            return VmExit(Exit.INTERRUPT_WINDOW, 0, self.rip)
+        live = self._live_irqs[0] if self._live_irqs else None
+        vec = live if live is not None else plat.pending_interrupt()
+        ext_exit = on["pin.external_interrupt_exiting"]
+        if vec is not None:
+            if ext_exit:
+                if on["exit.acknowledge_interrupt_on_exit"]:
+                    self.ack_interrupt()
+                    return VmExit(Exit.EXTERNAL_INTERRUPT, 0, self.rip,
+                                  interruption_info=interruption_info(vec, INTR_EXTERNAL, False),
+                                  data={"vector": vec, "acknowledged": True})
+                return VmExit(Exit.EXTERNAL_INTERRUPT, 0, self.rip, data={"vector": vec, "acknowledged": False})
+            if if_on and not shadow:
+                self.ack_interrupt()
+                self._deliver_event(INTR_EXTERNAL, vec)
+                return None
+        elif self._virq and if_on and not shadow:
+            self._deliver_event(INTR_EXTERNAL, self._virq.pop(0))
+            return None
+        # something waits for RFLAGS.IF or for IRET: watch STI/POPF/IRET
+        waiting = ((vec is not None and not ext_exit) or self._virq) and not if_on
+        nmi_wait = (self._nmi_pending or self._nmi_reflect or self._nmi_blocked)
+        # an interrupt may become deliverable at any boundary while the timer runs: watch
+        # MOV SS / POP SS, whose blocking covers the instruction after them
+        armed = plat.next_event() is not None or bool(self._live_irqs)
+        extra = frozenset(("sti", "popf", "iret") if waiting else ()) | \
+            frozenset(("iret",) if nmi_wait else ()) | frozenset(("ss_load",) if armed else ())
+        if extra != self._extra_trap:
+            self._extra_trap = extra
+            trapped = trapped_kinds(self.cfg) | extra
+            if trapped != self._trapped:
+                self._trapped = trapped
+                self._rehook_all()
+        return None
+
+    def _device_change_needs_stop(self, icount: int) -> bool:
+        """A device changed inside one of the engine's hooks (an emulated I/O instruction, an
+        MMIO store), `icount` instructions retired.  True when the run loop must look at the
+        next instruction boundary: an NMI or interrupt is now requested (taken, exited on or
+        waited for), or the boundary watches must change (a timer was armed for the first
+        time).  Otherwise only a device deadline moved (an EOI, a timer re-programmed): the
+        block counter's soft deadline follows it and the guest runs on without a stop."""
+        plat = self.platform
+        if self._nmi_pending or self._live_nmi or self._live_irqs or \
+                plat.pending_interrupt() is not None:
+            return True
+        nf = plat.next_event()
+        if nf is not None and "ss_load" not in self._extra_trap:
+            return True
+        plat.changed = False
+        soft = None
+        if nf is not None:
+            soft = icount + max(1, self._insns_for(nf - self._tsc_at(icount)))
+        self.counter.set_soft_deadline(soft)
+        return False
+
+    def ack_interrupt(self) -> int | None:
+        """INTA: take the highest-priority external interrupt (live queue first, then the
+        board: LAPIC, or the PIC through LINT0)."""
+        if self._live_irqs:
+            with self._cfg_lock:
+                return self._live_irqs.pop(0) if self._live_irqs else None
+        return self.platform.ack_interrupt()
+
+    def reflect_interrupt(self, vector: int) -> None:
+        """The VMM (a default handler) gives the guest this interrupt when RFLAGS.IF allows."""
+        self._virq.append(vector & 0xFF)
+
+    def reflect_nmi(self) -> None:
+        self._nmi_reflect = True
+
+    def inject_event(self, itype: int, vector: int, error_code: int | None = None,
+                     instruction_length: int = 0) -> None:
+        """Event injection on the next VM entry (delivered before any guest instruction)."""
+        self._entry_inject = (itype, vector & 0xFF, error_code, instruction_length)
+        if self._in_hook and self._event is None:
+            self._event = ("resume",)
+
+    def _deliver_event(self, itype: int, vector: int, error_code: int | None = None,
+                       length: int = 0) -> None:
+        rip = self.rip
+        if itype == INTR_NMI:
+            self._nmi_blocked = True
+        nxt = rip + length if itype in (INTR_SW_INTERRUPT, INTR_SW_EXCEPTION,
+                                        INTR_PRIV_SW_EXCEPTION) else None
+        self.events_delivered += 1
+        self.deliver(vector, error_code if itype == INTR_HW_EXCEPTION else None, rip,
+                     itype=itype, next_rip=nxt)
+
+    def queue_event(self, kind: str, vector: int = 2) -> None:
+        """A live NMI ("nmi") or external interrupt ("irq", vector); thread-safe, taken at
+        the next instruction boundary (like request_apply)."""
+        if kind not in ("nmi", "irq"):
+            raise ValueError(f"event kind must be 'nmi' or 'irq', not {kind!r}")
+        if kind == "irq" and not 32 <= vector <= 255:
+            raise ValueError(f"external interrupt vector must be 32-255, not {vector}")
+        with self._cfg_lock:
+            if kind == "nmi":
+                self._live_nmi = True
+            else:
+                self._live_irqs.append(vector)
+            if self._pending_cfg is None:   # take the live-apply path out of a hook, too
+                self._pending_cfg = self.cfg
+        self._wake()
+        if not self._in_hook:
+            self.counter.request_stop()
+
+    def _ptimer_exit(self) -> None:
+        now = self.tsc
+        if self._ptimer_fire is not None and self._ptimer_fire > now:
+            if self.clock == "realtime":
+                self._sleep_until(self._ptimer_fire)
+            else:
+                self.idle_ticks += self._ptimer_fire - now
+        self._entry_exit(VmExit(Exit.PREEMPTION_TIMER, 0, self.rip))
+
+    def _soft_int_before(self, rip: int, vector: int) -> tuple[int, int] | None:
+        try:
+            pre = self.read_code(rip - 2, 2) if rip >= 2 else b"\0" + self.read_code(rip - 1, 1)
+        except UcError:
+            return None
+        if pre[0] == 0xCD and pre[1] == vector:
+            return 2, INTR_SW_INTERRUPT
+        if vector == 3 and pre[1] == 0xCC:
+            return 1, INTR_SW_EXCEPTION
+        if vector == 4 and pre[1] == 0xCE:
+            return 1, INTR_SW_EXCEPTION
+        if vector == 1 and pre[1] == 0xF1:
+            return 1, INTR_PRIV_SW_EXCEPTION
+        return None
+
+    def _reset_old_exception(self) -> None:
+        off = old_exception_offset(64)
+        if off is None:
+            return
+        self.flush()
+        ctx = self.uc.context_save()
+        base = ctypes.cast(ctx.context, ctypes.c_void_p).value
+        ctypes.memmove(base + off, b"\xff\xff\xff\xff", 4)
+        self.uc.context_restore(ctx)

@@ -1,0 +1,216 @@
+"""Guest memory: the RAM layout and EPT permissions, physical and linear (paged)
+access, the MMIO bus wiring, and memory faults (EPT violations, unmapped accesses)."""
+
+from __future__ import annotations
+
+import ctypes
+
+from unicorn import (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_PROT_EXEC, UC_PROT_READ,
+                     UC_PROT_WRITE, UcError, x86_const as X)
+
+from .. import decode as D
+from ...vmx.config import VmxConfig
+from ..exitinfo import VmExit
+from ..outcome import RunEnd
+from .common import MAP_CHUNK, MAP_REGIONS, MASK64, PAGE, _vmem_read, _vmem_translate
+from ...vmx.exits import Exit
+
+
+class MemoryMixin:
+    """Guest memory: the RAM layout and EPT permissions, physical and linear (paged)"""
+
+    def _ept_layout(self, cfg: VmxConfig) -> list[tuple[int, int, str]] | None:
+        if not cfg.on("secondary.enable_ept"):
+            return None
+        regions = cfg.settings["ept"]["regions"] or []
+        if not regions:
+            return None
+        out = []
+        for r in regions:
+            from ..loader import parse_size
+            base, size = parse_size(r["base"]), parse_size(r["size"])
+            out.append((base & ~0xFFF, (base + size + 0xFFF) & ~0xFFF, str(r.get("access", "rwx"))))
+        return out
+
+    def _ept_access(self, page: int) -> str | None:
+        """EPT permissions of a guest-physical page ('' = not mapped); None = no EPT limits."""
+        if self._ept_regions is None:
+            return None
+        for lo, hi, acc in self._ept_regions:
+            if lo <= page < hi:
+                return acc
+        return ""
+
+    def _map_memory(self) -> None:
+        # in 1 MiB regions: Unicorn's mem_protect on part of a region copies the whole region
+        # (2.5 s per code page on a 256 MiB guest mapped as one region, and the copy makes the
+        # region resident). But each mem_map costs time growing with the number of regions
+        # (4096 regions for a 4 GiB guest: over 100 s), so large guests get larger regions:
+        # at most about MAP_REGIONS of them (16 MiB each for 4 GiB). Memory stays lazy either way.
+        chunk = MAP_CHUNK
+        while self.memory > chunk * MAP_REGIONS:
+            chunk <<= 1
+        for lo in range(0, self.memory, chunk):
+            self.uc.mem_map(lo, min(chunk, self.memory - lo), UC_PROT_READ | UC_PROT_WRITE)
+        if self._ept_regions is not None:
+            # one mem_protect per run of pages with equal EPT permissions
+            bounds = sorted({0, self.memory} | {min(max(x, 0), self.memory)
+                                                for lo, hi, _a in self._ept_regions
+                                                for x in (lo, hi)})
+            for lo, hi in zip(bounds, bounds[1:]):
+                if hi <= lo:
+                    continue
+                acc = self._ept_access(lo)
+                perms = (UC_PROT_READ if "r" in acc else 0) | (UC_PROT_WRITE if "w" in acc else 0)
+                if perms != UC_PROT_READ | UC_PROT_WRITE:
+                    self.uc.mem_protect(lo, hi - lo, perms)
+        # devices: the LAPIC and IOAPIC pages (above RAM) go to the board's MMIO bus
+        for base, size in self.platform.mmio_ranges():
+            if base >= self.memory:
+                self.uc.mmio_map(base, size, self._mmio_read, base, self._mmio_write, base)
+
+    def read_phys(self, addr: int, size: int) -> bytes:
+        if addr + size > self.memory:
+            raise UcError(UC_ERR_READ_UNMAPPED)
+        return bytes(self.uc.mem_read(addr, size))
+
+    def write_phys(self, addr: int, data: bytes) -> None:
+        if addr + len(data) > self.memory:
+            raise UcError(UC_ERR_WRITE_UNMAPPED)
+        for ppage in range(addr & ~0xFFF, addr + len(data), PAGE):
+            for lp in list(self._phys_code.get(ppage, ())):
+                if lp != ppage:
+                    self._drop_page(lp)       # code seen at another linear address
+        self.write_mem(addr, data)
+
+    def _paging(self) -> bool:
+        return bool(self.rr(X.UC_X86_REG_CR0) & (1 << 31))
+
+    def _sync_paging(self) -> None:
+        """Pending CR0/CR3/CR4 writes reach the engine before it walks the page tables."""
+        pend = self._pend
+        if pend and (X.UC_X86_REG_CR3 in pend or X.UC_X86_REG_CR0 in pend
+                     or X.UC_X86_REG_CR4 in pend):
+            self.flush()
+
+    def lin2phys(self, lin: int, prot: int = UC_PROT_READ) -> int | None:
+        """Guest-physical address of a linear one through the guest's paging (None: unmapped)."""
+        if not self._paging():
+            return lin
+        self._sync_paging()
+        err = _vmem_translate(self._uch, ctypes.c_uint64(lin & MASK64), ctypes.c_int(prot),
+                              ctypes.byref(self._xlat))
+        return None if err else self._xlat.value
+
+    def read_code(self, lin: int, size: int) -> bytes:
+        """Guest code at a linear address (through the guest's paging)."""
+        if not self._paging():
+            return bytes(self.uc.mem_read(lin, size))
+        self._sync_paging()
+        buf = ctypes.create_string_buffer(size)
+        err = _vmem_read(self._uch, ctypes.c_uint64(lin & MASK64), ctypes.c_int(UC_PROT_READ),
+                         buf, ctypes.c_size_t(size))
+        if err:
+            raise UcError(err)
+        return buf.raw
+
+    def _phys_page(self, page: int) -> int | None:
+        """The physical page under a code page (linear)."""
+        p = self._code_phys.get(page)
+        if p is None:
+            p = self.lin2phys(page)
+        return None if p is None else p & ~0xFFF
+
+    def read_mem(self, addr: int, size: int) -> bytes:
+        return bytes(self.uc.mem_read(addr, size))
+
+    def write_mem(self, addr: int, data: bytes) -> None:
+        data = bytes(data)
+        for page in range(addr & ~0xFFF, addr + len(data), PAGE):
+            if page in self._scanned:         # the VMM wrote guest code: rescan it later
+                self._drop_page(page)
+        self.uc.mem_write(addr, data)
+
+    def _mmio_enter(self) -> None:
+        self._rcache.clear()
+        self._mmio_icount = max(self.icount, self._retired_at(self.rip))
+
+    def _mmio_read(self, uc, offset: int, size: int, base: int) -> int:
+        try:
+            self._mmio_enter()
+            return self.platform.mmio_read(base + offset, size)
+        except BaseException as e:       # pragma: no cover - never let it reach C
+            self._event = ("error", e)
+            uc.emu_stop()
+            return 0
+        finally:
+            self._mmio_icount = None
+            self._rcache.clear()       # values read mid-block must not outlive the access
+
+    def _mmio_write(self, uc, offset: int, size: int, value: int, base: int) -> None:
+        try:
+            self._mmio_enter()
+            self.platform.mmio_write(base + offset, size, value)
+            if self.platform.changed and self._event is None and \
+                    self._device_change_needs_stop(self._mmio_icount):
+                # interrupt state changed: re-check before the next block.  Not emu_stop: a
+                # stop requested inside an MMIO store makes Unicorn restart the store
+                self._event = ("resume",)
+                self.counter.request_stop()
+        except BaseException as e:       # pragma: no cover - never let it reach C
+            self._event = ("error", e)
+            uc.emu_stop()
+        finally:
+            self._mmio_icount = None
+            self._rcache.clear()       # values read mid-block must not outlive the access
+
+    def _on_unmapped(self, uc, access, address, size, value, _ud):
+        self._rcache.clear()
+        self._sync_mode()
+        self._event = ("unmapped", access, address, size, self._retired_at(self.rip), self.rip)
+        return False
+
+    def _memory_fault(self, kind: str, access: int, address: int, size: int, rip: int) -> None:
+        from unicorn import UC_MEM_FETCH_UNMAPPED, UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT, \
+            UC_MEM_FETCH_PROT
+        what = "fetch" if access in (UC_MEM_FETCH_UNMAPPED, UC_MEM_FETCH_PROT) else \
+            "write" if access in (UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT) else "read"
+        if self.cfg.on("secondary.enable_ept"):
+            acc = self._ept_access(address & ~0xFFF) if address < self.memory else ""
+            self._ept_violation(rip, address, what, acc or "")
+            return
+        self.fault_dump = self.register_dump()
+        raise RunEnd("error", None,
+                     f"guest {what} of guest-physical address {address:#x} outside guest RAM "
+                     f"(0x0-{self.memory - 1:#x}) at RIP {rip:#x}")
+
+    def _ept_violation(self, rip: int, gpa: int, what: str, acc: str) -> None:
+        qual = {"read": 1, "write": 2, "fetch": 4}[what]
+        qual |= (8 if "r" in acc else 0) | (16 if "w" in acc else 0) | (32 if "x" in acc else 0)
+        qual |= 1 << 7      # guest linear address valid
+        qual |= 1 << 8      # the access was to the translation of that linear address
+        ex = VmExit(Exit.EPT_VIOLATION, qual, rip, guest_physical_address=gpa, guest_linear_address=gpa,
+                    data={"access": what, "permissions": acc or "---"})
+        dec = self._decode_any(rip)
+        if dec is not None:
+            ex.instruction_bytes = self.read_code(rip, dec.len)
+            ex.disassembly = D.format_instr(dec)
+        self.vmexit(ex)
+        ctx = self._last_ctx
+        if ctx.ended is not None:
+            raise ctx.ended
+        self.set_rip(ctx.resume_rip)
+
+    def ept_map(self, gpa: int, access: str = "rwx") -> None:
+        """Give a guest-physical page EPT permissions (used by the EPT handler)."""
+        page = gpa & ~0xFFF
+        if page >= self.memory:
+            raise RunEnd("error", None, f"EPT mapping of {gpa:#x}: outside guest RAM")
+        self._ept_regions = [(page, page + PAGE, access)] + (self._ept_regions or [])
+        perms = (UC_PROT_READ if "r" in access else 0) | (UC_PROT_WRITE if "w" in access else 0)
+        if page in self._scanned and "x" in access:
+            perms |= UC_PROT_EXEC
+        elif page in self._scanned:
+            self._drop_page(page)
+        self.uc.mem_protect(page, PAGE, perms)
+        self.uc.ctl_remove_cache(page, page + PAGE)

@@ -1,0 +1,291 @@
+"""The run loop and the run's outcome: emu_start to the next deadline or event, what
+stopped the engine, and the end of the run (status, register dump)."""
+
+from __future__ import annotations
+
+import time
+from unicorn import (UC_ERR_FETCH_PROT, UC_ERR_FETCH_UNMAPPED, UC_ERR_INSN_INVALID,
+                     UC_ERR_READ_PROT, UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_PROT, UC_ERR_WRITE_UNMAPPED, UcError,
+                     x86_const as X)
+from .. import decode as D
+from ...vmx.registers import GPR_NAMES
+from ..exitinfo import VmExit
+from ..outcome import RunEnd
+from .common import DEADLINE_MARGIN, UNTIL
+from .intercepts import _UD_MNEMONICS
+from ...vmx.exits import Exit
+
+
+class RunLoopMixin:
+    """The run loop and the run's outcome: emu_start to the next deadline or event, what"""
+
+    def _entry_exit(self, ex: VmExit) -> None:
+        self.vmexit(ex)
+        ctx = self._last_ctx
+        if ctx.ended is not None:
+            raise ctx.ended
+        if ctx.fault is not None:
+            f = ctx.fault
+            self.raise_exception(f.vector, f.error_code, self.rip)
+            return
+        self.set_rip(ctx.resume_rip)
+
+    def run_loop(self, wall_deadline: float | None = None) -> None:
+        """Run until the guest ends; sets self.status/exit_code/message."""
+        uc = self.uc
+        counter = self.counter
+        try:
+            while True:
+                self._fx_mtf_settle()
+                self._apply_pending()
+                if self._rehalt:
+                    self._rehalt = False
+                    self.emulate_hlt(None)   # still in HLT after a change
+                if wall_deadline is not None and time.monotonic() >= wall_deadline:
+                    raise RunEnd("timeout", None, "the run reached its wall-clock timeout")
+                ev = self._arm_entry_events()
+                if ev is not None:
+                    self._entry_exit(ev)
+                    continue
+                deadline, dkind, soft = self._deadline()
+                counter.set_soft_deadline(soft)
+                count = 0
+                mtf_native = False
+                if self._iw_steps or self._on["primary.monitor_trap_flag"] or \
+                        self._smc_page is not None:
+                    count = 1
+                    # MTF with the default handler: the native exit path steps (fastexit.py)
+                    mtf_native = self._fx_mtf_ok()
+                    if mtf_native:
+                        count = 0
+                if deadline is not None:
+                    left = deadline - self.icount
+                    if left <= 0:
+                        self._deadline_reached(dkind)
+                        continue
+                    if left <= 2 * DEADLINE_MARGIN or self._force_count:
+                        if mtf_native:
+                            mtf_native, count = False, 1
+                        count = left if not count else min(count, left)
+                        counter.set_deadline(None)
+                    else:
+                        counter.set_deadline(deadline - DEADLINE_MARGIN)
+                else:
+                    counter.set_deadline(None)
+                self._event = None
+                start_icount = self.icount
+                counter.set_count(self.icount)
+                err = None
+                begin = self._pc_begin()
+                begin_lin = self.rip
+                if self._exc_dirty:
+                    # Unicorn raised a CPU exception internally (fetch protection is a #PF
+                    # to it): clear QEMU's double-fault bookkeeping before resuming
+                    self._reset_old_exception()
+                    self._exc_dirty = False
+                self.flush()
+                if count and not self._count_mode:
+                    # Unicorn adds its per-instruction count hook only to blocks translated
+                    # from now on: drop the cached ones (it flushes them itself on the way back)
+                    uc.ctl_flush_tb()
+                self._count_mode = bool(count)
+                until = UNTIL
+                if self._smc_page is not None:
+                    # the store that hit a code page, alone: QEMU may restart it once when it
+                    # writes into its own block, so stop at the next instruction, not by count
+                    dec = self._decode_any(self.rip)
+                    until = (self.rip + (dec.len if dec is not None else 1))
+                    count = 2
+                self._fx_arm(count, mtf_native)
+                try:
+                    uc.emu_start(begin, until, 0, count)
+                except UcError as e:
+                    err = e
+                self._sync_mode()
+                smc_step = self._smc_page is not None
+                if smc_step:
+                    self._end_smc_step()
+                    if err is None and self._event is None and self.rip == until:
+                        self.icount = start_icount + 1
+                        counter.set_count(self.icount)
+                        self._after_step()
+                        continue
+                stopped_by_stub = counter.clear_stop()
+                # a stub stop without progress: approach the deadline in count mode
+                self._force_count = stopped_by_stub and counter.count == start_icount
+                if counter.stop_pending():
+                    counter.clear_stop_request()
+                ev = self._event
+                self._event = None
+                if err is not None or (ev is not None and ev[0] not in ("resume", "end")):
+                    self._exc_dirty = True
+                if ev is None and err is None and self._stopped_at_invalid(
+                        begin_lin, start_icount, count):
+                    continue
+                if ev is None and err is None and count and not stopped_by_stub:
+                    # count budget used up exactly
+                    self.icount = start_icount + count
+                    counter.set_count(self.icount)
+                    self._after_step()
+                    continue
+                if ev is None:
+                    self.icount = counter.count
+                    if err is not None:
+                        self._uc_error(err)
+                    continue
+                if ev[0] == "resume" and count == 1 and self.icount == start_icount + 1:
+                    self._after_step()          # the single step was an emulated instruction
+                    continue
+                self._handle_event(ev, err)
+        except RunEnd as e:
+            self.status, self.exit_code = e.status, e.exit_code
+            self.message = e.message
+        with self.apply_cond:           # wake anyone waiting for an apply that cannot come
+            self.apply_cond.notify_all()
+
+    def _stopped_at_invalid(self, begin_lin: int, start_icount: int, count: int) -> bool:
+        """Unicorn sometimes stops *before* an invalid opcode instead of raising it: under an
+        instruction budget (count=) as if the budget were used up, and when emu_start begins
+        at it after the native block stub counted it.  A single step on UD2 then went on for
+        ever (MTF) and a run re-entered after an exit lost the #UD (preemption timer).  Seen
+        here: raise #UD at that instruction, with the count of what really retired."""
+        rip = self.rip
+        if not count and rip != begin_lin:
+            return False
+        dec = self._decode_any(rip)
+        if dec is not None and dec.mnemonic not in _UD_MNEMONICS:
+            return False
+        done = start_icount if rip == begin_lin else self._retired_at(rip)
+        if count and done - start_icount >= count:
+            return False                  # the budget really ended just before it
+        self.icount = done
+        self.counter.set_count(done)
+        self.raise_exception(6, None, rip)
+        return True
+
+    def _after_step(self) -> None:
+        """After a counted single step: MTF and interrupt-window checks."""
+        if self._iret_unblock:
+            self._iret_unblock = False        # the IRET has completed: NMIs unblocked
+            self._nmi_blocked = False
+        if self._iw_steps:
+            self._iw_steps -= 1
+            if not self._iw_steps and self.cfg.on("primary.interrupt_window_exiting") \
+                    and self.rflags & (1 << 9):
+                self._entry_exit(VmExit(Exit.INTERRUPT_WINDOW, 0, self.rip))
+                return
+        if self.cfg.on("primary.monitor_trap_flag"):
+            self._entry_exit(VmExit(Exit.MONITOR_TRAP_FLAG, 0, self.rip))
+
+    def _handle_event(self, ev: tuple, err: UcError | None) -> None:
+        kind = ev[0]
+        if kind == "fetch":
+            a = ev[1]
+            rip = self.rip
+            la, lsize, ln = self.counter.last_block()
+            c = self.counter.count
+            if lsize and la < rip < la + lsize:
+                c = c - ln + self._prefix(la, rip)
+            self.icount = c
+            self._fetch_page(a & ~0xFFF, rip)
+            return
+        if kind == "end":
+            raise ev[1]
+        if kind == "error":
+            e = ev[1]
+            if isinstance(e, RunEnd):
+                raise e
+            raise RunEnd("error", None, f"internal error while handling the guest: "
+                                        f"{type(e).__name__}: {e}") from e
+        if kind == "ptimer":
+            self._ptimer_exit()
+            return
+        if kind == "resume":
+            return
+        if kind == "fastcall":
+            from ..cpu import fastcall
+            _k, which, rip, ic = ev
+            self.icount = self.counter.count
+            length = 2
+            fault = (fastcall.syscall if which == "syscall" else fastcall.sysenter)(self)
+            if fault is not None:
+                self.icount -= 1                  # faulted: not retired
+                self.counter.set_count(self.icount)
+                self.set_rip(self.rip - length)
+                self.flush()
+                self.raise_exception(fault[0], fault[1], self.rip)
+            return
+        if kind == "dirty":
+            self.icount = self.counter.count
+            self._rescan(ev[1])
+            return
+        if kind == "smc":
+            self._code_page_written(ev[1], ev[2], ev[3])
+            return
+        if kind == "fault":
+            _k, vector, ec, rip, ic = ev
+            self.icount = ic
+            self.counter.set_count(ic)
+            self.raise_exception(vector, ec, rip)
+            return
+        if kind == "intr":
+            _k, vector, rip, ic, cr2_now = ev
+            soft = self._soft_int_before(rip, vector)
+            if soft is not None:
+                # software INT n / INT3 / INTO / INT1: Unicorn reports RIP after the instruction
+                length, itype = soft
+                start = rip - length
+                self.icount = ic
+                self.counter.set_count(self.icount)
+                self.set_rip(start)
+                self.raise_exception(vector, None, start, itype=itype, next_rip=rip)
+            else:
+                self.icount = ic
+                self.counter.set_count(ic)
+                self.set_rip(rip)
+                cr2 = cr2_now
+                if cr2 is not None:
+                    self.set_cr(2, cr2)
+                ec = self._pf_error_code(cr2, rip) if vector == 14 else None
+                self.raise_exception(vector, ec, rip, cr2=cr2)
+            return
+        if kind in ("unmapped", "prot"):
+            _k, access, address, size, ic, rip = ev
+            self.icount = ic
+            self.counter.set_count(ic)
+            self._memory_fault(kind, access, address, size, rip)
+            return
+        raise RunEnd("error", None, f"unexpected VMM event {ev!r}")
+
+    def _uc_error(self, err: UcError) -> None:
+        rip = self.rip
+        if err.errno == UC_ERR_INSN_INVALID:
+            self.icount = self._retired_at(rip)
+            self.counter.set_count(self.icount)
+            self.raise_exception(6, None, rip)
+            return
+        if err.errno in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED,
+                         UC_ERR_READ_PROT, UC_ERR_WRITE_PROT, UC_ERR_FETCH_PROT):
+            self.fault_dump = self.register_dump()
+            raise RunEnd("error", None, f"guest memory access fault at RIP {rip:#x}: {err}")
+        self.fault_dump = self.register_dump()
+        raise RunEnd("error", None, f"the emulator stopped at RIP {rip:#x}: {err}")
+
+    def register_dump(self) -> str:
+        lines = []
+        names = GPR_NAMES if self.mode == 64 else GPR_NAMES[:8]
+        regs = [(n if self.mode == 64 else "e" + n[1:], self.gpr(i)) for i, n in enumerate(names)]
+        w = 16 if self.mode == 64 else 8
+        for i in range(0, len(regs), 4):
+            lines.append("  ".join(f"{n.upper():>3}={v:0{w}x}" for n, v in regs[i:i + 4]))
+        lines.append(f"RIP={self.rip:0{w}x}  RFLAGS={self.rflags:08x}  "
+                     f"CS={self.rr(X.UC_X86_REG_CS):04x} SS={self.rr(X.UC_X86_REG_SS):04x} "
+                     f"DS={self.rr(X.UC_X86_REG_DS):04x}")
+        lines.append(f"CR0={self.cr(0):08x} CR2={self.cr(2):x} CR3={self.cr(3):x} CR4={self.cr(4):x}")
+        try:
+            code = self.read_code(self.rip, 15)
+            dec = D.decode_one(code, self.rip, self.bitness)
+            lines.append(f"at RIP: {code[:dec.len].hex()}  {D.format_instr(dec)}")
+        except UcError:
+            lines.append("at RIP: (not in guest RAM)")
+        return "\n".join(lines)

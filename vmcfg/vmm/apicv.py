@@ -477,6 +477,41 @@ def handle_event(v, ev: tuple) -> None:
         take_trap(v, trap)
 
 
+def x2apic_msr(v, ins, msr: int, write: bool, nxt: int) -> tuple[bool, int | None]:
+    """RDMSR/WRMSR of an x2APIC MSR the MSR bitmap let through, under virtualize x2APIC mode:
+    (virtualized, RIP to resume at).  Not virtualized: the local APIC takes it as usual."""
+    from .outcome import GuestFault
+    vapic = v.apicv
+    if not write:
+        value = vapic.rdmsr(msr)
+        if value is None:
+            return False, None
+        v.set_gpr(0, value & 0xFFFFFFFF, 4)
+        v.set_gpr(2, value >> 32, 4)
+        return True, nxt
+    try:
+        done, trap = vapic.wrmsr(msr, (v.gpr(2, 4) << 32) | v.gpr(0, 4))
+    except VirtualGp:
+        raise GuestFault(13, 0) from None
+    if not done:
+        return False, None
+    if trap is not None:
+        return True, v._trap_exit(trap.reason, ins, nxt, trap.qualification, data=dict(trap.data))
+    if vapic.pending() is not None and v._event is None:
+        v._event = ("resume",)            # a virtual interrupt may be delivered now
+    return True, nxt
+
+
+def after_tpr_write(v, ins, nxt: int) -> int | None:
+    """MOV to CR8 under use TPR shadow (VTPR already written): TPR virtualization."""
+    trap = v.apicv.tpr_virtualization()
+    if trap is not None:
+        return v._trap_exit(trap.reason, ins, nxt, trap.qualification, data=dict(trap.data))
+    if v.apicv.pending() is not None and v._event is None:
+        v._event = ("resume",)
+    return nxt
+
+
 def take_trap(v, trap: Trap) -> None:
     """A trap-like exit after a virtualized access: RIP is already the next instruction."""
     from .exitinfo import VmExit
@@ -484,14 +519,21 @@ def take_trap(v, trap: Trap) -> None:
     v._exit_outcome()
 
 
+def late_exit(v):
+    """The trap-like exit of a virtualized write by a read-modify-write instruction (see
+    mmio_write), due at this boundary; None if there is none."""
+    if v.apicv_late is None:
+        return None
+    from .exitinfo import VmExit
+    trap, v.apicv_late = v.apicv_late, None
+    return VmExit(trap.reason, trap.qualification, v.rip, data=dict(trap.data))
+
+
 def pending_event(v, if_on: bool, shadow: bool) -> int | None:
     """At an instruction boundary: a virtual interrupt to deliver through the guest IDT now
-    (RFLAGS.IF = 1, no STI/MOV-SS blocking, RVI[7:4] > VPPR[7:4]), with its delivery done in
-    the virtual APIC.  Also takes a late APIC-write trap first (see mmio_write)."""
+    (RFLAGS.IF = 1, no STI/MOV-SS blocking, interrupt-window exiting off, RVI[7:4] >
+    VPPR[7:4]), with its delivery done in the virtual APIC; None if there is none."""
     vapic = v.apicv
-    if v.apicv_late is not None:
-        trap, v.apicv_late = v.apicv_late, None
-        take_trap(v, trap)
     if not if_on or shadow:
         return None
     if vapic.pending(v._on["primary.interrupt_window_exiting"]) is None:
@@ -524,7 +566,7 @@ def pass_on_as_virtual(v, vector: int) -> None:
 
 
 def pass_access_on(ctx) -> None:
-    from .vcpu import RunEnd
+    from .outcome import RunEnd
     ex = ctx.exit
     v = ctx.vcpu
     if ex.qualification >> 12 & 0xF == ACCESS_FETCH:

@@ -35,6 +35,7 @@ class RunResult:
     exit_order: list[int] = field(default_factory=list)
     vpid: int | None = None          # the VPID the guest ran with (secondary.enable_vpid)
     fault_text: str | None = None    # the VMM's register dump at an error (human report only)
+    apicv: dict | None = None        # the virtual APIC at the end (APIC virtualization controls)
 
     @property
     def exit_status(self) -> int:
@@ -56,6 +57,8 @@ class RunResult:
             d["registers"] = self.registers
         if self.vpid is not None:
             d["vpid"] = self.vpid
+        if self.apicv is not None:
+            d["apicv"] = self.apicv
         return d
 
 
@@ -346,6 +349,8 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
     res.fault_text = vcpu.fault_dump
     if cfg.on("secondary.enable_vpid"):
         res.vpid = cfg.settings["vpid"]["id"]
+    if vcpu.apicv.active or cfg.on("pin.process_posted_interrupts"):
+        res.apicv = vcpu.apicv.report()
     return res
 
 

@@ -401,3 +401,30 @@ def test_launch_json_reports_the_virtual_apic(tmp_path, cli=None):
     assert doc["apicv"]["delivered"] == 1 and doc["apicv"]["vtpr"] == 0x30
     recs = [json.loads(x) for x in trace.read_text().splitlines()]
     assert [(x["name"], x["qualification"]) for x in recs] == [("EOI_INDUCED", 0x61)]
+
+
+FETCH_GUEST = PROLOGUE + """
+start:
+        mov eax, 0xFEE00040
+        call eax                        ; code fetch from the APIC-access page
+        out 0xF4, al
+        hlt
+""" + EPILOGUE
+
+
+def test_a_code_fetch_from_the_apic_access_page_exits_with_access_type_2(tmp_path):
+    def ret(ctx):                       # emulate a RET with EAX = 0x77 at the fetch
+        r = ctx.regs
+        r.rip = int.from_bytes(ctx.read(r.rsp, 4), "little")
+        r.rsp += 4
+        r.rax = 0x77
+
+    res, recs = _run(tmp_path, "", FETCH_GUEST, "virtualize_apic_accesses = true",
+                     handlers={44: ret})
+    assert res.status == "debug-exit" and res.guest_exit_code == 0x77, res.message
+    assert [(r["name"], r["qualification"], r["rip"]) for r in recs] == [
+        ("APIC_ACCESS", 0x2040, 0xFEE00040)]
+    assert recs[0]["data"]["access"] == "linear instruction fetch"
+    # the default handler cannot run code from the APIC page: a clear error
+    res, recs = _run(tmp_path, "", FETCH_GUEST, "virtualize_apic_accesses = true")
+    assert res.status == "error" and "fetched code from the APIC-access page" in res.message

@@ -512,6 +512,16 @@ def after_tpr_write(v, ins, nxt: int) -> int | None:
     return nxt
 
 
+def fetch_exit(v, rip: int) -> None:
+    """An instruction fetch from the APIC-access page: an APIC-access exit (fault-like,
+    access type 2) before the instruction; the default handler ends the run."""
+    from .exitinfo import VmExit
+    qual = (ACCESS_FETCH << 12) | (rip & 0xFFF)
+    v.vmexit(VmExit(Exit.APIC_ACCESS, qual, rip,
+                    data={"offset": rip & 0xFFF, "access": ACCESS_TYPE_NAMES[ACCESS_FETCH]}))
+    v.set_rip(v._exit_outcome())
+
+
 def take_trap(v, trap: Trap) -> None:
     """A trap-like exit after a virtualized access: RIP is already the next instruction."""
     from .exitinfo import VmExit

@@ -182,6 +182,9 @@ class MemoryMixin:
             UC_MEM_FETCH_PROT
         what = "fetch" if access in (UC_MEM_FETCH_UNMAPPED, UC_MEM_FETCH_PROT) else \
             "write" if access in (UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT) else "read"
+        if self.apicv.covers(rip) and rip & ~0xFFF == address & ~0xFFF:
+            _apicv.fetch_exit(self, rip)          # code fetch from the APIC-access page
+            return
         if self.cfg.on("secondary.enable_ept"):
             acc = self._ept_access(address & ~0xFFF) if address < self.memory else ""
             self._ept_violation(rip, address, what, acc or "")

@@ -428,3 +428,15 @@ def test_a_code_fetch_from_the_apic_access_page_exits_with_access_type_2(tmp_pat
     # the default handler cannot run code from the APIC page: a clear error
     res, recs = _run(tmp_path, "", FETCH_GUEST, "virtualize_apic_accesses = true")
     assert res.status == "error" and "fetched code from the APIC-access page" in res.message
+
+
+def test_an_apic_access_page_inside_guest_ram_is_a_clear_launch_error(tmp_path):
+    from click.testing import CliRunner
+    from vmcfg.cli.main import cli as main
+    prof = _profile(tmp_path, "[vmcs]\napic_access_page = 0x9000\n",
+                    "virtualize_apic_accesses = true")
+    r = CliRunner().invoke(main, ["launch", prof, "--guest", _guest(tmp_path, ACCESS_GUEST),
+                                  "--mode", "32"])
+    assert r.exit_code == 2 and isinstance(r.exception, SystemExit)     # usage error
+    assert "vmcs.apic_access_page = 0x9000 is inside guest RAM" in r.output
+    assert "Traceback" not in r.output

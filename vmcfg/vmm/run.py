@@ -240,6 +240,16 @@ class LaunchError(Exception):
     """Bad input found before the guest starts (exit status 2)."""
 
 
+def check_apic_access_page(cfg: VmxConfig, memory: int) -> None:
+    """The VMM sees APIC-access-page accesses through MMIO: the page must be above RAM."""
+    aa = cfg.settings["vmcs"]["apic_access_page"]
+    if cfg.on("secondary.virtualize_apic_accesses") and aa is not None and aa < memory:
+        raise LaunchError(f"vmcs.apic_access_page = {aa:#x} is inside guest RAM (0x0-"
+                          f"{memory - 1:#x}): vmcfg's VMM virtualizes APIC accesses on a page "
+                          "above RAM only; remove it (the local APIC's page 0xFEE00000) or "
+                          "choose a page above RAM")
+
+
 def check_layout(image: Image, memory: int, mode: int) -> None:
     from .vcpu import VMM_AREA_END
     for addr, data in image.segments:
@@ -286,6 +296,7 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
     from .vcpu import Vcpu
     t0 = time.perf_counter()
     check_layout(image, memory, mode)
+    check_apic_access_page(cfg, memory)
     problems = check_entry(cfg, mode)
     if problems:
         return _entry_failure(problems, t0)

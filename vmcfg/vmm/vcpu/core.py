@@ -167,3 +167,4 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         self.cpuid = self._make_cpuid(config)
         self.wall_in_vmm = 0.0
         self._fx_attach()
+        self._apicv_attach()

@@ -10,6 +10,7 @@ import struct
 from unicorn import (UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_16, UC_MODE_32, UC_MODE_64, Uc,
                      UcError, x86_const as X)
 from unicorn.unicorn_py3.unicorn import uclib
+from .. import apicv as _apicv
 from .. import decode as D
 from ..cpu.delivery import DeliveryFault, deliver_event, nested
 from ..cpu.state import HF_INHIBIT_IRQ
@@ -250,6 +251,37 @@ class EventsMixin:
             return VmExit(Exit.PREEMPTION_TIMER, 0, self.rip)
         return self._events()
 
+    # ---- APIC virtualization (the processor's rules are in vmcfg/vmm/apicv.py) ----------
+    @property
+    def vtpr(self) -> int:
+        """VTPR: byte 0x80 of the virtual-APIC page (use TPR shadow)."""
+        return self.apicv.vtpr
+
+    @vtpr.setter
+    def vtpr(self, value: int) -> None:
+        self.apicv.vtpr = value
+
+    def _apicv_attach(self) -> None:
+        """Keep the memory hook over the APIC-access page (exact RIPs for its accesses) in
+        step with virtualize APIC accesses; fill the virtual-APIC page from the local APIC
+        when register virtualization starts."""
+        from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
+        a = self.apicv
+        if a.apic_accesses and self._apicv_hook is None:
+            pg = a.access_page
+            if pg >= self.memory and not any(b <= pg < b + n for b, n in self.platform.mmio_ranges()):
+                # an APIC-access page of its own above RAM: map it (passed-on accesses reach
+                # the board's bus there, like any other address without a device)
+                self.uc.mmio_map(pg, 0x1000, self._mmio_read, pg, self._mmio_write, pg)
+            self._apicv_hook = self.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE,
+                                                _apicv.sync_pc_hook, None, pg, pg + 0xFFF)
+        elif not a.apic_accesses and self._apicv_hook is not None:
+            self.uc.hook_del(self._apicv_hook)
+            self._apicv_hook = None
+        if a.register_virt and not getattr(self, "_apicv_loaded", False):
+            a.load_from_lapic(self.platform.lapic)
+            self._apicv_loaded = True
+
     def _events(self) -> VmExit | None:
         """Pending NMIs and interrupts at an instruction boundary: exit, deliver or wait."""
         on = self._on
@@ -270,6 +302,8 @@ class EventsMixin:
         engine_shadow = not shadow and self._engine_shadow()
         shadow = shadow or engine_shadow
         if_on = bool(self.rflags & (1 << 9))
+        if self.apicv_late is not None:           # APIC virtualization: a trap-like exit due
+            return _apicv.late_exit(self)
         if on["primary.nmi_window_exiting"] and on["pin.virtual_nmis"] and not self._nmi_blocked:
             return VmExit(Exit.NMI_WINDOW, 0, self.rip)
         if self._nmi_pending and on["pin.nmi_exiting"]:
@@ -288,6 +322,8 @@ class EventsMixin:
         live = self._live_irqs[0] if self._live_irqs else None
         vec = live if live is not None else plat.pending_interrupt()
         ext_exit = on["pin.external_interrupt_exiting"]
+        if vec is not None and ext_exit and _apicv.posted_notification(self, vec):
+            return self._events()                # posted interrupts: processed, no exit
         if vec is not None:
             if ext_exit:
                 if on["exit.acknowledge_interrupt_on_exit"]:
@@ -303,11 +339,20 @@ class EventsMixin:
         elif self._virq and if_on and not shadow:
             self._deliver_event(INTR_EXTERNAL, self._virq.pop(0))
             return None
+<<<<<<< HEAD
         if engine_shadow and if_on and ((vec is not None and not ext_exit) or self._virq or
                                         on["primary.interrupt_window_exiting"]):
             self._iw_steps = 1           # one more instruction, then the event (_after_step)
+=======
+        elif self.apicv.vid:                     # virtual-interrupt delivery (apicv.py)
+            vvec = _apicv.pending_event(self, if_on, shadow)
+            if vvec is not None:
+                self._deliver_event(INTR_EXTERNAL, vvec)
+                return None
+>>>>>>> apicv
         # something waits for RFLAGS.IF or for IRET: watch STI/POPF/IRET
-        waiting = ((vec is not None and not ext_exit) or self._virq) and not if_on
+        waiting = ((vec is not None and not ext_exit) or self._virq or (
+            self.apicv.vid and self.apicv.pending() is not None)) and not if_on
         nmi_wait = (self._nmi_pending or self._nmi_reflect or self._nmi_blocked)
         # an interrupt may become deliverable at any boundary while the timer runs: watch
         # MOV SS / POP SS, whose blocking covers the instruction after them

@@ -8,6 +8,7 @@ from __future__ import annotations
 import iced_x86 as ix
 import time
 from typing import Any
+from .. import apicv as _apicv
 from .. import decode as D
 from ...vmx.config import VmxConfig
 from ...vmx.exits import Exit, Vector
@@ -259,7 +260,7 @@ class InterceptsMixin:
 
     def _reentry_needed(self) -> bool:
         return self._reentry or self.platform.next_event() is not None or bool(self._virq) \
-            or self._nmi_reflect or self._nmi_pending
+            or self._nmi_reflect or self._nmi_pending or self.apicv.pending() is not None
 
     def vmexit(self, ex: VmExit) -> None:
         """Record an exit, run its handler (user or default)."""
@@ -322,12 +323,12 @@ class InterceptsMixin:
             raise ctx.fault
         return ctx.resume_rip
 
-    def _trap_exit(self, reason: int, ins: D.Insn, nxt: int, **kw) -> int | None:
+    def _trap_exit(self, reason: int, ins: D.Insn, nxt: int, qual: int = 0, **kw) -> int | None:
         """A trap-like VM exit after `ins` completed: RIP is the next instruction."""
         self.icount += 1                 # the instruction has retired before the exit
         self.counter.set_count(self.icount)
         self.set_rip(nxt)
-        ex = VmExit(reason, 0, nxt, 0, b"", "", insn=None, **kw)
+        ex = VmExit(reason, qual, nxt, 0, b"", "", insn=None, **kw)
         self.vmexit(ex)
         self.icount -= 1                 # _on_trap counts the instruction when it resumes
         self.counter.set_count(self.icount)
@@ -371,6 +372,10 @@ class InterceptsMixin:
                 if write:
                     data["value"] = (self.gpr(2, 4) << 32) | self.gpr(0, 4)
                 return self._exit(Exit.WRMSR if write else Exit.RDMSR, ins, data=data)
+            if self.apicv.x2apic and _apicv.X2APIC_FIRST <= msr <= _apicv.X2APIC_LAST:
+                done, rip = _apicv.x2apic_msr(self, ins, msr, write, nxt)
+                if done:                 # virtualize x2APIC mode (apicv.py)
+                    return rip
             self.emulate_msr(ins)
             return nxt
         if k == "io":
@@ -525,10 +530,9 @@ class InterceptsMixin:
             self.set_cr(8, val)
             if self._on["primary.use_tpr_shadow"]:
                 # SDM 29.3: VTPR[7:4] <- CR8[3:0], then TPR virtualization (29.1.2): below
-                # the threshold, a trap-like TPR-below-threshold exit after the instruction
-                if val & 0xF < self.tpr_threshold & 0xF:
-                    return self._trap_exit(Exit.TPR_BELOW_THRESHOLD, ins, nxt, data={
-                        "vtpr": self.vtpr, "tpr_threshold": self.tpr_threshold})
+                # the threshold a trap-like TPR-below-threshold exit after the instruction;
+                # with virtual-interrupt delivery PPR virtualization and evaluation instead
+                return _apicv.after_tpr_write(self, ins, nxt)
             return nxt
         if k == "mov_from_cr8":
             if self._on["primary.cr8_store_exiting"]:
@@ -648,7 +652,8 @@ class InterceptsMixin:
             cands.append((now, "resume"))
         if self.rflags & (1 << 9) or self._on["pin.external_interrupt_exiting"]:
             if self._live_irqs or self.platform.pending_interrupt() is not None or (
-                    self._virq and self.rflags & (1 << 9)):
+                    (self._virq or self.apicv.pending(self._on["primary.interrupt_window_exiting"])
+                     is not None) and self.rflags & (1 << 9)):
                 cands.append((now, "resume"))
             nf = self.platform.next_event()
             if nf is not None:

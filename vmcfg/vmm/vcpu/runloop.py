@@ -7,6 +7,7 @@ import time
 from unicorn import (UC_ERR_FETCH_PROT, UC_ERR_FETCH_UNMAPPED, UC_ERR_INSN_INVALID,
                      UC_ERR_READ_PROT, UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_PROT, UC_ERR_WRITE_UNMAPPED, UcError,
                      x86_const as X)
+from .. import apicv as _apicv
 from .. import decode as D
 from ...vmx.registers import GPR_NAMES
 from ..exitinfo import VmExit
@@ -258,6 +259,9 @@ class RunLoopMixin:
                     self.set_cr(2, cr2)
                 ec = self._pf_error_code(cr2, rip) if vector == 14 else None
                 self.raise_exception(vector, ec, rip, cr2=cr2)
+            return
+        if kind in ("apic_access", "apic_write"):     # virtualize APIC accesses (apicv.py)
+            _apicv.handle_event(self, ev)
             return
         if kind in ("unmapped", "prot"):
             _k, access, address, size, ic, rip = ev

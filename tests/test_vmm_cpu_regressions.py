@@ -173,3 +173,17 @@ def test_pushf_after_iret_does_not_store_rf(tmp_path):
     res, _ = run(str(p), str(g), mode=16, load_address=0x7C00)
     assert res.status == "debug-exit" and res.guest_exit_code == 0
     assert res.instructions == 16
+
+
+@pytest.mark.parametrize("profile", ["baseline", "preemption-sliced"])
+def test_instruction_the_cpu_model_lacks_raises_ud(profile, tmp_path):
+    """RDPRU (0F 01 FD: AMD only) decodes but the emulated Intel CPU does not have it: the
+    engine returned at it without running or raising anything, and the run loop re-entered
+    it for ever (kvm-unit-tests `rdpru`); it is #UD at its address.  (Under MTF single
+    steps it still repeats: a step that ends where it began is also what one iteration of
+    a REP string instruction looks like.)"""
+    g = tmp_path / "rdpru.asm"
+    g.write_text(UD_GUEST.replace("  ud2\n", "  db 0x0f, 0x01, 0xfd\n"))
+    res, recs = run(profile, str(g), mode=64, timeout=60)
+    assert (res.status, res.guest_exit_code) == ("debug-exit", 0x0F), res.message
+    assert names(recs).count("CPUID") == 3

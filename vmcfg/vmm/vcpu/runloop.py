@@ -13,8 +13,8 @@ from ...vmx.registers import GPR_NAMES
 from ..exitinfo import VmExit
 from ..outcome import RunEnd
 from .common import DEADLINE_MARGIN, UNTIL
-from .intercepts import _UD_MNEMONICS
-from ...vmx.exits import Exit
+from .intercepts import PRIVILEGED, _UD_MNEMONICS
+from ...vmx.exits import Exit, Vector
 
 
 class RunLoopMixin:
@@ -131,7 +131,7 @@ class RunLoopMixin:
                 if err is not None or (ev is not None and ev[0] not in ("resume", "end")):
                     self._exc_dirty = True
                 if ev is None and err is None and self._stopped_at_invalid(
-                        begin_lin, start_icount, count):
+                        begin_lin, start_icount, count, stopped_by_stub):
                     continue
                 if ev is None and err is None and count and not stopped_by_stub:
                     # count budget used up exactly
@@ -154,24 +154,32 @@ class RunLoopMixin:
         with self.apply_cond:           # wake anyone waiting for an apply that cannot come
             self.apply_cond.notify_all()
 
-    def _stopped_at_invalid(self, begin_lin: int, start_icount: int, count: int) -> bool:
+    def _stopped_at_invalid(self, begin_lin: int, start_icount: int, count: int,
+                            stopped_by_stub: bool = False) -> bool:
         """Unicorn sometimes stops *before* an invalid opcode instead of raising it: under an
         instruction budget (count=) as if the budget were used up, and when emu_start begins
         at it after the native block stub counted it.  A single step on UD2 then went on for
         ever (MTF) and a run re-entered after an exit lost the #UD (preemption timer).  Seen
-        here: raise #UD at that instruction, with the count of what really retired."""
+        here: raise #UD at that instruction, with the count of what really retired.  The
+        same for an instruction the decoder knows but the emulated CPU does not have (RDPRU
+        on this Intel model): the engine returns at it without running anything, nothing
+        asked it to stop, and re-entering would do the same for ever."""
         rip = self.rip
         if not count and rip != begin_lin:
             return False
+        stuck = not count and rip == begin_lin and not stopped_by_stub
         dec = self._decode_any(rip)
-        if dec is not None and dec.mnemonic not in _UD_MNEMONICS:
+        if dec is not None and dec.mnemonic not in _UD_MNEMONICS and not stuck:
             return False
         done = start_icount if rip == begin_lin else self._retired_at(rip)
         if count and done - start_icount >= count:
             return False                  # the budget really ended just before it
         self.icount = done
         self.counter.set_count(done)
-        self.raise_exception(6, None, rip)
+        if stuck and dec is not None and self.cpl and D.classify(dec) in PRIVILEGED:
+            self.raise_exception(Vector.GP, 0, rip)   # e.g. MOV from CR0 at CPL 3
+        else:
+            self.raise_exception(Vector.UD, None, rip)
         return True
 
     def _after_step(self) -> None:

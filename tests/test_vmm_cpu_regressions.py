@@ -187,3 +187,15 @@ def test_instruction_the_cpu_model_lacks_raises_ud(profile, tmp_path):
     res, recs = run(profile, str(g), mode=64, timeout=60)
     assert (res.status, res.guest_exit_code) == ("debug-exit", 0x0F), res.message
     assert names(recs).count("CPUID") == 3
+
+
+def test_divide_error_in_a_block_run_for_the_first_time_is_de(tmp_path):
+    """A #DE in the first block of a fresh code page (restarted once to hook its trapped
+    instructions) is delivered as #DE, not as a double fault or a triple fault (the engine
+    still held the fetch fault that made the page code)."""
+    g = tmp_path / "de.asm"
+    src = UD_GUEST.replace("[rdi+6*16", "[rdi+0*16").replace(
+        "  ud2\n", "  xor edx, edx\n  mov eax, 5\n  xor ecx, ecx\n  div ecx\n")
+    g.write_text(src)
+    res, _ = run("baseline", str(g), mode=64, timeout=60)
+    assert (res.status, res.guest_exit_code) == ("debug-exit", 0xF7), res.message

@@ -125,6 +125,10 @@ class RunLoopMixin:
                     # is translated again, with the hook, when the run goes on
                     self._remove_cache(ev[1] & ~0xFFF)
                     ev = None
+                    # the engine may still hold an exception it raised internally (the fetch
+                    # fault that made the page code): a fault in the restarted block must not
+                    # become a #DF
+                    self._exc_dirty = True
                     if not (count and counter.count - start_icount == count):
                         self.icount = counter.count
                         continue

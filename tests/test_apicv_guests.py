@@ -440,3 +440,59 @@ def test_an_apic_access_page_inside_guest_ram_is_a_clear_launch_error(tmp_path):
     assert r.exit_code == 2 and isinstance(r.exception, SystemExit)     # usage error
     assert "vmcs.apic_access_page = 0x9000 is inside guest RAM" in r.output
     assert "Traceback" not in r.output
+
+
+CR8_GUEST = """bits 64
+org 0x100000
+        jmp start
+%include "lib64.inc"
+start:
+        gate 0x51, isr51
+        lidt [rel idtr]
+        mov rax, 6
+        mov cr8, rax                    ; VTPR 0x60: RVI 0x51 is held back
+        sti
+        nop
+        nop
+        mov ebx, [rel count]            ; 0: nothing delivered yet
+        xor eax, eax
+c_low:  mov cr8, rax                    ; VTPR 0: PPR virtualization, 0x51 delivered now
+        nop
+        cli
+        mov eax, [rel count]
+        shl ebx, 4
+        or eax, ebx
+        out 0xF4, al
+        hlt
+isr51:  inc dword [rel count]
+        iretq
+align 4
+count:  dd 0
+idtr:   dw 256 * 16 - 1
+        dq idt
+align 16
+idt:    times 256 * 16 db 0
+"""
+
+
+def test_mov_to_cr8_under_vid_evaluates_pending_virtual_interrupts(tmp_path):
+    """With virtual-interrupt delivery, TPR virtualization after MOV to CR8 is PPR
+    virtualization and evaluation (no TPR-below-threshold exit): RVI 0x51 from apic.rvi
+    waits while VTPR is 0x60 and is delivered right after VTPR drops to 0."""
+    p = tmp_path / "p.toml"
+    p.write_text('[profile]\nname = "p"\nextends = "baseline"\n' + textwrap.dedent("""
+        [pin]
+        external_interrupt_exiting = true
+        [exit]
+        acknowledge_interrupt_on_exit = true
+        [primary]
+        use_tpr_shadow = true
+        [secondary]
+        virtual_interrupt_delivery = true
+        [apic]
+        rvi = 0x51
+        """))
+    res, recs = run(str(p), _guest(tmp_path, CR8_GUEST))
+    assert res.status == "debug-exit" and res.guest_exit_code == 0x01, res.message
+    assert recs == []
+    assert res.apicv["svi"] == 0x51 and res.apicv["visr"] == [0x51] and res.apicv["rvi"] == 0

@@ -111,7 +111,9 @@ class BlockCounter:
 
     def __init__(self, uc, count_block, table_base: int, table_size: int,
                  native: bool | None = None):
-        """`count_block(address, size) -> int` decodes a block's instruction count."""
+        """`count_block(address, size) -> int | None` decodes a block's instruction count
+        (None: it stopped the engine before the block; the block is neither counted nor
+        remembered)."""
         from unicorn import UC_HOOK_BLOCK
         from unicorn.unicorn_py3.unicorn import uclib
 
@@ -172,6 +174,8 @@ class BlockCounter:
             return
         off = address - self.table_base
         n = self._count_block(address, size)
+        if n is None:                     # the vCPU stopped before this block: not counted
+            return
         if size < 0x10000 and n < 0x10000:
             if 0 <= off < self.table_size:
                 self._table[off] = size | (n << 16)

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from ..vmx.config import VmxConfig
 from ..vmx.exits import Exit as E
-from ..vmx.exits import Vector, lookup_exit
+from ..vmx.exits import InterruptionType, Vector, lookup_exit
 from ..vmx.registers import GPR_NAMES
 from ..vmx.table import CONTROL_BY_PATH
 from .exitinfo import VmExit
@@ -445,10 +445,10 @@ def h_exception(ctx: ExitContext) -> None:
     ex = ctx.exit
     vector = ex.interruption_info & 0xFF
     itype = (ex.interruption_info >> 8) & 7
-    if itype == 2:                 # an NMI exit (nmi_exiting): give the guest the NMI
+    if itype == InterruptionType.NMI:   # an NMI exit (nmi_exiting): give the guest the NMI
         ctx.vcpu.reflect_nmi()
         return
-    if vector == 14:
+    if vector == Vector.PF:
         ctx.vcpu.set_cr(2, ex.qualification)
     next_rip = ex.data.get("next_rip")
     ctx.vcpu.set_rip(ex.rip)

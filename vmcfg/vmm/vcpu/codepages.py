@@ -15,13 +15,31 @@ from .common import PAGE
 class CodePagesMixin:
     """Code pages: the first fetch from a page scans it and hooks exactly the sensitive"""
 
-    def _count_block(self, address: int, size: int) -> int:
+    def _count_block(self, address: int, size: int) -> int | None:
+        """A block the engine is about to run for the first time (the counter's slow path):
+        its instruction count, and its sensitive instructions recorded by page; a trapped
+        one not hooked yet is hooked, and the block (not run yet) is dropped from the
+        engine's cache and run again (None: the run loop restarts it, see "rehook")."""
         self._sync_mode()            # a new block: the guest may have switched modes natively
         try:
             data = self.read_code(address, size)
         except UcError:
             return 1
-        return max(1, D.count_instructions(data, address, self.bitness))
+        n, found = D.block_sensitive(data, address, self.bitness)
+        new = False
+        for addr, kind, instr in found:
+            self._scanned.setdefault(addr & ~0xFFF, {})[addr] = (kind, instr)
+            if kind in self._trapped and addr not in self._hooks:
+                self._hook(addr)
+                new = True
+        if new:
+            # the block was translated without the hook: stop before it runs (the block
+            # hook runs first, so nothing of it has retired) and translate it again
+            if self._event is None:
+                self._event = ("rehook", address)
+            self.uc.emu_stop()
+            return None
+        return max(1, n)
 
     def _prefix(self, block: int, addr: int) -> int:
         """Instructions from block start up to (not including) addr."""
@@ -47,19 +65,10 @@ class CodePagesMixin:
         return c
 
     def _scan(self, page: int) -> None:
-        try:
-            data = self.read_code(page, PAGE)
-        except UcError:
-            return
-        try:
-            data += self.read_code(page + PAGE, 15)
-        except UcError:
-            pass
-        found = self._scan_bytes(data, page)
-        self._scanned[page] = found
-        for addr, (kind, _instr) in found.items():
-            if kind in self._trapped:
-                self._hook(addr)
+        """A page becomes code. Its sensitive instructions are found block by block as the
+        engine first runs them (_count_block): only real instruction boundaries get a hook
+        (every hook costs the engine time on every instruction it translates)."""
+        self._scanned.setdefault(page, {})
         if page in self._hot_pages and page not in self._wguard:
             self._wguard[page] = self.uc.hook_add(UC_HOOK_MEM_WRITE, self._on_code_write,
                                                   begin=page, end=page + PAGE - 1)
@@ -270,9 +279,13 @@ class CodePagesMixin:
     def _code_page_written(self, page: int, rip: int, ic: int) -> None:
         """A guest store hit a write-protected code page.
 
-        The page's scan is dropped, the store is single-stepped with the page
-        writable (and executable: the store may be on that very page), then the
-        page goes back to "not yet executed" and is rescanned at its next fetch.
+        Fast path (the store's own instruction is on other pages, e.g. the kernel patching
+        its text): the page stops being code at once -- hooks and block counts dropped, plain
+        readable/writable, not executable -- and the store is restarted natively; later
+        stores to it run at full speed, and its next fetch makes it code again (its blocks
+        are decoded and hooked as they run).  The engine drops its own translations of
+        code that is written.  Otherwise (the store writes the page it runs from) the
+        store is single-stepped with the page writable and executable (_end_smc_step).
         """
         self.icount = ic
         self.counter.set_count(ic)
@@ -280,6 +293,23 @@ class CodePagesMixin:
         ppage = self._phys_page(page)
         if ppage is None:
             ppage = page
+        own = set()
+        for a in (rip, rip + 14):              # the pages the storing instruction spans
+            p = self.lin2phys(a)
+            if p is not None:
+                own.add(p & ~0xFFF)
+        if ppage not in own:
+            for other in list(self._phys_code.get(ppage, ())):
+                self._drop_page(other)
+            if page in self._scanned:
+                self._drop_page(page)
+            if ppage < self.memory:
+                acc = self._ept_access(ppage)
+                self.uc.mem_protect(ppage, PAGE, UC_PROT_READ | UC_PROT_WRITE if acc is None
+                                    else (UC_PROT_READ if "r" in acc else 0)
+                                    | (UC_PROT_WRITE if "w" in acc else 0))
+            self.set_rip(rip)
+            return
         try:
             self._smc_before = self.read_code(page, PAGE + 15 if ppage + PAGE + 15 <= self.memory
                                               else PAGE)

@@ -13,6 +13,7 @@ from unicorn.unicorn_py3.unicorn import uclib
 from .. import apicv as _apicv
 from .. import decode as D
 from ..cpu.delivery import DeliveryFault, deliver_event, nested
+from ..cpu.state import HF_INHIBIT_IRQ
 from ..exitinfo import (INTR_EXTERNAL, INTR_HW_EXCEPTION, INTR_NMI, INTR_PRIV_SW_EXCEPTION,
                         INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit, interruption_info)
 from .common import _ERROR_CODE_VECTORS
@@ -296,6 +297,10 @@ class EventsMixin:
                     self._live_nmi = False
                     self._nmi_pending = True
         shadow = self._iw_steps > 0
+        # the engine ends a block after STI and MOV SS / POP SS and keeps their blocking in
+        # hflags: an engine stop at a block boundary (a device timer) may fall right after one
+        engine_shadow = not shadow and self._engine_shadow()
+        shadow = shadow or engine_shadow
         if_on = bool(self.rflags & (1 << 9))
         if self.apicv_late is not None:           # APIC virtualization: a trap-like exit due
             return _apicv.late_exit(self)
@@ -339,6 +344,10 @@ class EventsMixin:
             if vvec is not None:
                 self._deliver_event(INTR_EXTERNAL, vvec)
                 return None
+        if engine_shadow and if_on and ((vec is not None and not ext_exit) or self._virq or
+                                        on["primary.interrupt_window_exiting"] or (
+                                            self.apicv.vid and self.apicv.pending() is not None)):
+            self._iw_steps = 1           # one more instruction, then the event (_after_step)
         # something waits for RFLAGS.IF or for IRET: watch STI/POPF/IRET
         waiting = ((vec is not None and not ext_exit) or self._virq or (
             self.apicv.vid and self.apicv.pending() is not None)) and not if_on
@@ -355,6 +364,29 @@ class EventsMixin:
                 self._trapped = trapped
                 self._rehook_all()
         return None
+
+    def _engine_shadow(self) -> bool:
+        """Blocking by STI or MOV SS / POP SS at an engine stop: the engine ends a block after
+        them and keeps the blocking in hflags, and the block counter may stop it right there
+        (a device timer).  The flag is believed only when the block that ran last ran to its
+        end natively and its last instruction is one of them (the engine leaves the flag set
+        when a hook retired the next instruction instead)."""
+        if not self._hflags & HF_INHIBIT_IRQ or not self._stub_stopped:
+            return False
+        addr, size, n = self.counter.last_block()
+        rip = self.rip
+        if not size or addr + size != rip:
+            return False
+        last = None
+        a = addr
+        for _ in range(max(n, 1)):
+            last = self._decode_any(a)
+            if last is None:
+                return False
+            a += last.len
+            if a >= rip:
+                break
+        return a == rip and D.classify(last) in ("sti", "ss_load")
 
     def _device_change_needs_stop(self, icount: int) -> bool:
         """A device changed inside one of the engine's hooks (an emulated I/O instruction, an

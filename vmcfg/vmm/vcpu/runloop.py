@@ -112,12 +112,22 @@ class RunLoopMixin:
                         self._after_step()
                         continue
                 stopped_by_stub = counter.clear_stop()
+                self._stub_stopped = stopped_by_stub and self._event is None and err is None
                 # a stub stop without progress: approach the deadline in count mode
                 self._force_count = stopped_by_stub and counter.count == start_icount
                 if counter.stop_pending():
                     counter.clear_stop_request()
                 ev = self._event
                 self._event = None
+                if ev is not None and ev[0] == "rehook" and err is None:
+                    # a block about to run for the first time has a trapped instruction that
+                    # was just hooked (_count_block): nothing of that block has retired; it
+                    # is translated again, with the hook, when the run goes on
+                    self._remove_cache(ev[1] & ~0xFFF)
+                    ev = None
+                    if not (count and counter.count - start_icount == count):
+                        self.icount = counter.count
+                        continue
                 if err is not None or (ev is not None and ev[0] not in ("resume", "end")):
                     self._exc_dirty = True
                 if ev is None and err is None and self._stopped_at_invalid(

@@ -496,3 +496,29 @@ def test_mov_to_cr8_under_vid_evaluates_pending_virtual_interrupts(tmp_path):
     assert res.status == "debug-exit" and res.guest_exit_code == 0x01, res.message
     assert recs == []
     assert res.apicv["svi"] == 0x51 and res.apicv["visr"] == [0x51] and res.apicv["rvi"] == 0
+
+
+X2_LVT_GUEST = PROLOGUE + """
+start:
+        mov ecx, 0x1B                   ; x2APIC on
+        rdmsr
+        or eax, 0xC00
+        wrmsr
+        mov ecx, 0x832                  ; LVT timer: not virtualized, the local APIC takes it
+        mov eax, 0x10047
+        xor edx, edx
+        wrmsr
+        rdmsr                           ; read back from the virtual-APIC page
+        cmp eax, 0x10047
+        sete al
+        out 0xF4, al
+        hlt
+""" + EPILOGUE
+
+
+def test_register_reads_follow_what_the_local_apic_took(tmp_path):
+    """x2APIC mode virtualizes WRMSR only for TPR, EOI and SELF IPI: an LVT write reaches the
+    local APIC; the VMM keeps the virtual-APIC page's copy, which RDMSR then reads."""
+    res, recs = _run(tmp_path, APICV_X2, X2_LVT_GUEST, X2_SECONDARY)
+    assert res.status == "debug-exit" and res.guest_exit_code == 1, res.message
+    assert recs == []

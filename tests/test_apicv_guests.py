@@ -522,3 +522,22 @@ def test_register_reads_follow_what_the_local_apic_took(tmp_path):
     res, recs = _run(tmp_path, APICV_X2, X2_LVT_GUEST, X2_SECONDARY)
     assert res.status == "debug-exit" and res.guest_exit_code == 1, res.message
     assert recs == []
+
+
+APICV_BUNDLED = APICV_X2  # x2APIC virtualization with VID, EOI exit on 0x61
+
+
+def test_bundled_apicv_guest_passes_on_the_plain_and_the_virtualized_apic(tmp_path):
+    """builtin:apicv: the same TPR/self-IPI/EOI checks pass on the local APIC (no exit) and
+    under x2APIC virtualization with virtual-interrupt delivery (one EOI-induced exit)."""
+    p = tmp_path / "v.toml"
+    p.write_text('[profile]\nname = "v"\nextends = "baseline"\n' + textwrap.dedent(APICV_BUNDLED)
+                 + "[secondary]\n" + textwrap.dedent(X2_SECONDARY))
+    res, recs = run("baseline", "builtin:apicv")
+    assert res.status == "debug-exit" and res.guest_exit_code == 0, res.console
+    assert recs == [] and res.apicv is None
+    res, recs = run(str(p), "builtin:apicv")
+    assert res.status == "debug-exit" and res.guest_exit_code == 0, res.console
+    assert [(r["name"], r["qualification"]) for r in recs] == [("EOI_INDUCED", 0x61)]
+    assert res.apicv["delivered"] == 2 and res.apicv["virtual_eois"] == 2
+    assert res.console.count(" ok\n") == 4

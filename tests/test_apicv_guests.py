@@ -541,3 +541,25 @@ def test_bundled_apicv_guest_passes_on_the_plain_and_the_virtualized_apic(tmp_pa
     assert [(r["name"], r["qualification"]) for r in recs] == [("EOI_INDUCED", 0x61)]
     assert res.apicv["delivered"] == 2 and res.apicv["virtual_eois"] == 2
     assert res.console.count(" ok\n") == 4
+
+
+def test_apic_virtualization_switched_on_by_a_live_change(tmp_path):
+    """A handler applies the APIC-virtualization profile while the guest runs (at its SVR
+    write): from then on TPR, SELF IPI and EOI go to the virtual APIC, whose register copy
+    starts from the local APIC as it is then (x2APIC mode, SVR)."""
+    from vmcfg.profile import resolve
+    virt = tmp_path / "v.toml"
+    virt.write_text('[profile]\nname = "v"\nextends = "baseline"\n' + textwrap.dedent(APICV_X2)
+                    + "[secondary]\n" + textwrap.dedent(X2_SECONDARY))
+    cfg = resolve(str(virt), cpu="cvmm").config
+    plain = tmp_path / "p.toml"
+    plain.write_text('[profile]\nname = "p"\nextends = "baseline"\n[msr]\nintercept_write = [0x80F]\n')
+
+    def switch(ctx):
+        ctx.emulate()                   # the SVR write reaches the local APIC
+        ctx.apply(cfg)
+
+    res, recs = run(str(plain), "builtin:apicv", handlers={32: switch})
+    assert res.status == "debug-exit" and res.guest_exit_code == 0, res.console
+    assert [r["name"] for r in recs] == ["WRMSR", "EOI_INDUCED"]
+    assert res.apicv["delivered"] == 2 and res.apicv["vtpr"] == 0

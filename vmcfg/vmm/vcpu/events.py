@@ -339,17 +339,14 @@ class EventsMixin:
         elif self._virq and if_on and not shadow:
             self._deliver_event(INTR_EXTERNAL, self._virq.pop(0))
             return None
-<<<<<<< HEAD
-        if engine_shadow and if_on and ((vec is not None and not ext_exit) or self._virq or
-                                        on["primary.interrupt_window_exiting"]):
-            self._iw_steps = 1           # one more instruction, then the event (_after_step)
-=======
         elif self.apicv.vid:                     # virtual-interrupt delivery (apicv.py)
             vvec = _apicv.pending_event(self, if_on, shadow)
             if vvec is not None:
                 self._deliver_event(INTR_EXTERNAL, vvec)
                 return None
->>>>>>> apicv
+        if engine_shadow and if_on and ((vec is not None and not ext_exit) or self._virq or
+                                        on["primary.interrupt_window_exiting"]):
+            self._iw_steps = 1           # one more instruction, then the event (_after_step)
         # something waits for RFLAGS.IF or for IRET: watch STI/POPF/IRET
         waiting = ((vec is not None and not ext_exit) or self._virq or (
             self.apicv.vid and self.apicv.pending() is not None)) and not if_on

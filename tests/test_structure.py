@@ -418,3 +418,18 @@ def test_vcpu_parts_name_exit_reasons_and_do_not_import_in_a_circle():
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom):
                 assert "vcpu" not in (node.module or ""), f"{leaf} imports the vCPU back"
+
+
+def test_no_merge_conflict_markers_are_committed():
+    import pathlib
+    marker = re.compile(r"^(<{7}|>{7}) ", re.M)
+    bad = []
+    for sub in ("vmcfg", "tests", "bench", "tools", "docs", "profiles"):
+        for p in pathlib.Path(ROOT, sub).rglob("*"):
+            if p.suffix in (".py", ".md", ".toml", ".c", ".asm", ".inc") and p.is_file():
+                if marker.search(p.read_text(errors="replace")):
+                    bad.append(str(p))
+    for name in ("README.md", "CHANGELOG.md", "pyproject.toml", "setup.py"):
+        if marker.search(pathlib.Path(ROOT, name).read_text()):
+            bad.append(name)
+    assert not bad, f"merge conflict markers in {bad}"

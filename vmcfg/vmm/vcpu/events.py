@@ -18,7 +18,7 @@ from ..exitinfo import (INTR_EXTERNAL, INTR_HW_EXCEPTION, INTR_NMI, INTR_PRIV_SW
                         INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit, interruption_info)
 from .common import _ERROR_CODE_VECTORS
 from .intercepts import trapped_kinds
-from ...vmx.exits import Exit
+from ...vmx.exits import Exit, FIRST_EXTERNAL_VECTOR, LAST_VECTOR, Vector
 
 
 _OLD_EXC_OFFSET: dict[int, int | None] = {}
@@ -78,7 +78,7 @@ class EventsMixin:
         self._sync_mode()
         rip = self.rip
         # CR2 now: after this hook Unicorn jumps to a stale "next EIP", which may fault again
-        self._event = ("intr", intno, rip, self._retired_at(rip), self.cr(2) if intno == 14 else None)
+        self._event = ("intr", intno, rip, self._retired_at(rip), self.cr(2) if intno == Vector.PF else None)
         uc.emu_stop()
 
     def _on_fastcall(self, uc, which):
@@ -152,7 +152,7 @@ class EventsMixin:
     def _exception_exits(self, vector: int, error_code: int | None) -> bool:
         bm = self.cfg.exception_bitmap()
         bit = bool(bm >> vector & 1)
-        if vector == 14:
+        if vector == Vector.PF:
             s = self.cfg.settings["exceptions"]
             match = ((error_code or 0) & s["pf_error_code_mask"]) == s["pf_error_code_match"]
             return match == bit
@@ -174,7 +174,7 @@ class EventsMixin:
                 raw = self.read_code(rip, dec.len)
                 text = D.format_instr(dec)
             qual = 0
-            if vector == 14:
+            if vector == Vector.PF:
                 qual = cr2 if cr2 is not None else self.cr(2)
             ex = VmExit(Exit.EXCEPTION_NMI, qual, rip, ins_len if itype in (INTR_SW_EXCEPTION, INTR_PRIV_SW_EXCEPTION) else 0,
                         raw, text, interruption_info(vector, itype, error_code is not None),
@@ -216,7 +216,7 @@ class EventsMixin:
         if how == "triple" or depth >= 3:
             self.triple_fault(rip)
             return
-        if fault.vector == 14 and fault.cr2 is not None:
+        if fault.vector == Vector.PF and fault.cr2 is not None:
             self.set_cr(2, fault.cr2)
         if how == "double":
             self.raise_exception(8, 0, rip, _depth=depth + 1)
@@ -345,6 +345,7 @@ class EventsMixin:
                 self._deliver_event(INTR_EXTERNAL, vvec)
                 return None
         if engine_shadow and if_on and ((vec is not None and not ext_exit) or self._virq or
+                                        (self.apicv.vid and self.apicv.pending() is not None) or
                                         on["primary.interrupt_window_exiting"]):
             self._iw_steps = 1           # one more instruction, then the event (_after_step)
         # something waits for RFLAGS.IF or for IRET: watch STI/POPF/IRET
@@ -446,7 +447,7 @@ class EventsMixin:
         the next instruction boundary (like request_apply)."""
         if kind not in ("nmi", "irq"):
             raise ValueError(f"event kind must be 'nmi' or 'irq', not {kind!r}")
-        if kind == "irq" and not 32 <= vector <= 255:
+        if kind == "irq" and not FIRST_EXTERNAL_VECTOR <= vector <= LAST_VECTOR:
             raise ValueError(f"external interrupt vector must be 32-255, not {vector}")
         with self._cfg_lock:
             if kind == "nmi":

@@ -14,7 +14,7 @@ from ..exitinfo import VmExit
 from ..outcome import RunEnd
 from .common import DEADLINE_MARGIN, UNTIL
 from .intercepts import _UD_MNEMONICS
-from ...vmx.exits import Exit
+from ...vmx.exits import Exit, Vector
 
 
 class RunLoopMixin:
@@ -258,7 +258,7 @@ class RunLoopMixin:
                 cr2 = cr2_now
                 if cr2 is not None:
                     self.set_cr(2, cr2)
-                ec = self._pf_error_code(cr2, rip) if vector == 14 else None
+                ec = self._pf_error_code(cr2, rip) if vector == Vector.PF else None
                 self.raise_exception(vector, ec, rip, cr2=cr2)
             return
         if kind in ("apic_access", "apic_write"):     # virtualize APIC accesses (apicv.py)

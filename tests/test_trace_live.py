@@ -141,7 +141,7 @@ def test_demo_draws_the_rate_chart_before_and_after_the_apply(rundir):
         before, after = ln.split("│")
         assert not any(c in before for c in BARS)         # baseline: no exits before
         assert any(c in after for c in BARS)              # trap-all: exits after
-        assert re.search(r"0/s -> [\d.]+k?/s$", ln)
+        assert re.search(r"0/s -> [\d.]+[kMG]?/s$", ln)
     d = json.loads(vmcfg("demo", "--json", "--seconds", "1", timeout=120).stdout)
     assert d["phase1"]["rates"] == {}
     assert len(d["phase2"]["rates"]["RDTSC"]) == 12 and max(d["phase2"]["rates"]["RDTSC"]) > 0

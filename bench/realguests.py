@@ -1,10 +1,12 @@
 """kvm-unit-tests images under vmcfg and under QEMU TCG, side by side.
 
-    .venv/bin/python bench/realguests.py [--shared DIR] [--only NAME,...] [--jobs N]
-                                         [--timeout S] [--no-qemu] [--markdown]
+    .venv/bin/python bench/realguests.py [--shared DIR | --images DIR] [--only NAME,...]
+                                         [--jobs N] [--timeout S] [--no-qemu] [--markdown]
 
 Unpacks the tarball of ``DIR`` (default ``../shared/kvm-unit-tests`` next to
-the checkout) into a temporary directory and runs every image with the
+the checkout) into a temporary directory -- or, with ``--images DIR``, takes
+the ``*.flat`` files of a directory as they are (e.g. the ``x86/`` directory
+of a kvm-unit-tests build) -- and runs every image with the
 profile of that directory's README (``vmcfg launch kut.toml --guest T.flat
 --mode 32 --memory 256M --timeout S --json``) and, when
 ``qemu-system-x86_64`` is on PATH, with QEMU TCG as kvm-unit-tests' own
@@ -74,10 +76,10 @@ def last_line(text: str) -> str:
     return lines[-1][:70] if lines else ""
 
 
-def run_vmcfg(work: str, name: str, timeout: float) -> dict:
+def run_vmcfg(work: str, images: str, name: str, timeout: float) -> dict:
     vmcfg = os.path.join(os.path.dirname(sys.executable), "vmcfg")
     cmd = [vmcfg, "launch", os.path.join(work, "kut.toml"), "--guest",
-           os.path.join(work, f"{name}.flat"), "--mode", "32", "--memory", "256M",
+           os.path.join(images, f"{name}.flat"), "--mode", "32", "--memory", "256M",
            "--timeout", str(timeout), "--json"]
     t0 = time.monotonic()
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout + 60)
@@ -93,11 +95,11 @@ def run_vmcfg(work: str, name: str, timeout: float) -> dict:
             "last": last_line(doc.get("console", "")) or doc.get("message", "")[:70]}
 
 
-def run_qemu(work: str, name: str, timeout: float) -> dict:
+def run_qemu(images: str, name: str, timeout: float) -> dict:
     cmd = ["qemu-system-x86_64", "-accel", "tcg", "-nodefaults", "-device", "pc-testdev",
            "-device", "isa-debug-exit,iobase=0xf4,iosize=0x4", "-vnc", "none",
            "-serial", "stdio", "-device", "pci-testdev", "-kernel",
-           os.path.join(work, f"{name}.flat"), "-smp", "1", "-m", "256"]
+           os.path.join(images, f"{name}.flat"), "-smp", "1", "-m", "256"]
     t0 = time.monotonic()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
@@ -115,24 +117,37 @@ def run_qemu(work: str, name: str, timeout: float) -> dict:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shared", default=DEFAULT_SHARED)
+    ap.add_argument("--images", default=None,
+                    help="a directory of *.flat images to run as they are (instead of the "
+                         "tarball of --shared)")
     ap.add_argument("--only", default="")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--no-qemu", action="store_true")
     ap.add_argument("--markdown", action="store_true")
     a = ap.parse_args()
-    tars = sorted(f for f in os.listdir(a.shared) if f.endswith(".tgz")) \
-        if os.path.isdir(a.shared) else []
-    if not tars:
-        print(f"no kvm-unit-tests tarball in {a.shared}", file=sys.stderr)
-        return 2
+    if a.images is not None:
+        if not os.path.isdir(a.images) or not any(
+                f.endswith(".flat") for f in os.listdir(a.images)):
+            print(f"no *.flat image in {a.images}", file=sys.stderr)
+            return 2
+    else:
+        tars = sorted(f for f in os.listdir(a.shared) if f.endswith(".tgz")) \
+            if os.path.isdir(a.shared) else []
+        if not tars:
+            print(f"no kvm-unit-tests tarball in {a.shared}", file=sys.stderr)
+            return 2
     work = tempfile.mkdtemp(prefix="vmcfg-kut-")
     try:
-        with tarfile.open(os.path.join(a.shared, tars[0])) as t:
-            t.extractall(work, filter="data")
+        if a.images is not None:
+            images = os.path.abspath(a.images)
+        else:
+            images = work
+            with tarfile.open(os.path.join(a.shared, tars[0])) as t:
+                t.extractall(work, filter="data")
         with open(os.path.join(work, "kut.toml"), "w") as f:
             f.write(KUT_PROFILE)
-        names = sorted(f[:-5] for f in os.listdir(work) if f.endswith(".flat"))
+        names = sorted(f[:-5] for f in os.listdir(images) if f.endswith(".flat"))
         if a.only:
             keep = set(a.only.split(","))
             names = [n for n in names if n in keep]
@@ -140,9 +155,9 @@ def main() -> int:
         jobs = []
         with cf.ThreadPoolExecutor(max_workers=max(1, a.jobs)) as ex:
             for n in names:
-                jobs.append((n, "vmcfg", ex.submit(run_vmcfg, work, n, a.timeout)))
+                jobs.append((n, "vmcfg", ex.submit(run_vmcfg, work, images, n, a.timeout)))
                 if qemu:
-                    jobs.append((n, "qemu", ex.submit(run_qemu, work, n, a.timeout)))
+                    jobs.append((n, "qemu", ex.submit(run_qemu, images, n, a.timeout)))
             res: dict[str, dict] = {}
             for n, who, fut in jobs:
                 res.setdefault(n, {})[who] = fut.result()

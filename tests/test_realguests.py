@@ -80,6 +80,29 @@ def test_kut_syscall_passes(kut):
     assert "PASS: MSR_*STAR eager loading" in res.console
 
 
+def test_bench_runs_a_directory_of_images(kut, tmp_path):
+    """`bench/realguests.py --images DIR` runs the *.flat files of a directory as they are
+    (the images of a kvm-unit-tests build not in shared/), with the same profile and table."""
+    import subprocess
+    import sys
+    d, _ = kut
+    imgs = tmp_path / "build-x86"
+    imgs.mkdir()
+    (imgs / "setjmp.flat").write_bytes((d / "setjmp.flat").read_bytes())
+    bench = os.path.join(ROOT, "bench", "realguests.py")
+    p = subprocess.run([sys.executable, bench, "--images", str(imgs), "--no-qemu", "--markdown"],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = [ln for ln in p.stdout.splitlines() if ln.startswith("| setjmp ")]
+    assert len(rows) == 1 and rows[0].split("|")[2].strip() == "PASS", p.stdout
+    assert "vmcfg: 1/1 pass or skip" in p.stdout
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    p = subprocess.run([sys.executable, bench, "--images", str(empty), "--no-qemu"],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and f"no *.flat image in {empty}" in p.stderr
+
+
 @pytest.mark.slow
 def test_kut_xsave_passes(kut):
     """XSETBV/XGETBV rules (#UD without CR4.OSXSAVE, #GP for bad XCR0), XSAVE in CPUID."""

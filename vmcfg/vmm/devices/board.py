@@ -14,6 +14,7 @@ One instance per machine.  Wiring (like QEMU's ``pc`` machine):
 | PCI configuration, no devices (misc.py) | I/O 0xCF8 (dword), 0xCFC-0xCFF | - |
 | local APIC (lapic.py) | MMIO 0xFEE00000; MSRs 0x1B, 0x6E0, 0x800-0x8FF | delivers to the CPU |
 | IOAPIC (ioapic.py) | MMIO 0xFEC00000 | to the LAPIC |
+| HPET (hpet.py) | MMIO 0xFED00000 (1 KiB) | IOAPIC pins 16-23; legacy: IRQ 0 and IRQ 8 |
 | ACPI tables (acpi.py) | RSDP at 0xF0000 in guest RAM | - |
 | real-mode BIOS (bios.py), real-mode and Multiboot guests | IVT at 0x0, handlers at 0xFF000 | PIC bases 0x08/0x70 |
 | pc-testdev (testdev.py) | I/O 0x2000-0x2017, 0xE0-0xE7; MMIO 0xFF000000 | sets lines 0-23 |
@@ -33,6 +34,7 @@ from . import acpi
 from . import bios as _bios
 from .bus import AccessFault, Bus
 from .fwcfg import FwCfg
+from .hpet import Hpet
 from .ioapic import IoApic
 from .lapic import LocalApic
 from .misc import DebugExitPort, KeyboardController, PciHost, PostPort, ResetControl
@@ -68,9 +70,10 @@ class Board:
         self.lapic = LocalApic(self.clock, nmi=self._nmi, eoi_broadcast=self._eoi_broadcast,
                                changed=self._mark)
         self.ioapic = IoApic(self._ioapic_deliver, self._mark)
-        self.pit = Pit(self.clock, lambda level: self.set_irq(PIT_IRQ, level))
+        self.hpet = Hpet(self.clock, self.set_irq, self._mark)
+        self.pit = Pit(self.clock, lambda level: self._legacy_irq(PIT_IRQ, level))
         self.port61 = SystemControlB(self.pit)
-        self.rtc = Rtc(self.clock, lambda level: self.set_irq(RTC_IRQ, level), memory=memory,
+        self.rtc = Rtc(self.clock, lambda level: self._legacy_irq(RTC_IRQ, level), memory=memory,
                        epoch=rtc_epoch)
         self.serial = Uart(lambda level: self.set_irq(COM1_IRQ, level), console_sink)
         self.pm = PowerManagement(self.clock)
@@ -90,6 +93,7 @@ class Board:
         self.bus.add_ports(self.serial, COM1_BASE, 8)
         self.bus.add_mmio(self.lapic, *self.lapic.MMIO)
         self.bus.add_mmio(self.ioapic, *self.ioapic.MMIO)
+        self.bus.add_mmio(self.hpet, *self.hpet.MMIO)
         self.bus.add_mmio(self.testdev, *self.testdev.MMIO)
 
     def latches(self) -> list[tuple[int, object, str, int, bool]]:
@@ -167,6 +171,12 @@ class Board:
             self.pic.set_irq(irq, level)
         self.ioapic.set_irq(isa_to_gsi(irq), level)
         self.changed = True
+
+    def _legacy_irq(self, irq: int, level: bool) -> None:
+        """The PIT's IRQ 0 and the RTC's IRQ 8: cut off while the HPET's legacy replacement
+        route (LEG_RT_CNF) drives those lines."""
+        if not self.hpet.legacy:
+            self.set_irq(irq, level)
 
     def pending_interrupt(self) -> int | None:
         """The vector the CPU would take now with RFLAGS.IF = 1, or None."""

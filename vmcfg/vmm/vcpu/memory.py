@@ -65,10 +65,12 @@ class MemoryMixin:
                 perms = (UC_PROT_READ if "r" in acc else 0) | (UC_PROT_WRITE if "w" in acc else 0)
                 if perms != UC_PROT_READ | UC_PROT_WRITE:
                     self.uc.mem_protect(lo, hi - lo, perms)
-        # devices: the LAPIC and IOAPIC pages (above RAM) go to the board's MMIO bus
+        # devices: the LAPIC, IOAPIC and HPET pages (above RAM) go to the board's MMIO bus
+        # (whole pages: the rest of a smaller device's page reads as all ones)
         for base, size in self.platform.mmio_ranges():
             if base >= self.memory:
-                self.uc.mmio_map(base, size, self._mmio_read, base, self._mmio_write, base)
+                self.uc.mmio_map(base, (size + PAGE - 1) & -PAGE, self._mmio_read, base,
+                                 self._mmio_write, base)
 
     def read_phys(self, addr: int, size: int) -> bytes:
         if addr + size > self.memory:

@@ -150,6 +150,24 @@ def test_periodic_timer_interrupts_every_period_and_collapses_missed_ones():
     assert h.r64(_t(0, 8)) == 800_000
 
 
+def test_a_comparator_written_in_two_halves_gets_both_with_val_set():
+    """A 64-bit store reaches MMIO as two 32-bit writes, low half first: VAL_SET holds for
+    both, and the comparator and the period get the whole value."""
+    h = Hpet()
+    h.w32(_t(0), (1 << 6) | (1 << 3))                # periodic, VAL_SET
+    h.w32(_t(0) + 4, 0)
+    h.w32(_t(0, 8), 0x2000)
+    h.w32(_t(0, 8) + 4, 0x1)
+    assert h.r64(_t(0, 8)) == 0x1_0000_2000
+    assert not h.r64(_t(0)) & (1 << 6)               # VAL_SET reads as 0
+    h.w32(_t(0, 8), 0x3000)                          # without VAL_SET: the period only
+    h.w32(_t(0, 8) + 4, 0)
+    assert h.r64(_t(0, 8)) == 0x1_0000_2000
+    assert h.b.hpet.timers[0].period == 0x3000
+    h.w32(_t(1, 8), 0x500)                           # one-shot: the low half keeps the high
+    assert h.r64(_t(1, 8)) == 0xFFFF_FFFF_0000_0500
+
+
 def test_legacy_route_takes_irq0_from_the_pit():
     h = Hpet()
     h.ioapic_route(2, 0x30)
@@ -231,6 +249,87 @@ def test_guest_enables_the_hpet_and_sees_its_counter_advance(tmp_path, cli):
     p = tmp_path / "hpet.asm"
     p.write_text(GUEST)
     r = cli("launch", "baseline", "--guest", str(p), "--json")
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "debug-exit", doc.get("message")
+    assert doc["guest_exit_code"] == 0
+
+
+IRQ_GUEST = """BITS 64
+org 0x100000
+lea rax, [rel pd3]          ; map the IOAPIC, HPET and LAPIC (2 MiB pages, uncached)
+or rax, 3
+mov rbx, cr3
+mov rbx, [rbx]
+and rbx, ~0xFFF
+mov [rbx + 3 * 8], rax
+lea rdi, [rel pd3]
+mov rax, 0xFEC00000 | 0x93
+mov [rdi + 0x1F6 * 8], rax
+mov rax, 0xFEE00000 | 0x93
+mov [rdi + 0x1F7 * 8], rax
+mov rax, cr3
+mov cr3, rax
+lea rax, [rel tick]         ; IDT gate 0x40 -> tick
+mov rdi, idt + 0x40 * 16
+mov word [rdi], ax
+mov word [rdi + 2], 0x08
+mov word [rdi + 4], 0x8E00
+shr rax, 16
+mov word [rdi + 6], ax
+shr rax, 16
+mov dword [rdi + 8], eax
+lidt [rel idtr]
+mov al, 0xFF                ; PICs masked: the IOAPIC delivers
+out 0x21, al
+out 0xA1, al
+mov rdi, 0xFEE00000
+mov dword [rdi + 0xF0], 0x1FF          ; LAPIC software-enabled
+mov rdi, 0xFEC00000
+mov dword [rdi], 0x14                  ; IOAPIC pin 2 -> vector 0x40, edge
+mov dword [rdi + 0x10], 0x40
+mov dword [rdi], 0x15
+mov dword [rdi + 0x10], 0
+mov rdi, 0xFED00000
+mov qword [rdi + 0x100], 0x4C          ; timer 0: periodic, VAL_SET, interrupts on
+mov qword [rdi + 0x108], 100000        ; 1 ms at 100 MHz
+mov dword [rdi + 0x10], 3              ; enabled, legacy route: timer 0 -> IRQ 0
+sti
+idle: hlt
+cmp dword [rel ticks], 5
+jb idle
+cli
+mov rax, [rdi + 0xF0]
+mov al, 1
+cmp rax, 5 * 100000         ; five periods of the main counter have passed
+jb done
+mov eax, [rdi + 0x108]      ; and the comparator moved on by the period
+cmp eax, 6 * 100000
+mov al, 2
+jb done
+mov al, 0
+done: out 0xf4, al
+hlt
+tick: inc dword [rel ticks]
+push rdi
+mov rdi, 0xFEE00000
+mov dword [rdi + 0xB0], 0              ; EOI (edge: the HPET's status stays clear)
+pop rdi
+iretq
+ticks: dd 0
+idtr: dw 256 * 16 - 1
+dq idt
+align 4096
+pd3: times 4096 db 0
+idt: times 256 * 16 db 0
+"""
+
+
+def test_guest_takes_periodic_hpet_interrupts_on_the_legacy_route(tmp_path, cli):
+    """Timer 0, periodic, legacy replacement route: IRQ 0 through IOAPIC pin 2 to the
+    guest's handler five times, while it waits in HLT."""
+    p = tmp_path / "hpet_irq.asm"
+    p.write_text(IRQ_GUEST)
+    r = cli("launch", "baseline", "--guest", str(p), "--json", "--max-instructions", "2000000")
     doc = json.loads(r.stdout)
     assert doc["status"] == "debug-exit", doc.get("message")
     assert doc["guest_exit_code"] == 0

@@ -110,13 +110,17 @@ class HpetTimer:
 
     set_val = False
 
-    def write_comparator(self, value: int) -> None:
-        value &= self.mask
+    def write_comparator(self, value: int, bytes_mask: int = MASK64) -> None:
+        """A write of the bytes in `bytes_mask`.  In periodic mode it sets the period and,
+        with Tn_VAL_SET_CNF, the comparator too; VAL_SET lasts until the write that
+        reaches the top byte (a 64-bit store arrives as two 32-bit halves, low first)."""
+        m = bytes_mask & self.mask
         if not self.periodic or self.set_val:
-            self.comparator = value
+            self.comparator = (self.comparator & ~m) | (value & m)
         if self.periodic:
-            self.period = value
-        self.set_val = False
+            self.period = (self.period & ~m) | (value & m)
+        if bytes_mask >> 56 or self.mask == MASK32:
+            self.set_val = False
         self.rearm()
 
     # ---- time ------------------------------------------------------------------------
@@ -313,22 +317,17 @@ class Hpet:
 
     def mmio_write(self, offset: int, size: int, value: int) -> None:
         reg, shift = offset & ~7, 8 * (offset & 7)
-        if size >= 8 and shift == 0:
-            self.write_reg(reg, value & MASK64)
-            return
-        m = ((1 << (8 * size)) - 1) << shift
-        if reg == REG_STATUS:                # write-1-to-clear: untouched bytes clear nothing
-            self.write_reg(reg, (value << shift) & m)
-            return
-        old = self._writable_value(reg)
-        self.write_reg(reg, (old & ~m) | ((value << shift) & m))
-
-    def _writable_value(self, reg: int) -> int:
-        """What a partial write merges into: the register as it reads, except that a
-        comparator merges into the period in periodic mode without VAL_SET."""
+        m = (((1 << (8 * size)) - 1) << shift) & MASK64
+        value = (value << shift) & m
         t, r = self._timer_reg(reg)
-        if t is not None and r == 0x08 and t.periodic and not t.set_val:
-            return t.period
-        if t is not None and r == 0x00:
-            return t.config | (VAL_SET_CNF if t.set_val else 0)
-        return self.read_reg(reg)
+        if t is not None and r == 0x08:
+            t.write_comparator(value, m)
+        elif reg == REG_STATUS:              # write-1-to-clear: untouched bytes clear nothing
+            self.write_reg(reg, value)
+        elif m == MASK64:
+            self.write_reg(reg, value)
+        else:
+            old = self.read_reg(reg)
+            if t is not None and r == 0x00 and t.set_val:
+                old |= VAL_SET_CNF           # the other half of a split write keeps it
+            self.write_reg(reg, (old & ~m) | value)

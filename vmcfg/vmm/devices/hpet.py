@@ -70,6 +70,8 @@ class HpetTimer:
         self.comparator = MASK64
         self.period = 0
         self.fsb = 0
+        self.set_val = False                 # Tn_VAL_SET_CNF: the next comparator write sets it
+        self._far = False                    # armed short of a match more than 43 s away
         self.timer = hpet.clock.timer(f"hpet{index}", self._fire)
 
     # ---- registers -------------------------------------------------------------------
@@ -108,8 +110,6 @@ class HpetTimer:
             self.hpet._raise(self)
         self.rearm()
 
-    set_val = False
-
     def write_comparator(self, value: int, bytes_mask: int = MASK64) -> None:
         """A write of the bytes in `bytes_mask`.  In periodic mode it sets the period and,
         with Tn_VAL_SET_CNF, the comparator too; VAL_SET lasts until the write that
@@ -142,8 +142,6 @@ class HpetTimer:
         if self._far:                        # more than 43 s of counting: look again then
             delta = MASK32
         self.timer.arm(h.time_of(count + delta))
-
-    _far = False
 
     def _fire(self, now: int) -> None:
         h = self.hpet

@@ -90,11 +90,12 @@ def _fast(v) -> int:
 LOOP = "mov rsi, {n}\nl:\n{body}\ndec rsi\njnz l\nmov al, 0\nout 0xf4, al\n"
 
 
-def test_the_helper_is_built_where_a_compiler_is():
+def test_the_helper_is_built_where_a_compiler_is(monkeypatch):
     """`pip install -e .` (the README, CI) builds fastexit.c when the machine has a C compiler."""
     if not HAVE_CC:
         pytest.skip("no C compiler on this machine: the Python path is the one that runs")
     assert BUILT, "setup.py did not build vmcfg/vmm/native/_fastexit (reinstall: pip install -e .)"
+    monkeypatch.delenv("VMCFG_NO_NATIVE", raising=False)
     assert native.status().startswith("native")
 
 

@@ -52,9 +52,9 @@ EPT = "[secondary]\nenable_ept = true\n"
 # rule, capability set, passing snippet, failing snippet
 CASES = [
     ("E1", "cvmm", "[raw]\npin = 0x16", "[raw]\npin = 0x0"),
-    ("E1", "cvmm", "[pin]\nnmi_exiting = true", "[pin]\nprocess_posted_interrupts = true"),
+    ("E1", "nehalem", "[pin]\nnmi_exiting = true", "[pin]\nprocess_posted_interrupts = true"),
     ("E2", "cvmm", "[primary]\nhlt_exiting = true", "[primary]\nactivate_tertiary_controls = true"),
-    ("E3", "cvmm", "[secondary]\nenable_rdtscp = true", "[secondary]\nvirtualize_apic_accesses = true"),
+    ("E3", "cvmm", "[secondary]\nenable_rdtscp = true", "[secondary]\nenable_pml = true"),
     ("E4", lambda: custom(SPR, "primary.activate_tertiary_controls", "tertiary.ipi_virtualization"),
      "[primary]\nactivate_tertiary_controls = true\n[tertiary]\nipi_virtualization = true",
      "[primary]\nactivate_tertiary_controls = true\n[tertiary]\nloadiwkey_exiting = true"),

@@ -137,3 +137,39 @@ def test_smsw_to_a_wide_register_stores_cr0(bits, tmp_path):
     else:
         res, _ = run("baseline", str(g))
     assert res.status == "debug-exit" and res.guest_exit_code == 0, res.console
+
+
+
+RF16 = """bits 16
+org 0x7c00
+        pushfd
+        pop eax
+        and eax, ~2
+        or eax, 0xffc18028
+        push eax
+        push dword 0
+        push dword after
+        iretd
+after:  nop
+        nop
+        pushfd
+        pop ebx
+        test ebx, 0x10000
+        jnz bad
+        mov al, 0
+        out 0xf4, al
+bad:    mov al, 1
+        out 0xf4, al
+"""
+
+
+def test_pushf_after_iret_does_not_store_rf(tmp_path):
+    """IRETD in real mode loads RF from its image; the next instruction clears it and PUSHF
+    never stores it (the engine's 16/32-bit PUSHF stored RF, and RF stayed set)."""
+    g = tmp_path / "rf.asm"
+    g.write_text(RF16)
+    p = tmp_path / "kut.toml"
+    p.write_text(KUT_LIKE)
+    res, _ = run(str(p), str(g), mode=16, load_address=0x7C00)
+    assert res.status == "debug-exit" and res.guest_exit_code == 0
+    assert res.instructions == 16

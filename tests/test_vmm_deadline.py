@@ -132,3 +132,64 @@ def test_timer_interrupt_is_taken_at_the_first_block_boundary_after_it(tmp_path)
     assert all(0 <= x <= 34 for x in late), late
     again, t0b, stamps_b = _late_run(tmp_path)
     assert (t0b, stamps_b) == (t0, stamps) and again.instructions == res.instructions
+
+
+SHADOW_GUEST = """
+bits 64
+org 0x100000
+        jmp start
+%include "lib64.inc"
+start:
+        gate 0x20, tick
+        lidt [idtr]
+        pic_init
+        xor al, al
+        out 0x21, al
+        mov al, 0x34                    ; PIT ch0 mode 2, period 997 ticks
+        out 0x43, al
+        mov ax, 997
+        out 0x40, al
+        mov al, ah
+        out 0x40, al
+again:                                  ; the timer expires in the CLI section; the engine
+        cli                             ; stops at the block end, which is right after STI
+%rep 20
+        inc rbx
+%endrep
+        sti
+shadow: inc rcx                         ; STI's shadow: never interrupted before this one
+        inc rdx
+        cmp qword [rel ticks], 30
+        jb again
+        cli
+        mov al, [rel bad]
+        out 0xf4, al
+tick:   push rax
+        lea rax, [rel shadow]
+        cmp [rsp + 8], rax              ; the return RIP: the instruction after STI?
+        jne .ok
+        mov byte [rel bad], 1           ; taken inside the shadow
+.ok:    inc qword [rel ticks]
+        mov al, 0x20
+        out 0x20, al
+        pop rax
+        iretq
+align 16
+idtr:   dw 256 * 16 - 1
+        dq idt
+align 4096
+idt:    times 256 * 16 db 0
+ticks:  dq 0
+bad:    db 0
+"""
+
+
+def test_timer_interrupt_waits_for_the_sti_shadow(tmp_path):
+    """Interrupts requested while IF = 0 are taken after the instruction that follows STI,
+    also when the engine stops at the block boundary right after the STI."""
+    from vmm_helpers import run
+    g = tmp_path / "shadow.asm"
+    g.write_text(SHADOW_GUEST)
+    res, _ = run("baseline", str(g), max_instructions=2_000_000)
+    assert res.status == "debug-exit" and res.guest_exit_code == 0
+    assert res.instructions > 30 * 25

@@ -1,9 +1,9 @@
 """vmcfg set PROFILE KEY=VALUE... / vmcfg unset PROFILE KEY...
 
-Edits a profile file in place, format-preserving (tomlkit), validated before
-it is written, written atomically under a lock.  Also home of the small
-helpers the other authoring commands share (`load_shared_caps`,
-`profile_file`, completion callbacks for keys).
+Edits a profile file in place, format-preserving: the edits are staged in one
+ProfileTransaction (profile/transaction.py), checked, and written atomically under
+the file's lock unless the result is invalid.  This module parses the arguments and
+renders the changes; it also holds the completion callbacks for keys.
 """
 
 from __future__ import annotations
@@ -62,8 +62,8 @@ def run_edit(path: str, ops: list[tuple], *, cpu, caps_file, force: bool, dry_ru
              as_json: bool) -> int:
     """Stage `ops` (("set", key, op, value) / ("unset", key)) in one ProfileTransaction,
     check, commit unless refused or a dry run; render the report."""
-    from ..profile.values import EditError
     from ..profile.source import ProfileError
+    from ..profile.values import EditError
     from ..profile.transaction import ProfileTransaction, Refused, WriteError
 
     caps = load_shared_caps(cpu, caps_file)

@@ -373,3 +373,233 @@ class VirtualApic:
                 "visr": [v for v in range(256) if self.visr >> v & 1],
                 "delivered": self.delivered, "virtual_eois": self.virtual_eois,
                 "posted": self.posted}
+
+
+# ==================================================================== the vCPU's side
+# What the vCPU does with the answers above.  Each function takes the vCPU (`v`); the vCPU
+# calls them from one line each (its MMIO callbacks, its event check, its run loop).
+
+def sync_pc_hook(uc, access, address, size, value, user_data) -> None:
+    """A memory hook over the APIC-access page: its presence makes the engine keep RIP exact
+    for each access there (inside an MMIO callback RIP is otherwise the block's start)."""
+
+
+def _here(v) -> tuple[int, int]:
+    """(RIP, instructions retired before it) inside an MMIO callback."""
+    return v.rip, v._mmio_icount if v._mmio_icount is not None else v.icount
+
+
+def _stop(v, ev: tuple) -> None:
+    """Abandon the accessing instruction (it has not retired) and hand `ev` to the run loop;
+    Unicorn restarts the instruction when the guest resumes at it."""
+    if v._event is None:
+        v._event = ev
+    v.uc.emu_stop()
+
+
+def _plain_store(v, rip: int):
+    """The instruction at `rip` if it is a MOV to memory (a store with no other effect),
+    else None."""
+    from . import decode as D
+    raw = v._code_bytes(rip)
+    if raw is None:
+        return None
+    instr = D.decode_one(raw, rip, v.bitness)
+    if instr.code == 0 or instr.mnemonic != D.M.MOV or instr.op0_kind != D.OpKind.MEMORY:
+        return None
+    return D.make_insn(instr, raw, v.bitness, "apic_access")
+
+
+def mmio_read(v, address: int, size: int) -> int:
+    """A guest read of the APIC-access page (virtualize APIC accesses is on)."""
+    here = _here(v)
+    if v.apicv_pass == here:
+        return v.platform.mmio_read(address, size)
+    a = v.apicv.xapic_access(address & 0xFFF, size, False)
+    if a.kind == "read":
+        return a.value
+    _stop(v, ("apic_access", a.qualification, here))
+    return 0
+
+
+def mmio_write(v, address: int, size: int, value: int) -> bool:
+    """A guest write to the APIC-access page.  Returns True when it went to the device."""
+    here = _here(v)
+    if v.apicv_pass == here:
+        v.platform.mmio_write(address, size, value)
+        return True
+    a = v.apicv.xapic_access(address & 0xFFF, size, True, value)
+    if a.kind == "exit":
+        _stop(v, ("apic_access", a.qualification, here))
+        return False
+    ins = _plain_store(v, here[0])
+    if ins is not None:
+        # the store is done (in the virtual-APIC page): retire the MOV, then its trap
+        _stop(v, ("apic_write", a.trap, here, ins.address + ins.length))
+    elif a.trap is not None or v.apicv.pending() is not None:
+        # another instruction (read-modify-write, string store): it completes; what follows
+        # the write is taken at the next stop of the engine
+        v.apicv_late = a.trap
+        if v._event is None:
+            v._event = ("resume",)
+        v.counter.request_stop()
+    return False
+
+
+def handle_event(v, ev: tuple) -> None:
+    """The run loop's part of an APIC access or write the MMIO callback stopped at."""
+    from .exitinfo import VmExit
+    kind, here = ev[0], ev[2]
+    rip, retired = here
+    v.icount = retired
+    v.counter.set_count(retired)
+    v.set_rip(rip)
+    if kind == "apic_access":
+        qual = ev[1]
+        from . import decode as D
+        raw = v._code_bytes(rip) or b""
+        instr = D.decode_one(raw, rip, v.bitness) if raw else None
+        length = instr.len if instr is not None and instr.code else 0
+        ex = VmExit(Exit.APIC_ACCESS, qual, rip, length, raw[:length],
+                    D.format_instr(instr) if length else "",
+                    data={"offset": qual & 0xFFF,
+                          "access": ACCESS_TYPE_NAMES.get(qual >> 12 & 0xF, "?")})
+        v.apicv_pass = None
+        v.vmexit(ex)
+        v._exit_outcome()
+        return
+    # a virtualized MOV store: retire it, then the trap-like exit (if any) at the next RIP
+    trap, nxt = ev[1], ev[3]
+    v.icount = retired + 1
+    v.counter.set_count(v.icount)
+    v.set_rip(nxt)
+    if trap is not None:
+        take_trap(v, trap)
+
+
+def x2apic_msr(v, ins, msr: int, write: bool, nxt: int) -> tuple[bool, int | None]:
+    """RDMSR/WRMSR of an x2APIC MSR the MSR bitmap let through, under virtualize x2APIC mode:
+    (virtualized, RIP to resume at).  Not virtualized: the local APIC takes it as usual."""
+    from .outcome import GuestFault
+    vapic = v.apicv
+    if not write:
+        value = vapic.rdmsr(msr)
+        if value is None:
+            return False, None
+        v.set_gpr(0, value & 0xFFFFFFFF, 4)
+        v.set_gpr(2, value >> 32, 4)
+        return True, nxt
+    try:
+        done, trap = vapic.wrmsr(msr, (v.gpr(2, 4) << 32) | v.gpr(0, 4))
+    except VirtualGp:
+        raise GuestFault(13, 0) from None
+    if not done:
+        return False, None
+    if trap is not None:
+        return True, v._trap_exit(trap.reason, ins, nxt, trap.qualification, data=dict(trap.data))
+    if vapic.pending() is not None and v._event is None:
+        v._event = ("resume",)            # a virtual interrupt may be delivered now
+    return True, nxt
+
+
+def after_tpr_write(v, ins, nxt: int) -> int | None:
+    """MOV to CR8 under use TPR shadow (VTPR already written): TPR virtualization."""
+    trap = v.apicv.tpr_virtualization()
+    if trap is not None:
+        return v._trap_exit(trap.reason, ins, nxt, trap.qualification, data=dict(trap.data))
+    if v.apicv.pending() is not None and v._event is None:
+        v._event = ("resume",)
+    return nxt
+
+
+def fetch_exit(v, rip: int) -> None:
+    """An instruction fetch from the APIC-access page: an APIC-access exit (fault-like,
+    access type 2) before the instruction; the default handler ends the run."""
+    from .exitinfo import VmExit
+    qual = (ACCESS_FETCH << 12) | (rip & 0xFFF)
+    v.vmexit(VmExit(Exit.APIC_ACCESS, qual, rip,
+                    data={"offset": rip & 0xFFF, "access": ACCESS_TYPE_NAMES[ACCESS_FETCH]}))
+    v.set_rip(v._exit_outcome())
+
+
+def take_trap(v, trap: Trap) -> None:
+    """A trap-like exit after a virtualized access: RIP is already the next instruction."""
+    from .exitinfo import VmExit
+    v.vmexit(VmExit(trap.reason, trap.qualification, v.rip, data=dict(trap.data)))
+    v._exit_outcome()
+
+
+def late_exit(v):
+    """The trap-like exit of a virtualized write by a read-modify-write instruction (see
+    mmio_write), due at this boundary; None if there is none."""
+    if v.apicv_late is None:
+        return None
+    from .exitinfo import VmExit
+    trap, v.apicv_late = v.apicv_late, None
+    return VmExit(trap.reason, trap.qualification, v.rip, data=dict(trap.data))
+
+
+def pending_event(v, if_on: bool, shadow: bool) -> int | None:
+    """At an instruction boundary: a virtual interrupt to deliver through the guest IDT now
+    (RFLAGS.IF = 1, no STI/MOV-SS blocking, interrupt-window exiting off, RVI[7:4] >
+    VPPR[7:4]), with its delivery done in the virtual APIC; None if there is none."""
+    vapic = v.apicv
+    if not if_on or shadow:
+        return None
+    if vapic.pending(v._on["primary.interrupt_window_exiting"]) is None:
+        return None
+    return vapic.deliver()
+
+
+def posted_notification(v, vector: int) -> bool:
+    """An external interrupt `vector` is pending with external-interrupt exiting: if it is
+    the posted-interrupt notification vector, acknowledge it, process the descriptor and
+    write the local APIC's EOI -- no VM exit.  Returns True when it was one."""
+    if not v.apicv.is_notification(vector):
+        return False
+    v.ack_interrupt()
+    v.apicv.process_posted()
+    lapic = v.platform.lapic
+    if lapic.isr >> vector & 1:
+        lapic.eoi()
+    return True
+
+
+def pass_on_as_virtual(v, vector: int) -> None:
+    """The default external-interrupt handler under virtual-interrupt delivery: the vector
+    goes to VIRR/RVI; the local APIC gets its EOI unless the vector is level-triggered."""
+    lapic = v.platform.lapic
+    if lapic.isr >> vector & 1 and not lapic.tmr >> vector & 1 and \
+            _highest(lapic.isr) == vector:
+        lapic.eoi()
+    v.apicv.request(vector)
+
+
+def pass_access_on(ctx) -> None:
+    from .outcome import RunEnd
+    ex = ctx.exit
+    v = ctx.vcpu
+    if ex.qualification >> 12 & 0xF == ACCESS_FETCH:
+        ctx.ended = RunEnd("error", None, f"the guest fetched code from the APIC-access page "
+                                          f"at RIP {ex.rip:#x}")
+        return
+    if v.rip == ex.rip:             # not skipped by a handler: the access runs again, for real
+        v.apicv_pass = (ex.rip, v.icount)
+
+
+def pass_write_on(ctx) -> None:
+    from .devices.bus import AccessFault
+    v = ctx.vcpu
+    off = ctx.exit.qualification & 0xFF0
+    try:
+        v.platform.lapic.write(off, v.apicv.reg(off))
+    except AccessFault:
+        pass
+
+
+def pass_eoi_on(ctx) -> None:
+    v = ctx.vcpu
+    vector = ctx.exit.qualification & 0xFF
+    lapic = v.platform.lapic
+    if lapic.isr >> vector & 1 and _highest(lapic.isr) == vector:
+        lapic.eoi()

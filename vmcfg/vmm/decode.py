@@ -43,12 +43,12 @@ VMX_REASON: dict[int, int] = {
 
 ALL_KINDS: frozenset[str] = frozenset(_MNEMONIC_KIND.values()) | frozenset(
     f"mov_{d}_cr{n}" for d in ("to", "from") for n in (0, 2, 3, 4, 8)) | {"mov_dr", "ss_load",
-                                                                           "smsw_wide"}
+                                                                           "smsw_wide", "pushf_rf"}
 
 # Bytes that can begin the opcode of a sensitive instruction (after prefixes):
-# 0F xx escapes, HLT, PAUSE (F3 90), IN/OUT, INS/OUTS, STI, POPF, IRET, MOV SS, POP SS.
+# 0F xx escapes, HLT, PAUSE (F3 90), IN/OUT, INS/OUTS, STI, PUSHF, POPF, IRET, MOV SS, POP SS.
 _OPCODE_BYTES = frozenset([0x0F, 0xF4, 0x90, 0xE4, 0xE5, 0xE6, 0xE7, 0xEC, 0xED, 0xEE, 0xEF,
-                           0x6C, 0x6D, 0x6E, 0x6F, 0xFB, 0x9D, 0xCF, 0x8E, 0x17])
+                           0x6C, 0x6D, 0x6E, 0x6F, 0xFB, 0x9C, 0x9D, 0xCF, 0x8E, 0x17])
 _PREFIX_BYTES = frozenset([0x66, 0x67, 0xF2, 0xF3, 0xF0, 0x2E, 0x36, 0x3E, 0x26, 0x64, 0x65])
 _REX = frozenset(range(0x40, 0x50))
 # a stored byte in this set may create a sensitive instruction
@@ -136,6 +136,8 @@ def classify(instr: ix.Instruction) -> str | None:
                 if r in _DR_NUM:
                     return "mov_dr"
         return None
+    if m in (M.PUSHF, M.PUSHFD) and instr.code_size != ix.CodeSize.CODE64:
+        return "pushf_rf"               # the engine's PUSHF outside 64-bit code stores RF
     if m == M.SMSW and instr.op0_kind == OpKind.REGISTER and gpr_size(instr.op0_register) > 2:
         return "smsw_wide"              # SMSW r32/r64: the engine would store only 16 bits
     return _MNEMONIC_KIND.get(m)

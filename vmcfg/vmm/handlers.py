@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 from ..vmx.config import VmxConfig
 from ..vmx.exits import Exit as E
-from ..vmx.exits import Vector, lookup_exit
+from ..vmx.exits import InterruptionType, Vector, lookup_exit
 from ..vmx.registers import GPR_NAMES
 from ..vmx.table import CONTROL_BY_PATH
 from .exitinfo import VmExit
@@ -445,10 +445,10 @@ def h_exception(ctx: ExitContext) -> None:
     ex = ctx.exit
     vector = ex.interruption_info & 0xFF
     itype = (ex.interruption_info >> 8) & 7
-    if itype == 2:                 # an NMI exit (nmi_exiting): give the guest the NMI
+    if itype == InterruptionType.NMI:   # an NMI exit (nmi_exiting): give the guest the NMI
         ctx.vcpu.reflect_nmi()
         return
-    if vector == 14:
+    if vector == Vector.PF:
         ctx.vcpu.set_cr(2, ex.qualification)
     next_rip = ex.data.get("next_rip")
     ctx.vcpu.set_rip(ex.rip)
@@ -466,12 +466,20 @@ def h_triple(ctx: ExitContext) -> None:
 
 def h_external_interrupt(ctx: ExitContext) -> None:
     """Like a host that passes the interrupt on: acknowledge it (if the exit did not),
-    and deliver it to the guest as soon as its RFLAGS.IF allows."""
+    and deliver it to the guest as soon as its RFLAGS.IF allows.  With virtual-interrupt
+    delivery the interrupt becomes a virtual one (VIRR, RVI) and the local APIC gets its EOI
+    at once -- except a level-triggered one, which stays in service there until the guest's
+    virtual EOI (an EOI-induced exit: list the vector in apic.eoi_exit)."""
     v = ctx.vcpu
     info = ctx.exit.interruption_info
     vec = info & 0xFF if info >> 31 else v.ack_interrupt()
-    if vec is not None:
-        v.reflect_interrupt(vec)
+    if vec is None:
+        return
+    if v.apicv.vid:
+        from .apicv import pass_on_as_virtual
+        pass_on_as_virtual(v, vec)
+        return
+    v.reflect_interrupt(vec)
 
 
 def h_interrupt_window(ctx: ExitContext) -> None:
@@ -491,6 +499,28 @@ def h_mtf(ctx: ExitContext) -> None:
 
 def h_tpr_below_threshold(ctx: ExitContext) -> None:
     """TPR below threshold (trap-like, after the MOV to CR8): nothing to deliver, resume."""
+
+
+def h_apic_access(ctx: ExitContext) -> None:
+    """APIC access (fault-like): pass the access on -- the instruction runs again and this
+    time its access reaches the local APIC (a fetch cannot be passed on: the run ends)."""
+    from .apicv import pass_access_on
+    pass_access_on(ctx)
+
+
+def h_apic_write(ctx: ExitContext) -> None:
+    """APIC write (trap-like): the value is in the virtual-APIC page; give it to the local
+    APIC's register at that offset, as a host that emulates the APIC does."""
+    from .apicv import pass_write_on
+    pass_write_on(ctx)
+
+
+def h_eoi_induced(ctx: ExitContext) -> None:
+    """Virtualized EOI of a vector in the EOI-exit bitmap (trap-like): if the local APIC
+    still has the vector in service (a level-triggered interrupt the VMM passed on), it gets
+    its EOI now (the IOAPIC sees it)."""
+    from .apicv import pass_eoi_on
+    pass_eoi_on(ctx)
 
 
 def h_ptimer(ctx: ExitContext) -> None:
@@ -555,6 +585,9 @@ DEFAULT_HANDLERS: dict[int, Callable[[ExitContext], None]] = _Defaults({
     E.MONITOR: h_nop,
     E.PAUSE: h_nop,
     E.TPR_BELOW_THRESHOLD: h_tpr_below_threshold,
+    E.APIC_ACCESS: h_apic_access,
+    E.EOI_INDUCED: h_eoi_induced,
+    E.APIC_WRITE: h_apic_write,
     E.GDTR_IDTR_ACCESS: h_desc,
     E.LDTR_TR_ACCESS: h_desc,
     E.EPT_VIOLATION: h_ept,

@@ -160,9 +160,10 @@ def build_plan(profile: str, *, guest: str | None = None, mode: int | str | None
     plan = LaunchPlan(cfg, r.caps, profile, r.profile_path, image, spec, run_mode, mem, hmap,
                       max_instructions, timeout, nmi_at, serial_input, cmdline or "",
                       clock or "virtual", boot)
-    from .run import LaunchError, check_layout
+    from .run import LaunchError, check_apic_access_page, check_layout
     try:
         check_layout(image, mem, run_mode)
+        check_apic_access_page(cfg, mem)
     except LaunchError as e:
         raise PlanError(str(e)) from None
     return plan

@@ -35,6 +35,7 @@ class RunResult:
     exit_order: list[int] = field(default_factory=list)
     vpid: int | None = None          # the VPID the guest ran with (secondary.enable_vpid)
     fault_text: str | None = None    # the VMM's register dump at an error (human report only)
+    apicv: dict | None = None        # the virtual APIC at the end (APIC virtualization controls)
 
     @property
     def exit_status(self) -> int:
@@ -56,6 +57,8 @@ class RunResult:
             d["registers"] = self.registers
         if self.vpid is not None:
             d["vpid"] = self.vpid
+        if self.apicv is not None:
+            d["apicv"] = self.apicv
         return d
 
 
@@ -237,6 +240,16 @@ class LaunchError(Exception):
     """Bad input found before the guest starts (exit status 2)."""
 
 
+def check_apic_access_page(cfg: VmxConfig, memory: int) -> None:
+    """The VMM sees APIC-access-page accesses through MMIO: the page must be above RAM."""
+    aa = cfg.settings["vmcs"]["apic_access_page"]
+    if cfg.on("secondary.virtualize_apic_accesses") and aa is not None and aa < memory:
+        raise LaunchError(f"vmcs.apic_access_page = {aa:#x} is inside guest RAM (0x0-"
+                          f"{memory - 1:#x}): vmcfg's VMM virtualizes APIC accesses on a page "
+                          "above RAM only; remove it (the local APIC's page 0xFEE00000) or "
+                          "choose a page above RAM")
+
+
 def check_layout(image: Image, memory: int, mode: int) -> None:
     from .vcpu import VMM_AREA_END
     for addr, data in image.segments:
@@ -283,6 +296,7 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
     from .vcpu import Vcpu
     t0 = time.perf_counter()
     check_layout(image, memory, mode)
+    check_apic_access_page(cfg, memory)
     problems = check_entry(cfg, mode)
     if problems:
         return _entry_failure(problems, t0)
@@ -346,6 +360,8 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
     res.fault_text = vcpu.fault_dump
     if cfg.on("secondary.enable_vpid"):
         res.vpid = cfg.settings["vpid"]["id"]
+    if vcpu.apicv.active or cfg.on("pin.process_posted_interrupts"):
+        res.apicv = vcpu.apicv.report()
     return res
 
 

@@ -179,7 +179,7 @@ def _spr(**ept: int) -> dict[int, int]:
 
 # cvmm: what vmcfg's emulated VMM implements (see README "The cvmm capability set").
 CVMM_FEATURES = {
-    "pin": PIN4,
+    "pin": PIN4 + ["process_posted_interrupts"],
     "primary": ["interrupt_window_exiting", "use_tsc_offsetting", "hlt_exiting",
                 "invlpg_exiting", "mwait_exiting", "rdpmc_exiting", "rdtsc_exiting",
                 "cr3_load_exiting", "cr3_store_exiting", "cr8_load_exiting",
@@ -187,7 +187,9 @@ CVMM_FEATURES = {
                 "unconditional_io_exiting", "use_io_bitmaps", "monitor_trap_flag",
                 "use_msr_bitmaps", "monitor_exiting", "pause_exiting",
                 "activate_secondary_controls"],
-    "secondary": ["enable_ept", "descriptor_table_exiting", "enable_rdtscp", "enable_vpid",
+    "secondary": ["virtualize_apic_accesses", "enable_ept", "descriptor_table_exiting",
+                  "enable_rdtscp", "virtualize_x2apic_mode", "enable_vpid",
+                  "apic_register_virtualization", "virtual_interrupt_delivery",
                   "wbinvd_exiting", "unrestricted_guest", "pause_loop_exiting",
                   "rdrand_exiting", "enable_invpcid", "rdseed_exiting", "use_tsc_scaling"],
     "exit": ["save_debug_controls", "host_address_space_size", "acknowledge_interrupt_on_exit",

@@ -36,6 +36,7 @@ _CR = _SEGS + 10 * _SEG_SIZE
 
 # QEMU hflags bits
 HF_CPL_MASK = 3
+HF_INHIBIT_IRQ = 1 << 3          # blocking by STI / MOV SS for the next instruction
 HF_CS32 = 1 << 4
 HF_SS32 = 1 << 5
 HF_ADDSEG = 1 << 6

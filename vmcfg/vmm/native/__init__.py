@@ -139,6 +139,7 @@ class FastExit:
         for i in range(NLATCH):
             st.latch[i].port = NO_PORT
         self._bitmap = (ctypes.c_uint8 * 8192)()
+        self.io_bitmap = bytes(8192)                # the same bits, for the Python path
         st.io_bitmap = ctypes.addressof(self._bitmap)
         self._entries: dict[int, FxEntry] = {}
         self._latch_ports: dict[int, int] = {}
@@ -224,6 +225,7 @@ class FastExit:
         st.exit_cost = exit_cost
         if bitmap is not None:
             ctypes.memmove(self._bitmap, bitmap, 8192)
+            self.io_bitmap = bytes(bitmap)
         st.flags = f
 
     def python_only(self, reason: int, yes: bool) -> None:

@@ -107,6 +107,8 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         self._event: tuple | None = None
         self._skip_once: int | None = None
         self._iw_steps = 0
+        self._hflags = 0                 # the engine's hflags at the last _sync_mode
+        self._stub_stopped = False       # the block counter stopped the last engine run
         self._in_hook = False
         self._deadline_kind: str | None = None
         self._exc_dirty = False
@@ -171,3 +173,4 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         self.cpuid = self._make_cpuid(config)
         self.wall_in_vmm = 0.0
         self._fx_attach()
+        self._apicv_attach()

@@ -10,13 +10,15 @@ import struct
 from unicorn import (UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_16, UC_MODE_32, UC_MODE_64, Uc,
                      UcError, x86_const as X)
 from unicorn.unicorn_py3.unicorn import uclib
+from .. import apicv as _apicv
 from .. import decode as D
 from ..cpu.delivery import DeliveryFault, deliver_event, nested
+from ..cpu.state import HF_INHIBIT_IRQ
 from ..exitinfo import (INTR_EXTERNAL, INTR_HW_EXCEPTION, INTR_NMI, INTR_PRIV_SW_EXCEPTION,
                         INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit, interruption_info)
 from .common import _ERROR_CODE_VECTORS
 from .intercepts import trapped_kinds
-from ...vmx.exits import Exit
+from ...vmx.exits import Exit, FIRST_EXTERNAL_VECTOR, LAST_VECTOR, Vector
 
 
 _OLD_EXC_OFFSET: dict[int, int | None] = {}
@@ -76,7 +78,7 @@ class EventsMixin:
         self._sync_mode()
         rip = self.rip
         # CR2 now: after this hook Unicorn jumps to a stale "next EIP", which may fault again
-        self._event = ("intr", intno, rip, self._retired_at(rip), self.cr(2) if intno == 14 else None)
+        self._event = ("intr", intno, rip, self._retired_at(rip), self.cr(2) if intno == Vector.PF else None)
         uc.emu_stop()
 
     def _on_fastcall(self, uc, which):
@@ -150,7 +152,7 @@ class EventsMixin:
     def _exception_exits(self, vector: int, error_code: int | None) -> bool:
         bm = self.cfg.exception_bitmap()
         bit = bool(bm >> vector & 1)
-        if vector == 14:
+        if vector == Vector.PF:
             s = self.cfg.settings["exceptions"]
             match = ((error_code or 0) & s["pf_error_code_mask"]) == s["pf_error_code_match"]
             return match == bit
@@ -172,7 +174,7 @@ class EventsMixin:
                 raw = self.read_code(rip, dec.len)
                 text = D.format_instr(dec)
             qual = 0
-            if vector == 14:
+            if vector == Vector.PF:
                 qual = cr2 if cr2 is not None else self.cr(2)
             ex = VmExit(Exit.EXCEPTION_NMI, qual, rip, ins_len if itype in (INTR_SW_EXCEPTION, INTR_PRIV_SW_EXCEPTION) else 0,
                         raw, text, interruption_info(vector, itype, error_code is not None),
@@ -214,7 +216,7 @@ class EventsMixin:
         if how == "triple" or depth >= 3:
             self.triple_fault(rip)
             return
-        if fault.vector == 14 and fault.cr2 is not None:
+        if fault.vector == Vector.PF and fault.cr2 is not None:
             self.set_cr(2, fault.cr2)
         if how == "double":
             self.raise_exception(8, 0, rip, _depth=depth + 1)
@@ -249,6 +251,37 @@ class EventsMixin:
             return VmExit(Exit.PREEMPTION_TIMER, 0, self.rip)
         return self._events()
 
+    # ---- APIC virtualization (the processor's rules are in vmcfg/vmm/apicv.py) ----------
+    @property
+    def vtpr(self) -> int:
+        """VTPR: byte 0x80 of the virtual-APIC page (use TPR shadow)."""
+        return self.apicv.vtpr
+
+    @vtpr.setter
+    def vtpr(self, value: int) -> None:
+        self.apicv.vtpr = value
+
+    def _apicv_attach(self) -> None:
+        """Keep the memory hook over the APIC-access page (exact RIPs for its accesses) in
+        step with virtualize APIC accesses; fill the virtual-APIC page from the local APIC
+        when register virtualization starts."""
+        from unicorn import UC_HOOK_MEM_READ, UC_HOOK_MEM_WRITE
+        a = self.apicv
+        if a.apic_accesses and self._apicv_hook is None:
+            pg = a.access_page
+            if pg >= self.memory and not any(b <= pg < b + n for b, n in self.platform.mmio_ranges()):
+                # an APIC-access page of its own above RAM: map it (passed-on accesses reach
+                # the board's bus there, like any other address without a device)
+                self.uc.mmio_map(pg, 0x1000, self._mmio_read, pg, self._mmio_write, pg)
+            self._apicv_hook = self.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE,
+                                                _apicv.sync_pc_hook, None, pg, pg + 0xFFF)
+        elif not a.apic_accesses and self._apicv_hook is not None:
+            self.uc.hook_del(self._apicv_hook)
+            self._apicv_hook = None
+        if a.register_virt and not getattr(self, "_apicv_loaded", False):
+            a.load_from_lapic(self.platform.lapic)
+            self._apicv_loaded = True
+
     def _events(self) -> VmExit | None:
         """Pending NMIs and interrupts at an instruction boundary: exit, deliver or wait."""
         on = self._on
@@ -264,7 +297,13 @@ class EventsMixin:
                     self._live_nmi = False
                     self._nmi_pending = True
         shadow = self._iw_steps > 0
+        # the engine ends a block after STI and MOV SS / POP SS and keeps their blocking in
+        # hflags: an engine stop at a block boundary (a device timer) may fall right after one
+        engine_shadow = not shadow and self._engine_shadow()
+        shadow = shadow or engine_shadow
         if_on = bool(self.rflags & (1 << 9))
+        if self.apicv_late is not None:           # APIC virtualization: a trap-like exit due
+            return _apicv.late_exit(self)
         if on["primary.nmi_window_exiting"] and on["pin.virtual_nmis"] and not self._nmi_blocked:
             return VmExit(Exit.NMI_WINDOW, 0, self.rip)
         if self._nmi_pending and on["pin.nmi_exiting"]:
@@ -283,6 +322,8 @@ class EventsMixin:
         live = self._live_irqs[0] if self._live_irqs else None
         vec = live if live is not None else plat.pending_interrupt()
         ext_exit = on["pin.external_interrupt_exiting"]
+        if vec is not None and ext_exit and _apicv.posted_notification(self, vec):
+            return self._events()                # posted interrupts: processed, no exit
         if vec is not None:
             if ext_exit:
                 if on["exit.acknowledge_interrupt_on_exit"]:
@@ -298,8 +339,18 @@ class EventsMixin:
         elif self._virq and if_on and not shadow:
             self._deliver_event(INTR_EXTERNAL, self._virq.pop(0))
             return None
+        elif self.apicv.vid:                     # virtual-interrupt delivery (apicv.py)
+            vvec = _apicv.pending_event(self, if_on, shadow)
+            if vvec is not None:
+                self._deliver_event(INTR_EXTERNAL, vvec)
+                return None
+        if engine_shadow and if_on and ((vec is not None and not ext_exit) or self._virq or
+                                        (self.apicv.vid and self.apicv.pending() is not None) or
+                                        on["primary.interrupt_window_exiting"]):
+            self._iw_steps = 1           # one more instruction, then the event (_after_step)
         # something waits for RFLAGS.IF or for IRET: watch STI/POPF/IRET
-        waiting = ((vec is not None and not ext_exit) or self._virq) and not if_on
+        waiting = ((vec is not None and not ext_exit) or self._virq or (
+            self.apicv.vid and self.apicv.pending() is not None)) and not if_on
         nmi_wait = (self._nmi_pending or self._nmi_reflect or self._nmi_blocked)
         # an interrupt may become deliverable at any boundary while the timer runs: watch
         # MOV SS / POP SS, whose blocking covers the instruction after them
@@ -313,6 +364,29 @@ class EventsMixin:
                 self._trapped = trapped
                 self._rehook_all()
         return None
+
+    def _engine_shadow(self) -> bool:
+        """Blocking by STI or MOV SS / POP SS at an engine stop: the engine ends a block after
+        them and keeps the blocking in hflags, and the block counter may stop it right there
+        (a device timer).  The flag is believed only when the block that ran last ran to its
+        end natively and its last instruction is one of them (the engine leaves the flag set
+        when a hook retired the next instruction instead)."""
+        if not self._hflags & HF_INHIBIT_IRQ or not self._stub_stopped:
+            return False
+        addr, size, n = self.counter.last_block()
+        rip = self.rip
+        if not size or addr + size != rip:
+            return False
+        last = None
+        a = addr
+        for _ in range(max(n, 1)):
+            last = self._decode_any(a)
+            if last is None:
+                return False
+            a += last.len
+            if a >= rip:
+                break
+        return a == rip and D.classify(last) in ("sti", "ss_load")
 
     def _device_change_needs_stop(self, icount: int) -> bool:
         """A device changed inside one of the engine's hooks (an emulated I/O instruction, an
@@ -373,7 +447,7 @@ class EventsMixin:
         the next instruction boundary (like request_apply)."""
         if kind not in ("nmi", "irq"):
             raise ValueError(f"event kind must be 'nmi' or 'irq', not {kind!r}")
-        if kind == "irq" and not 32 <= vector <= 255:
+        if kind == "irq" and not FIRST_EXTERNAL_VECTOR <= vector <= LAST_VECTOR:
             raise ValueError(f"external interrupt vector must be 32-255, not {vector}")
         with self._cfg_lock:
             if kind == "nmi":

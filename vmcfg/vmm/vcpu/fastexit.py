@@ -10,6 +10,7 @@ import ctypes
 from unicorn import UC_HOOK_CODE, UcError, x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 from .. import decode as D
+from ..counter import W_LAST_ADDR
 from ..exitinfo import VmExit
 from ...vmx.exits import Exit
 from ..native import NWRITE, FastExit
@@ -177,6 +178,8 @@ class FastExitMixin:
         """A trap the Python path did: teach the native one the instruction (mode-free
         encodings only) and where the count of its block stands."""
         e = self.fx.entry(address)
+        if e.kind and e.block == self.counter.state[W_LAST_ADDR]:      # known already
+            return
         if not e.kind:
             self.fx.learn(address, ins.raw, ins.length, self.mode == 64)
             if not e.kind:

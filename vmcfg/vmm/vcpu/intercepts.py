@@ -8,6 +8,7 @@ from __future__ import annotations
 import iced_x86 as ix
 import time
 from typing import Any
+from .. import apicv as _apicv
 from .. import decode as D
 from ...vmx.config import VmxConfig
 from ...vmx.exits import Exit, Vector
@@ -39,8 +40,10 @@ ALWAYS_TRAPPED = frozenset({"cpuid", "invd", "xsetbv", "vmcall", "vmx", "getsec"
                             "rdpmc", "mwait", "monitor", "invpcid",
                             "mov_to_cr4",       # CR4 bits the CPU model lacks: #GP (cr4_allowed)
                             "mov_to_cr8", "mov_from_cr8",    # devices: CR8 is the LAPIC TPR
-                            "smsw_wide"})      # the engine's SMSW r32/r64 stores 16 bits only
+                            "smsw_wide",       # the engine's SMSW r32/r64 stores 16 bits only
+                            "pushf_rf"})       # ... and its 16/32-bit PUSHF stores RF
 CR4_UMIP = 1 << 11
+RFLAGS_RF = 1 << 16
 
 
 # Instruction kinds that raise #GP(0) at CPL > 0 (this check comes before any VM exit)
@@ -188,12 +191,16 @@ class InterceptsMixin:
                 return
         if ins.kind not in self._trapped:
             return
+        if ins.kind == "pushf_rf":
+            self._pushf_rf(address)
+            return
         self._in_hook = True
         try:
             self.icount = self._retired_at(address)
             if self._fx_native:
                 self._fx_learn(address, ins)
-            exits_before = self.exit_count
+            fxs = self._fxs
+            exits_before = fxs.exit_count
             nxt = self._instruction(ins)
             if nxt is not None:
                 self.icount += 1
@@ -201,7 +208,7 @@ class InterceptsMixin:
                 self._pend[self._pc_reg] = self._rip_value(nxt)
                 if self._pending_cfg is not None or self._event is not None or (
                         self.platform.changed and self._device_change_needs_stop(self.icount)) or (
-                        self.exit_count != exits_before and self._reentry_needed()):
+                        fxs.exit_count != exits_before and self._reentry_needed()):
                     if self._event is None:
                         self._event = ("resume",)
                     uc.emu_stop()
@@ -236,14 +243,29 @@ class InterceptsMixin:
             self._trap_flush()
             self._in_hook = False
 
+    def _pushf_rf(self, address: int) -> None:
+        """PUSHF/PUSHFD outside 64-bit code: the engine copies RFLAGS.RF into the image, and
+        keeps RF set after the instruction that follows the IRET that loaded it, where the
+        processor clears it (SDM 17.3.1.1) and PUSHF stores it as 0.  With RF set, clear it
+        and restart the block at the PUSHF (the engine's translated code must not go on
+        with flags rewritten under it); with RF clear, it runs natively."""
+        fl = self.rflags
+        if not fl & RFLAGS_RF:
+            return
+        self.icount = self._retired_at(address)
+        self.counter.set_count(self.icount)
+        self.set_rflags(fl & ~RFLAGS_RF)
+        self._pend[self._pc_reg] = self._rip_value(address)
+        self._trap_flush()
+
     def _reentry_needed(self) -> bool:
         return self._reentry or self.platform.next_event() is not None or bool(self._virq) \
-            or self._nmi_reflect or self._nmi_pending
+            or self._nmi_reflect or self._nmi_pending or self.apicv.pending() is not None
 
     def vmexit(self, ex: VmExit) -> None:
         """Record an exit, run its handler (user or default)."""
-        self.exit_count += 1
-        ex.seq = self.exit_count
+        fxs = self._fxs
+        ex.seq = fxs.exit_count = fxs.exit_count + 1
         ex.instructions = ic = self.icount
         ex.tsc = self._tsc_at(ic)
         if self._on["pin.activate_vmx_preemption_timer"] and self._ptimer_fire is not None \
@@ -301,12 +323,12 @@ class InterceptsMixin:
             raise ctx.fault
         return ctx.resume_rip
 
-    def _trap_exit(self, reason: int, ins: D.Insn, nxt: int, **kw) -> int | None:
+    def _trap_exit(self, reason: int, ins: D.Insn, nxt: int, qual: int = 0, **kw) -> int | None:
         """A trap-like VM exit after `ins` completed: RIP is the next instruction."""
         self.icount += 1                 # the instruction has retired before the exit
         self.counter.set_count(self.icount)
         self.set_rip(nxt)
-        ex = VmExit(reason, 0, nxt, 0, b"", "", insn=None, **kw)
+        ex = VmExit(reason, qual, nxt, 0, b"", "", insn=None, **kw)
         self.vmexit(ex)
         self.icount -= 1                 # _on_trap counts the instruction when it resumes
         self.counter.set_count(self.icount)
@@ -350,9 +372,18 @@ class InterceptsMixin:
                 if write:
                     data["value"] = (self.gpr(2, 4) << 32) | self.gpr(0, 4)
                 return self._exit(Exit.WRMSR if write else Exit.RDMSR, ins, data=data)
+            if self.apicv.x2apic and _apicv.X2APIC_FIRST <= msr <= _apicv.X2APIC_LAST:
+                done, rip = _apicv.x2apic_msr(self, ins, msr, write, nxt)
+                if done:                 # virtualize x2APIC mode (apicv.py)
+                    return rip
             self.emulate_msr(ins)
             return nxt
         if k == "io":
+            if not ins.io_string:             # the common case: no exit, one port access
+                port = ins.port_imm if ins.port_imm is not None else self.gpr(2, 2)
+                if not self._io_exits(port, ins.io_size):
+                    self._io_access(ins, port)
+                    return nxt
             port, size, qual, gla = self._io_params(ins)
             if self._io_exits(port, size):
                 data = {"port": port, "size": size, "direction": "in" if ins.io_in else "out"}
@@ -499,10 +530,9 @@ class InterceptsMixin:
             self.set_cr(8, val)
             if self._on["primary.use_tpr_shadow"]:
                 # SDM 29.3: VTPR[7:4] <- CR8[3:0], then TPR virtualization (29.1.2): below
-                # the threshold, a trap-like TPR-below-threshold exit after the instruction
-                if val & 0xF < self.tpr_threshold & 0xF:
-                    return self._trap_exit(Exit.TPR_BELOW_THRESHOLD, ins, nxt, data={
-                        "vtpr": self.vtpr, "tpr_threshold": self.tpr_threshold})
+                # the threshold a trap-like TPR-below-threshold exit after the instruction;
+                # with virtual-interrupt delivery PPR virtualization and evaluation instead
+                return _apicv.after_tpr_write(self, ins, nxt)
             return nxt
         if k == "mov_from_cr8":
             if self._on["primary.cr8_store_exiting"]:
@@ -530,12 +560,21 @@ class InterceptsMixin:
         return port, size, qual, gla
 
     def _io_exits(self, port: int, size: int) -> bool:
-        on = self.cfg.on
-        if on("primary.use_io_bitmaps"):
+        on = self._on
+        if on["primary.use_io_bitmaps"]:
             if port + size - 1 > 0xFFFF:
                 return True
-            return any(self.cfg.io_port_intercepted(port + i) for i in range(size))
-        return on("primary.unconditional_io_exiting")
+            bm = self.fx.io_bitmap            # the I/O bitmaps, one bit per port
+            return any(bm[p >> 3] >> (p & 7) & 1 for p in range(port, port + size))
+        return on["primary.unconditional_io_exiting"]
+
+    def _io_access(self, ins: D.Insn, port: int) -> None:
+        """IN/OUT (not string I/O) on the board's devices."""
+        size = ins.io_size
+        if ins.io_in:
+            self.set_gpr(0, self.platform.io_read(port, size), size)
+        else:
+            self.platform.io_write(port, size, self.gpr(0, size))
 
     def _ple_check(self) -> bool:
         if not self.cfg.on("secondary.pause_loop_exiting"):
@@ -570,14 +609,11 @@ class InterceptsMixin:
             raise GuestFault(13, 0) from None
 
     def emulate_io(self, ins: D.Insn) -> None:
+        if not ins.io_string:
+            self._io_access(ins, ins.port_imm if ins.port_imm is not None else self.gpr(2, 2))
+            return
         port, size, _q, _g = self._io_params(ins)
         p = self.platform
-        if not ins.io_string:
-            if ins.io_in:
-                self.set_gpr(0, p.io_read(port, size), size)
-            else:
-                p.io_write(port, size, self.gpr(0, size))
-            return
         asz = 8 if self.mode == 64 else 4 if self.mode == 32 else 2
         count = self.gpr(1, asz) if ins.io_rep else 1
         step = -size if self.rflags & (1 << 10) else size
@@ -616,7 +652,8 @@ class InterceptsMixin:
             cands.append((now, "resume"))
         if self.rflags & (1 << 9) or self._on["pin.external_interrupt_exiting"]:
             if self._live_irqs or self.platform.pending_interrupt() is not None or (
-                    self._virq and self.rflags & (1 << 9)):
+                    (self._virq or self.apicv.pending(self._on["primary.interrupt_window_exiting"])
+                     is not None) and self.rflags & (1 << 9)):
                 cands.append((now, "resume"))
             nf = self.platform.next_event()
             if nf is not None:

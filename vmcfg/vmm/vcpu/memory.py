@@ -8,6 +8,7 @@ import ctypes
 from unicorn import (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_PROT_EXEC, UC_PROT_READ,
                      UC_PROT_WRITE, UcError, x86_const as X)
 
+from .. import apicv as _apicv
 from .. import decode as D
 from ...vmx.config import VmxConfig
 from ..exitinfo import VmExit
@@ -134,6 +135,8 @@ class MemoryMixin:
     def _mmio_read(self, uc, offset: int, size: int, base: int) -> int:
         try:
             self._mmio_enter()
+            if self.apicv.covers(base + offset):      # virtualize APIC accesses (apicv.py)
+                return _apicv.mmio_read(self, base + offset, size)
             return self.platform.mmio_read(base + offset, size)
         except BaseException as e:       # pragma: no cover - never let it reach C
             self._event = ("error", e)
@@ -146,7 +149,11 @@ class MemoryMixin:
     def _mmio_write(self, uc, offset: int, size: int, value: int, base: int) -> None:
         try:
             self._mmio_enter()
-            self.platform.mmio_write(base + offset, size, value)
+            if self.apicv.covers(base + offset):      # virtualize APIC accesses (apicv.py)
+                if not _apicv.mmio_write(self, base + offset, size, value):
+                    return
+            else:
+                self.platform.mmio_write(base + offset, size, value)
             if self.platform.changed and self._event is None and \
                     self._device_change_needs_stop(self._mmio_icount):
                 # interrupt state changed: re-check before the next block.  Not emu_stop: a
@@ -171,6 +178,9 @@ class MemoryMixin:
             UC_MEM_FETCH_PROT
         what = "fetch" if access in (UC_MEM_FETCH_UNMAPPED, UC_MEM_FETCH_PROT) else \
             "write" if access in (UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT) else "read"
+        if self.apicv.covers(rip) and rip & ~0xFFF == address & ~0xFFF:
+            _apicv.fetch_exit(self, rip)          # code fetch from the APIC-access page
+            return
         if self.cfg.on("secondary.enable_ept"):
             acc = self._ept_access(address & ~0xFFF) if address < self.memory else ""
             self._ept_violation(rip, address, what, acc or "")

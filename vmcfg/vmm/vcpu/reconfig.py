@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from ...vmx.config import VmxConfig
+from ..apicv import VirtualApic
 from ..outcome import RunEnd
 from ..platform import CpuidModel
 from .common import EXIT_COST, TSC_PER_INSN
@@ -34,8 +35,12 @@ class ReconfigMixin:
         self.ptimer_value = s["preemption_timer"]["value"]
         self.ptimer_rate = 5          # IA32_VMX_MISC[4:0] of the cvmm capability set
         self._ptimer_fire: int | None = None
-        # use TPR shadow: the virtual-APIC page's VTPR lives in the VMM (devices/controls)
-        self.vtpr = s["apic"]["vtpr"] & 0xFF
+        # use TPR shadow and APIC virtualization: the virtual-APIC page lives in the VMM
+        self.apicv = VirtualApic(cfg, read_phys=self.read_phys, write_phys=self.write_phys,
+                                 memory=self.memory)
+        self.apicv_pass: tuple[int, int] | None = None    # an APIC access passed on (RIP, retired)
+        self.apicv_late = None                             # a trap due at the next boundary
+        self._apicv_hook: int | None = None
         self.tpr_threshold = s["apic"]["tpr_threshold"]
 
     def _make_cpuid(self, cfg: VmxConfig) -> CpuidModel:
@@ -116,10 +121,9 @@ class ReconfigMixin:
             self.cr3_targets = list(s_new["cr3"]["targets"])
         if s_old["preemption_timer"] != s_new["preemption_timer"]:
             self.ptimer_value = s_new["preemption_timer"]["value"]
-        if s_old["apic"] != s_new["apic"]:
-            self.tpr_threshold = s_new["apic"]["tpr_threshold"]
-            if s_old["apic"]["vtpr"] != s_new["apic"]["vtpr"]:
-                self.vtpr = s_new["apic"]["vtpr"] & 0xFF
+        self.tpr_threshold = s_new["apic"]["tpr_threshold"]
+        self.apicv.configure(cfg, old=s_old)
+        self._apicv_attach()
         if s_old.get("cpuid") != s_new.get("cpuid") or \
                 old.on("secondary.enable_rdtscp") != cfg.on("secondary.enable_rdtscp") or \
                 old.on("secondary.enable_invpcid") != cfg.on("secondary.enable_invpcid"):

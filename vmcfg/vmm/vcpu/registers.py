@@ -67,6 +67,7 @@ class RegistersMixin:
         between real, protected and long mode, or to another code segment)."""
         self.flush()
         hf, self.cs_base, eflags = self.cpu_state.mode_bits()
+        self._hflags = hf
         self.mode = self.bitness = mode_of(hf, eflags)
         self.cpl = hf & 3
         self.real = not hf & HF_PE

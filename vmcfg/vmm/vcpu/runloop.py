@@ -7,13 +7,14 @@ import time
 from unicorn import (UC_ERR_FETCH_PROT, UC_ERR_FETCH_UNMAPPED, UC_ERR_INSN_INVALID,
                      UC_ERR_READ_PROT, UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_PROT, UC_ERR_WRITE_UNMAPPED, UcError,
                      x86_const as X)
+from .. import apicv as _apicv
 from .. import decode as D
 from ...vmx.registers import GPR_NAMES
 from ..exitinfo import VmExit
 from ..outcome import RunEnd
 from .common import DEADLINE_MARGIN, UNTIL
 from .intercepts import _UD_MNEMONICS
-from ...vmx.exits import Exit
+from ...vmx.exits import Exit, Vector
 
 
 class RunLoopMixin:
@@ -111,6 +112,7 @@ class RunLoopMixin:
                         self._after_step()
                         continue
                 stopped_by_stub = counter.clear_stop()
+                self._stub_stopped = stopped_by_stub and self._event is None and err is None
                 # a stub stop without progress: approach the deadline in count mode
                 self._force_count = stopped_by_stub and counter.count == start_icount
                 if counter.stop_pending():
@@ -255,8 +257,11 @@ class RunLoopMixin:
                 cr2 = cr2_now
                 if cr2 is not None:
                     self.set_cr(2, cr2)
-                ec = self._pf_error_code(cr2, rip) if vector == 14 else None
+                ec = self._pf_error_code(cr2, rip) if vector == Vector.PF else None
                 self.raise_exception(vector, ec, rip, cr2=cr2)
+            return
+        if kind in ("apic_access", "apic_write"):     # virtualize APIC accesses (apicv.py)
+            _apicv.handle_event(self, ev)
             return
         if kind in ("unmapped", "prot"):
             _k, access, address, size, ic, rip = ev

@@ -28,8 +28,9 @@ class TimeMixin:
             # host nanoseconds at tsc.frequency ticks per second (plus HLT waits and guest writes)
             return ((time.perf_counter_ns() - self._rt0) * self.tsc_hz // 1_000_000_000
                     + self.tsc_adjust) & MASK64
-        return (icount * TSC_PER_INSN + self.exit_count * EXIT_COST + self.idle_ticks
-                + self.tsc_adjust) & MASK64
+        st = self._fxs               # exit count, idle ticks, adjustment: the native state block
+        return (icount * TSC_PER_INSN + st.exit_count * EXIT_COST + st.idle_ticks
+                + st.tsc_adjust) & MASK64
 
     def _insns_for(self, ticks: int) -> int:
         """Instructions to run before `ticks` TSC ticks have passed (a budget for deadlines)."""

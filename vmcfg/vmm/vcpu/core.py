@@ -40,7 +40,9 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
                  trace: Any = None,       # a vmm.run.TraceWriter (begin/end per exit)
                  max_instructions: int | None = None,
                  native_counter: bool | None = None, clock: str = "virtual",
-                 native_exit: bool | None = None):
+                 native_exit: bool | None = None, machine_tsc_hz: int | None = None):
+        # the machine's TSC rate where the profile sets none (it outlives live applies)
+        self.machine_tsc_hz = machine_tsc_hz
         if mode not in (16, 32, 64):
             raise ValueError(f"mode must be 16, 32 or 64, not {mode}")
         self._set_cfg(config)

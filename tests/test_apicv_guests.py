@@ -440,3 +440,126 @@ def test_an_apic_access_page_inside_guest_ram_is_a_clear_launch_error(tmp_path):
     assert r.exit_code == 2 and isinstance(r.exception, SystemExit)     # usage error
     assert "vmcs.apic_access_page = 0x9000 is inside guest RAM" in r.output
     assert "Traceback" not in r.output
+
+
+CR8_GUEST = """bits 64
+org 0x100000
+        jmp start
+%include "lib64.inc"
+start:
+        gate 0x51, isr51
+        lidt [rel idtr]
+        mov rax, 6
+        mov cr8, rax                    ; VTPR 0x60: RVI 0x51 is held back
+        sti
+        nop
+        nop
+        mov ebx, [rel count]            ; 0: nothing delivered yet
+        xor eax, eax
+c_low:  mov cr8, rax                    ; VTPR 0: PPR virtualization, 0x51 delivered now
+        nop
+        cli
+        mov eax, [rel count]
+        shl ebx, 4
+        or eax, ebx
+        out 0xF4, al
+        hlt
+isr51:  inc dword [rel count]
+        iretq
+align 4
+count:  dd 0
+idtr:   dw 256 * 16 - 1
+        dq idt
+align 16
+idt:    times 256 * 16 db 0
+"""
+
+
+def test_mov_to_cr8_under_vid_evaluates_pending_virtual_interrupts(tmp_path):
+    """With virtual-interrupt delivery, TPR virtualization after MOV to CR8 is PPR
+    virtualization and evaluation (no TPR-below-threshold exit): RVI 0x51 from apic.rvi
+    waits while VTPR is 0x60 and is delivered right after VTPR drops to 0."""
+    p = tmp_path / "p.toml"
+    p.write_text('[profile]\nname = "p"\nextends = "baseline"\n' + textwrap.dedent("""
+        [pin]
+        external_interrupt_exiting = true
+        [exit]
+        acknowledge_interrupt_on_exit = true
+        [primary]
+        use_tpr_shadow = true
+        [secondary]
+        virtual_interrupt_delivery = true
+        [apic]
+        rvi = 0x51
+        """))
+    res, recs = run(str(p), _guest(tmp_path, CR8_GUEST))
+    assert res.status == "debug-exit" and res.guest_exit_code == 0x01, res.message
+    assert recs == []
+    assert res.apicv["svi"] == 0x51 and res.apicv["visr"] == [0x51] and res.apicv["rvi"] == 0
+
+
+X2_LVT_GUEST = PROLOGUE + """
+start:
+        mov ecx, 0x1B                   ; x2APIC on
+        rdmsr
+        or eax, 0xC00
+        wrmsr
+        mov ecx, 0x832                  ; LVT timer: not virtualized, the local APIC takes it
+        mov eax, 0x10047
+        xor edx, edx
+        wrmsr
+        rdmsr                           ; read back from the virtual-APIC page
+        cmp eax, 0x10047
+        sete al
+        out 0xF4, al
+        hlt
+""" + EPILOGUE
+
+
+def test_register_reads_follow_what_the_local_apic_took(tmp_path):
+    """x2APIC mode virtualizes WRMSR only for TPR, EOI and SELF IPI: an LVT write reaches the
+    local APIC; the VMM keeps the virtual-APIC page's copy, which RDMSR then reads."""
+    res, recs = _run(tmp_path, APICV_X2, X2_LVT_GUEST, X2_SECONDARY)
+    assert res.status == "debug-exit" and res.guest_exit_code == 1, res.message
+    assert recs == []
+
+
+APICV_BUNDLED = APICV_X2  # x2APIC virtualization with VID, EOI exit on 0x61
+
+
+def test_bundled_apicv_guest_passes_on_the_plain_and_the_virtualized_apic(tmp_path):
+    """builtin:apicv: the same TPR/self-IPI/EOI checks pass on the local APIC (no exit) and
+    under x2APIC virtualization with virtual-interrupt delivery (one EOI-induced exit)."""
+    p = tmp_path / "v.toml"
+    p.write_text('[profile]\nname = "v"\nextends = "baseline"\n' + textwrap.dedent(APICV_BUNDLED)
+                 + "[secondary]\n" + textwrap.dedent(X2_SECONDARY))
+    res, recs = run("baseline", "builtin:apicv")
+    assert res.status == "debug-exit" and res.guest_exit_code == 0, res.console
+    assert recs == [] and res.apicv is None
+    res, recs = run(str(p), "builtin:apicv")
+    assert res.status == "debug-exit" and res.guest_exit_code == 0, res.console
+    assert [(r["name"], r["qualification"]) for r in recs] == [("EOI_INDUCED", 0x61)]
+    assert res.apicv["delivered"] == 2 and res.apicv["virtual_eois"] == 2
+    assert res.console.count(" ok\n") == 4
+
+
+def test_apic_virtualization_switched_on_by_a_live_change(tmp_path):
+    """A handler applies the APIC-virtualization profile while the guest runs (at its SVR
+    write): from then on TPR, SELF IPI and EOI go to the virtual APIC, whose register copy
+    starts from the local APIC as it is then (x2APIC mode, SVR)."""
+    from vmcfg.profile import resolve
+    virt = tmp_path / "v.toml"
+    virt.write_text('[profile]\nname = "v"\nextends = "baseline"\n' + textwrap.dedent(APICV_X2)
+                    + "[secondary]\n" + textwrap.dedent(X2_SECONDARY))
+    cfg = resolve(str(virt), cpu="cvmm").config
+    plain = tmp_path / "p.toml"
+    plain.write_text('[profile]\nname = "p"\nextends = "baseline"\n[msr]\nintercept_write = [0x80F]\n')
+
+    def switch(ctx):
+        ctx.emulate()                   # the SVR write reaches the local APIC
+        ctx.apply(cfg)
+
+    res, recs = run(str(plain), "builtin:apicv", handlers={32: switch})
+    assert res.status == "debug-exit" and res.guest_exit_code == 0, res.console
+    assert [r["name"] for r in recs] == ["WRMSR", "EOI_INDUCED"]
+    assert res.apicv["delivered"] == 2 and res.apicv["vtpr"] == 0

@@ -141,3 +141,11 @@ def test_posted_interrupt_processing_moves_pir_into_virr(tmp_path):
     assert v.process_posted() == (1 << 0x70) | (1 << 0x42)
     assert v.mem[0x8000:0x8021] == bytes(33)                        # PIR and ON cleared
     assert v.rvi == 0x70 and v.virr == (1 << 0x70) | (1 << 0x42)
+
+
+def test_icr_high_is_stored_without_an_exit_and_icr_low_traps(tmp_path):
+    v = _vapic(tmp_path, APICV)
+    w = v.xapic_access(0x310, 4, True, 0x01000000)
+    assert w.kind == "write" and w.trap is None and v.reg(0x310) == 0x01000000
+    w = v.xapic_access(0x300, 4, True, 0x4030)             # fixed, no shorthand: exits
+    assert (w.trap.reason, w.trap.qualification) == (Exit.APIC_WRITE, 0x300)

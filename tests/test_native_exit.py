@@ -242,3 +242,18 @@ def test_mtf_user_handler_sees_every_step(monkeypatch):
     res, _g, v = _run(cfg, im, monkeypatch, python=False,
                       handlers={Exit.MONITOR_TRAP_FLAG: lambda ctx: seen.append(ctx.exit.rip)})
     assert len(seen) == res.exit_counts()["MONITOR_TRAP_FLAG"] == res.instructions - 1
+
+
+@pytest.mark.parametrize("rdtsc_exiting", [False, True])
+def test_exits_at_the_start_of_a_block_are_counted_once(monkeypatch, rdtsc_exiting):
+    """A block that begins with a trapped instruction (hooked when the block is first run):
+    each exit is counted once, the same both ways."""
+    src = ("mov rsi, 50\nxor eax, eax\njmp l\nalign 64\nl:\ncpuid\nrdtsc\nout 0x80, al\n"
+           "dec rsi\njnz l\nmov al, 0\nout 0xf4, al\n")
+    ctl = ("primary.rdtsc_exiting",) if rdtsc_exiting else ()
+    res, _v = _both(_cfg("baseline", *ctl, io_ports=[(0x80, 0x80)]), _image(src), monkeypatch)
+    want = {"CPUID": 50, "IO_INSTRUCTION": 50}
+    if rdtsc_exiting:
+        want["RDTSC"] = 50
+    assert res.exit_counts() == want
+    assert res.instructions == 255

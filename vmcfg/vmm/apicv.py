@@ -144,11 +144,13 @@ class VirtualApic:
         """`address` (guest-physical) is on the APIC-access page and accesses are virtualized."""
         return self.apic_accesses and address & ~0xFFF == self.access_page
 
-    def load_from_lapic(self, lapic) -> None:
-        """The VMM's start state of the virtual-APIC page: the local APIC's registers as the
-        guest would read them (ID, version, LDR, DFR, SVR, LVTs, timer set-up), as a
-        hypervisor initialises it; VTPR, VIRR/VISR and VPPR are the virtual ones."""
-        for off in (ID, VERSION, LDR, DFR, SVR, ESR, TMICT, TDCR, *LVT_OFFSETS):
+    MIRRORED = frozenset((ID, VERSION, LDR, DFR, SVR, ESR, TMICT, TDCR, *LVT_OFFSETS))
+
+    def load_from_lapic(self, lapic, offsets=None) -> None:
+        """The VMM keeps the virtual-APIC page's copy of the local APIC's registers (ID,
+        version, LDR, DFR, SVR, ESR, LVTs, timer set-up) as the guest would read them, as a
+        hypervisor does; VTPR, VIRR/VISR and VPPR are the virtual ones."""
+        for off in self.MIRRORED if offsets is None else (o for o in offsets if o in self.MIRRORED):
             try:
                 self.set_reg(off, lapic.read(off) & 0xFFFFFFFF)
             except Exception:          # a register the device does not read in this mode
@@ -327,6 +329,8 @@ class VirtualApic:
                     and (lo >> 8) & 7 == 0 and lo & 0xF0:
                 self.request(lo & 0xFF)
                 return None
+        if reg == ICR_HI:               # the destination alone: no side effect, no exit
+            return None
         return Trap(Exit.APIC_WRITE, reg, {"offset": reg, "value": self.reg(reg)})
 
     # ---- x2APIC MSRs ---------------------------------------------------------------
@@ -427,6 +431,8 @@ def mmio_write(v, address: int, size: int, value: int) -> bool:
     here = _here(v)
     if v.apicv_pass == here:
         v.platform.mmio_write(address, size, value)
+        if v.apicv.register_virt:
+            v.apicv.load_from_lapic(v.platform.lapic, (address & 0xFF0,))
         return True
     a = v.apicv.xapic_access(address & 0xFFF, size, True, value)
     if a.kind == "exit":
@@ -494,7 +500,11 @@ def x2apic_msr(v, ins, msr: int, write: bool, nxt: int) -> tuple[bool, int | Non
     except VirtualGp:
         raise GuestFault(13, 0) from None
     if not done:
-        return False, None
+        if not vapic.register_virt:
+            return False, None
+        v.emulate_msr(ins)                # the local APIC takes it; the page keeps its copy
+        vapic.load_from_lapic(v.platform.lapic, ((msr & 0xFF) << 4,))
+        return True, nxt
     if trap is not None:
         return True, v._trap_exit(trap.reason, ins, nxt, trap.qualification, data=dict(trap.data))
     if vapic.pending() is not None and v._event is None:
@@ -595,6 +605,7 @@ def pass_write_on(ctx) -> None:
         v.platform.lapic.write(off, v.apicv.reg(off))
     except AccessFault:
         pass
+    v.apicv.load_from_lapic(v.platform.lapic, (off,))
 
 
 def pass_eoi_on(ctx) -> None:

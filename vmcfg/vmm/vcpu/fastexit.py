@@ -36,6 +36,10 @@ class FastExitMixin:
         self._fx_exits_ok: bool | None = None
         self._fx_step_hook: int | None = None     # fx_step over all code (MTF stepping)
         self._fx_mtf_from: int | None = None      # icount at the start of a native MTF run
+        # the engine stopped in a block hook to retranslate a block (a trapped instruction
+        # hooked just then, "rehook"): started natively there, MTF counted the block's
+        # first instruction twice -- one single step by count first
+        self._fx_mtf_rehooked = False
 
     def _fx_attach(self) -> None:
         """After the block counter and the devices exist."""
@@ -129,6 +133,9 @@ class FastExitMixin:
         default handler, nothing else that must look at every instruction boundary (events,
         windows, timers, a trace), and the reason already seen once (exit order)."""
         on = self._on
+        if self._fx_mtf_rehooked:
+            self._fx_mtf_rehooked = False
+            return False
         return bool(self._fx_native and self.clock == "virtual" and self.trace is None
                     and Exit.MONITOR_TRAP_FLAG in self.exit_stats
                     and Exit.MONITOR_TRAP_FLAG not in self.user_handlers

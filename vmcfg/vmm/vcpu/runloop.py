@@ -120,6 +120,7 @@ class RunLoopMixin:
                 ev = self._event
                 self._event = None
                 if ev is not None and ev[0] == "rehook" and err is None:
+                    self._fx_mtf_rehooked = True      # (fastexit.py: the next step by count)
                     # a block about to run for the first time has a trapped instruction that
                     # was just hooked (_count_block): nothing of that block has retired; it
                     # is translated again, with the hook, when the run goes on

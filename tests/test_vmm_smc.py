@@ -71,3 +71,23 @@ def test_code_that_patches_its_own_region_keeps_exiting_exactly(tmp_path):
     assert {r["rip"] for r in recs} == {0x104000}
     # 3 + 3 + 40 x 9 (test, jnz, store [+ jmp], call, cpuid + ret | nop, nop, ret, dec, jnz) + 2
     assert res.instructions == 3 + 3 + 40 * 9 + 2
+
+
+def test_block_decode_finds_every_kind_classify_knows():
+    """The first run of a block hooks what decode.block_sensitive finds: it must find every
+    instruction decode.classify gives a kind (a kind added to classify alone would run
+    natively, unhooked)."""
+    import iced_x86 as ix
+    from vmcfg.vmm import decode as D
+    code = bytes.fromhex(
+        "0fa2" "0f31" "0f01f9" "0f32" "0f30" "ec" "ee" "e680" "6c" "6e" "f4" "9c" "9d" "fb"
+        "cf" "0f20e0" "0f22e0" "0f21c0" "0f23c0" "8ed0" "0f01d1" "0f09" "0f01e0" "0f0d08"
+        "0f01c8" "0f01c9" "0fc7f0" "0fc7f8" "0f33" "660f3882c0" "0f00c0" "0f0118" "0f06"
+        "f390" "0f0138" "0f08" "0f0b")
+    for bits in (16, 32, 64):
+        want = [(i.ip, D.classify(i)) for i in ix.Decoder(bits, code, ip=0x1000)
+                if D.classify(i) is not None]
+        n, found = D.block_sensitive(code, 0x1000, bits)
+        assert [(a, k) for a, k, _i in found] == want
+        assert n == sum(1 for _ in ix.Decoder(bits, code, ip=0x1000))
+        assert {k for _a, k in want} >= {"cpuid", "rdtsc", "io", "hlt", "popf", "sti", "iret"}

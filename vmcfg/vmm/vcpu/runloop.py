@@ -132,7 +132,7 @@ class RunLoopMixin:
                 if err is not None or (ev is not None and ev[0] not in ("resume", "end")):
                     self._exc_dirty = True
                 if ev is None and err is None and self._stopped_at_invalid(
-                        begin_lin, start_icount, count):
+                        begin_lin, start_icount, count, stopped_by_stub):
                     continue
                 if ev is None and err is None and count and not stopped_by_stub:
                     # count budget used up exactly
@@ -155,7 +155,8 @@ class RunLoopMixin:
         with self.apply_cond:           # wake anyone waiting for an apply that cannot come
             self.apply_cond.notify_all()
 
-    def _stopped_at_invalid(self, begin_lin: int, start_icount: int, count: int) -> bool:
+    def _stopped_at_invalid(self, begin_lin: int, start_icount: int, count: int,
+                            stub_stop: bool = False) -> bool:
         """Unicorn sometimes stops *before* an invalid opcode instead of raising it: under an
         instruction budget (count=) as if the budget were used up, and when emu_start begins
         at it after the native block stub counted it.  A single step on UD2 then went on for
@@ -165,7 +166,11 @@ class RunLoopMixin:
         if not count and rip != begin_lin:
             return False
         dec = self._decode_any(rip)
-        if dec is not None and dec.mnemonic not in _UD_MNEMONICS:
+        # any other instruction the engine stopped before, when emu_start began at it and
+        # nothing else stopped it (no event, no stop of the block stub): it raises #UD in
+        # the engine's state (XGETBV with CR4.OSXSAVE clear) and the engine did not say so
+        stuck = rip == begin_lin and not count and not stub_stop
+        if dec is not None and dec.mnemonic not in _UD_MNEMONICS and not stuck:
             return False
         done = start_icount if rip == begin_lin else self._retired_at(rip)
         if count and done - start_icount >= count:

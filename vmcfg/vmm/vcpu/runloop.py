@@ -14,6 +14,9 @@ from ..exitinfo import VmExit
 from ..outcome import RunEnd
 from .common import DEADLINE_MARGIN, UNTIL
 from .intercepts import _UD_MNEMONICS
+
+import iced_x86 as ix
+_XCR_MNEMONICS = frozenset({ix.Mnemonic.XGETBV, ix.Mnemonic.XSETBV})   # #UD without OSXSAVE
 from ...vmx.exits import Exit, Vector
 
 
@@ -170,8 +173,21 @@ class RunLoopMixin:
         # nothing else stopped it (no event, no stop of the block stub): it raises #UD in
         # the engine's state (XGETBV with CR4.OSXSAVE clear) and the engine did not say so
         stuck = rip == begin_lin and not count and not stub_stop
-        if dec is not None and dec.mnemonic not in _UD_MNEMONICS and not stuck:
-            return False
+        if dec is not None and dec.mnemonic not in _UD_MNEMONICS:
+            if not stuck:
+                return False
+            # what it raises: #PF for an operand its paging does not map (the engine does
+            # not report a fault of the first instruction of a run), #UD for XGETBV/XSETBV
+            # with CR4.OSXSAVE clear; anything else: not known here
+            cr2 = self._unmapped_operand(dec, rip)
+            if cr2 is not None:
+                self.icount = start_icount
+                self.counter.set_count(start_icount)
+                self.set_cr(2, cr2)
+                self.raise_exception(Vector.PF, self._pf_error_code(cr2, rip), rip, cr2=cr2)
+                return True
+            if dec.mnemonic not in _XCR_MNEMONICS or self.cr(4) & (1 << 18):
+                return False
         done = start_icount if rip == begin_lin else self._retired_at(rip)
         if count and done - start_icount >= count:
             return False                  # the budget really ended just before it
@@ -179,6 +195,20 @@ class RunLoopMixin:
         self.counter.set_count(done)
         self.raise_exception(6, None, rip)
         return True
+
+    def _unmapped_operand(self, dec, rip: int) -> int | None:
+        """The linear address of a memory operand of `dec` (at `rip`) that the guest's
+        paging does not map, or None."""
+        if not self._paging():
+            return None
+        raw = self._code_bytes(rip)
+        if raw is None:
+            return None
+        ins = D.make_insn(dec, raw, self.bitness)
+        if not ins.has_mem:
+            return None
+        ea = self.effective_address(ins)
+        return ea if self.lin2phys(ea) is None else None
 
     def _after_step(self) -> None:
         """After a counted single step: MTF and interrupt-window checks."""

@@ -62,7 +62,7 @@ def run_qemu(kernel: str, initrd: str, append: str, timeout: float) -> dict:
 def run_vmcfg(profile: str, kernel: str, initrd: str, append: str, timeout: float,
               clock: str) -> dict:
     from vmcfg.profile import resolve
-    from vmcfg.vmm.linux import kernel_mode, load_linux
+    from vmcfg.vmm.linux import LINUX_TSC_HZ, kernel_mode, load_linux
     from vmcfg.vmm.run import run_guest
     r = resolve(profile, cpu="cvmm")
     if not r.valid:
@@ -79,7 +79,7 @@ def run_vmcfg(profile: str, kernel: str, initrd: str, append: str, timeout: floa
             seen["t"] = time.perf_counter() - t0
 
     res = run_guest(r.config, img, memory=256 << 20, mode=mode, timeout=timeout,
-                    console=console, clock=clock)
+                    console=console, clock=clock, tsc_hz=LINUX_TSC_HZ)
     total = time.perf_counter() - t0
     return {"to_line": seen["t"], "total": total, "result": res, "console": "".join(buf)}
 

@@ -276,7 +276,7 @@ def test_debug_exit_reset_paths_and_unclaimed_ports():
     assert d.value.value == 0x12345678
     with pytest.raises(SystemReset) as r:
         m.board.io_write(0x64, 1, 0xFE)
-    assert r.value.status == "reset"
+    assert r.value.status == "reboot"
     m.board.io_write(0xCF9, 1, 0x02)             # no RST_CPU: nothing yet
     assert m.inb(0xCF9) == 0x02
     with pytest.raises(SystemReset):

@@ -47,8 +47,8 @@ def _asm(tmp_path, body: str) -> str:
 
 
 @pytest.mark.parametrize("body, status, code", [
-    ("mov al, 0xfe\nout 0x64, al\nhlt\n", "reset", 14),
-    ("mov al, 0x06\nmov dx, 0xcf9\nout dx, al\nhlt\n", "reset", 14),
+    ("mov al, 0xfe\nout 0x64, al\nhlt\n", "reboot", 14),
+    ("mov al, 0x06\nmov dx, 0xcf9\nout dx, al\nhlt\n", "reboot", 14),
     ("mov ax, 0x2000\nmov dx, 0x604\nout dx, ax\nhlt\n", "poweroff", 0),
 ])
 def test_reset_and_acpi_poweroff_end_the_run(tmp_path, cli, body, status, code):

@@ -239,3 +239,15 @@ def test_initramfs_is_a_newc_archive_the_kernel_can_read():
     assert names["dev/console"][0] == 0o020600 and names["dev/console"][2] == (5, 1)
     # deterministic: the same inputs give the same bytes
     assert linux_inputs.build_initramfs(b"BUSYBOX", "#!/bin/sh\necho hi\n") == blob
+
+
+def test_a_kernel_boot_machine_has_a_1ghz_tsc_unless_the_profile_sets_one(cli, bz, tmp_path):
+    # startup_64 (load address + 0x200): CPUID leaf 0x16 (base MHz), its low byte to 0xF4
+    code = bytes.fromhex("b816000000" "0fa2" "e6f4" "f4")
+    k = bz(synthetic_bzimage(payload=b"\x90" * 0x200 + code + b"\x90" * 0x100))
+    r = cli("launch", "baseline", "--kernel", k, "--json")
+    assert json.loads(r.stdout)["guest_exit_code"] == 1000 & 0xFF, r.stdout
+    p = tmp_path / "slow.toml"
+    p.write_text('[profile]\nname = "slow"\nextends = "baseline"\n[tsc]\nfrequency = 2_000_000\n')
+    r = cli("launch", str(p), "--kernel", k, "--json")
+    assert json.loads(r.stdout)["guest_exit_code"] == 2

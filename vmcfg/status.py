@@ -45,8 +45,9 @@ OUTCOMES: tuple[Outcome, ...] = (
     Outcome("error", 12, True,
             "a guest access outside its RAM, an EPT violation with on_violation = \"stop\", "
             "or a failing exit handler"),
-    Outcome("reset", 14, True, "the guest reset the machine (port 0x64 or 0xCF9; Linux "
-                               "rebooting, or after a panic with panic=-1)"),
+    Outcome("reboot", 14, True, "the guest reset the machine to reboot (port 0x64 or 0xCF9, or "
+                                "the FADT's reset register; Linux rebooting, or after a panic "
+                                "with panic=-1)"),
     Outcome("interrupted", 130, True,
             "interrupted: 128 + the signal (130 for Ctrl-C/SIGINT, 143 for SIGTERM); a guest "
             "run is stopped and its report printed"),

@@ -46,13 +46,15 @@ import sys
 W_COUNTER, W_BASE, W_LIMIT, W_TABLE, W_SLOW, W_LAST_ADDR, W_LAST_SIZE, W_DEADLINE, \
     W_STOP, W_EMU_STOP, W_LAST_N, W_STOPPED, W_HTABLE, W_HMASK, W_SOFT = range(15)
 N_WORDS = 16
-HASH_BITS = 18                 # 256 Ki entries of 16 bytes (tag, size | count << 16)
+HASH_BITS = 20                 # 1 Mi entries of 16 bytes (tag, size | count << 16)
 HASH_MASK = (1 << HASH_BITS) - 1
 
 
 def hash_slot(address: int) -> int:
     """The hash-table slot of a block address (the stub computes the same)."""
-    return ((address >> 2) ^ (address >> 22)) & HASH_MASK
+    # every byte address its own slot within a 1 MiB window (blocks often start a few
+    # bytes apart: a block ending at a trapped or patched instruction and the next one)
+    return (address ^ (address >> HASH_BITS)) & HASH_MASK
 NO_DEADLINE = (1 << 63) - 1
 
 # rdi = uc, rsi = address, edx = size, rcx = state (SysV x86-64)
@@ -89,9 +91,8 @@ slow:
     jmp qword ptr [rcx + 32]
 hashed:
     mov rax, rsi
-    shr rax, 22
+    shr rax, 20
     mov r8, rsi
-    shr r8, 2
     xor rax, r8
     and rax, [rcx + 104]
     shl rax, 4

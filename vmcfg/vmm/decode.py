@@ -200,7 +200,8 @@ def count_instructions(data: bytes, address: int, bitness: int, stop: int | None
 
 # what can make an instruction sensitive: its mnemonic, or (MOV to/from CR/DR/Sreg, POP SS)
 # its exact form; anything else is never classified (classify() is the judge for these)
-_SENSITIVE_MNEMONICS = frozenset(_MNEMONIC_KIND) | {M.PUSHF, M.PUSHFD, M.SMSW}   # pushf_rf
+# (keep in step with classify(): every mnemonic it can give a kind to)
+_SENSITIVE_MNEMONICS = frozenset(_MNEMONIC_KIND) | {M.PUSHF, M.PUSHFD, M.SMSW}   # pushf_rf, smsw
 _SENSITIVE_CODES = frozenset(getattr(Code, n) for n in dir(Code) if not n.startswith("_") and (
     (n.startswith("MOV_") and ("CR" in n or "DR" in n or "SREG" in n))
     or (n.startswith("POP") and n.endswith("_SS"))))

@@ -55,6 +55,7 @@ class LaunchPlan:
     cmdline: str = ""                    # the command line a Multiboot image is given
     clock: str = "virtual"               # guest time: "virtual" (deterministic) or "realtime"
     linux: Any = None                    # vmm.linux.LinuxBoot for a --kernel bzImage
+    tsc_hz: int | None = None            # the machine's TSC rate where the profile sets none
 
 
 def _number(text: str | int | None, what: str) -> int | None:
@@ -160,6 +161,9 @@ def build_plan(profile: str, *, guest: str | None = None, mode: int | str | None
     plan = LaunchPlan(cfg, r.caps, profile, r.profile_path, image, spec, run_mode, mem, hmap,
                       max_instructions, timeout, nmi_at, serial_input, cmdline or "",
                       clock or "virtual", boot)
+    if boot is not None:
+        from .linux import LINUX_TSC_HZ
+        plan.tsc_hz = LINUX_TSC_HZ
     from .run import LaunchError, check_apic_access_page, check_layout
     try:
         check_layout(image, mem, run_mode)

@@ -286,12 +286,14 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
               progress: Callable[[Any], None] | None = None,
               on_vcpu: Callable[[Any], None] | None = None,
               nmi_at: int | None = None, serial_input: bytes | None = None,
-              cmdline: str = "", clock: str = "virtual") -> RunResult:
+              cmdline: str = "", clock: str = "virtual",
+              tsc_hz: int | None = None) -> RunResult:
     """Run `image` under `cfg`; never raises for guest behaviour (see RunResult.status).
     `serial_input`: bytes the guest receives on COM1 (the UART's receive path);
     `cmdline`: the command line a Multiboot image is given (a bzImage carries its own);
     `clock`: "virtual" (guest time from retired instructions and exits; deterministic) or
-    "realtime" (the guest's TSC follows the host's monotonic clock)."""
+    "realtime" (the guest's TSC follows the host's monotonic clock); `tsc_hz`: the machine's
+    TSC rate where the profile sets no tsc.frequency (a --kernel boot: vmm/linux.py)."""
     from .devices import Board
     from .vcpu import Vcpu
     t0 = time.perf_counter()
@@ -302,11 +304,11 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
         return _entry_failure(problems, t0)
     from .clock import Clock
     from .vcpu import tsc_frequency
-    plat = Board(console, memory=memory, clock=Clock(hz=tsc_frequency(cfg)))
+    plat = Board(console, memory=memory, clock=Clock(hz=tsc_frequency(cfg, tsc_hz)))
     writer = TraceWriter(trace, trace_sample) if trace is not None else None
     vcpu = Vcpu(cfg, memory=memory, mode=mode, platform=plat, handlers=handlers,
                 trace=writer,
-                max_instructions=max_instructions, clock=clock)
+                max_instructions=max_instructions, clock=clock, machine_tsc_hz=tsc_hz)
     # ACPI tables, and for guests that run real-mode code the BIOS's IVT and PIC bases (the
     # image, written next, may overwrite them)
     plat.install(vcpu.uc.mem_write, bios=mode == 16 or image.multiboot)
@@ -382,7 +384,8 @@ def run_plan(plan, *, trace: IO[str] | None = None, trace_sample: int = 1,
                      handlers=plan.handlers, trace=trace, trace_sample=trace_sample,
                      max_instructions=plan.max_instructions, timeout=plan.timeout,
                      console=console, progress=progress, on_vcpu=on_vcpu, nmi_at=plan.nmi_at,
-                     serial_input=plan.serial_input, cmdline=plan.cmdline, clock=plan.clock)
+                     serial_input=plan.serial_input, cmdline=plan.cmdline, clock=plan.clock,
+                     tsc_hz=plan.tsc_hz)
 
 
 def _inject_at_entry(vcpu, cfg: VmxConfig) -> None:

@@ -53,7 +53,7 @@ class KeyboardController:
 
     def io_write(self, port: int, size: int, value: int) -> None:
         if port == 0x64 and value & 0xFF == 0xFE:
-            raise SystemReset("reset", "the guest reset the machine (0xFE to port 0x64)")
+            raise SystemReset("reboot", "the guest reset the machine (0xFE to port 0x64)")
 
 
 class ResetControl:
@@ -69,7 +69,7 @@ class ResetControl:
         self.value = value & 0x0A
         if value & 0x04:
             kind = "hard" if value & 0x02 else "soft"
-            raise SystemReset("reset", f"the guest reset the machine ({kind} reset, "
+            raise SystemReset("reboot", f"the guest reset the machine ({kind} reset, "
                                        f"{value & 0xFF:#x} to port 0xcf9)")
 
 

@@ -11,6 +11,8 @@ from unicorn.unicorn_py3.unicorn import uclib
 from .. import decode as D
 from .common import PAGE
 
+FINE_AFTER = 16       # stores by a region's own code into it before it is protected page by page
+
 
 class CodePagesMixin:
     """Code pages: the first fetch from a page scans it and hooks exactly the sensitive"""
@@ -26,6 +28,9 @@ class CodePagesMixin:
         except UcError:
             return 1
         n, found = D.block_sensitive(data, address, self.bitness)
+        for lp in {address & ~0xFFF, (address + size - 1) & ~0xFFF}:
+            if lp not in self._code_phys:
+                self._code_page(lp)
         new = False
         for addr, kind, instr in found:
             self._scanned.setdefault(addr & ~0xFFF, {})[addr] = (kind, instr)
@@ -103,7 +108,49 @@ class CodePagesMixin:
             uclib.uc_hook_del(self._uch, ctypes.c_size_t(h))
             self.fx.forget(addr)
 
-    def _drop_page(self, page: int) -> None:
+    # ---- code units: what the engine protects ---------------------------------------------
+    # Guest RAM is mapped in regions of MAP_CHUNK (1 MiB) or more; a region is the unit of
+    # protection: "code" (readable, executable, not writable) once something is fetched from
+    # it, "data" (readable, writable, not executable) again when it is written.  Protecting
+    # a whole region never splits it: one mem_protect of part of a region copies it, and every
+    # extra region makes all later ones slower (40 ms each after 1000 page-sized splits,
+    # against 0.5 ms to toggle a whole region).
+    def _unit(self, ppage: int) -> tuple[int, int]:
+        """The engine memory region holding physical page `ppage`: (begin, end)."""
+        bounds = self._unit_bounds
+        if bounds is None:
+            bounds = self._unit_bounds = sorted((b, e + 1) for b, e, _p in self.uc.mem_regions()
+                                                if b < self.memory)
+            self._unit_starts = [b for b, _e in bounds]
+        import bisect
+        i = bisect.bisect_right(self._unit_starts, ppage) - 1
+        if i < 0 or ppage >= bounds[i][1]:
+            return ppage, ppage + PAGE
+        return bounds[i]
+
+    def _unit_perms(self, ppage: int, code: bool) -> int:
+        acc = self._ept_access(ppage)
+        r = UC_PROT_READ if acc is None or "r" in acc else 0
+        if code:
+            return UC_PROT_EXEC | r
+        return r | (UC_PROT_WRITE if acc is None or "w" in acc else 0)
+
+    def _code_page(self, page: int, ppage: int | None = None) -> None:
+        """Record that linear page `page` runs code from its physical page (its unit's
+        data transition must forget the page's blocks and hooks)."""
+        if ppage is None:
+            ppage = self.lin2phys(page)
+            if ppage is None:
+                return
+            ppage &= ~0xFFF
+        self._code_phys[page] = ppage
+        self._phys_code.setdefault(ppage, set()).add(page)
+        self._unit_lins.setdefault(self._unit(ppage)[0], set()).add(page)
+        self._scanned.setdefault(page, {})
+
+    def _forget_page(self, page: int) -> None:
+        """Linear page `page` is no longer known code: its hooks, decoded instructions and
+        block counts go (the next run of its blocks decodes and hooks them again)."""
         found = self._scanned.pop(page, {})
         for addr in list(found):
             self._unhook(addr)
@@ -113,7 +160,46 @@ class CodePagesMixin:
         h = self._wguard.pop(page, None)
         if h is not None:
             self.uc.hook_del(h)
-        self._make_data_page(page)
+        ppage = self._code_phys.pop(page, None)
+        if ppage is not None:
+            lins = self._phys_code.get(ppage)
+            if lins is not None:
+                lins.discard(page)
+                if not lins:
+                    del self._phys_code[ppage]
+        self.counter.invalidate(page, page + PAGE)
+
+    def _make_data_unit(self, unit: int) -> None:
+        """The region starting at `unit` becomes data: every linear page that ran code from
+        it is forgotten, and it is readable/writable, not executable (within its EPT rights).
+        The engine drops its own translations of code that is written."""
+        for lp in self._unit_lins.pop(unit, ()):
+            self._forget_page(lp)
+        self._prefix_cache.clear()
+        self.fx.forget_prefixes()
+        if unit in self._code_units:
+            self._code_units.discard(unit)
+            lo, hi = self._unit(unit)
+            self.uc.mem_protect(lo, hi - lo, self._unit_perms(lo, False))
+
+    def _drop_page(self, page: int) -> None:
+        """Linear page `page` (code, or guest memory the VMM writes): its unit becomes data."""
+        ppage = self._code_phys.get(page)
+        if ppage is None:
+            if self._paging():
+                self._forget_page(page)
+                return
+            ppage = page
+        if ppage < self.memory:
+            self._make_data_unit(self._unit(ppage)[0])
+        self._forget_page(page)
+
+    def _drop_phys(self, ppage: int) -> None:
+        """Guest-physical page `ppage` is written by the VMM: if its unit is code, data."""
+        if ppage < self.memory:
+            unit = self._unit(ppage)[0]
+            if unit in self._code_units or unit in self._unit_lins:
+                self._make_data_unit(unit)
 
     def _rescan(self, page: int) -> None:
         """A guarded (hot) code page whose sensitive instructions changed: re-decode it in
@@ -128,29 +214,6 @@ class CodePagesMixin:
         self._prefix_cache.clear()
         self.fx.forget_prefixes()
         self.uc.ctl_remove_cache(page, page + PAGE)
-
-    def _make_data_page(self, page: int) -> None:
-        """Back to readable/writable, not executable (within its EPT rights): the next
-        fetch rescans it; its cached translations and block counts are dropped."""
-        ppage = self._code_phys.pop(page, None)
-        if ppage is None:
-            ppage = page if not self._paging() else None
-        else:
-            lins = self._phys_code.get(ppage, set())
-            lins.discard(page)
-            if lins:
-                ppage = None                  # another linear view still runs code from it
-            else:
-                self._phys_code.pop(ppage, None)
-        if ppage is not None and ppage < self.memory:
-            acc = self._ept_access(ppage)
-            perms = UC_PROT_READ | UC_PROT_WRITE if acc is None else \
-                (UC_PROT_READ if "r" in acc else 0) | (UC_PROT_WRITE if "w" in acc else 0)
-            self.uc.mem_protect(ppage, PAGE, perms)
-        self.counter.invalidate(page, page + PAGE)
-        self._prefix_cache.clear()
-        self.fx.forget_prefixes()
-        self._remove_cache(page)
 
     def _remove_cache(self, page: int) -> None:
         try:
@@ -212,13 +275,14 @@ class CodePagesMixin:
         self._rcache.clear()
         self._sync_mode()
         page = address & ~0xFFF                 # physical: the engine reports those
-        lins = self._phys_code.get(page)
-        if access == UC_MEM_WRITE_PROT and lins and page not in self._hot_pages:
-            acc = self._ept_access(page)
-            if acc is None or "w" in acc:
-                rip = self.rip
-                self._event = ("smc", min(lins), rip, self._retired_at(rip))
-                return False
+        if access == UC_MEM_WRITE_PROT and page < self.memory:
+            unit = self._unit(page)[0]
+            if unit in self._code_units:
+                acc = self._ept_access(page)
+                if acc is None or "w" in acc:
+                    rip = self.rip
+                    self._event = ("smc", unit, rip, self._retired_at(rip))
+                    return False
         self._event = ("prot", access, address, size, self._retired_at(self.rip), self.rip)
         return False
 
@@ -246,8 +310,9 @@ class CodePagesMixin:
         return ins
 
     def _fetch_page(self, ppage: int, rip: int) -> None:
-        """The first fetch from physical page `ppage` (as the engine reports it); the linear
-        page is RIP's, or the next one for a block or instruction crossing into it."""
+        """A fetch from physical page `ppage` of a data unit (as the engine reports it); the
+        linear page is RIP's, or the next one for a block or instruction crossing into it.
+        The unit becomes code: executable, write-protected."""
         if ppage >= self.memory:
             self._memory_fault("unmapped", 16 + 2, ppage, 1, rip)   # fetch
             return
@@ -262,120 +327,59 @@ class CodePagesMixin:
                 if phys is not None and phys & ~0xFFF == ppage:
                     page = cand
                     break
-        if page in self._scanned:
-            # executable already: a stale translation; drop and rescan
-            self._drop_page(page)
-        self._scan(page)
-        self._code_phys[page] = ppage
-        self._phys_code.setdefault(ppage, set()).add(page)
-        # code pages are write-protected: a store to one is caught (UC_HOOK_MEM_WRITE_PROT)
-        # at no cost to other stores; pages that keep being written get a write hook instead
-        writable = (acc is None or "w" in acc) and page in self._hot_pages
-        perms = UC_PROT_EXEC | (UC_PROT_READ if acc is None or "r" in acc else 0) | \
-            (UC_PROT_WRITE if writable else 0)
-        self.uc.mem_protect(ppage, PAGE, perms)
-        self._remove_cache(page)
+        lo, hi = self._unit(ppage)
+        split = hi - lo > PAGE and ppage // self._map_chunk in self._fine
+        if split:                          # a region whose code writes it: page by page
+            lo, hi = ppage, ppage + PAGE
+        if lo not in self._code_units:
+            self._code_units.add(lo)
+            self.uc.mem_protect(lo, hi - lo, self._unit_perms(lo, True))
+            if split:
+                self._unit_bounds = None   # the page is a region of its own now
+        else:                              # a stale translation: run it again
+            self._remove_cache(page)
+        self._code_page(page, ppage)
 
-    def _code_page_written(self, page: int, rip: int, ic: int) -> None:
-        """A guest store hit a write-protected code page.
+    def _code_page_written(self, unit: int, rip: int, ic: int) -> None:
+        """A guest store hit the write-protected code unit starting at `unit`.
 
-        Fast path (the store's own instruction is on other pages, e.g. the kernel patching
-        its text): the page stops being code at once -- hooks and block counts dropped, plain
-        readable/writable, not executable -- and the store is restarted natively; later
-        stores to it run at full speed, and its next fetch makes it code again (its blocks
-        are decoded and hooked as they run).  The engine drops its own translations of
-        code that is written.  Otherwise (the store writes the page it runs from) the
-        store is single-stepped with the page writable and executable (_end_smc_step).
+        Fast path (the storing instruction is in another unit, e.g. the kernel patching its
+        text): the unit becomes data at once (_make_data_unit) and the store is restarted
+        natively; later stores to it run at full speed, and its next fetch makes it code
+        again, its blocks decoded and hooked as they run -- a batch of patches costs one
+        transition.  Otherwise (the store writes the unit it runs from) the store is
+        single-stepped with the unit writable and executable (_end_smc_step), then the unit
+        is data; after FINE_AFTER of those, the region is protected page by page instead
+        (only the pages code runs from), as code and its data share it.
         """
         self.icount = ic
         self.counter.set_count(ic)
-        self._smc_count[page] = self._smc_count.get(page, 0) + 1
-        ppage = self._phys_page(page)
-        if ppage is None:
-            ppage = page
-        own = set()
+        self._smc_count[unit] = self._smc_count.get(unit, 0) + 1
+        lo, hi = self._unit(unit)
+        own = False
         for a in (rip, rip + 14):              # the pages the storing instruction spans
             p = self.lin2phys(a)
-            if p is not None:
-                own.add(p & ~0xFFF)
-        if ppage not in own:
-            for other in list(self._phys_code.get(ppage, ())):
-                self._drop_page(other)
-            if page in self._scanned:
-                self._drop_page(page)
-            if ppage < self.memory:
-                acc = self._ept_access(ppage)
-                self.uc.mem_protect(ppage, PAGE, UC_PROT_READ | UC_PROT_WRITE if acc is None
-                                    else (UC_PROT_READ if "r" in acc else 0)
-                                    | (UC_PROT_WRITE if "w" in acc else 0))
-            self.set_rip(rip)
-            return
-        try:
-            self._smc_before = self.read_code(page, PAGE + 15 if ppage + PAGE + 15 <= self.memory
-                                              else PAGE)
-        except UcError:
-            self._smc_before = None
-        for other in list(self._phys_code.get(ppage, ())):
-            if other != page:
-                self._drop_page(other)
-        if self._smc_before is None or page not in self._scanned:
-            self._drop_page(page)
-        acc = self._ept_access(ppage)
-        self.uc.mem_protect(ppage, PAGE, UC_PROT_ALL if acc is None else
-                            UC_PROT_EXEC | UC_PROT_WRITE | (UC_PROT_READ if "r" in acc else 0))
-        self._remove_cache(page)
-        self._smc_page = page
-        self._smc_phys = ppage
+            if p is not None and lo <= p < hi:
+                own = True
+        self._make_data_unit(lo)
+        if own and hi - lo > PAGE:
+            n = self._own_stores[lo] = self._own_stores.get(lo, 0) + 1
+            if n >= FINE_AFTER:
+                # code and the data it writes share this region: from now on its pages are
+                # protected one by one, so stores to its other pages cost nothing
+                self._fine.add(lo // self._map_chunk)
+                own = False                # the store runs natively into the data region
+        if own:
+            acc = self._ept_access(lo)
+            self.uc.mem_protect(lo, hi - lo, UC_PROT_ALL if acc is None else
+                                UC_PROT_EXEC | UC_PROT_WRITE | (UC_PROT_READ if "r" in acc else 0))
+            self._smc_page = lo
         self.set_rip(rip)
 
     def _end_smc_step(self) -> None:
-        """After the store: if it changed no sensitive instruction (the bytes around every
-        changed byte decode to the same trapped instructions before and after, from the same
-        first byte), the page keeps its scan and hooks and only its translations go;
-        otherwise it is dropped and rescanned at its next fetch."""
-        page, self._smc_page = self._smc_page, None
-        ppage = getattr(self, "_smc_phys", page)
-        before, self._smc_before = self._smc_before, None
-        if page in self._scanned and before is not None:
-            try:
-                after = self.read_code(page, len(before))
-            except UcError:
-                after = None
-            if after is not None and self._same_sensitive(page, before, after):
-                acc = self._ept_access(ppage)
-                self.uc.mem_protect(ppage, PAGE, UC_PROT_EXEC | (
-                    UC_PROT_READ if acc is None or "r" in acc else 0))
-                self.counter.invalidate(page, page + PAGE)
-                self._prefix_cache.clear()
-                self.fx.forget_prefixes()
-                self._remove_cache(page)
-                return
-            self._drop_page(page)
-        if page in self._code_phys:
-            self._make_data_page(page)
-        elif ppage < self.memory:
-            acc = self._ept_access(ppage)
-            self.uc.mem_protect(ppage, PAGE, UC_PROT_READ | UC_PROT_WRITE if acc is None else
-                                (UC_PROT_READ if "r" in acc else 0)
-                                | (UC_PROT_WRITE if "w" in acc else 0))
-            self.counter.invalidate(page, page + PAGE)
-            self._prefix_cache.clear()
-            self.fx.forget_prefixes()
-            self._remove_cache(page)
-
-    def _same_sensitive(self, page: int, before: bytes, after: bytes) -> bool:
-        if before == after:
-            return True
-        n = len(before)
-        first = next(i for i in range(n) if before[i] != after[i])
-        last = next(i for i in range(n - 1, -1, -1) if before[i] != after[i])
-        lo, hi = max(0, first - 15), min(n, last + 16)
-        if any(page + lo <= a + ins.length and a < page + hi for a, ins in self._insns.items()
-               if page <= a < page + PAGE + 15):
-            return False
-        lim = min(hi, PAGE) - lo
-        if lim <= 0:
-            return True
-        old = {a: k for a, (k, _i) in self._scan_bytes(before[lo:hi], page + lo, 0, lim).items()}
-        new = {a: k for a, (k, _i) in self._scan_bytes(after[lo:hi], page + lo, 0, lim).items()}
-        return old == new
+        """After the single-stepped store into its own unit: the unit is data (the next
+        fetch from it makes it code again and its blocks are decoded as they run)."""
+        lo, self._smc_page = self._smc_page, None
+        lo, hi = self._unit(lo)
+        self._make_data_unit(lo)            # forgets what the step ran from the unit
+        self.uc.mem_protect(lo, hi - lo, self._unit_perms(lo, False))

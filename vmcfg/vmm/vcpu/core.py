@@ -40,7 +40,9 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
                  trace: Any = None,       # a vmm.run.TraceWriter (begin/end per exit)
                  max_instructions: int | None = None,
                  native_counter: bool | None = None, clock: str = "virtual",
-                 native_exit: bool | None = None):
+                 native_exit: bool | None = None, machine_tsc_hz: int | None = None):
+        # the machine's TSC rate where the profile sets none (it outlives live applies)
+        self.machine_tsc_hz = machine_tsc_hz
         if mode not in (16, 32, 64):
             raise ValueError(f"mode must be 16, 32 or 64, not {mode}")
         self._set_cfg(config)
@@ -126,6 +128,12 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         # engine reports the physical address of a fetch or store fault
         self._code_phys: dict[int, int] = {}          # scanned linear page -> physical page
         self._phys_code: dict[int, set[int]] = {}     # physical page -> scanned linear pages
+        self._code_units: set[int] = set()            # engine regions that are code (RX)
+        self._unit_lins: dict[int, set[int]] = {}     # region -> linear pages run from it
+        self._unit_bounds: list[tuple[int, int]] | None = None
+        self._unit_starts: list[int] = []
+        self._fine: set[int] = set()                  # regions (by MAP chunk) protected by page
+        self._own_stores: dict[int, int] = {}         # region -> stores by its own code
         self._xlat = ctypes.c_uint64()
         self._smc_page: int | None = None
         self._smc_before: bytes | None = None

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ctypes
 
-from unicorn import (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_PROT_EXEC, UC_PROT_READ,
+from unicorn import (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_PROT_READ,
                      UC_PROT_WRITE, UcError, x86_const as X)
 
 from .. import apicv as _apicv
@@ -51,6 +51,7 @@ class MemoryMixin:
         chunk = MAP_CHUNK
         while self.memory > chunk * MAP_REGIONS:
             chunk <<= 1
+        self._map_chunk = chunk
         for lo in range(0, self.memory, chunk):
             self.uc.mem_map(lo, min(chunk, self.memory - lo), UC_PROT_READ | UC_PROT_WRITE)
         if self._ept_regions is not None:
@@ -80,10 +81,6 @@ class MemoryMixin:
     def write_phys(self, addr: int, data: bytes) -> None:
         if addr + len(data) > self.memory:
             raise UcError(UC_ERR_WRITE_UNMAPPED)
-        for ppage in range(addr & ~0xFFF, addr + len(data), PAGE):
-            for lp in list(self._phys_code.get(ppage, ())):
-                if lp != ppage:
-                    self._drop_page(lp)       # code seen at another linear address
         self.write_mem(addr, data)
 
     def _paging(self) -> bool:
@@ -129,9 +126,8 @@ class MemoryMixin:
 
     def write_mem(self, addr: int, data: bytes) -> None:
         data = bytes(data)
-        for page in range(addr & ~0xFFF, addr + len(data), PAGE):
-            if page in self._scanned:         # the VMM wrote guest code: rescan it later
-                self._drop_page(page)
+        for ppage in range(addr & ~0xFFF, addr + len(data), PAGE):
+            self._drop_phys(ppage)            # the VMM wrote guest code: decode it again
         self.uc.mem_write(addr, data)
 
     def _mmio_enter(self) -> None:
@@ -220,9 +216,7 @@ class MemoryMixin:
             raise RunEnd("error", None, f"EPT mapping of {gpa:#x}: outside guest RAM")
         self._ept_regions = [(page, page + PAGE, access)] + (self._ept_regions or [])
         perms = (UC_PROT_READ if "r" in access else 0) | (UC_PROT_WRITE if "w" in access else 0)
-        if page in self._scanned and "x" in access:
-            perms |= UC_PROT_EXEC
-        elif page in self._scanned:
-            self._drop_page(page)
+        self._drop_phys(page)                 # its unit is data again (then fetched anew)
         self.uc.mem_protect(page, PAGE, perms)
-        self.uc.ctl_remove_cache(page, page + PAGE)
+        self._unit_bounds = None              # the page is a region of its own now
+        self.uc.ctl_flush_tb()

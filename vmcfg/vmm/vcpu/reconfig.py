@@ -30,7 +30,7 @@ class ReconfigMixin:
         self.cr4_mask, self.cr4_shadow = s["cr4"]["mask"], s["cr4"]["shadow"]
         self.tsc_offset = s["tsc"]["offset"]
         self.tsc_multiplier = s["tsc"]["multiplier"]
-        self.tsc_hz = tsc_frequency(cfg)
+        self.tsc_hz = tsc_frequency(cfg, self.machine_tsc_hz)
         self.cr3_targets = list(s["cr3"]["targets"])
         self.ptimer_value = s["preemption_timer"]["value"]
         self.ptimer_rate = 5          # IA32_VMX_MISC[4:0] of the cvmm capability set
@@ -48,7 +48,7 @@ class ReconfigMixin:
                           rdtscp=cfg.on("secondary.enable_rdtscp"),
                           invpcid=cfg.on("secondary.enable_invpcid"),
                           tsc_per_insn=TSC_PER_INSN, exit_cost=EXIT_COST,
-                          tsc_hz=tsc_frequency(cfg),
+                          tsc_hz=tsc_frequency(cfg, self.machine_tsc_hz),
                           apic_enabled=lambda: self.platform.lapic.enabled)
 
     def request_apply(self, new_config: VmxConfig) -> None:

@@ -174,8 +174,21 @@ class RunLoopMixin:
             return False
         stuck = not count and rip == begin_lin and not stopped_by_stub
         dec = self._decode_any(rip)
-        if dec is not None and dec.mnemonic not in _UD_MNEMONICS and not stuck:
-            return False
+        if dec is not None and dec.mnemonic not in _UD_MNEMONICS:
+            if not stuck:
+                return False
+            # the engine stopped before it when emu_start began at it and nothing else
+            # stopped it: it raises something the engine did not report. #PF for a memory
+            # operand the guest's paging does not map (the engine does not report a fault of
+            # the first instruction of a run); else #GP(0) for a privileged instruction at
+            # CPL > 0 and #UD for the rest (below: XGETBV without CR4.OSXSAVE, RDPRU, ...)
+            cr2 = self._unmapped_operand(dec, rip)
+            if cr2 is not None:
+                self.icount = start_icount
+                self.counter.set_count(start_icount)
+                self.set_cr(2, cr2)
+                self.raise_exception(Vector.PF, self._pf_error_code(cr2, rip), rip, cr2=cr2)
+                return True
         done = start_icount if rip == begin_lin else self._retired_at(rip)
         if count and done - start_icount >= count:
             return False                  # the budget really ended just before it
@@ -186,6 +199,20 @@ class RunLoopMixin:
         else:
             self.raise_exception(Vector.UD, None, rip)
         return True
+
+    def _unmapped_operand(self, dec, rip: int) -> int | None:
+        """The linear address of a memory operand of `dec` (at `rip`) that the guest's
+        paging does not map, or None."""
+        if not self._paging():
+            return None
+        raw = self._code_bytes(rip)
+        if raw is None:
+            return None
+        ins = D.make_insn(dec, raw, self.bitness)
+        if not ins.has_mem:
+            return None
+        ea = self.effective_address(ins)
+        return ea if self.lin2phys(ea) is None else None
 
     def _after_step(self) -> None:
         """After a counted single step: MTF and interrupt-window checks."""

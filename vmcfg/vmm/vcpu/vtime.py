@@ -9,10 +9,11 @@ from ..outcome import RunEnd
 from .common import EXIT_COST, MASK64, TSC_PER_INSN
 
 
-def tsc_frequency(cfg: VmxConfig) -> int:
-    """The TSC rate in Hz: the profile's tsc.frequency, else the machine clock's default."""
+def tsc_frequency(cfg: VmxConfig, machine_hz: int | None = None) -> int:
+    """The TSC rate in Hz: the profile's tsc.frequency, else the machine's (a Linux boot's
+    machine runs at LINUX_TSC_HZ, vmm/linux.py), else the machine clock's default."""
     from ..clock import TSC_HZ
-    return int((cfg.settings.get("tsc") or {}).get("frequency") or TSC_HZ)
+    return int((cfg.settings.get("tsc") or {}).get("frequency") or machine_hz or TSC_HZ)
 
 
 class TimeMixin:

@@ -201,13 +201,24 @@ def p99(xs: list[float]) -> float:
     return statistics.quantiles(xs, n=100)[98] if len(xs) >= 100 else max(xs)
 
 
+# Linux starts a new program's RSS high-water mark (ru_maxrss) at the size of the process it
+# was forked from: a child of this (large) benchmark process would report at least our own
+# size.  So the measured program is a grandchild, started by this small interpreter, which
+# reports the grandchild's ru_maxrss (KiB) on its last stdout line.
+_WAIT4 = """import os, subprocess, sys
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+_pid, status, usage = os.wait4(p.pid, 0)
+print(usage.ru_maxrss)
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def _hwm(cmd: list[str]) -> int:
-    p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _pid, status, usage = os.wait4(p.pid, 0)
-    err = p.stderr.read().decode(errors="replace")
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"child {' '.join(cmd)} failed:\n{err}")
-    return usage.ru_maxrss * 1024
+    p = subprocess.run([sys.executable, "-c", _WAIT4, *cmd], cwd=ROOT, capture_output=True,
+                       text=True)
+    if p.returncode != 0:
+        raise SystemExit(f"child {' '.join(cmd)} failed:\n{p.stderr}")
+    return int(p.stdout.split()[-1]) * 1024
 
 
 def peak_rss(memory: int, src: str, bare: bool) -> int:

@@ -244,12 +244,12 @@ def h_cpuid(ctx: ExitContext) -> None:
     g = v._gprs
     leaf = v.rr(g[0]) & 0xFFFFFFFF
     eax, ebx, ecx, edx = v.cpuid.query(leaf, v.rr(g[1]) & 0xFFFFFFFF)
+    # the native exit path answers the next ones from its cache: leaf 1's OSXSAVE bit it
+    # takes from CR4 itself; its APIC bit follows IA32_APIC_BASE, whose writes clear the cache
+    v.fx.cpuid_put(leaf, v.rr(g[1]) & 0xFFFFFFFF if leaf in v.cpuid.subleaf_leaves else None,
+                   (eax, ebx, ecx, edx))
     if leaf == 1 and ecx & (1 << 26):
         ecx = (ecx & ~(1 << 27)) | ((v.cr(4) >> 18 & 1) << 27)    # OSXSAVE mirrors CR4
-    elif leaf != 1:
-        # the native exit path answers the next ones (leaf 1 follows CR4 and the APIC: never)
-        v.fx.cpuid_put(leaf, v.rr(g[1]) & 0xFFFFFFFF if leaf in v.cpuid.subleaf_leaves else None,
-                       (eax, ebx, ecx, edx))
     pend = v._pend            # 32-bit results zero-extend into the 64-bit registers
     pend[g[0]] = eax
     pend[g[3]] = ebx

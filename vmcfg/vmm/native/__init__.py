@@ -21,7 +21,7 @@ import ctypes
 import importlib.machinery
 import os
 
-FX_VERSION = 4
+FX_VERSION = 5
 NSNAP = 18
 NWRITE = 32
 NREASONS = 128

@@ -27,7 +27,7 @@
 #include <string.h>
 #include <time.h>
 
-#define FX_VERSION 4
+#define FX_VERSION 5
 #define FX_NSNAP 18            /* RAX..R15, RIP, RFLAGS */
 #define FX_NWRITE 32
 #define FX_NREASONS 128
@@ -46,7 +46,8 @@
 enum { K_NONE = 0, K_CPUID, K_RDTSC, K_OUT_IMM, K_IN_IMM, K_OUT_DX, K_IN_DX };
 
 /* block counter words (counter.py) */
-enum { W_COUNTER = 0, W_LAST_ADDR = 5, W_LAST_SIZE = 6, W_STOP = 8, W_LAST_N = 10 };
+enum { W_COUNTER = 0, W_LAST_ADDR = 5, W_LAST_SIZE = 6, W_STOP = 8, W_LAST_N = 10, W_SOFT = 14 };
+#define NO_DEADLINE 0x7FFFFFFFFFFFFFFFull
 
 /* snapshot slots */
 enum { S_RAX = 0, S_RCX = 1, S_RDX = 2, S_RBX = 3, S_RIP = 16, S_RFLAGS = 17 };
@@ -219,6 +220,11 @@ static int fast(uc_engine *uc, uint64_t address, fx_entry *e, fx_state *st)
             ids[nw] = (int)st->reg_ids[slot[i]];
             vals[nw++] = c->r[i];
         }
+        if (leaf == 1 && (c->r[2] & (1u << 26))) {      /* CPUID.1:ECX.OSXSAVE = CR4.OSXSAVE */
+            uint64_t cr4 = 0;
+            st->reg_read(uc, (int)st->cr4_id, &cr4);
+            vals[2] = (vals[2] & ~(1ull << 27)) | (((cr4 >> 18) & 1) << 27);
+        }
         break;
     }
     case K_RDTSC: {
@@ -280,6 +286,14 @@ static int fast(uc_engine *uc, uint64_t address, fx_entry *e, fx_state *st)
     if (reason) {
         st->stats[reason]++;
         st->stats_ns[reason] += now_ns() - t0;
+        /* the exit moved virtual time by exit_cost ticks: the next device timer (the block
+         * counter's soft deadline, in retired instructions) comes that much sooner; once it
+         * is reached the counter stops the engine at the next block, where nrip starts one */
+        uint64_t soft = ctr[W_SOFT];
+        if (soft != NO_DEADLINE) {
+            uint64_t d = st->exit_cost / st->tsc_per_insn;
+            ctr[W_SOFT] = soft > d ? soft - d : 0;
+        }
     }
     /* the instruction retired; the rest of the block is counted when it restarts at nrip */
     ctr[W_COUNTER] = ic + 1;

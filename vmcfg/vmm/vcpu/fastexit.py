@@ -117,10 +117,13 @@ class FastExitMixin:
         ok = not count and self.clock == "virtual" and self._skip_once is None \
             and self._pending_cfg is None
         fx.set_fast(ok)
-        # an exit moves virtual time: with a deadline in TSC ticks or an event to look at
-        # after it, every exit goes through Python (which stops and re-arms)
+        # an exit moves virtual time: with an exact deadline in TSC ticks (preemption timer)
+        # or an event to look at after it, every exit goes through Python (which stops and
+        # re-arms). A device timer is the block counter's soft deadline, which the native
+        # exit moves sooner by the exit's ticks (fastexit.c): the counter then stops the
+        # engine at the next block, as the Python path's stop after the exit would.
         exits_ok = ok and self.trace is None \
-            and not self._on["pin.activate_vmx_preemption_timer"] and not self._reentry_needed()
+            and not self._on["pin.activate_vmx_preemption_timer"] and not self._events_waiting()
         if exits_ok != self._fx_exits_ok:
             self._fx_exits_ok = exits_ok
             for r in FX_REASONS:

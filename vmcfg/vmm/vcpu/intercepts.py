@@ -12,6 +12,7 @@ from .. import apicv as _apicv
 from .. import decode as D
 from ...vmx.config import VmxConfig
 from ...vmx.exits import Exit, Vector
+from ..devices.lapic import MSR_APIC_BASE
 from ..devices import DebugExit, SystemReset
 from ..exitinfo import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, VmExit, cr_qualification,
                         descriptor_table_info, dr_qualification, io_qualification, ldt_tr_info, rdrand_info)
@@ -259,8 +260,13 @@ class InterceptsMixin:
         self._trap_flush()
 
     def _reentry_needed(self) -> bool:
-        return self._reentry or self.platform.next_event() is not None or bool(self._virq) \
-            or self._nmi_reflect or self._nmi_pending or self.apicv.pending() is not None
+        return self.platform.next_event() is not None or self._events_waiting()
+
+    def _events_waiting(self) -> bool:
+        """After an exit, the run loop must look at events before the guest goes on (windows,
+        preemption timer, MTF, interrupts or NMIs the VMM reflects) -- a device timer aside."""
+        return self._reentry or bool(self._virq) or self._nmi_reflect or self._nmi_pending \
+            or self.apicv.pending() is not None
 
     def vmexit(self, ex: VmExit) -> None:
         """Record an exit, run its handler (user or default)."""
@@ -605,8 +611,10 @@ class InterceptsMixin:
                 self.set_gpr(2, v >> 32, 4)
             else:
                 self.msrs.write(msr, (self.gpr(2, 4) << 32) | self.gpr(0, 4))
+                if msr == MSR_APIC_BASE:
+                    self.fx.cpuid_clear()       # CPUID.1:EDX.APIC follows its enable bit
         except MsrFault:
-            raise GuestFault(13, 0) from None
+            raise GuestFault(Vector.GP, 0) from None
 
     def emulate_io(self, ins: D.Insn) -> None:
         if not ins.io_string:

@@ -126,15 +126,9 @@ def test_cpuid_leaf_1_follows_cr4_osxsave(monkeypatch):
 
 
 TIMER_LOOP = """
-        lea rdi, [rel idt + 0x20 * 16]
-        lea rax, [rel handler]
-        mov [rdi], ax
-        mov [rdi + 2], cs
-        mov word [rdi + 4], 0x8E00
-        shr rax, 16
-        mov [rdi + 6], ax
-        shr rax, 16
-        mov [rdi + 8], eax
+        jmp start
+%include "lib64.inc"
+start:  gate 0x20, handler
         lidt [rel idtr]
         mov al, 0x34
         out 0x43, al

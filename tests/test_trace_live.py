@@ -118,7 +118,7 @@ def test_stats_follow_on_a_terminal_draws_a_chart(guest):
                     break
             text = seen.decode("utf-8", "replace")
             if "exit rates" in text and any(c in text for c in BARS) and \
-                    re.search(r"IO_INSTRUCTION +\S+ +[\d.]+k?/s", text):
+                    re.search(r"IO_INSTRUCTION +\S+ +[\d.]+[kMG]?/s", text):
                 break
         text = seen.decode("utf-8", "replace")
         assert "gt: running" in text and "RDTSC" in text

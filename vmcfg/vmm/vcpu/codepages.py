@@ -15,7 +15,7 @@ FINE_AFTER = 16       # stores by a region's own code into it before it is prote
 
 
 class CodePagesMixin:
-    """Code pages: the first fetch from a page scans it and hooks exactly the sensitive"""
+    """Code pages: scanning, hooks at trapped instructions, self-modifying code (see the module doc)."""
 
     def _count_block(self, address: int, size: int) -> int | None:
         """A block the engine is about to run for the first time (the counter's slow path):

@@ -62,7 +62,7 @@ def old_exception_offset(mode: int) -> int | None:
 
 
 class EventsMixin:
-    """Events: exceptions raised by guest instructions, event injection and delivery"""
+    """Events: exceptions, event injection and delivery, NMIs and interrupts (see the module doc)."""
 
     def _device_nmi(self) -> None:
         self._nmi_pending = True

@@ -162,7 +162,7 @@ class ExitStats:
 
 
 class InterceptsMixin:
-    """Intercepts: which instruction kinds the VMM must see under a configuration, the"""
+    """Intercepts: trapped instruction kinds, their semantics and VM exits (see the module doc)."""
 
     def _raw_trap(self, _uch, address, size, _ud):
         try:

@@ -18,7 +18,7 @@ from ...vmx.exits import Exit
 
 
 class MemoryMixin:
-    """Guest memory: the RAM layout and EPT permissions, physical and linear (paged)"""
+    """Guest memory: layout, EPT permissions, access, MMIO and memory faults (see the module doc)."""
 
     def _ept_layout(self, cfg: VmxConfig) -> list[tuple[int, int, str]] | None:
         if not cfg.on("secondary.enable_ept"):

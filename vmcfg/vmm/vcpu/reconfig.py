@@ -13,7 +13,7 @@ from .vtime import tsc_frequency
 
 
 class ReconfigMixin:
-    """Reconfiguration: the controls and VMCS fields in force, and live changes"""
+    """Reconfiguration: the controls in force and live changes (see the module doc)."""
 
     def _set_cfg(self, cfg: VmxConfig) -> None:
         from ...vmx.table import CONTROLS

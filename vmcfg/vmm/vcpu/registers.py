@@ -10,7 +10,7 @@ from .common import MASK64, _CR, _GPR64, _reg_read, _reg_write, _reg_write_batch
 
 
 class RegistersMixin:
-    """Guest registers through batched raw access, the current mode, control and"""
+    """Guest registers, the current mode, control registers and CPU MSRs (see the module doc)."""
 
     def rr(self, reg: int) -> int:
         v = self._pend.get(reg)

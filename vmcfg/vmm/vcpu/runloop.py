@@ -18,7 +18,7 @@ from ...vmx.exits import Exit, Vector
 
 
 class RunLoopMixin:
-    """The run loop and the run's outcome: emu_start to the next deadline or event, what"""
+    """The run loop and the run's outcome (see the module doc)."""
 
     def _entry_exit(self, ex: VmExit) -> None:
         self.vmexit(ex)

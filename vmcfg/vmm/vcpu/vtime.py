@@ -17,7 +17,7 @@ def tsc_frequency(cfg: VmxConfig, machine_hz: int | None = None) -> int:
 
 
 class TimeMixin:
-    """Virtual time: the TSC from retired instructions (or the host clock), the guest's"""
+    """Virtual time: the TSC, its guest view and the next deadline (see the module doc)."""
 
     @property
     def tsc(self) -> int:

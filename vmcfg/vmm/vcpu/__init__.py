@@ -3,13 +3,15 @@
 How instructions are trapped (shared/reference/unicorn-trapping.md):
 
 * guest RAM is mapped readable/writable but not executable; the first fetch
-  from a page stops emulation, the page is decoded (``decode.scan_page``) and
-  a UC_HOOK_CODE hook is added at exactly the addresses of the sensitive
-  instructions the current controls trap; then the page is made executable,
-  its cached translations dropped, and the guest resumes;
-* a write hook per scanned page re-decodes the written window; when the set
-  of sensitive instructions on the page changes, the page is dropped (hooks
-  removed, made non-executable again) and rescanned on its next execution;
+  from a region (1 MiB of the engine's mapping) stops emulation and makes it
+  code (executable, write-protected);
+* the first time the engine runs a block, the block is decoded and a
+  UC_HOOK_CODE hook is added at exactly the sensitive instructions the current
+  controls trap (the hook is the native exit path's C function where it is
+  built, ``native/fastexit.c``);
+* a store into code from another region makes that region data again at once
+  (its blocks are decoded afresh when it runs); code that writes its own region
+  is single-stepped, and such a region is then protected page by page;
 * retired instructions are counted per block (``counter.BlockCounter``),
   without a Python call per instruction or block;
 * controls change only between two ``emu_start`` calls (``request_apply``).

@@ -1,6 +1,7 @@
-"""Code pages: the first fetch from a page scans it and hooks exactly the sensitive
-instructions the controls trap; stores into code pages (self-modifying code) drop and
-rescan; retired-instruction counting per block (with counter.BlockCounter)."""
+"""Code pages: a region becomes code at its first fetch; each block is decoded the first
+time it runs and its trapped instructions hooked; stores into code (self-modifying code)
+turn a region back into data or are single-stepped; retired-instruction counting per
+block (with counter.BlockCounter)."""
 
 from __future__ import annotations
 

@@ -213,12 +213,20 @@ sys.exit(os.waitstatus_to_exitcode(status))
 """
 
 
-def _hwm(cmd: list[str]) -> int:
+def grandchild_peak_rss(cmd: list[str]) -> tuple[int, int, str]:
+    """Run `cmd` as a grandchild (see above): (exit status, peak RSS in bytes, its stderr).
+    tests/test_vmm_memory.py measures the same way."""
     p = subprocess.run([sys.executable, "-c", _WAIT4, *cmd], cwd=ROOT, capture_output=True,
                        text=True)
-    if p.returncode != 0:
-        raise SystemExit(f"child {' '.join(cmd)} failed:\n{p.stderr}")
-    return int(p.stdout.split()[-1]) * 1024
+    out = p.stdout.split()
+    return p.returncode, int(out[-1]) * 1024 if out else 0, p.stderr
+
+
+def _hwm(cmd: list[str]) -> int:
+    rc, peak, err = grandchild_peak_rss(cmd)
+    if rc != 0:
+        raise SystemExit(f"child {' '.join(cmd)} failed:\n{err}")
+    return peak
 
 
 def peak_rss(memory: int, src: str, bare: bool) -> int:

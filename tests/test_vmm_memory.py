@@ -5,7 +5,8 @@ Each guest runs in a child `vmcfg launch` process; its peak resident set size
 is what is checked. Nothing here is timed.
 """
 
-import subprocess
+import importlib.util
+import os
 import sys
 
 from conftest import ROOT
@@ -13,15 +14,14 @@ from conftest import ROOT
 MiB = 1 << 20
 
 
-# Linux starts a new program's RSS high-water mark at the size of the process it was forked
-# from, so a child of this (possibly large) pytest worker would report at least the worker's
-# size: the launch is a grandchild, started by a small interpreter that reports its ru_maxrss.
-_WAIT4 = """import os, subprocess, sys
-p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
-_pid, status, usage = os.wait4(p.pid, 0)
-print(usage.ru_maxrss)
-sys.exit(os.waitstatus_to_exitcode(status))
-"""
+def _bench():
+    """bench/bench_vmm.py: the one home of the grandchild peak-RSS measurement (Linux starts
+    a new program's high-water mark at its parent's size, and a pytest worker may be large)."""
+    spec = importlib.util.spec_from_file_location("bench_vmm",
+                                                  os.path.join(ROOT, "bench", "bench_vmm.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def _launch_peak_rss(tmp_path, memory: str, asm: str) -> tuple[int, str]:
@@ -29,13 +29,11 @@ def _launch_peak_rss(tmp_path, memory: str, asm: str) -> tuple[int, str]:
     stderr)."""
     src = tmp_path / "guest.asm"
     src.write_text(asm)
-    p = subprocess.run([sys.executable, "-c", _WAIT4, sys.executable, "-c",
-                        "from vmcfg.cli.main import main; main()",
-                        "launch", "baseline", "--guest", str(src), "--memory", memory,
-                        "--console", str(tmp_path / "console.txt")],
-                       cwd=ROOT, capture_output=True, text=True)
-    assert p.returncode == 0, p.stderr
-    return int(p.stdout.split()[-1]) * 1024, p.stderr     # Linux reports kilobytes
+    rc, peak, err = _bench().grandchild_peak_rss(
+        [sys.executable, "-c", "from vmcfg.cli.main import main; main()", "launch", "baseline",
+         "--guest", str(src), "--memory", memory, "--console", str(tmp_path / "console.txt")])
+    assert rc == 0, err
+    return peak, err
 
 
 # stores one byte to every `step`-th byte from `lo` up to (not including) `hi`, then debug-exit 0

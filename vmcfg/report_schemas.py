@@ -69,6 +69,7 @@ DEFS: dict[str, dict] = {
                         "exits": _ref("exits"), "exit_status": _INT, "message": _STR},
                        {"console": _STR, "wall_seconds": _NUM, "registers": _ref("registers"),
                         "entry_failure": {"type": "object"}, "vpid": _INT,
+                        "restarts": {"type": "integer", "minimum": 0},
                         "apicv": _obj({"vtpr": _INT, "vppr": _INT, "rvi": _INT, "svi": _INT,
                                        "virr": {"type": "array", "items": _INT},
                                        "visr": {"type": "array", "items": _INT},

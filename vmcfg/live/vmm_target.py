@@ -25,6 +25,12 @@ class VmmTarget:
         self.mode = mode
         self.started = time.time()
 
+    def retarget(self, vcpu) -> None:
+        """The guest restarted on a fresh machine (lifecycle.on_reboot = "restart"): from now
+        on the session talks to its vCPU."""
+        vcpu.live_wakeable = True
+        self.vcpu = vcpu
+
     @property
     def config(self):
         return self.vcpu.cfg

@@ -109,3 +109,22 @@ def test_keys_typed_on_a_terminal_reach_the_guest(tmp_path):
     finally:
         os.close(master)
         os.close(slave)
+
+
+def test_a_detached_guest_writes_its_console_to_its_log(rundir):
+    def vmcfg(*args):
+        return subprocess.run([sys.executable, "-m", "vmcfg.cli", *args], cwd=ROOT,
+                              capture_output=True, text=True, timeout=PATIENCE)
+    r = vmcfg("launch", "baseline", "--guest", "builtin:runaway", "--name", "bg", "--detach",
+              "--json")
+    try:
+        assert r.returncode == 0, r.stderr
+        doc = json.loads(r.stdout)
+        assert doc["name"] == "bg" and doc["console"].startswith(str(rundir))
+        assert "runaway" not in r.stdout + r.stderr      # nothing of the console here
+        from conftest import wait_until
+        wait_until(lambda: os.path.exists(doc["console"]) and
+                   open(doc["console"]).read() == "runaway: spinning\n",
+                   "the console line in the guest's log")
+    finally:
+        vmcfg("stop", "bg")

@@ -143,3 +143,22 @@ def test_a_named_guest_restarts_and_an_apply_reaches_the_new_machine(rundir, tmp
         assert [h["kind"] for h in summ["history"]] == ["launch", "apply"]
     finally:
         _vmcfg("stop", "rb")
+
+
+def test_a_kernel_that_reboots_restarts_with_the_same_command_line(cli, tmp_path, write_profile):
+    """--kernel: each fresh boot gets the same kernel, initrd and command line (the boot
+    protocol's zero page is written again).  startup_64 of this bzImage prints its command
+    line (boot_params.hdr.cmd_line_ptr) and resets through the keyboard controller."""
+    from linux_fixtures import linux_inputs, synthetic_bzimage
+    code = bytes.fromhex("8bbe28020000" "66baf803" "8a07" "84c0" "7406" "ee" "48ffc7" "ebf4"
+                         "b00a" "ee" "b0fe" "e664" "f4")
+    k = tmp_path / "bzImage"
+    k.write_bytes(synthetic_bzimage(payload=b"\x90" * 0x200 + code + b"\x90" * 0x100))
+    rd = tmp_path / "initrd.gz"
+    rd.write_bytes(linux_inputs.build_initramfs(b"not-busybox"))
+    p = _profile(write_profile, RESTART + "max_restarts = 1\n")
+    r = cli("launch", p, "--kernel", str(k), "--initrd", str(rd), "--append",
+            "console=ttyS0 panic=-1", "--json")
+    d = json.loads(r.stdout)
+    assert d["status"] == "reboot" and r.exit_code == 14 and d["restarts"] == 1
+    assert d["console"] == "console=ttyS0 panic=-1\n" * 2

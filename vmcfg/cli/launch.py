@@ -38,8 +38,9 @@ def _complete_guest(ctx, param, incomplete):
 @click.option("--initrd", metavar="FILE", type=click.Path(dir_okay=False),
               help="With --kernel: the initramfs to load.")
 @click.option("--clock", type=click.Choice(["virtual", "realtime"]),
-              help="Guest time: 'virtual' (default; deterministic, from retired instructions) "
-                   "or 'realtime' (follows the host clock).")
+              help="Guest time: 'virtual' (the default, so a run is reproducible: time from "
+                   "retired instructions, the same console bytes and exits every run, however "
+                   "busy the host) or 'realtime' (the TSC follows the host clock).")
 @click.option("--mode", type=click.Choice(["16", "32", "64"]), help="Start mode (default 64).")
 @click.option("--memory", metavar="SIZE", help="Guest RAM, e.g. 16M (default 16M).")
 @click.option("--load-address", "load_address", metavar="ADDR",

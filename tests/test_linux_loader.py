@@ -251,3 +251,37 @@ def test_a_kernel_boot_machine_has_a_1ghz_tsc_unless_the_profile_sets_one(cli, b
     p.write_text('[profile]\nname = "slow"\nextends = "baseline"\n[tsc]\nfrequency = 2_000_000\n')
     r = cli("launch", str(p), "--kernel", k, "--json")
     assert json.loads(r.stdout)["guest_exit_code"] == 2
+
+
+@pytest.mark.parametrize("kernel, initrd, extra, words", [
+    ("missing", None, (), "no such file"),
+    ("empty", None, (), "empty"),
+    ("elf", None, (), "an ELF file"),
+    ("zimage", None, (), "zImage"),
+    ("old", None, (), "too old"),
+    ("huge", None, ("--memory", "64M"), "give at least --memory"),
+    ("ok", "junk", (), "not an initramfs"),
+    ("ok", "empty", (), "empty"),
+    ("ok", "missing", (), "no such file"),
+    ("ok", "big", ("--memory", "32M"), "do not fit"),
+])
+def test_bad_kernels_and_initrds_give_one_line_and_status_2(cli, bz, tmp_path, kernel, initrd,
+                                                           extra, words):
+    """What a user sees for each bad --kernel / --initrd: one line on stderr naming the
+    problem, exit status 2 (usage), nothing run; with --json the error object on stdout."""
+    files = {"empty": b"", "elf": b"\x7fELF" + b"\0" * 0x400,
+             "zimage": synthetic_bzimage(loadflags=0), "old": synthetic_bzimage(version=0x201),
+             "huge": synthetic_bzimage(init_size=80 * MiB), "ok": synthetic_bzimage(),
+             "junk": b"not an initramfs at all", "big": b"\x1f\x8b" + b"\0" * (40 * MiB)}
+
+    def path(name):
+        return str(tmp_path / "missing") if name == "missing" else bz(files[name], name)
+    args = ["launch", "baseline", "--kernel", path(kernel), *extra]
+    if initrd:
+        args += ["--initrd", path(initrd)]
+    r = cli(*args)
+    assert r.exit_code == 2 and words in r.stderr, r.stderr
+    assert r.stdout == "" and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    d = json.loads(cli(*args, "--json").stdout)
+    assert d["status"] == "usage" and d["exit_status"] == 2 and words in d["error"]["message"]

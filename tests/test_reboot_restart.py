@@ -162,3 +162,22 @@ def test_a_kernel_that_reboots_restarts_with_the_same_command_line(cli, tmp_path
     d = json.loads(r.stdout)
     assert d["status"] == "reboot" and r.exit_code == 14 and d["restarts"] == 1
     assert d["console"] == "console=ttyS0 panic=-1\n" * 2
+
+
+def test_set_and_completion_know_the_lifecycle_keys(cli, tmp_path, write_profile):
+    from click.testing import CliRunner
+    from vmcfg.cli.main import cli as group
+
+    def complete(*words):
+        env = {"_VMCFG_COMPLETE": "bash_complete", "COMP_WORDS": " ".join(("vmcfg",) + words),
+               "COMP_CWORD": str(len(words))}
+        r = CliRunner().invoke(group, [], env=env, prog_name="vmcfg")
+        return [ln.split(",", 1)[1] for ln in r.stdout.splitlines() if "," in ln]
+    assert complete("set", "p.toml", "lifecycle.on") == ["lifecycle.on_reboot="]
+    assert complete("set", "p.toml", "lifecycle.on_reboot=") == [
+        "lifecycle.on_reboot=stop", "lifecycle.on_reboot=restart"]
+    p = _profile(write_profile)
+    r = cli("set", p, "lifecycle.on_reboot=restart", "lifecycle.max_restarts=1")
+    assert r.exit_code == 0, r.stderr
+    r = cli("launch", p, "--guest", _guest(tmp_path), "--json")
+    assert json.loads(r.stdout)["restarts"] == 1 and r.exit_code == 14

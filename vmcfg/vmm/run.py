@@ -344,7 +344,10 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
                                cmdline=cmdline, clock=clock, tsc_hz=tsc_hz)
             current[0] = vcpu
             if on_vcpu is not None:
-                on_vcpu(vcpu)
+                on_vcpu(vcpu)                 # (drops the callers' hold on the old machine)
+            if not first:
+                import gc
+                gc.collect()                  # the old machine's engine and RAM (cycles)
             if vcpu.status is None:
                 if limit is not None and limit <= 0:
                     vcpu.status, vcpu.message = "instruction-limit", \

@@ -285,3 +285,25 @@ def test_bad_kernels_and_initrds_give_one_line_and_status_2(cli, bz, tmp_path, k
     assert len(r.stderr.strip().splitlines()) == 1
     d = json.loads(cli(*args, "--json").stdout)
     assert d["status"] == "usage" and d["exit_status"] == 2 and words in d["error"]["message"]
+
+
+def test_a_32bit_profile_enters_startup_32(cli, bz, write_profile):
+    """A profile that is a 32-bit guest (no entry.ia32e_mode_guest; unrestricted guest) boots
+    the kernel at startup_32 (the load address) in protected mode, paging off, with
+    __BOOT_CS and RSI = the zero page; a 64-bit profile at startup_64 (load address + 0x200)."""
+    # startup_32: (ESI >> 12) + CS to the debug-exit port -> 0x10 + 0x10
+    s32 = bytes.fromhex("89f0" "c1e80c" "8ccb" "01d8" "e6f4")
+    # startup_64: 0x40 to the debug-exit port
+    s64 = bytes.fromhex("b040" "e6f4")
+    k = bz(synthetic_bzimage(payload=s32 + b"\x90" * (0x200 - len(s32)) + s64 + b"\xf4" * 16))
+    p32 = write_profile('[profile]\nextends = "linux"\n[entry]\nia32e_mode_guest = false\n')
+    for profile, code in ((p32, 0x20), ("linux", 0x40), ("baseline", 0x40)):
+        r = cli("launch", profile, "--kernel", k, "--json")
+        d = json.loads(r.stdout)
+        assert (d["status"], d["guest_exit_code"]) == ("debug-exit", code), (profile, r.stdout)
+    # a 32-bit profile without unrestricted guest cannot start with paging off: entry fails
+    p = write_profile('[profile]\nextends = "baseline"\n[entry]\nia32e_mode_guest = false\n',
+                      "nug.toml")
+    r = cli("launch", p, "--kernel", k, "--json")
+    d = json.loads(r.stdout)
+    assert d["status"] == "entry-failure" and r.exit_code == 4 and "G3" in r.stdout

@@ -134,6 +134,8 @@ def test_a_named_guest_restarts_and_an_apply_reaches_the_new_machine(rundir, tmp
     try:
         wait_until(lambda: con.exists() and con.read_text().count("booted") >= 2,
                    "the guest to restart once")
+        r = _vmcfg("stats", "rb", "--json")
+        assert r.returncode == 0 and json.loads(r.stdout)["restarts"] >= 1, r.stdout
         r = _vmcfg("apply", stop, "--to", "rb", "--json")
         assert r.returncode == 0, r.stderr
         assert [d["key"] for d in json.loads(r.stdout)["diff"]] == ["lifecycle.on_reboot"]

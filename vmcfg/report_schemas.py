@@ -76,7 +76,7 @@ DEFS: dict[str, dict] = {
                                        "delivered": _INT, "virtual_eois": _INT,
                                        "posted": _INT})}),
     "snapshot": _obj({"state": _STR, "instructions": _INT, "tsc": _INT,
-                      "exits": _ref("exits")}),
+                      "exits": _ref("exits")}, {"restarts": {"type": "integer", "minimum": 1}}),
     "diff_entry": _obj({"kind": {"enum": ["control", "setting"]}, "key": _STR, "old": {},
                         "new": {}, "live": _BOOL}),
 }

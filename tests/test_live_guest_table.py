@@ -32,3 +32,23 @@ def test_apply_trap_all_to_a_guest_launched_from_linux(rundir, write_profile):
         assert r.returncode == 0, r.stderr
     finally:
         vmcfg("stop", "lg")
+
+
+def test_the_running_guest_is_compared_as_it_was_launched(rundir):
+    """--memory on the command line is the running guest's memory: `linux` (256 MiB) applies
+    to a baseline guest launched with --memory 256M, and is refused for one with 16 MiB."""
+    r = vmcfg("launch", "baseline", "--guest", "builtin:soak", "--memory", "256M",
+              "--name", "big", "--detach")
+    assert r.returncode == 0, r.stderr
+    r = vmcfg("launch", "baseline", "--guest", "builtin:soak", "--name", "small", "--detach")
+    assert r.returncode == 0, r.stderr
+    try:
+        r = vmcfg("apply", "linux", "--to", "big", "--json")
+        assert r.returncode == 0, r.stderr
+        keys = [d["key"] for d in json.loads(r.stdout)["diff"]]
+        assert "secondary.enable_ept" in keys and not [k for k in keys if k.startswith("guest.")]
+        r = vmcfg("apply", "linux", "--to", "small")
+        assert r.returncode == 1 and "guest.memory" in r.stderr
+    finally:
+        vmcfg("stop", "big")
+        vmcfg("stop", "small")

@@ -61,10 +61,19 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         # the start mode is the CPU state run.setup_start_state writes (cpu.state)
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         self.uc.ctl_set_cpu_model(unicorn_cpu_model())
+        # Exits mode, with no exit address but while a store to a code page is stepped: at the
+        # end of every emu_start Unicorn drops the translated block at (`until` - 1) with a
+        # *faulting* lookup, and the "run for ever" until (2**64 - 1) is never mapped -- each
+        # run left CR2 = 2**64 - 2 and QEMU's #DF bookkeeping behind (codepages._tb_drop)
+        self.uc.ctl_exits_enabled(True)
+        self.uc.ctl_set_exits([])
+        self._exits: tuple[int, ...] = ()
         self._uch = self.uc._uch
         self.cpu_state = CpuState(self.uc)
         self._rbuf = ctypes.c_uint64()
         self._rref = ctypes.byref(self._rbuf)
+        self._cr2buf = ctypes.c_uint64()
+        self._cr2ref = ctypes.byref(self._cr2buf)
         self._pend: dict[int, int] = {}
         self._rcache: dict[int, int] = {}
         self._pcbuf = ctypes.c_uint64()
@@ -114,6 +123,8 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         self._in_hook = False
         self._deadline_kind: str | None = None
         self._exc_dirty = False
+        self._stray_fault = False          # codepages._tb_drop: one engine #PF report to ignore
+        self._tb_flush_pending = False
         self._count_mode = False
         self._force_count = False
         # runtime copies of the VMCS fields the guest's actions change

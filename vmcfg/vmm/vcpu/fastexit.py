@@ -161,7 +161,7 @@ class FastExitMixin:
             self._fx_step_hook = hh.value
             self.uc.ctl_flush_tb()          # the hook is compiled into translated blocks
         elif not on and self._fx_step_hook is not None:
-            uclib.uc_hook_del(self._uch, ctypes.c_size_t(self._fx_step_hook))
+            self._tb_drop(uclib.uc_hook_del, self._uch, ctypes.c_size_t(self._fx_step_hook))
             self._fx_step_hook = None
             self.uc.ctl_flush_tb()
         if on:

@@ -13,7 +13,8 @@ from .. import decode as D
 from ...vmx.config import VmxConfig
 from ..exitinfo import VmExit
 from ..outcome import RunEnd
-from .common import MAP_CHUNK, MAP_REGIONS, MASK64, PAGE, _vmem_read, _vmem_translate
+from .common import (MAP_CHUNK, MAP_REGIONS, MASK64, PAGE, _reg_write, _vmem_read,
+                     _vmem_translate)
 from ...vmx.exits import Exit
 
 
@@ -98,9 +99,22 @@ class MemoryMixin:
         if not self._paging():
             return lin
         self._sync_paging()
+        cr2 = self._cr2_engine()
         err = _vmem_translate(self._uch, ctypes.c_uint64(lin & MASK64), ctypes.c_int(prot),
                               ctypes.byref(self._xlat))
-        return None if err else self._xlat.value
+        if err:
+            self._probe_failed(cr2)
+            return None
+        return self._xlat.value
+
+    def _probe_failed(self, cr2: int) -> None:
+        """A page walk of the engine's that failed leaves what a fault would: CR2 = the
+        address, and a #PF the engine may report once when the run stops.  CR2 goes back to
+        the guest's value; that report is ignored (events._on_intr)."""
+        self._cr2buf.value = cr2
+        _reg_write(self._uch, X.UC_X86_REG_CR2, self._cr2ref)
+        self._rcache.pop(X.UC_X86_REG_CR2, None)
+        self._stray_fault = True
 
     def read_code(self, lin: int, size: int) -> bytes:
         """Guest code at a linear address (through the guest's paging)."""
@@ -108,9 +122,11 @@ class MemoryMixin:
             return bytes(self.uc.mem_read(lin, size))
         self._sync_paging()
         buf = ctypes.create_string_buffer(size)
+        cr2 = self._cr2_engine()
         err = _vmem_read(self._uch, ctypes.c_uint64(lin & MASK64), ctypes.c_int(UC_PROT_READ),
                          buf, ctypes.c_size_t(size))
         if err:
+            self._probe_failed(cr2)
             raise UcError(err)
         return buf.raw
 

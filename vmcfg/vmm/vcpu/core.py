@@ -121,6 +121,7 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         self._hflags = 0                 # the engine's hflags at the last _sync_mode
         self._stub_stopped = False       # the block counter stopped the last engine run
         self._in_hook = False
+        self._input_wake = False         # serial input arrived during a hook (events.py)
         self._deadline_kind: str | None = None
         self._exc_dirty = False
         self._stray_fault = False          # codepages._tb_drop: one engine #PF report to ignore

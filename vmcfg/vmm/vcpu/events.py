@@ -25,7 +25,10 @@ class EventsMixin:
         self._nmi_pending = True
 
     def _device_wake(self) -> None:
-        """Serial input arrived (another thread): take it at the next boundary."""
+        """Serial input arrived (another thread): take it at the next boundary.  Inside a
+        hook (a guest polling the UART spends most of its time in the I/O hook) the stop is
+        left to the hook's end, which sees `_input_wake`."""
+        self._input_wake = True
         self._wake()
         if not self._in_hook:
             self.counter.request_stop()
@@ -251,6 +254,7 @@ class EventsMixin:
         """Pending NMIs and interrupts at an instruction boundary: exit, deliver or wait."""
         on = self._on
         plat = self.platform
+        self._input_wake = False
         plat.advance(self.tsc)
         plat.changed = False
         if self.nmi_at is not None and self.icount >= self.nmi_at:

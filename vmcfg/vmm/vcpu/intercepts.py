@@ -207,7 +207,8 @@ class InterceptsMixin:
                 self.icount += 1
                 self.counter.set_count(self.icount)
                 self._pend[self._pc_reg] = self._rip_value(nxt)
-                if self._pending_cfg is not None or self._event is not None or (
+                if self._pending_cfg is not None or self._event is not None or \
+                        self._input_wake or (
                         self.platform.changed and self._device_change_needs_stop(self.icount)) or (
                         fxs.exit_count != exits_before and self._reentry_needed()):
                     if self._event is None:

@@ -16,7 +16,8 @@ from ..cpu.delivery import DeliveryFault, deliver_event, nested
 from ..cpu.state import HF_INHIBIT_IRQ
 from ..exitinfo import (INTR_EXTERNAL, INTR_HW_EXCEPTION, INTR_NMI, INTR_PRIV_SW_EXCEPTION,
                         INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit, interruption_info)
-from .common import _ERROR_CODE_VECTORS
+from ..native import FXD_EC, FXD_SOFT
+from .common import MASK64, _ERROR_CODE_VECTORS
 from .intercepts import trapped_kinds
 from ...vmx.exits import Exit, FIRST_EXTERNAL_VECTOR, LAST_VECTOR, Vector
 
@@ -203,9 +204,21 @@ class EventsMixin:
         a triple fault when delivering #DF faults, else the second fault itself."""
         ret = next_rip if itype in (INTR_SW_INTERRUPT, INTR_SW_EXCEPTION, INTR_PRIV_SW_EXCEPTION) \
             and next_rip is not None else rip
+        ec = error_code if itype == INTR_HW_EXCEPTION else None
+        fd = self._fx_dlv
+        if fd is not None:
+            # the common case in one C call (fastexit.c fx_deliver): a gate to the code
+            # segment already loaded, no stack switch; 0 = the Python path below does it
+            self.flush()
+            how = (FXD_SOFT if itype in (INTR_SW_INTERRUPT, INTR_SW_EXCEPTION) else 0) | \
+                (FXD_EC if ec is not None else 0)
+            blk = fd[1]
+            if fd[0](blk, vector, how, ec or 0, ret & MASK64):
+                self._rcache.clear()
+                self._drop_phys(blk.frame_phys & ~0xFFF)   # the frame may land on code
+                return
         try:
-            deliver_event(self, vector, itype, error_code if itype == INTR_HW_EXCEPTION else None,
-                          ret)
+            deliver_event(self, vector, itype, ec, ret)
             return
         except DeliveryFault as f:
             fault = f

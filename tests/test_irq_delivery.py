@@ -276,6 +276,12 @@ def _run(cfg, image, mode, monkeypatch, *, python: bool, max_instructions=2_000_
     return res, regs, c_delivered, v
 
 
+def _in_engine(monkeypatch, image, mode=64, **kw) -> int:
+    """Interrupts the native run took without leaving the engine (the soft deadline)."""
+    _r, _g, _c, v = _run(_cfg(), image, mode, monkeypatch, python=False, **kw)
+    return v.irqs_in_engine
+
+
 def _both(cfg, image, mode, monkeypatch, **kw):
     rp, gp, cp, vp = _run(cfg, image, mode, monkeypatch, python=True, **kw)
     rn, gn, cn, vn = _run(cfg, image, mode, monkeypatch, python=False, **kw)
@@ -303,6 +309,29 @@ def test_64_bit_gates_frames_and_counts_agree(monkeypatch):
     assert g["r10"] == ticks + 4               # frames checked
     if BUILT:
         assert in_c == ticks + 4               # every one of them delivered in C
+        # the timer's interrupts in the busy loop were taken at the soft deadline without
+        # leaving the engine (the one after the STI shadow needs the run loop)
+        assert _in_engine(monkeypatch, img) >= 9
+
+
+def test_a_guest_taking_interrupts_for_ever_still_times_out(monkeypatch):
+    """Interrupts taken inside the engine do not keep the run from its wall-clock timeout."""
+    from vmcfg.vmm.run import run_guest
+    src = GUEST64.replace("cmp qword [rel ticks], 10\n        jb .busy", "jmp .busy", 1)
+    img = _image(src, 64)
+    for python in (True, False):
+        if python:
+            monkeypatch.setenv("VMCFG_NO_NATIVE", "1")
+        else:
+            monkeypatch.delenv("VMCFG_NO_NATIVE", raising=False)
+        seen = {}
+        res = run_guest(_cfg(), img, memory=16 << 20, mode=64, timeout=0.5,
+                        on_vcpu=lambda v: seen.setdefault("v", v))
+        assert res.status == "timeout", res.message
+        v = seen["v"]
+        assert v.events_delivered > 0
+        if BUILT and not python:
+            assert v.irqs_in_engine > 0
 
 
 def test_32_bit_interrupt_gates_agree(monkeypatch):

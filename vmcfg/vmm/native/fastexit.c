@@ -463,6 +463,11 @@ static int lin_phys(const fx_dlv *d, int paging, int long_mode, uint64_t lin, ui
 
 #define FXD_SOFT 1u               /* INT n / INT3 / INTO: the gate's DPL is checked */
 #define FXD_EC 2u                 /* push `error_code` */
+#define FXD_HERE 4u               /* an external interrupt at the block boundary the engine
+                                   * is at (counter.py soft deadline): it returns to the RIP
+                                   * register, and only if RFLAGS.IF = 1 and no STI / MOV SS
+                                   * blocking is in effect (hflags) */
+#define HFL_INHIBIT_IRQ (1u << 3)
 
 int fx_deliver(fx_dlv *d, uint64_t vector, uint64_t how, uint64_t error_code, uint64_t ret_lin)
 {
@@ -473,6 +478,8 @@ int fx_deliver(fx_dlv *d, uint64_t vector, uint64_t how, uint64_t error_code, ui
     memcpy(&hf, d->env + E_HFLAGS, 4);
     uint64_t eflags = env64(d, E_EFLAGS);
     if (!(hf & HFL_PE) || (eflags & FL_VM))
+        return 0;
+    if ((how & FXD_HERE) && (hf & HFL_INHIBIT_IRQ))
         return 0;
     unsigned cpl = hf & HFL_CPL;
     uint64_t cr0 = env64(d, E_CR), cr4 = env64(d, E_CR + 32);
@@ -524,6 +531,12 @@ int fx_deliver(fx_dlv *d, uint64_t vector, uint64_t how, uint64_t error_code, ui
         return 0;
     uint64_t rflags = 0;
     d->reg_read(uc, (int)d->rflags_id, &rflags);
+    if (how & FXD_HERE) {
+        if (!(rflags & FL_IF))
+            return 0;
+        d->reg_read(uc, (int)d->rip_id, &ret_lin);
+        ret_lin += cs.base;
+    }
     uint64_t old_rsp = env64(d, 4 * 8);
     uint64_t ret = ret_lin - cs.base;
     uint64_t frame[6];

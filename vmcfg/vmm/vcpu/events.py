@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import struct
+import time
 from unicorn import (UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_16, UC_MODE_32, UC_MODE_64, Uc,
                      UcError, x86_const as X)
 from unicorn.unicorn_py3.unicorn import uclib
@@ -16,7 +17,7 @@ from ..cpu.delivery import DeliveryFault, deliver_event, nested
 from ..cpu.state import HF_INHIBIT_IRQ
 from ..exitinfo import (INTR_EXTERNAL, INTR_HW_EXCEPTION, INTR_NMI, INTR_PRIV_SW_EXCEPTION,
                         INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit, interruption_info)
-from ..native import FXD_EC, FXD_SOFT
+from ..native import FXD_EC, FXD_HERE, FXD_SOFT
 from .common import MASK64, _ERROR_CODE_VECTORS
 from .intercepts import trapped_kinds
 from ...vmx.exits import Exit, FIRST_EXTERNAL_VECTOR, LAST_VECTOR, Vector
@@ -377,6 +378,81 @@ class EventsMixin:
                 self._trapped = trapped
                 self._rehook_all()
         return None
+
+    # ---- an interrupt taken inside the engine, at the soft deadline (counter.py) ----------
+    def _soft_here_ok(self, count: int, mtf_native: bool) -> bool:
+        """Before emu_start: may a device timer's interrupt be taken inside the engine this
+        run (_at_soft_deadline)?  Only when nothing but external interrupts delivered
+        through the guest IDT can be due at a block boundary: no single-stepping, no
+        controls that exit on or around events, no event from the VMM waiting."""
+        on = self._on
+        return bool(self._fx_dlv is not None and not count and not mtf_native
+                    and self._smc_page is None and self._skip_once is None
+                    and not self._iw_steps and self._ptimer_fire is None
+                    and self.nmi_at is None and self._entry_inject is None
+                    and not on["pin.external_interrupt_exiting"]
+                    and not on["primary.interrupt_window_exiting"]
+                    and not on["primary.nmi_window_exiting"]
+                    and not self.apicv.vid and self.apicv_late is None)
+
+    def _at_soft_deadline(self, _uch, _address, _size, _user) -> None:
+        """The block counter reached the soft deadline (a device timer) at the start of a
+        block, before the block runs.  The plain case -- the timer raised an interrupt the
+        CPU takes now (RFLAGS.IF = 1, no STI / MOV SS blocking) through a gate the C
+        delivery handles -- is done right here: the devices act, the interrupt is
+        acknowledged and delivered, the next soft deadline set, and the engine goes on at
+        the handler (the RIP write restarts it there).  Anything else stops the engine
+        before the block, as the stub does without this function, and the run loop looks."""
+        try:
+            if self._soft_here and not self._in_hook:
+                self._in_hook = True
+                try:
+                    if self._take_at_boundary():
+                        return
+                finally:
+                    self._in_hook = False
+        except BaseException as e:       # pragma: no cover - never let it reach C
+            self._event = ("error", e)
+        self.counter.soft_stop()
+
+    def _take_at_boundary(self) -> bool:
+        if self._event is not None or self._pend or \
+                self._pending_cfg is not None or self._rehalt or self._virq or \
+                self._nmi_pending or self._nmi_reflect or self._live_nmi or self._live_irqs:
+            return False
+        wd = self._wall_deadline
+        if wd is not None and time.monotonic() >= wd:
+            return False
+        counter = self.counter
+        ic = self.icount = counter.count
+        plat = self.platform
+        plat.advance(self._tsc_at(ic))       # the devices: what is due now (as _events)
+        plat.changed = False
+        if self._nmi_pending:
+            return False
+        vec = plat.pending_interrupt()
+        if vec is None:
+            return False
+        fd = self._fx_dlv
+        blk = fd[1]
+        if not fd[0](blk, vec, FXD_HERE, 0, 0):
+            return False                     # not the plain case: the run loop delivers
+        took = plat.ack_interrupt()
+        if took != vec:                      # pragma: no cover - the board contradicts itself
+            raise RuntimeError(f"the interrupt acknowledged ({took}) is not the one "
+                               f"delivered ({vec})")
+        self.events_delivered += 1
+        self.irqs_in_engine += 1
+        self._rcache.clear()
+        self._drop_phys(blk.frame_phys & ~0xFFF)    # the frame may land on code
+        nf = plat.next_event()
+        if nf is None:
+            # no timer any more: the run loop re-decides its watches (_events)
+            self._event = ("resume",)
+            self.uc.emu_stop()
+            return True
+        counter.set_soft_deadline(ic + max(1, self._insns_for(nf - self._tsc_at(ic))))
+        return True
 
     def _engine_shadow(self) -> bool:
         """Blocking by STI or MOV SS / POP SS at an engine stop: the engine ends a block after

@@ -53,6 +53,11 @@ class FastExitMixin:
     def _fx_attach(self) -> None:
         """After the block counter and the devices exist."""
         self.fx.attach_counter(self.counter.state)
+        self._soft_here = False
+        self._wall_deadline = None
+        if self._fx_dlv is not None:
+            # a device timer's interrupt taken inside the engine (events.py)
+            self.counter.set_soft_fn(self._at_soft_deadline)
         if self._fx_native:
             self.fx.set_python_trap(self._raw_trap)
             # latch ports (POST, UART scratch): the device's cell becomes the native one

@@ -35,6 +35,7 @@ class RunLoopMixin:
         """Run until the guest ends; sets self.status/exit_code/message."""
         uc = self.uc
         counter = self.counter
+        self._wall_deadline = wall_deadline
         try:
             while True:
                 self._fx_mtf_settle()
@@ -98,6 +99,7 @@ class RunLoopMixin:
                     until = (self.rip + (dec.len if dec is not None else 1))
                     count = 2
                 self._fx_arm(count, mtf_native)
+                self._soft_here = self._soft_here_ok(count, mtf_native)
                 try:
                     uc.emu_start(begin, until, 0, count)
                 except UcError as e:

@@ -382,15 +382,15 @@ class EventsMixin:
     # ---- an interrupt taken inside the engine, at the soft deadline (counter.py) ----------
     def _soft_here_ok(self, count: int, mtf_native: bool) -> bool:
         """Before emu_start: may a device timer's interrupt be taken inside the engine this
-        run (_at_soft_deadline)?  Only when nothing but external interrupts delivered
-        through the guest IDT can be due at a block boundary: no single-stepping, no
-        controls that exit on or around events, no event from the VMM waiting."""
+        run (_at_soft_deadline)?  Only when nothing but external interrupts -- delivered
+        through the guest IDT, or exiting (external-interrupt exiting) to the default
+        handler -- can be due at a block boundary: no single-stepping, no window exiting,
+        no virtual-interrupt delivery, no event from the VMM waiting."""
         on = self._on
         return bool(self._fx_dlv is not None and not count and not mtf_native
                     and self._smc_page is None and self._skip_once is None
                     and not self._iw_steps and self._ptimer_fire is None
                     and self.nmi_at is None and self._entry_inject is None
-                    and not on["pin.external_interrupt_exiting"]
                     and not on["primary.interrupt_window_exiting"]
                     and not on["primary.nmi_window_exiting"]
                     and not self.apicv.vid and self.apicv_late is None)
@@ -435,12 +435,56 @@ class EventsMixin:
             return False
         fd = self._fx_dlv
         blk = fd[1]
+        if self._on["pin.external_interrupt_exiting"]:
+            return self._exit_at_boundary(vec, ic)
         if not fd[0](blk, vec, FXD_HERE, 0, 0):
             return False                     # not the plain case: the run loop delivers
         took = plat.ack_interrupt()
         if took != vec:                      # pragma: no cover - the board contradicts itself
             raise RuntimeError(f"the interrupt acknowledged ({took}) is not the one "
                                f"delivered ({vec})")
+        return self._delivered_at_boundary(blk, ic)
+
+    def _exit_at_boundary(self, vec: int, ic: int) -> bool:
+        """External-interrupt exiting at the soft deadline, to the default handler: the exit
+        (as _events makes it), then -- as the run loop's next turn would -- the interrupt
+        the handler reflects, delivered when the guest can take it.  Any other outcome
+        goes to the run loop with the exit done (event "exited")."""
+        if Exit.EXTERNAL_INTERRUPT in self.user_handlers:
+            return False
+        self._sync_mode()                    # the exit records the linear RIP
+        rip = self.rip
+        if self._on["exit.acknowledge_interrupt_on_exit"]:
+            self.ack_interrupt()
+            ex = VmExit(Exit.EXTERNAL_INTERRUPT, 0, rip,
+                        interruption_info=interruption_info(vec, INTR_EXTERNAL, False),
+                        data={"vector": vec, "acknowledged": True})
+        else:
+            ex = VmExit(Exit.EXTERNAL_INTERRUPT, 0, rip,
+                        data={"vector": vec, "acknowledged": False})
+        self.vmexit(ex)
+        ctx = self._last_ctx
+        plat = self.platform
+        # the exit took virtual time: the devices act on it before the next boundary
+        plat.advance(self._tsc_at(ic))
+        plat.changed = False
+        if ctx.ended is not None or ctx.fault is not None or ctx.resume_rip != rip or \
+                self._pend or self._pending_cfg is not None or self._entry_inject is not None \
+                or self._nmi_pending or self._nmi_reflect or plat.pending_interrupt() is not None \
+                or len(self._virq) != 1:
+            self._event = ("exited", ctx)
+            self.uc.emu_stop()
+            return True
+        blk = self._fx_dlv[1]
+        if not self._fx_dlv[0](blk, self._virq[0], FXD_HERE, 0, 0):
+            self._event = ("exited", ctx)    # IF = 0 or blocked: the run loop waits for it
+            self.uc.emu_stop()
+            return True
+        self._virq.pop(0)
+        return self._delivered_at_boundary(blk, ic)
+
+    def _delivered_at_boundary(self, blk, ic: int) -> bool:
+        plat = self.platform
         self.events_delivered += 1
         self.irqs_in_engine += 1
         self._rcache.clear()
@@ -451,7 +495,7 @@ class EventsMixin:
             self._event = ("resume",)
             self.uc.emu_stop()
             return True
-        counter.set_soft_deadline(ic + max(1, self._insns_for(nf - self._tsc_at(ic))))
+        self.counter.set_soft_deadline(ic + max(1, self._insns_for(nf - self._tsc_at(ic))))
         return True
 
     def _engine_shadow(self) -> bool:

@@ -293,3 +293,56 @@ class FastExit:
 
     def native_seconds(self, reason: int) -> float:
         return self.state.stats_ns[reason] * 1e-9
+
+
+# ---- event delivery through the guest IDT in C (fastexit.c fx_deliver) --------------------
+FXD_VERSION = 1
+FXD_SOFT = 1            # software INT n / INT3 / INTO: the gate's DPL is checked
+FXD_EC = 2              # an error code is pushed
+FXD_HERE = 4            # an external interrupt at the engine's block boundary (see the C file)
+
+
+class FxDlv(ctypes.Structure):
+    _fields_ = [("version", _u64), ("uc", ctypes.c_void_p), ("ctx", ctypes.c_void_p),
+                ("env", ctypes.c_void_p), ("ctx_save", ctypes.c_void_p),
+                ("reg_read", ctypes.c_void_p), ("reg_write", ctypes.c_void_p),
+                ("write_batch", ctypes.c_void_p), ("mem_read", ctypes.c_void_p),
+                ("mem_write", ctypes.c_void_p), ("translate", ctypes.c_void_p),
+                ("rsp_id", _u64), ("rflags_id", _u64), ("rip_id", _u64),
+                ("mem_size", _u64), ("frame_phys", _u64), ("frame_len", _u64),
+                ("new_rip", _u64), ("new_rsp", _u64), ("new_rflags", _u64),
+                ("delivered", _u64)]
+
+
+def event_deliverer(uch: int, ctx_addr: int, env_offset: int, mem_size: int,
+                    rsp_id: int, rflags_id: int, rip_id: int):
+    """The C delivery of the common case (fastexit.c fx_deliver) for one engine, as
+    `(fn, block)`: `fn(block, vector, how, error_code, return_linear) -> 1` when it delivered
+    the event (RSP, RFLAGS, RIP and the frame written; `block.frame_phys`/`frame_len` say
+    where the frame went), 0 when the Python path must (nothing changed).  None without the
+    helper (or with a helper built before fx_deliver existed)."""
+    lib = library()
+    if lib is None or not hasattr(lib, "fx_deliver") or not hasattr(lib, "fx_dlv_size"):
+        return None
+    if lib.fx_dlv_size() != ctypes.sizeof(FxDlv) | (FXD_VERSION << 16):
+        return None
+    from unicorn.unicorn_py3.unicorn import uclib
+    d = FxDlv()
+    d.version = FXD_VERSION
+    d.uc = uch
+    d.ctx = ctx_addr
+    d.env = ctx_addr + env_offset
+    fn_addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value     # noqa: E731
+    d.ctx_save = fn_addr(uclib.uc_context_save)
+    d.reg_read = fn_addr(uclib.uc_reg_read)
+    d.reg_write = fn_addr(uclib.uc_reg_write)
+    d.write_batch = fn_addr(uclib.uc_reg_write_batch)
+    d.mem_read = fn_addr(uclib.uc_mem_read)
+    d.mem_write = fn_addr(uclib.uc_mem_write)
+    d.translate = fn_addr(uclib.uc_vmem_translate)
+    d.rsp_id, d.rflags_id, d.rip_id = rsp_id, rflags_id, rip_id
+    d.mem_size = mem_size
+    fn = lib.fx_deliver
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.POINTER(FxDlv), _u64, _u64, _u64, _u64]
+    return fn, d

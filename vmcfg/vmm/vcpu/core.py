@@ -170,6 +170,7 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         self._extra_trap: frozenset[str] = frozenset()
         self._iret_unblock = False
         self.events_delivered = 0
+        self.irqs_in_engine = 0                 # of those, taken inside the engine (events.py)
         self._trapped = trapped_kinds(config)
         self._trap_cfunc = _CODE_CB(self._raw_trap)
         self._trap_fn = ctypes.cast(self._trap_cfunc, ctypes.c_void_p)

@@ -40,10 +40,24 @@ class FastExitMixin:
         # hooked just then, "rehook"): started natively there, MTF counted the block's
         # first instruction twice -- one single step by count first
         self._fx_mtf_rehooked = False
+        # event delivery through the IDT in C for the common case (cpu/delivery.py has the rest)
+        self._fx_dlv = None
+        if self._fx_native:
+            from ..cpu.state import _ctx_addr
+            from ..native import event_deliverer
+            self._fx_dlv = event_deliverer(self._uch, _ctx_addr(self.cpu_state._ctx),
+                                           self.cpu_state.env, self.memory,
+                                           X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS,
+                                           X.UC_X86_REG_RIP)
 
     def _fx_attach(self) -> None:
         """After the block counter and the devices exist."""
         self.fx.attach_counter(self.counter.state)
+        self._soft_here = False
+        self._wall_deadline = None
+        if self._fx_dlv is not None:
+            # a device timer's interrupt taken inside the engine (events.py)
+            self.counter.set_soft_fn(self._at_soft_deadline)
         if self._fx_native:
             self.fx.set_python_trap(self._raw_trap)
             # latch ports (POST, UART scratch): the device's cell becomes the native one

@@ -22,7 +22,10 @@ class RunLoopMixin:
 
     def _entry_exit(self, ex: VmExit) -> None:
         self.vmexit(ex)
-        ctx = self._last_ctx
+        self._entry_exit_outcome(self._last_ctx)
+
+    def _entry_exit_outcome(self, ctx) -> None:
+        """After an exit at an instruction boundary: what its handler decided."""
         if ctx.ended is not None:
             raise ctx.ended
         if ctx.fault is not None:
@@ -35,6 +38,7 @@ class RunLoopMixin:
         """Run until the guest ends; sets self.status/exit_code/message."""
         uc = self.uc
         counter = self.counter
+        self._wall_deadline = wall_deadline
         try:
             while True:
                 self._fx_mtf_settle()
@@ -108,6 +112,7 @@ class RunLoopMixin:
                     uc.ctl_set_exits(list(exits))
                     self._exits = exits
                 cr2_before = self._cr2_engine() if exits else None
+                self._soft_here = self._soft_here_ok(count, mtf_native)
                 try:
                     uc.emu_start(begin, until, 0, count)
                 except UcError as e:
@@ -145,7 +150,7 @@ class RunLoopMixin:
                     if not (count and counter.count - start_icount == count):
                         self.icount = counter.count
                         continue
-                if err is not None or (ev is not None and ev[0] not in ("resume", "end")):
+                if err is not None or (ev is not None and ev[0] not in ("resume", "end", "exited")):
                     self._exc_dirty = True
                 if ev is None and err is None and self._stopped_at_invalid(
                         begin_lin, start_icount, count, stopped_by_stub):
@@ -264,6 +269,9 @@ class RunLoopMixin:
             self._ptimer_exit()
             return
         if kind == "resume":
+            return
+        if kind == "exited":               # an exit taken at the soft deadline (events.py)
+            self._entry_exit_outcome(ev[1])
             return
         if kind == "fastcall":
             from ..cpu import fastcall

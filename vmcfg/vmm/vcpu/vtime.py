@@ -66,7 +66,7 @@ class TimeMixin:
         ic = self._mmio_icount
         if ic is None:
             return self.tsc
-        return self.tsc + (ic - self.icount) * TSC_PER_INSN
+        return self.tsc + (self._mmio_ic() - self.icount) * TSC_PER_INSN
 
     def _sleep_until(self, tsc: int) -> None:
         """Realtime clock: wait on the host until the TSC reaches `tsc` (or a stop request)."""

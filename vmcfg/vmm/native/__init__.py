@@ -74,8 +74,7 @@ class FxState(ctypes.Structure):
                 ("fast", _u64), ("slow", _u64), ("ncpuid", _u64),
                 ("cpuid", FxCpuid * NCPUID), ("latch", FxLatch * NLATCH),
                 ("mtf_on", _u64), ("mtf_started", _u64), ("mtf_skip", _u64), ("mtf_done", _u64),
-                ("py_io", ctypes.c_void_p), ("bits", _u64), ("io_declined", _u64),
-                ("io_direct", _u64)]
+                ("py_io", ctypes.c_void_p), ("bits", _u64), ("io_direct", _u64)]
 
 
 class FxEntry(ctypes.Structure):
@@ -177,8 +176,7 @@ class FastExit:
     def set_python_io(self, fn) -> None:
         """The direct device path, `fn(op, value, icount) -> value read`: IN/OUT that no
         control intercepts, to a port without a latch cell (op = port | size << 16, plus
-        IO_IN for IN).  It may set `state.io_declined` to send the access down the Python
-        trap path instead (it must not have done anything then)."""
+        IO_IN for IN); `state.io_direct` counts them."""
         self._io_cb = _IO_CB(fn)
         self.state.py_io = ctypes.cast(self._io_cb, ctypes.c_void_p).value
 

@@ -119,7 +119,6 @@ typedef struct fx_state {
     /* direct device I/O (vcpu/deviceio.py) */
     py_io_t py_io;             /* 0: none (every non-latch port takes the Python trap path) */
     uint64_t bits;             /* the code size (16/32/64) the Python side saw last */
-    uint64_t io_declined;      /* py_io did nothing: take the Python trap path */
     uint64_t io_direct;        /* accesses py_io served */
 } fx_state;
 
@@ -201,7 +200,8 @@ static inline int io_intercepted_n(const fx_state *st, uint64_t port, uint64_t s
 /* IN/OUT that no control intercepts, to a port without a latch cell: the device's callback
  * does the access (and stops the engine itself when an interrupt became deliverable or the
  * run ends).  For IN, *id / *val get the register write: AL, AX or EAX (zero-extended in
- * 64-bit code, as a 32-bit register write is).  0 = leave it to Python (nothing done). */
+ * 64-bit code, as a 32-bit register write is).  0 = an exit or no callback: Python's trap
+ * path (nothing done here). */
 static int io_direct(uc_engine *uc, fx_state *st, const fx_entry *e, uint64_t port, int in,
                      uint64_t ic, int *id, uint64_t *val)
 {
@@ -210,10 +210,7 @@ static int io_direct(uc_engine *uc, fx_state *st, const fx_entry *e, uint64_t po
         return 0;
     uint64_t rax = rd(uc, st, S_RAX);
     uint64_t mask = size >= 4 ? 0xFFFFFFFFull : (1ull << (8 * size)) - 1;
-    st->io_declined = 0;
     uint64_t v = st->py_io(port | (size << 16) | ((uint64_t)in << 24), rax & mask, ic);
-    if (st->io_declined)
-        return 0;
     if (in) {
         *id = (int)st->reg_ids[S_RAX];
         *val = (size == 4 && e->bits == 64) ? (v & mask) : ((rax & ~mask) | (v & mask));

@@ -65,7 +65,7 @@ class TimeMixin:
         block has retired so far count too."""
         ic = self._mmio_icount
         if ic is None:
-            return self.tsc
+            return self._tsc_at(self.icount)      # (self.tsc, one call less: devices ask often)
         return self.tsc + (self._mmio_ic() - self.icount) * TSC_PER_INSN
 
     def _sleep_until(self, tsc: int) -> None:

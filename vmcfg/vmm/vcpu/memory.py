@@ -7,13 +7,13 @@ import ctypes
 
 from unicorn import (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_PROT_READ,
                      UC_PROT_WRITE, UcError, x86_const as X)
+from unicorn.unicorn_py3.unicorn import uclib
 
 from .. import apicv as _apicv
 from .. import decode as D
 from ...vmx.config import VmxConfig
 from ..exitinfo import VmExit
 from ..outcome import RunEnd
-from unicorn.unicorn_py3.unicorn import uclib
 from .common import MAP_CHUNK, MAP_REGIONS, MASK64, PAGE, _vmem_read, _vmem_translate
 from ...vmx.exits import Exit
 

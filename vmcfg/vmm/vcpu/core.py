@@ -18,6 +18,7 @@ from ..platform import MsrFile
 from .common import _CODE_CB, _GPR64
 from .intercepts import ExitStats, trapped_kinds
 from .codepages import CodePagesMixin
+from .deviceio import DeviceIoMixin
 from .events import EventsMixin
 from .fastexit import FastExitMixin
 from .intercepts import InterceptsMixin
@@ -28,7 +29,8 @@ from .runloop import RunLoopMixin
 from .vtime import TimeMixin
 
 
-class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesMixin, TimeMixin, MemoryMixin, RegistersMixin, FastExitMixin):
+class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesMixin, TimeMixin, MemoryMixin, RegistersMixin, FastExitMixin,
+           DeviceIoMixin):
     """One guest vCPU on Unicorn under a VmxConfig.
 
     Each part of its state has one module (see the package docstring).
@@ -188,4 +190,5 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         self.cpuid = self._make_cpuid(config)
         self.wall_in_vmm = 0.0
         self._fx_attach()
+        self._dio_attach()
         self._apicv_attach()

@@ -254,7 +254,7 @@ class EventsMixin:
             if pg >= self.memory and not any(b <= pg < b + n for b, n in self.platform.mmio_ranges()):
                 # an APIC-access page of its own above RAM: map it (passed-on accesses reach
                 # the board's bus there, like any other address without a device)
-                self.uc.mmio_map(pg, 0x1000, self._mmio_read, pg, self._mmio_write, pg)
+                self._map_mmio(pg, 0x1000)
             self._apicv_hook = self.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE,
                                                 _apicv.sync_pc_hook, None, pg, pg + 0xFFF)
         elif not a.apic_accesses and self._apicv_hook is not None:

@@ -256,3 +256,91 @@ def test_cr2_and_the_next_page_fault_survive_engine_restarts(profile, tmp_path):
     g.write_text(CR2_GUEST)
     res, _ = run(profile, str(g), mode=64, timeout=120)
     assert (res.status, res.guest_exit_code) == ("debug-exit", 14), res.message
+
+
+DT_GUEST = """\
+bits 64
+org 0x100000
+        jmp start
+%include "lib64.inc"
+; SGDT/LGDT/SIDT with operands at a linear address that is not the physical one
+; (PT[0] maps LIN to `buf`), and one at an unmapped address (the guest's own #PF).
+%define TABLES 0x800000
+%define LIN 0x40200000
+%define UNMAPPED 0x40400000
+start:
+        gate 14, pf_handler
+        lidt [idtr]
+        mov rdi, TABLES
+        xor eax, eax
+        mov ecx, 5 * 512
+        rep stosq
+        mov qword [TABLES], TABLES + 0x1003
+        mov qword [TABLES + 0x1000], TABLES + 0x2003
+        mov qword [TABLES + 0x1008], TABLES + 0x3003
+        xor ecx, ecx
+.pd:    mov rax, rcx
+        shl rax, 21
+        or rax, 0x83
+        mov [TABLES + 0x2000 + rcx * 8], rax
+        inc ecx
+        cmp ecx, 8
+        jb .pd
+        mov qword [TABLES + 0x3008], TABLES + 0x4003
+        mov qword [TABLES + 0x4000], buf + 3
+        mov rax, TABLES
+        mov cr3, rax
+        sgdt [gdt_copy]                 ; through the identity map
+        mov rbx, LIN
+        sgdt [rbx]                      ; stored through LIN into buf
+        mov ax, [buf]
+        cmp ax, [gdt_copy]              ; the limit SGDT stored
+        jne .bad
+        sidt [rbx + 16]
+        mov rax, [buf + 18]
+        cmp rax, idt                    ; the IDT base SIDT stored
+        jne .bad
+        mov word [buf + 32], 0x1234     ; a new IDTR image at LIN + 32
+        mov rax, idt
+        mov [buf + 34], rax
+        lidt [rbx + 32]
+        sidt [out]
+        cmp word [out], 0x1234
+        jne .bad
+        lidt [idtr]
+        mov rcx, UNMAPPED
+        sgdt [rcx]                      ; #PF, CR2 = UNMAPPED
+        exit 2
+.bad:   exit 1
+pf_handler:
+        mov rax, cr2
+        mov rcx, UNMAPPED
+        cmp rax, rcx
+        jne .no
+        exit 14
+.no:    exit 15
+gdt_copy: times 16 db 0
+out:    times 16 db 0
+align 4096
+buf:    times 4096 db 0
+idt:    times 256 * 16 db 0
+idtr:   dw 256 * 16 - 1
+        dq idt
+"""
+
+
+@pytest.mark.parametrize("exiting", [True, False])
+def test_descriptor_table_exits_use_linear_operands(exiting, tmp_path):
+    """With descriptor-table exiting the VMM performs SGDT/SIDT/LGDT/LIDT itself: their memory
+    operands are linear addresses, translated through the guest's paging (an operand
+    at a page mapped elsewhere, and one at an unmapped page: the guest's #PF with CR2).  The
+    handler read and wrote them as physical addresses: a Linux kernel's early LGDT at its
+    high-half address under `trap-all` ended the run with an internal error."""
+    g = tmp_path / "dt.asm"
+    g.write_text(DT_GUEST)
+    p = tmp_path / "dt.toml"
+    p.write_text('[profile]\nname = "dt"\nextends = "baseline"\n'
+                 f'[secondary]\ndescriptor_table_exiting = {str(exiting).lower()}\n')
+    res, recs = run(str(p), str(g), mode=64, timeout=120)
+    assert (res.status, res.guest_exit_code) == ("debug-exit", 14), res.message
+    assert names(recs).count("GDTR_IDTR_ACCESS") == (8 if exiting else 0)

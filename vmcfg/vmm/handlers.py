@@ -393,7 +393,8 @@ def h_dr(ctx: ExitContext) -> None:
 
 @_skip_after
 def h_desc(ctx: ExitContext) -> None:
-    """Perform LGDT/LIDT/SGDT/SIDT/LLDT/LTR/SLDT/STR."""
+    """Perform LGDT/LIDT/SGDT/SIDT/LLDT/LTR/SLDT/STR (operands and the GDT at linear addresses,
+    through the guest's paging)."""
     import struct
     from unicorn import x86_const as X
     v = ctx.vcpu
@@ -404,7 +405,7 @@ def h_desc(ctx: ExitContext) -> None:
         ea = ctx.exit.guest_linear_address or 0
         base_size = 8 if v.mode == 64 else 4
         if ident >= 2:
-            raw = v.read_mem(ea, 2 + base_size)
+            raw = v.read_lin(ea, 2 + base_size)
             limit = struct.unpack_from("<H", raw)[0]
             base = int.from_bytes(raw[2:], "little")
             if v.mode != 64:
@@ -412,29 +413,29 @@ def h_desc(ctx: ExitContext) -> None:
             v.uc.reg_write(reg, (0, base, limit, 0))
         else:
             _sel, base, limit, _fl = v.uc.reg_read(reg)
-            v.write_mem(ea, struct.pack("<H", limit) + base.to_bytes(base_size, "little"))
+            v.write_lin(ea, struct.pack("<H", limit) + base.to_bytes(base_size, "little"))
         return
     reg = X.UC_X86_REG_LDTR if ident in (0, 2) else X.UC_X86_REG_TR
     if ident < 2:
         sel = v.uc.reg_read(reg)[0]
         if ins is not None and ins.has_mem:
-            v.write_mem(ctx.exit.guest_linear_address, struct.pack("<H", sel))
+            v.write_lin(ctx.exit.guest_linear_address, struct.pack("<H", sel))
         else:
             v.set_gpr(ins.gpr, sel, ins.gpr_size if ins else 2)
         return
     if ins is not None and ins.has_mem:
-        sel = struct.unpack("<H", v.read_mem(ctx.exit.guest_linear_address, 2))[0]
+        sel = struct.unpack("<H", v.read_lin(ctx.exit.guest_linear_address, 2))[0]
     else:
         sel = v.gpr(ins.gpr, 2)
     _s, gbase, glimit, _f = v.uc.reg_read(X.UC_X86_REG_GDTR)
     base = limit = flags = 0
     if sel & ~7 and (sel & ~7) + 7 <= glimit:
-        d = struct.unpack("<Q", v.read_mem(gbase + (sel & ~7), 8))[0]
+        d = struct.unpack("<Q", v.read_lin(gbase + (sel & ~7), 8))[0]
         base = ((d >> 16) & 0xFFFFFF) | (((d >> 56) & 0xFF) << 24)
         limit = (d & 0xFFFF) | (((d >> 48) & 0xF) << 16)
         flags = (d >> 40) & 0xF0FF
         if v.mode == 64:
-            hi = struct.unpack("<Q", v.read_mem(gbase + (sel & ~7) + 8, 8))[0]
+            hi = struct.unpack("<Q", v.read_lin(gbase + (sel & ~7) + 8, 8))[0]
             base |= (hi & 0xFFFFFFFF) << 32
     v.uc.reg_write(reg, (sel, base, limit, flags))
 

@@ -19,7 +19,8 @@ class RunEnd(Exception):
 class GuestFault(Exception):
     """An exception raised while emulating a guest instruction (#GP, #UD...)."""
 
-    def __init__(self, vector: int, error_code: int | None = None):
+    def __init__(self, vector: int, error_code: int | None = None, address: int | None = None):
         super().__init__(vector)
         self.vector = vector
         self.error_code = error_code
+        self.address = address            # a #PF's linear address (CR2)

@@ -229,7 +229,7 @@ class InterceptsMixin:
             self.counter.set_count(self.icount)
             uc.emu_stop()
         except GuestFault as f:
-            self._event = ("fault", f.vector, f.error_code, address, self.icount)
+            self._event = ("fault", f.vector, f.error_code, address, self.icount, f.address)
             self.counter.set_count(self.icount)
             uc.emu_stop()
         except BaseException as e:    # a bug or a user handler error: never lose it
@@ -491,7 +491,7 @@ class InterceptsMixin:
                 return nxt
             v &= 0xFFFF
             if ins.has_mem:
-                self.write_mem(self.effective_address(ins), v.to_bytes(2, "little"))
+                self.write_lin(self.effective_address(ins), v.to_bytes(2, "little"))
             else:
                 self.set_gpr(ins.gpr, v, ins.gpr_size)
             return nxt
@@ -545,7 +545,7 @@ class InterceptsMixin:
 
     def lmsw_source(self, ins: D.Insn) -> int:
         if ins.has_mem:
-            return int.from_bytes(self.read_mem(self.effective_address(ins), 2), "little")
+            return int.from_bytes(self.read_lin(self.effective_address(ins), 2), "little")
         return self.gpr(ins.gpr, 2)
 
     def _io_params(self, ins: D.Insn) -> tuple[int, int, int, int | None]:
@@ -630,9 +630,9 @@ class InterceptsMixin:
             while count:
                 lin = seg_base + (ptr & ((1 << (8 * asz)) - 1))
                 if ins.io_in:
-                    self.write_mem(lin, p.io_read(port, size).to_bytes(size, "little"))
+                    self.write_lin(lin, p.io_read(port, size).to_bytes(size, "little"))
                 else:
-                    p.io_write(port, size, int.from_bytes(self.read_mem(lin, size), "little"))
+                    p.io_write(port, size, int.from_bytes(self.read_lin(lin, size), "little"))
                 ptr = (ptr + step) & ((1 << (8 * asz)) - 1)
                 count -= 1
         finally:

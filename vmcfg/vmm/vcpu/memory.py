@@ -160,6 +160,43 @@ class MemoryMixin:
     def read_mem(self, addr: int, size: int) -> bytes:
         return bytes(self.uc.mem_read(addr, size))
 
+    def read_lin(self, lin: int, size: int) -> bytes:
+        """Guest memory at a *linear* address (an emulated instruction's operand, a
+        descriptor table), through the guest's paging at its current privilege; a page that
+        is not there raises the guest's #PF (GuestFault with the address for CR2)."""
+        out = b""
+        while size:
+            n = min(size, PAGE - (lin & 0xFFF))
+            out += self.read_mem(self._lin_phys(lin, False), n)
+            lin, size = (lin + n) & MASK64, size - n
+        return out
+
+    def write_lin(self, lin: int, data: bytes) -> None:
+        """`read_lin`'s store (both pages are checked before anything is written)."""
+        data = bytes(data)
+        parts = []
+        while data:
+            n = min(len(data), PAGE - (lin & 0xFFF))
+            parts.append((self._lin_phys(lin, True), data[:n]))
+            lin, data = (lin + n) & MASK64, data[n:]
+        for pa, chunk in parts:
+            self.write_mem(pa, chunk)
+
+    def _lin_phys(self, lin: int, write: bool) -> int:
+        if not self._paging():
+            return lin if self.mode == 64 else lin & 0xFFFFFFFF
+        from ..cpu.paging import PageFault, translate
+        from ..outcome import GuestFault
+        from ...vmx.exits import Vector
+        self.flush()
+        try:
+            return translate(self.read_phys, lin, cr0=self.cr(0), cr3=self.cr(3), cr4=self.cr(4),
+                             efer=self.efer(), write=write, user=self.cpl == 3)
+        except PageFault as f:
+            raise GuestFault(Vector.PF, f.error_code, address=f.address) from None
+        except UcError:                       # a paging structure outside RAM
+            raise GuestFault(Vector.GP, 0) from None
+
     def write_mem(self, addr: int, data: bytes) -> None:
         data = bytes(data)
         for ppage in range(addr & ~0xFFF, addr + len(data), PAGE):

@@ -294,10 +294,12 @@ class RunLoopMixin:
             self._code_page_written(ev[1], ev[2], ev[3])
             return
         if kind == "fault":
-            _k, vector, ec, rip, ic = ev
+            _k, vector, ec, rip, ic, cr2 = ev
             self.icount = ic
             self.counter.set_count(ic)
-            self.raise_exception(vector, ec, rip)
+            if cr2 is not None:
+                self.set_cr(2, cr2)
+            self.raise_exception(vector, ec, rip, cr2=cr2)
             return
         if kind == "intr":
             _k, vector, rip, ic, cr2_now = ev

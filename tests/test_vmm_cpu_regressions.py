@@ -344,3 +344,44 @@ def test_descriptor_table_exits_use_linear_operands(exiting, tmp_path):
     res, recs = run(str(p), str(g), mode=64, timeout=120)
     assert (res.status, res.guest_exit_code) == ("debug-exit", 14), res.message
     assert names(recs).count("GDTR_IDTR_ACCESS") == (8 if exiting else 0)
+
+
+INVPCID_GUEST = """\
+bits 64
+org 0x100000
+        jmp start
+%include "lib64.inc"
+; INVPCID (type 2: all contexts), which the engine cannot run: exit 0 after it, 6 on #UD
+start:
+        gate 6, ud_handler
+        lidt [idtr]
+        mov eax, 2
+        invpcid rax, [desc]
+        invpcid rax, [desc]
+        exit 0
+ud_handler:
+        exit 6
+desc:   dq 0, 0
+align 4096
+idt:    times 256 * 16 db 0
+idtr:   dw 256 * 16 - 1
+        dq idt
+"""
+
+
+@pytest.mark.parametrize("body, code, exits", [
+    ("", 6, 0),                                                     # not enabled: #UD
+    ("[secondary]\nenable_invpcid = true\n", 0, 0),                # the VMM performs it
+    ("[secondary]\nenable_invpcid = true\n[primary]\ninvlpg_exiting = true\n", 0, 2)])
+def test_invpcid_the_engine_cannot_run(body, code, exits, tmp_path):
+    """The engine has no INVPCID and calls no code hook for it: with enable_invpcid the
+    VMM performs it (or its INVPCID exit) where the engine stops, instead of the #UD the
+    engine raised (Linux uses INVPCID where CPUID reports it: a boot under trap-all, or
+    with trap-all applied during the decompressor, stopped at its first TLB flush)."""
+    g = tmp_path / "ip.asm"
+    g.write_text(INVPCID_GUEST)
+    p = tmp_path / "ip.toml"
+    p.write_text('[profile]\nname = "ip"\nextends = "baseline"\n' + body)
+    res, recs = run(str(p), str(g), mode=64, timeout=120)
+    assert (res.status, res.guest_exit_code) == ("debug-exit", code), res.message
+    assert names(recs).count("INVPCID") == exits

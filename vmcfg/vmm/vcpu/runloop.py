@@ -13,6 +13,9 @@ from ...vmx.registers import GPR_NAMES
 from ..exitinfo import VmExit
 from ..outcome import RunEnd
 from .common import DEADLINE_MARGIN, UNTIL
+
+# trapped kinds the engine itself cannot run (QEMU 5's x86 translator has no INVPCID)
+_ENGINE_LACKS = frozenset({"invpcid"})
 from .intercepts import PRIVILEGED, _UD_MNEMONICS
 from ...vmx.exits import Exit, Vector
 
@@ -211,10 +214,32 @@ class RunLoopMixin:
             return False                  # the budget really ended just before it
         self.icount = done
         self.counter.set_count(done)
+        if self._trap_at_stop(rip):
+            return True
         if stuck and dec is not None and self.cpl and D.classify(dec) in PRIVILEGED:
             self.raise_exception(Vector.GP, 0, rip)   # e.g. MOV from CR0 at CPL 3
         else:
             self.raise_exception(Vector.UD, None, rip)
+        return True
+
+    def _trap_at_stop(self, rip: int) -> bool:
+        """An instruction the engine cannot run (it has no INVPCID) that the VMM traps and
+        performs itself: Unicorn calls no code hook for an instruction it cannot translate
+        and stops there (or raises #UD), so do here what its trap would have done -- the VM
+        exit, or the VMM's own emulation -- instead of a #UD the guest's CPU does not raise
+        (Linux uses INVPCID where CPUID reports it, e.g. under trap-all)."""
+        ins = self._decode_at(rip)
+        if ins is None or ins.kind not in self._trapped or ins.kind not in _ENGINE_LACKS:
+            return False
+        native, self._fx_native = self._fx_native, False   # no native hook ran: plain flushes
+        try:
+            self._on_trap(self.uc, rip, ins.length, None)
+        finally:
+            self._fx_native = native
+        ev, self._event = self._event, None
+        self._exc_dirty = True
+        if ev is not None:
+            self._handle_event(ev, None)
         return True
 
     def _unmapped_operand(self, dec, rip: int) -> int | None:
@@ -312,6 +337,8 @@ class RunLoopMixin:
                 self.counter.set_count(self.icount)
                 self.set_rip(start)
                 self.raise_exception(vector, None, start, itype=itype, next_rip=rip)
+            elif vector == Vector.UD and self._trap_at_stop(rip):
+                pass                              # the engine cannot run it; the VMM can
             else:
                 self.icount = ic
                 self.counter.set_count(ic)
@@ -338,7 +365,8 @@ class RunLoopMixin:
         if err.errno == UC_ERR_INSN_INVALID:
             self.icount = self._retired_at(rip)
             self.counter.set_count(self.icount)
-            self.raise_exception(6, None, rip)
+            if not self._trap_at_stop(rip):
+                self.raise_exception(6, None, rip)
             return
         if err.errno in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED,
                          UC_ERR_READ_PROT, UC_ERR_WRITE_PROT, UC_ERR_FETCH_PROT):

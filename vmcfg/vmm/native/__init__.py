@@ -2,7 +2,8 @@
 
 `fastexit.c` (built at install time by setup.py as an optional extension, loaded here with
 ctypes) is the Unicorn code hook at every trapped instruction.  It does CPUID, RDTSC and
-byte IN/OUT on latch ports entirely in C when nothing needs Python (see the C file), and
+byte IN/OUT on latch ports entirely in C when nothing needs Python (see the C file), hands
+IN/OUT that no control intercepts straight to the device callback (`set_python_io`), and
 otherwise calls the VMM's Python trap path with the guest registers already read in one batch
 (`snapshot`) and sends the register writes the Python side queued (`queue_writes`) in one
 batch afterwards.
@@ -21,7 +22,7 @@ import ctypes
 import importlib.machinery
 import os
 
-FX_VERSION = 5
+FX_VERSION = 6
 NSNAP = 18
 NWRITE = 32
 NREASONS = 128
@@ -45,6 +46,9 @@ FAST_IMM = {0xE4: K_IN_IMM, 0xE6: K_OUT_IMM}
 _u64 = ctypes.c_uint64
 _TRAP_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
                             ctypes.c_void_p)
+# the direct device path: (port | size << 16 | in << 24, value written, instructions retired)
+_IO_CB = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64)
+IO_IN = 1 << 24
 
 
 class FxCpuid(ctypes.Structure):
@@ -69,12 +73,14 @@ class FxState(ctypes.Structure):
                 ("pc", _u64), ("stats", _u64 * NREASONS), ("stats_ns", _u64 * NREASONS),
                 ("fast", _u64), ("slow", _u64), ("ncpuid", _u64),
                 ("cpuid", FxCpuid * NCPUID), ("latch", FxLatch * NLATCH),
-                ("mtf_on", _u64), ("mtf_started", _u64), ("mtf_skip", _u64), ("mtf_done", _u64)]
+                ("mtf_on", _u64), ("mtf_started", _u64), ("mtf_skip", _u64), ("mtf_done", _u64),
+                ("py_io", ctypes.c_void_p), ("bits", _u64), ("io_direct", _u64)]
 
 
 class FxEntry(ctypes.Structure):
     _fields_ = [("st", ctypes.c_void_p), ("kind", _u64), ("length", _u64), ("mode64", _u64),
-                ("block", _u64), ("prefix", _u64), ("port", _u64)]
+                ("block", _u64), ("prefix", _u64), ("port", _u64), ("size", _u64),
+                ("bits", _u64)]
 
 
 _LIB: ctypes.CDLL | None | bool = False
@@ -167,6 +173,13 @@ class FastExit:
         self._py_cb = _TRAP_CB(fn)
         self.state.py_trap = ctypes.cast(self._py_cb, ctypes.c_void_p).value
 
+    def set_python_io(self, fn) -> None:
+        """The direct device path, `fn(op, value, icount) -> value read`: IN/OUT that no
+        control intercepts, to a port without a latch cell (op = port | size << 16, plus
+        IO_IN for IN); `state.io_direct` counts them."""
+        self._io_cb = _IO_CB(fn)
+        self.state.py_io = ctypes.cast(self._io_cb, ctypes.c_void_p).value
+
     # ---- per-address entries -------------------------------------------------------------
     def entry(self, address: int) -> FxEntry:
         """The (stable) entry of a hooked address; the hook's user data."""
@@ -183,22 +196,34 @@ class FastExit:
             e.kind = K_NONE
             e.block = 0
 
-    def learn(self, address: int, raw: bytes, length: int, mode64: bool) -> None:
+    def learn(self, address: int, raw: bytes, length: int, mode64: bool,
+              io_size: int = 1, bits: int = 0) -> None:
         """The instruction at `address` was decoded as `raw`: the C side may do it from now
-        on if it knows it (mode-free encodings only)."""
+        on if it knows it: mode-free encodings, and IN/OUT of `io_size` bytes (an optional
+        0x66 prefix, then E4-E7 imm8 or EC-EF) decoded in code of `bits` (16/32/64), which the
+        C side does only while the code size is that."""
         e = self._entries.get(address)
         if e is None:
             return
         k = FAST_KINDS.get(raw)
         port = 0
-        if k is None and len(raw) == 2 and raw[0] in FAST_IMM:
-            k, port = FAST_IMM[raw[0]], raw[1]
+        size = 1
+        if k is None:
+            op = raw[1:] if raw[:1] == b"\x66" else raw
+            if len(op) == 2 and op[0] & ~1 in FAST_IMM:
+                k, port = FAST_IMM[op[0] & ~1], op[1]
+            elif len(op) == 1 and op[0] & ~1 in (0xEC, 0xEE):
+                k = K_IN_DX if op[0] & ~1 == 0xEC else K_OUT_DX
+            if k is not None and (op != raw or op[0] & 1):
+                size = io_size                  # the operand size depends on the code size
         if k is None:
             e.kind = K_NONE
             return
         e.length = length
         e.mode64 = 1 if mode64 else 0
         e.port = port
+        e.size = size
+        e.bits = bits if (k in (K_IN_IMM, K_IN_DX, K_OUT_IMM, K_OUT_DX) and size > 1) else 0
         e.kind = k
 
     def forget_prefixes(self) -> None:

@@ -8,6 +8,10 @@
  *   RDTSC        (exit 16 with rdtsc_exiting, otherwise emulated): the virtual TSC
  *   IN/OUT byte  (exit 30 when the I/O bitmap / unconditional I/O exiting says so,
  *                 otherwise emulated): only ports served by a latch cell
+ *   IN/OUT       that no control intercepts, to any other port (byte, word, dword):
+ *                 the direct device path -- one call of the Python device callback
+ *                 (py_io: the bus and its devices, the one home of their state),
+ *                 no exit record, no register batch (see io_direct below)
  *
  * counting the exit (exit_count, per-reason count and host time), keeping the
  * retired-instruction count exact (the block counter's words, see counter.py)
@@ -27,7 +31,7 @@
 #include <string.h>
 #include <time.h>
 
-#define FX_VERSION 5
+#define FX_VERSION 6
 #define FX_NSNAP 18            /* RAX..R15, RIP, RFLAGS */
 #define FX_NWRITE 32
 #define FX_NREASONS 128
@@ -60,6 +64,9 @@ typedef int (*reg_write_t)(uc_engine *, int, const void *);
 typedef int (*read_batch_t)(uc_engine *, int *, void **, int);
 typedef int (*write_batch_t)(uc_engine *, int *, void *const *, int);
 typedef void (*py_trap_t)(uc_engine *, uint64_t, uint32_t, void *);
+/* the direct device path: op = port | size << 16 | in << 24, the value an OUT writes, the
+ * instructions retired before the access; returns what an IN reads */
+typedef uint64_t (*py_io_t)(uint64_t op, uint64_t value, uint64_t icount);
 
 typedef struct {
     uint32_t leaf, sub, any, used;
@@ -109,6 +116,10 @@ typedef struct fx_state {
     uint64_t mtf_started;      /* an instruction began in this emu_start */
     uint64_t mtf_skip;         /* fx_trap did the boundary at this address already */
     uint64_t mtf_done;         /* MTF exits done in this emu_start */
+    /* direct device I/O (vcpu/deviceio.py) */
+    py_io_t py_io;             /* 0: none (every non-latch port takes the Python trap path) */
+    uint64_t bits;             /* the code size (16/32/64) the Python side saw last */
+    uint64_t io_direct;        /* accesses py_io served */
 } fx_state;
 
 typedef struct fx_entry {
@@ -119,6 +130,8 @@ typedef struct fx_entry {
     uint64_t block;            /* the block start `prefix` was counted from (0 = none yet) */
     uint64_t prefix;           /* instructions from `block` to this address */
     uint64_t port;             /* imm8 forms */
+    uint64_t size;             /* IN/OUT: bytes accessed (1, 2, 4) */
+    uint64_t bits;             /* ... for the code size it was decoded in (0: any) */
 } fx_entry;
 
 int fx_version(void) { return FX_VERSION; }
@@ -168,6 +181,42 @@ static inline int io_intercepted(const fx_state *st, uint64_t port)
     if (st->flags & FX_IO_BITMAPS)
         return st->io_bitmap ? (st->io_bitmap[port >> 3] >> (port & 7)) & 1 : 1;
     return (st->flags & FX_IO_UNCOND) != 0;
+}
+
+/* Any port of a `size`-byte access intercepted (an access past 0xFFFF exits with bitmaps). */
+static inline int io_intercepted_n(const fx_state *st, uint64_t port, uint64_t size)
+{
+    if (st->flags & FX_IO_BITMAPS) {
+        if (!st->io_bitmap || port + size - 1 > 0xFFFF)
+            return 1;
+        for (uint64_t p = port; p < port + size; p++)
+            if ((st->io_bitmap[p >> 3] >> (p & 7)) & 1)
+                return 1;
+        return 0;
+    }
+    return (st->flags & FX_IO_UNCOND) != 0;
+}
+
+/* IN/OUT that no control intercepts, to a port without a latch cell: the device's callback
+ * does the access (and stops the engine itself when an interrupt became deliverable or the
+ * run ends).  For IN, *id / *val get the register write: AL, AX or EAX (zero-extended in
+ * 64-bit code, as a 32-bit register write is).  0 = an exit or no callback: Python's trap
+ * path (nothing done here). */
+static int io_direct(uc_engine *uc, fx_state *st, const fx_entry *e, uint64_t port, int in,
+                     uint64_t ic, int *id, uint64_t *val)
+{
+    uint64_t size = e->size;
+    if (!st->py_io || io_intercepted_n(st, port, size))
+        return 0;
+    uint64_t rax = rd(uc, st, S_RAX);
+    uint64_t mask = size >= 4 ? 0xFFFFFFFFull : (1ull << (8 * size)) - 1;
+    uint64_t v = st->py_io(port | (size << 16) | ((uint64_t)in << 24), rax & mask, ic);
+    if (in) {
+        *id = (int)st->reg_ids[S_RAX];
+        *val = (size == 4 && e->bits == 64) ? (v & mask) : ((rax & ~mask) | (v & mask));
+    }
+    st->io_direct++;
+    return 1;
 }
 
 /* The virtual TSC as the guest reads it (Vcpu._tsc_at + guest_tsc). */
@@ -254,9 +303,16 @@ static int fast(uc_engine *uc, uint64_t address, fx_entry *e, fx_state *st)
     case K_OUT_IMM: case K_IN_IMM: case K_OUT_DX: case K_IN_DX: {
         uint64_t port = (e->kind == K_OUT_IMM || e->kind == K_IN_IMM)
                         ? e->port : (rd(uc, st, S_RDX) & 0xFFFF);
-        fx_latch *l = latch_find(st, port);
-        if (!l)
-            return 0;
+        if (e->bits && e->bits != st->bits)
+            return 0;                   /* decoded for another code size: Python decodes again */
+        fx_latch *l = e->size == 1 ? latch_find(st, port) : 0;
+        if (!l) {
+            if (!io_direct(uc, st, e, port, e->kind == K_IN_IMM || e->kind == K_IN_DX, ic,
+                           &ids[0], &vals[0]))
+                return 0;
+            nw = (e->kind == K_IN_IMM || e->kind == K_IN_DX) ? 1 : 0;
+            break;
+        }
         if (io_intercepted(st, port)) {
             if (py_only(st, R_IO))
                 return 0;

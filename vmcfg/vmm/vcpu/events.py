@@ -5,62 +5,19 @@ cause (exception bitmap, external-interrupt/NMI exiting, interrupt/NMI windows).
 
 from __future__ import annotations
 
-import ctypes
 import struct
 import time
-from unicorn import (UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_16, UC_MODE_32, UC_MODE_64, Uc,
-                     UcError, x86_const as X)
-from unicorn.unicorn_py3.unicorn import uclib
+from unicorn import UcError, x86_const as X
 from .. import apicv as _apicv
 from .. import decode as D
 from ..cpu.delivery import DeliveryFault, deliver_event, nested
-from ..cpu.state import HF_INHIBIT_IRQ
+from ..cpu.state import HF_INHIBIT_IRQ, old_exception_offset
 from ..exitinfo import (INTR_EXTERNAL, INTR_HW_EXCEPTION, INTR_NMI, INTR_PRIV_SW_EXCEPTION,
                         INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit, interruption_info)
 from ..native import FXD_EC, FXD_HERE, FXD_SOFT
 from .common import MASK64, _ERROR_CODE_VECTORS
 from .intercepts import trapped_kinds
 from ...vmx.exits import Exit, FIRST_EXTERNAL_VECTOR, LAST_VECTOR, Vector
-
-
-_OLD_EXC_OFFSET: dict[int, int | None] = {}
-
-
-def old_exception_offset(mode: int) -> int | None:
-    """Offset of QEMU's ``env->old_exception`` inside a Unicorn CPU context.
-
-    Unicorn reports CPU exceptions to UC_HOOK_INTR but never delivers them, so
-    QEMU's double-fault bookkeeping (old_exception) is never reset and the
-    next contributory exception would turn into #DF or a triple fault.  The
-    field is located once per process by diffing two contexts around a #DE in
-    a scratch engine (-1 before, 0 after); the vCPU resets it after it has
-    handled an exception.  None if it cannot be found (then nothing is patched).
-    """
-    if mode in _OLD_EXC_OFFSET:
-        return _OLD_EXC_OFFSET[mode]
-    off = None
-    try:
-        code = {64: b"\x31\xd2\x31\xc9\xb8\x01\x00\x00\x00\xf7\xf1\xf4",
-                32: b"\x31\xd2\x31\xc9\xb8\x01\x00\x00\x00\xf7\xf1\xf4",
-                16: b"\x66\x31\xd2\x66\x31\xc9\x66\xb8\x01\x00\x00\x00\x66\xf7\xf1\xf4"}[mode]
-        uc = Uc(UC_ARCH_X86, {16: UC_MODE_16, 32: UC_MODE_32, 64: UC_MODE_64}[mode])
-        uc.mem_map(0, 0x10000)
-        uc.mem_write(0x1000, code)
-        uc.hook_add(UC_HOOK_INTR, lambda u, n, d: u.emu_stop())
-        size = uclib.uc_context_size(uc._uch)
-        a = uc.context_save()
-        uc.emu_start(0x1000, 0x1000 + len(code))
-        b = uc.context_save()
-        ba = ctypes.string_at(a.context, size)
-        bb = ctypes.string_at(b.context, size)
-        hits = [i for i in range(0, size - 3, 4)
-                if ba[i:i + 4] == b"\xff\xff\xff\xff" and bb[i:i + 4] == b"\0\0\0\0"]
-        if len(hits) == 1:
-            off = hits[0]
-    except Exception:  # pragma: no cover - a Unicorn build we do not know
-        off = None
-    _OLD_EXC_OFFSET[mode] = off
-    return off
 
 
 class EventsMixin:
@@ -70,12 +27,23 @@ class EventsMixin:
         self._nmi_pending = True
 
     def _device_wake(self) -> None:
-        """Serial input arrived (another thread): take it at the next boundary."""
+        """Serial input arrived (another thread): take it at the next boundary.  Inside a
+        hook (a guest polling the UART spends most of its time in the I/O hook) the stop is
+        left to the hook's end, which sees `_input_wake`."""
+        self._input_wake = True
         self._wake()
         if not self._in_hook:
             self.counter.request_stop()
 
     def _on_intr(self, uc, intno, _ud):
+        if self._stray_fault and intno in (Vector.PF, Vector.GP):
+            # the report of a fault the engine raised inside a VMM call (_tb_drop), not a
+            # guest fault; were it the guest's own, the instruction faults again when retried
+            self._stray_fault = False
+            if self._event is None:
+                self._event = ("resume",)
+            uc.emu_stop()                  # the run was ending: it still ends, cleanly
+            return
         self._rcache.clear()
         self._sync_mode()
         rip = self.rip
@@ -286,11 +254,11 @@ class EventsMixin:
             if pg >= self.memory and not any(b <= pg < b + n for b, n in self.platform.mmio_ranges()):
                 # an APIC-access page of its own above RAM: map it (passed-on accesses reach
                 # the board's bus there, like any other address without a device)
-                self.uc.mmio_map(pg, 0x1000, self._mmio_read, pg, self._mmio_write, pg)
+                self._map_mmio(pg, 0x1000)
             self._apicv_hook = self.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE,
                                                 _apicv.sync_pc_hook, None, pg, pg + 0xFFF)
         elif not a.apic_accesses and self._apicv_hook is not None:
-            self.uc.hook_del(self._apicv_hook)
+            self._tb_drop(self.uc.hook_del, self._apicv_hook)
             self._apicv_hook = None
         if a.register_virt and not getattr(self, "_apicv_loaded", False):
             a.load_from_lapic(self.platform.lapic)
@@ -300,6 +268,7 @@ class EventsMixin:
         """Pending NMIs and interrupts at an instruction boundary: exit, deliver or wait."""
         on = self._on
         plat = self.platform
+        self._input_wake = False
         plat.advance(self.tsc)
         plat.changed = False
         if self.nmi_at is not None and self.icount >= self.nmi_at:
@@ -618,11 +587,9 @@ class EventsMixin:
         return None
 
     def _reset_old_exception(self) -> None:
-        off = old_exception_offset(64)
-        if off is None:
+        """Clear QEMU's double-fault bookkeeping (every CpuState write-back does)."""
+        if old_exception_offset(64) is None:
             return
         self.flush()
-        ctx = self.uc.context_save()
-        base = ctypes.cast(ctx.context, ctypes.c_void_p).value
-        ctypes.memmove(base + off, b"\xff\xff\xff\xff", 4)
-        self.uc.context_restore(ctx)
+        self.cpu_state.begin()
+        self.cpu_state.commit()

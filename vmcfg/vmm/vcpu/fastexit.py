@@ -175,7 +175,7 @@ class FastExitMixin:
             self._fx_step_hook = hh.value
             self.uc.ctl_flush_tb()          # the hook is compiled into translated blocks
         elif not on and self._fx_step_hook is not None:
-            uclib.uc_hook_del(self._uch, ctypes.c_size_t(self._fx_step_hook))
+            self._tb_drop(uclib.uc_hook_del, self._uch, ctypes.c_size_t(self._fx_step_hook))
             self._fx_step_hook = None
             self.uc.ctl_flush_tb()
         if on:
@@ -200,12 +200,15 @@ class FastExitMixin:
 
     def _fx_learn(self, address: int, ins: D.Insn) -> None:
         """A trap the Python path did: teach the native one the instruction (mode-free
-        encodings only) and where the count of its block stands."""
+        encodings, and IN/OUT with the operand size of the current code size) and where the
+        count of its block stands."""
         e = self.fx.entry(address)
-        if e.kind and e.block == self.counter.state[W_LAST_ADDR]:      # known already
+        stale = e.bits and e.bits != self.bitness     # an IN/OUT size of another code size
+        if e.kind and e.block == self.counter.state[W_LAST_ADDR] and not stale:  # known already
             return
-        if not e.kind:
-            self.fx.learn(address, ins.raw, ins.length, self.mode == 64)
+        if not e.kind or stale:
+            self.fx.learn(address, ins.raw, ins.length, self.mode == 64,
+                          ins.io_size if ins.kind == "io" else 1, self.bitness)
             if not e.kind:
                 return
         a, size, n = self.counter.last_block()

@@ -89,6 +89,10 @@ class RunLoopMixin:
                     self._reset_old_exception()
                     self._exc_dirty = False
                 self.flush()
+                self._stray_fault = False            # (codepages._tb_drop)
+                if self._tb_flush_pending:
+                    self._tb_flush_pending = False
+                    uc.ctl_flush_tb()
                 if count and not self._count_mode:
                     # Unicorn adds its per-instruction count hook only to blocks translated
                     # from now on: drop the cached ones (it flushes them itself on the way back)
@@ -102,11 +106,19 @@ class RunLoopMixin:
                     until = (self.rip + (dec.len if dec is not None else 1))
                     count = 2
                 self._fx_arm(count, mtf_native)
+                exits = () if until == UNTIL else (until,)
+                if exits != self._exits:
+                    # the engine's exit addresses (exits mode, set up in core): see _stray_cr2
+                    uc.ctl_set_exits(list(exits))
+                    self._exits = exits
+                cr2_before = self._cr2_engine() if exits else None
                 self._soft_here = self._soft_here_ok(count, mtf_native)
                 try:
                     uc.emu_start(begin, until, 0, count)
                 except UcError as e:
                     err = e
+                if cr2_before is not None and self._event is None:
+                    self._stray_cr2(cr2_before)
                 self._sync_mode()
                 smc_step = self._smc_page is not None
                 if smc_step:

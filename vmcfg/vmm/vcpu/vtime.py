@@ -65,8 +65,8 @@ class TimeMixin:
         block has retired so far count too."""
         ic = self._mmio_icount
         if ic is None:
-            return self.tsc
-        return self.tsc + (ic - self.icount) * TSC_PER_INSN
+            return self._tsc_at(self.icount)      # (self.tsc, one call less: devices ask often)
+        return self.tsc + (self._mmio_ic() - self.icount) * TSC_PER_INSN
 
     def _sleep_until(self, tsc: int) -> None:
         """Realtime clock: wait on the host until the TSC reaches `tsc` (or a stop request)."""

@@ -2,7 +2,7 @@
 
 The end-to-end boots take many minutes of emulation: they are marked `slow` and `linux` and
 run only with VMCFG_SLOW=1 (the default run has the bounded boot test in
-test_linux_loader.py).  See README "Booting Linux" for how far the boot gets today.
+test_linux_loader.py).  See README "Booting Linux" for what a boot costs.
 """
 
 from __future__ import annotations
@@ -22,10 +22,6 @@ APPEND = "console=ttyS0 panic=-1 quiet"
 
 @pytest.mark.linux
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="not yet seen to reach userspace: from a cold start "
-                   "the decompressor's first store into an unmapped region restarts for ever "
-                   "(README 'Booting Linux'); from a snapshot after it the kernel gets past "
-                   "ftrace, alternatives and the serial driver")
 def test_boot_to_userspace_and_poweroff(cli):
     inp = linux_inputs_or_skip()
     r = cli("launch", "baseline", "--kernel", str(inp.kernel), "--initrd", str(inp.initrd),

@@ -213,6 +213,7 @@ class TerminalKeys:
 
     def start(self, vcpu) -> None:
         self._vcpu = vcpu
+        vcpu.interactive = self.enabled
         if self.enabled and self._input is None:
             from ..vmm.console import TerminalInput
             self._input = TerminalInput(sys.stdin.fileno(), self._feed).start()

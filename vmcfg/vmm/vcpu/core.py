@@ -124,6 +124,9 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         self._stub_stopped = False       # the block counter stopped the last engine run
         self._in_hook = False
         self._input_wake = False         # serial input arrived during a hook (events.py)
+        # a terminal feeds COM1 (launch): a HLT that only the UART's receive interrupt can
+        # end waits for a key instead of ending the run
+        self.interactive = False
         self._deadline_kind: str | None = None
         self._exc_dirty = False
         self._stray_fault = False          # codepages._tb_drop: one engine #PF report to ignore

@@ -663,7 +663,8 @@ class InterceptsMixin:
             if nf is not None:
                 cands.append((nf, "resume"))
         if not cands:
-            if self.live_wakeable:
+            if self.live_wakeable or (self.interactive and self._can_take_irq() and
+                                      self.platform.serial.ier & 1):
                 self._wait_live()
                 self._event = ("resume",)
                 return
@@ -671,7 +672,8 @@ class InterceptsMixin:
         t, kind = min(cands)
         if t > now:
             if self.clock == "realtime":
-                self._sleep_until(t)
+                if self._hlt_sleep(t):
+                    kind = "resume"
             else:
                 self.idle_ticks += t - now
         self._event = (kind,)

@@ -75,10 +75,12 @@ class _Mem:
         lib = _lib()
         self._uch = v.uc._uch
         self._mem_read = lib.uc_mem_read
-        self._buf = ctypes.create_string_buffer(16)
+        sc = v.__dict__.get("_delivery_scratch")
+        if sc is None:                # ctypes buffers made once per vCPU, not per delivery
+            out = ctypes.c_uint64()
+            sc = v._delivery_scratch = (ctypes.create_string_buffer(16), out, ctypes.byref(out))
+        self._buf, self._out, self._outref = sc
         if self.fast:
-            self._out = ctypes.c_uint64()
-            self._outref = ctypes.byref(self._out)
             self._tr = lib.uc_vmem_translate
 
     def _phys(self, lin: int, write: bool) -> int:
@@ -270,12 +272,19 @@ def deliver_event(v, vector: int, itype: int, error_code: int | None, ret_lin: i
         if not wide:
             offset &= 0xFFFF
     cb, cl, cf = descriptor_cache(c1, c2)
-    loads[CS] = ((sel & ~3) | new_cpl, cb, cl, cf)
-    # the frame is written: now the new state, in one write-back (the context copy taken
-    # above is still current: the frame went to memory, not to registers)
-    hf = st.patch_segments(loads, cpl=new_cpl)
-    env.regs[4] = new_sp & _MASK64
-    st.commit()
-    v.after_state_load((hf, cb, env.eflags & ~VM))
+    new_cs = (sel & ~3) | new_cpl
+    cur = env.segs[CS]
+    if not loads and new_cs == cur.selector and (cb, cl, cf) == (cur.base, cur.limit, cur.flags):
+        # the gate's code segment is the one loaded and the stack stays: only RSP, RFLAGS
+        # and RIP change (batched register writes, no state write-back)
+        v.set_rsp(new_sp & _MASK64)
+    else:
+        loads[CS] = (new_cs, cb, cl, cf)
+        # the frame is written: now the new state, in one write-back (the context copy taken
+        # above is still current: the frame went to memory, not to registers)
+        hf = st.patch_segments(loads, cpl=new_cpl)
+        env.regs[4] = new_sp & _MASK64
+        st.commit()
+        v.after_state_load((hf, cb, env.eflags & ~VM))
     v.set_rflags_raw(rflags & ~(TF | NT | RF | VM | (IF if not gtype & 1 else 0)))
     v.set_rip_reg(offset)

@@ -377,6 +377,8 @@ class EventsMixin:
                 self._in_hook = True
                 try:
                     if self._take_at_boundary():
+                        if self._input_wake:     # serial input came meanwhile (_device_wake)
+                            self.counter.request_stop()
                         return
                 finally:
                     self._in_hook = False
@@ -395,7 +397,8 @@ class EventsMixin:
         counter = self.counter
         ic = self.icount = counter.count
         plat = self.platform
-        plat.advance(self._tsc_at(ic))       # the devices: what is due now (as _events)
+        self._input_wake = False             # queued serial input is served here (as _events)
+        plat.advance(self._tsc_at(ic))       # the devices: what is due now
         plat.changed = False
         if self._nmi_pending:
             return False

@@ -25,6 +25,7 @@ from .memory import MemoryMixin
 from .reconfig import ReconfigMixin
 from .registers import RegistersMixin
 from .runloop import RunLoopMixin
+from .stopstats import StopStats
 from .vtime import TimeMixin
 
 
@@ -174,5 +175,6 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
                             self._tsc_msr_write, devices=self.platform)
         self.cpuid = self._make_cpuid(config)
         self.wall_in_vmm = 0.0
+        self.stops = StopStats()          # engine runs by cause, host time in the engine
         self._fx_attach()
         self._apicv_attach()

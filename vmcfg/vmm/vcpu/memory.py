@@ -160,7 +160,7 @@ class MemoryMixin:
                     self._device_change_needs_stop(self._mmio_icount):
                 # interrupt state changed: re-check before the next block.  Not emu_stop: a
                 # stop requested inside an MMIO store makes Unicorn restart the store
-                self._event = ("resume",)
+                self._event = ("resume", "mmio write")
                 self.counter.request_stop()
         except BaseException as e:       # pragma: no cover - never let it reach C
             self._event = ("error", e)

@@ -14,6 +14,8 @@ from ..exitinfo import VmExit
 from ..outcome import RunEnd
 from .common import DEADLINE_MARGIN, UNTIL
 from .intercepts import PRIVILEGED, _UD_MNEMONICS
+from .stopstats import event_cause
+from ..counter import W_COUNTER, W_SOFT, W_STOP, W_STOPPED
 from ...vmx.exits import Exit, Vector
 
 
@@ -35,6 +37,8 @@ class RunLoopMixin:
         """Run until the guest ends; sets self.status/exit_code/message."""
         uc = self.uc
         counter = self.counter
+        stops = self.stops
+        perf_counter = time.perf_counter
         try:
             while True:
                 self._fx_mtf_settle()
@@ -46,6 +50,7 @@ class RunLoopMixin:
                     raise RunEnd("timeout", None, "the run reached its wall-clock timeout")
                 ev = self._arm_entry_events()
                 if ev is not None:
+                    stops.add("exit at VM entry")
                     self._entry_exit(ev)
                     continue
                 deadline, dkind, soft = self._deadline()
@@ -62,6 +67,7 @@ class RunLoopMixin:
                 if deadline is not None:
                     left = deadline - self.icount
                     if left <= 0:
+                        stops.add(f"{dkind} deadline reached between runs")
                         self._deadline_reached(dkind)
                         continue
                     if left <= 2 * DEADLINE_MARGIN or self._force_count:
@@ -98,12 +104,16 @@ class RunLoopMixin:
                     until = (self.rip + (dec.len if dec is not None else 1))
                     count = 2
                 self._fx_arm(count, mtf_native)
+                t_run = perf_counter()
                 try:
                     uc.emu_start(begin, until, 0, count)
                 except UcError as e:
                     err = e
+                stops.engine_seconds += perf_counter() - t_run
+                stops.runs += 1
                 self._sync_mode()
                 smc_step = self._smc_page is not None
+                stops.add(self._stop_cause(err, smc_step, count))
                 if smc_step:
                     self._end_smc_step()
                     if err is None and self._event is None and self.rip == until:
@@ -158,6 +168,26 @@ class RunLoopMixin:
             self.message = e.message
         with self.apply_cond:           # wake anyone waiting for an apply that cannot come
             self.apply_cond.notify_all()
+
+    def _stop_cause(self, err: UcError | None, smc_step: bool, count: int) -> str:
+        """Why the engine run that just ended stopped (stopstats.py), from what the hooks
+        left: read before the run loop acts on it."""
+        if smc_step:
+            return "store into code, single step"
+        if self._event is not None:
+            return event_cause(self._event)
+        if err is not None:
+            return f"engine error {err.errno}"
+        st = self.counter.state
+        if st[W_STOPPED]:
+            if st[W_STOP]:
+                return "stop request (another thread)"
+            if st[W_COUNTER] >= st[W_SOFT]:
+                return "device timer deadline"
+            return "deadline (instruction count)"
+        if count:
+            return "single step" if count == 1 else "counted run to a deadline"
+        return "other"
 
     def _stopped_at_invalid(self, begin_lin: int, start_icount: int, count: int,
                             stopped_by_stub: bool = False) -> bool:

@@ -215,6 +215,7 @@ class MemoryMixin:
         if page >= self.memory:
             raise RunEnd("error", None, f"EPT mapping of {gpa:#x}: outside guest RAM")
         self._ept_regions = [(page, page + PAGE, access)] + (self._ept_regions or [])
+        self._global_prot_hooks()            # (codepages.py: memory hooks)
         perms = (UC_PROT_READ if "r" in access else 0) | (UC_PROT_WRITE if "w" in access else 0)
         self._drop_phys(page)                 # its unit is data again (then fetched anew)
         self.uc.mem_protect(page, PAGE, perms)

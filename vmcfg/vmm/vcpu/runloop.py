@@ -129,6 +129,9 @@ class RunLoopMixin:
                     counter.clear_stop_request()
                 ev = self._event
                 self._event = None
+                if ev is None and err is not None and err.errno == UC_ERR_FETCH_PROT \
+                        and not self._prot_global:
+                    ev = ("fetch", self._fetch_fault_page())   # (no fetch hook: codepages.py)
                 if ev is not None and ev[0] == "rehook" and err is None:
                     self._fx_mtf_rehooked = True      # (fastexit.py: the next step by count)
                     # a block about to run for the first time has a trapped instruction that
@@ -177,7 +180,7 @@ class RunLoopMixin:
         if self._event is not None:
             return event_cause(self._event)
         if err is not None:
-            return f"engine error {err.errno}"
+            return "fetch" if err.errno == UC_ERR_FETCH_PROT else f"engine error {err.errno}"
         st = self.counter.state
         if st[W_STOPPED]:
             if st[W_STOP]:

@@ -182,7 +182,6 @@ class CodePagesMixin:
             self._code_units.discard(unit)
             lo, hi = self._unit(unit)
             self.uc.mem_protect(lo, hi - lo, self._unit_perms(lo, False))
-            self._unguard_unit(unit)
 
     def _drop_page(self, page: int) -> None:
         """Linear page `page` (code, or guest memory the VMM writes): its unit becomes data."""
@@ -336,7 +335,7 @@ class CodePagesMixin:
         if lo not in self._code_units:
             self._code_units.add(lo)
             self.uc.mem_protect(lo, hi - lo, self._unit_perms(lo, True))
-            self._guard_unit(lo, hi)
+            self._guard_unit(lo)
             if split:
                 self._unit_bounds = None   # the page is a region of its own now
         else:                              # a stale translation: run it again
@@ -348,9 +347,10 @@ class CodePagesMixin:
     # (helper_le_st*_mmu, notdirty_write, two address-space lookups) until the page's TLB entry
     # is marked dirty, and it never is while any memory hook -- even a protection or unmapped
     # one -- covers the page.  So the hooks cover only what needs them: the unmapped hook the
-    # addresses above RAM (all of RAM is mapped), the store-protection hook each code region
-    # (stores into code), and no fetch-protection hook at all (a fetch from a data region ends
-    # emu_start with UC_ERR_FETCH_PROT, and the run loop finds the page: _fetch_fault_page).
+    # addresses above RAM (all of RAM is mapped), the store-protection hook each 1 MiB chunk
+    # that has held code (stores into code), and no fetch-protection hook at all (a fetch from
+    # a data region ends emu_start with UC_ERR_FETCH_PROT; the run loop finds the page:
+    # _fetch_fault_page).
     # Data stores of a guest whose paging maps its data no-execute (Linux) then run at engine
     # speed.  With EPT permissions (read- or write-protected guest-physical pages) the hooks
     # cover all memory, as before.
@@ -360,21 +360,24 @@ class CodePagesMixin:
             return
         from unicorn import UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_READ_PROT
         self._prot_global = True
-        for lo in list(self._unit_hooks):
-            self._unguard_unit(lo)
+        for h in self._unit_hooks.values():
+            self.uc.hook_del(h)
+        self._unit_hooks.clear()
         self.uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self._on_fetch_prot)
         self.uc.hook_add(UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT, self._on_prot)
 
-    def _guard_unit(self, lo: int, hi: int) -> None:
-        """Code region [lo, hi): a store into it reaches _on_prot."""
-        if not self._prot_global and lo not in self._unit_hooks:
-            self._unit_hooks[lo] = self.uc.hook_add(UC_HOOK_MEM_WRITE_PROT, self._on_prot,
-                                                    None, lo, hi - 1)
-
-    def _unguard_unit(self, lo: int) -> None:
-        h = self._unit_hooks.pop(lo, None)
-        if h is not None:
-            self.uc.hook_del(h)
+    def _guard_unit(self, lo: int) -> None:
+        """Code region at `lo`: a store into it reaches _on_prot.  The hook covers the whole
+        mapping chunk (1 MiB) and stays when the region becomes data again: regions that flip
+        between code and data (text patching, self-modifying code) would otherwise add and
+        delete a hook at every flip, and page-by-page regions would each get one."""
+        if self._prot_global:
+            return
+        c = lo - lo % self._map_chunk
+        if c not in self._unit_hooks:
+            self._unit_hooks[c] = self.uc.hook_add(
+                UC_HOOK_MEM_WRITE_PROT, self._on_prot, None, c,
+                min(c + self._map_chunk, self.memory) - 1)
 
     def _fetch_fault_page(self) -> int:
         """The physical page of a fetch the engine refused (UC_ERR_FETCH_PROT without a

@@ -10,9 +10,10 @@ timed from start to the moment the line appears on its serial console (and to it
 
 * QEMU: ``qemu-system-x86_64 -accel tcg -kernel ... -initrd ... -m 256 -nographic -no-reboot``
   (SeaBIOS included, as a user would run it);
-* vmcfg: ``run_guest`` of the same kernel and initramfs under PROFILE (in process, so the
-  report can say where the time went: VM exits by kind and the time the VMM spent handling
-  them, against the time inside the Unicorn engine).
+* vmcfg: the run ``vmcfg launch PROFILE --kernel ... --initrd ... --memory 256M`` makes, of
+  the same kernel and initramfs (in process, so the report can say where the time went: VM
+  exits by kind and the time the VMM spent handling them, against the time inside the
+  Unicorn engine).
 
 --line TEXT times both sides to another console line (e.g. "Run /init" without "quiet"),
 and vmcfg's run ends there.  --breakdown adds where vmcfg's time went: every return of the
@@ -49,7 +50,12 @@ def run_qemu(kernel: str, initrd: str, append: str, timeout: float, line: str = 
                          stdin=subprocess.DEVNULL)
     out = bytearray()
     t_line = None
-    killer = threading.Timer(timeout, p.kill)
+    killed = threading.Event()
+
+    def kill() -> None:
+        killed.set()
+        p.kill()
+    killer = threading.Timer(timeout, kill)
     killer.start()
     try:
         while True:
@@ -64,8 +70,11 @@ def run_qemu(kernel: str, initrd: str, append: str, timeout: float, line: str = 
         p.wait()
     finally:
         killer.cancel()
+    # -no-reboot: a poweroff, a reboot and a panic all end QEMU with status 0
+    status = "timeout" if killed.is_set() else ("ended" if p.returncode == 0
+                                                 else f"exit status {p.returncode}")
     return {"to_line": t_line, "total": time.perf_counter() - t0, "rc": p.returncode,
-            "console": out.decode("latin-1")}
+            "status": status, "console": out.decode("latin-1")}
 
 
 ENGINE_CALLS = ("ctl_flush_tb", "ctl_remove_cache", "mem_protect")
@@ -135,14 +144,15 @@ def print_guest_profile(hits: dict, kernel: str, top: int = 25) -> None:
 
 def run_vmcfg(profile: str, kernel: str, initrd: str, append: str, timeout: float,
               clock: str, line: str = LINE, breakdown: bool = False) -> dict:
-    from vmcfg.profile import resolve
-    from vmcfg.vmm.linux import LINUX_TSC_HZ, kernel_mode, load_linux
-    from vmcfg.vmm.run import run_guest
-    r = resolve(profile, cpu="cvmm")
-    if not r.valid:
-        raise SystemExit(f"{profile}: not valid on cvmm")
-    mode = kernel_mode(r.config)
-    img, _boot = load_linux(kernel, memory=256 << 20, mode=mode, initrd=initrd, cmdline=append)
+    """The run `vmcfg launch PROFILE --kernel --initrd --append --memory 256M --timeout
+    --clock` makes (the same plan), in process."""
+    from vmcfg.vmm.plan import PlanError, build_plan
+    from vmcfg.vmm.run import run_plan
+    try:
+        plan = build_plan(profile, kernel=kernel, initrd=initrd, cmdline=append,
+                          memory="256M", timeout=timeout, clock=clock)
+    except PlanError as e:
+        raise SystemExit(f"linux_boot: {e.message}") from None
     buf: list[str] = []
     seen = {"t": None}
     calls: dict[str, int] = {}
@@ -165,8 +175,7 @@ def run_vmcfg(profile: str, kernel: str, initrd: str, append: str, timeout: floa
             count_engine_calls(vcpu, calls)
             threading.Thread(target=sample_guest, args=(vcpu, stop, hits), daemon=True).start()
 
-    res = run_guest(r.config, img, memory=256 << 20, mode=mode, timeout=timeout,
-                    console=console, clock=clock, tsc_hz=LINUX_TSC_HZ, on_vcpu=on_vcpu)
+    res = run_plan(plan, console=console, on_vcpu=on_vcpu)
     total = time.perf_counter() - t0
     stop.set()
     vcpu = box.get("vcpu")
@@ -234,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         return f"{x:.1f} s" if x is not None else "not reached"
 
     rows = [("QEMU 7.2 TCG (-accel tcg)", fmt(q["to_line"]) if q else "skipped",
-             f"{q['total']:.1f} s" if q else "-", "-"),
+             f"{q['total']:.1f} s" if q else "-", q["status"] if q else "-"),
             (f"vmcfg launch {a.profile} --clock {a.clock}", fmt(v["to_line"]),
              f"{v['total']:.1f} s", res.status)]
     ratio = (v["to_line"] / q["to_line"]) if q and q["to_line"] and v["to_line"] else None
@@ -244,8 +253,10 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---:|---:|---|")
     for row in rows:
         print(f"{sep} " + f" {sep} ".join(row) + f" {sep}")
-    print(f"ratio vmcfg/QEMU: {ratio:.2f}x" if ratio else
-          "ratio vmcfg/QEMU: n/a (vmcfg did not reach the line)")
+    why = ("QEMU skipped" if q is None else
+           "QEMU did not reach the line within --timeout" if not q["to_line"] else
+           "vmcfg did not reach the line within --timeout")
+    print(f"ratio vmcfg/QEMU: {ratio:.2f}x" if ratio else f"ratio vmcfg/QEMU: n/a ({why})")
     vmm = res.vmm_seconds
     print(f"\nvmcfg: {res.instructions:,} instructions, {sum(e['count'] for e in res.exits):,} "
           f"exits; time handling exits in the VMM {vmm:.2f} s, in the engine (guest code, "

@@ -396,7 +396,7 @@ def test_launch_json_reports_the_virtual_apic(tmp_path, cli=None):
     trace = tmp_path / "t.jsonl"
     r = CliRunner().invoke(main, ["launch", prof, "--guest", g, "--mode", "32", "--json",
                                   "--trace", str(trace)])
-    doc = json.loads(r.output)
+    doc = json.loads(r.stdout)
     assert doc["guest_exit_code"] == 0x11
     assert doc["apicv"]["delivered"] == 1 and doc["apicv"]["vtpr"] == 0x30
     recs = [json.loads(x) for x in trace.read_text().splitlines()]

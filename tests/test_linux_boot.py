@@ -2,7 +2,7 @@
 
 The end-to-end boots take many minutes of emulation: they are marked `slow` and `linux` and
 run only with VMCFG_SLOW=1 (the default run has the bounded boot test in
-test_linux_loader.py).  See README "Booting Linux" for how far the boot gets today.
+test_linux_loader.py).  See README "Booting Linux" for what a boot costs.
 """
 
 from __future__ import annotations
@@ -22,10 +22,6 @@ APPEND = "console=ttyS0 panic=-1 quiet"
 
 @pytest.mark.linux
 @pytest.mark.slow
-@pytest.mark.xfail(strict=True, reason="not yet seen to reach userspace: from a cold start "
-                   "the decompressor's first store into an unmapped region restarts for ever "
-                   "(README 'Booting Linux'); from a snapshot after it the kernel gets past "
-                   "ftrace, alternatives and the serial driver")
 def test_boot_to_userspace_and_poweroff(cli):
     inp = linux_inputs_or_skip()
     r = cli("launch", "baseline", "--kernel", str(inp.kernel), "--initrd", str(inp.initrd),
@@ -91,3 +87,51 @@ def test_named_detached_boot_with_trap_all_applied_during_it(rundir, tmp_path):
         assert linux_inputs.EXPECTED_LINE in con.read_text(encoding="latin-1")
     finally:
         vmcfg("stop", "lx")
+
+
+@pytest.mark.linux
+@pytest.mark.slow
+def test_a_line_typed_on_the_terminal_reaches_the_busybox_shell(tmp_path):
+    """Item 2 of issue 13 end to end: vmcfg with a terminal on stdin; the kernel's 8250 driver
+    takes the keys on its receive interrupt, the tty echoes them, busybox `read` gets the line
+    (Enter arrives as CR, the tty makes it a newline) and the shell answers."""
+    import pty
+    import subprocess
+    import sys
+    import threading
+
+    from conftest import ROOT
+    inp = linux_inputs_or_skip()
+    init = ('#!/bin/sh\necho "type a line:"\nread line\necho "you typed: $line $((6*7))"\n'
+            '/bin/busybox poweroff -f\n')
+    rd = tmp_path / "initrd-read.gz"
+    rd.write_bytes(linux_inputs.build_initramfs(inp.busybox.read_bytes(), init))
+    master, slave = pty.openpty()
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "vmcfg.cli", "launch", "baseline",
+                              "--kernel", str(inp.kernel), "--initrd", str(rd), "--append", APPEND,
+                              "--memory", "256M", "--timeout", "900"], cwd=ROOT, stdin=slave,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        killer = threading.Timer(1200, p.kill)
+        killer.daemon = True
+        killer.start()
+        try:
+            out = b""
+
+            def upto(needle: bytes) -> None:
+                nonlocal out
+                while needle not in out:
+                    b = p.stdout.read1(4096)
+                    assert b, f"vmcfg ended before {needle!r}: {out[-1000:]!r}"
+                    out += b
+            upto(b"type a line:")
+            os.write(master, b"hello vmcfg\r")
+            upto(b"you typed: hello vmcfg 42")
+            rest, err = p.communicate(timeout=300)
+        finally:
+            killer.cancel()
+            p.kill()
+        assert p.returncode == 0 and b"poweroff" in err, err[-1000:]
+    finally:
+        os.close(master)
+        os.close(slave)

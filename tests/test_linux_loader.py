@@ -251,3 +251,59 @@ def test_a_kernel_boot_machine_has_a_1ghz_tsc_unless_the_profile_sets_one(cli, b
     p.write_text('[profile]\nname = "slow"\nextends = "baseline"\n[tsc]\nfrequency = 2_000_000\n')
     r = cli("launch", str(p), "--kernel", k, "--json")
     assert json.loads(r.stdout)["guest_exit_code"] == 2
+
+
+@pytest.mark.parametrize("kernel, initrd, extra, words", [
+    ("missing", None, (), "no such file"),
+    ("empty", None, (), "empty"),
+    ("elf", None, (), "an ELF file"),
+    ("zimage", None, (), "zImage"),
+    ("old", None, (), "too old"),
+    ("huge", None, ("--memory", "64M"), "give at least --memory"),
+    ("ok", "junk", (), "not an initramfs"),
+    ("ok", "empty", (), "empty"),
+    ("ok", "missing", (), "no such file"),
+    ("ok", "big", ("--memory", "32M"), "do not fit"),
+])
+def test_bad_kernels_and_initrds_give_one_line_and_status_2(cli, bz, tmp_path, kernel, initrd,
+                                                           extra, words):
+    """What a user sees for each bad --kernel / --initrd: one line on stderr naming the
+    problem, exit status 2 (usage), nothing run; with --json the error object on stdout."""
+    files = {"empty": b"", "elf": b"\x7fELF" + b"\0" * 0x400,
+             "zimage": synthetic_bzimage(loadflags=0), "old": synthetic_bzimage(version=0x201),
+             "huge": synthetic_bzimage(init_size=80 * MiB), "ok": synthetic_bzimage(),
+             "junk": b"not an initramfs at all", "big": b"\x1f\x8b" + b"\0" * (40 * MiB)}
+
+    def path(name):
+        return str(tmp_path / "missing") if name == "missing" else bz(files[name], name)
+    args = ["launch", "baseline", "--kernel", path(kernel), *extra]
+    if initrd:
+        args += ["--initrd", path(initrd)]
+    r = cli(*args)
+    assert r.exit_code == 2 and words in r.stderr, r.stderr
+    assert r.stdout == "" and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    d = json.loads(cli(*args, "--json").stdout)
+    assert d["status"] == "usage" and d["exit_status"] == 2 and words in d["error"]["message"]
+
+
+def test_a_32bit_profile_enters_startup_32(cli, bz, write_profile):
+    """A profile that is a 32-bit guest (no entry.ia32e_mode_guest; unrestricted guest) boots
+    the kernel at startup_32 (the load address) in protected mode, paging off, with
+    __BOOT_CS and RSI = the zero page; a 64-bit profile at startup_64 (load address + 0x200)."""
+    # startup_32: (ESI >> 12) + CS to the debug-exit port -> 0x10 + 0x10
+    s32 = bytes.fromhex("89f0" "c1e80c" "8ccb" "01d8" "e6f4")
+    # startup_64: 0x40 to the debug-exit port
+    s64 = bytes.fromhex("b040" "e6f4")
+    k = bz(synthetic_bzimage(payload=s32 + b"\x90" * (0x200 - len(s32)) + s64 + b"\xf4" * 16))
+    p32 = write_profile('[profile]\nextends = "linux"\n[entry]\nia32e_mode_guest = false\n')
+    for profile, code in ((p32, 0x20), ("linux", 0x40), ("baseline", 0x40)):
+        r = cli("launch", profile, "--kernel", k, "--json")
+        d = json.loads(r.stdout)
+        assert (d["status"], d["guest_exit_code"]) == ("debug-exit", code), (profile, r.stdout)
+    # a 32-bit profile without unrestricted guest cannot start with paging off: entry fails
+    p = write_profile('[profile]\nextends = "baseline"\n[entry]\nia32e_mode_guest = false\n',
+                      "nug.toml")
+    r = cli("launch", p, "--kernel", k, "--json")
+    d = json.loads(r.stdout)
+    assert d["status"] == "entry-failure" and r.exit_code == 4 and "G3" in r.stdout

@@ -199,3 +199,60 @@ def test_divide_error_in_a_block_run_for_the_first_time_is_de(tmp_path):
     g.write_text(src)
     res, _ = run("baseline", str(g), mode=64, timeout=60)
     assert (res.status, res.guest_exit_code) == ("debug-exit", 0xF7), res.message
+
+
+CR2_GUEST = """\
+bits 64
+org 0x100000
+        jmp start
+%include "lib64.inc"
+; Two #PFs (reads above the identity map); the handler reads CR2 only after running code
+; from a page it has not run before, and the second fault comes after another such page:
+; each first run of a page is a stop and a restart of the engine.
+start:
+        gate 8, df_handler
+        gate 14, pf_handler
+        lidt [idtr]
+        mov qword [expect], 0x40000000
+        mov rax, [0x40000000]
+        jmp page2
+df_handler:
+        exit 8
+pf_handler:
+        jmp page1
+        times 0x100000 - ($ - $$) db 0  ; each page below in a 1 MiB region of its own:
+page1:  mov rax, cr2
+        cmp rax, [expect]
+        jne .bad
+        inc qword [faults]
+        add rsp, 8                      ; the error code
+        add qword [rsp], 8              ; mov rax, [abs32] is 8 bytes
+        iretq
+.bad:   exit 15
+        times 0x200000 - ($ - $$) db 0  ; its first run is a stop of the engine
+page2:  mov qword [expect], 0x40001000
+        mov rax, [0x40001000]
+        cmp qword [faults], 2
+        jne .bad
+        exit 14
+.bad:   exit 16
+expect: dq 0
+faults: dq 0
+align 4096
+idt:    times 256 * 16 db 0
+idtr:   dw 256 * 16 - 1
+        dq idt
+"""
+
+
+@pytest.mark.parametrize("profile", ["baseline", "trap-all"])
+def test_cr2_and_the_next_page_fault_survive_engine_restarts(profile, tmp_path):
+    """The guest's #PF handler reads CR2 only after code the engine stops at (the first
+    run of a page in a memory region of its own); then a second #PF comes after another
+    such stop.  Unicorn ended every run by dropping the block at `until` - 1 =
+    2**64 - 2 with a faulting lookup: CR2 read 0xfffffffffffffffe, and QEMU's #DF
+    bookkeeping made the next #PF a double fault (the Linux boot's panic at /init)."""
+    g = tmp_path / "cr2.asm"
+    g.write_text(CR2_GUEST)
+    res, _ = run(profile, str(g), mode=64, timeout=120)
+    assert (res.status, res.guest_exit_code) == ("debug-exit", 14), res.message

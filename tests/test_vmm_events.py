@@ -325,7 +325,7 @@ def test_launch_nmi_at_option(tmp_path):
         [pin]
         nmi_exiting = true
         """), "--guest", "builtin:timer", "--nmi-at", "100", "--json"])
-    d = json.loads(r.output)
+    d = json.loads(r.stdout)
     assert d["status"] == "debug-exit"
     assert d["exits"][0] == {"reason": 0, "name": "EXCEPTION_NMI", "count": 1}
     assert "nmis=0x0000000000000001" in d["console"]

@@ -60,20 +60,24 @@ def launch(what: str | LaunchPlan, *, name: str | None = None, trace: IO[str] | 
            console: Callable[[str], None] | None = None,
            progress: Callable[[Any], None] | None = None, record: dict | None = None,
            trace_sample: int = 1, on_vcpu: Callable[[Any], None] | None = None,
-           **options: Any):
+           on_restart: Callable[[int, str], None] | None = None, **options: Any):
     """Run a guest to its end and return its RunResult (res.status, res.exit_status, ...).
 
     `what` is a LaunchPlan or a profile (then `options` go to plan()).  With
     `name`, the guest is reachable while it runs (apply, stats, stop, inject).
     `trace` gets one JSON line per exit (one in `trace_sample` of each reason);
-    `on_vcpu(vcpu)` is called once the vCPU exists, before the guest runs.
+    `on_vcpu(vcpu)` is called once the vCPU exists, before the guest runs (again for
+    each fresh boot when the profile says `lifecycle.on_reboot = "restart"`, after
+    `on_restart(n, message)`; a named guest's live session follows the new vCPU).
     """
     from .vmm.run import run_plan
     p = what if isinstance(what, LaunchPlan) else build_plan(what, **options)
     live: dict[str, Any] = {}
 
     def started(vcpu) -> None:
-        if name:
+        if "session" in live:                 # a restart: the same session, the new machine
+            live["session"].target.retarget(vcpu)
+        elif name:
             from .live.vmm_target import make_session
             live["session"] = make_session(
                 vcpu, p.caps, p.mode, name=name,
@@ -85,7 +89,7 @@ def launch(what: str | LaunchPlan, *, name: str | None = None, trace: IO[str] | 
     res = None
     try:
         res = run_plan(p, trace=trace, trace_sample=trace_sample, console=console,
-                       progress=progress, on_vcpu=started)
+                       progress=progress, on_vcpu=started, on_restart=on_restart)
     finally:
         if "session" in live:
             s = live["session"]

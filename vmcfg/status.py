@@ -47,7 +47,8 @@ OUTCOMES: tuple[Outcome, ...] = (
             "or a failing exit handler"),
     Outcome("reboot", 14, True, "the guest reset the machine to reboot (port 0x64 or 0xCF9, or "
                                 "the FADT's reset register; Linux rebooting, or after a panic "
-                                "with panic=-1)"),
+                                "with panic=-1), unless the profile's lifecycle.on_reboot = "
+                                "\"restart\" boots it again"),
     Outcome("interrupted", 130, True,
             "interrupted: 128 + the signal (130 for Ctrl-C/SIGINT, 143 for SIGTERM); a guest "
             "run is stopped and its report printed"),

@@ -38,8 +38,9 @@ def _complete_guest(ctx, param, incomplete):
 @click.option("--initrd", metavar="FILE", type=click.Path(dir_okay=False),
               help="With --kernel: the initramfs to load.")
 @click.option("--clock", type=click.Choice(["virtual", "realtime"]),
-              help="Guest time: 'virtual' (default; deterministic, from retired instructions) "
-                   "or 'realtime' (follows the host clock).")
+              help="Guest time: 'virtual' (the default, so a run is reproducible: time from "
+                   "retired instructions, the same console bytes and exits every run, however "
+                   "busy the host) or 'realtime' (the TSC follows the host clock).")
 @click.option("--mode", type=click.Choice(["16", "32", "64"]), help="Start mode (default 64).")
 @click.option("--memory", metavar="SIZE", help="Guest RAM, e.g. 16M (default 16M).")
 @click.option("--load-address", "load_address", metavar="ADDR",
@@ -48,7 +49,9 @@ def _complete_guest(ctx, param, incomplete):
 @click.option("--append", "append", metavar="TEXT",
               help="Kernel command line of --kernel, or of a Multiboot image (after the image "
                    "name, as QEMU passes it).")
-@click.option("--json", "as_json", is_flag=True, help="One JSON document on stdout.")
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON document on stdout at the end (its \"console\" holds the serial "
+                   "output, which streams to stderr as it comes, unless --console FILE).")
 @click.option("--trace", "trace_file", metavar="FILE", type=click.Path(dir_okay=False),
               help="Write every VM exit as a JSON line to FILE (gzip-compressed when FILE "
                    "ends in .gz); read it with 'vmcfg trace summary|export'.")
@@ -79,8 +82,12 @@ def launch(profile, guest, kernel, initrd, clock, mode, memory, load_address, en
 
     VM exits happen exactly as the profile's controls say; each exit is
     handled by a default handler (or a Python handler of yours) and the
-    guest resumes.  The serial console (COM1, port 0x3F8) is shown live;
-    the guest ends the run through the debug-exit port 0xF4 or by halting.
+    guest resumes.  The serial console (COM1, port 0x3F8) is shown live
+    (on stdout; on stderr with --json, whose document takes stdout), and
+    with a terminal on stdin what you type goes to COM1.  The guest ends the
+    run through the debug-exit port 0xF4, by halting, powering off or
+    resetting the machine (a profile with lifecycle.on_reboot = "restart"
+    boots it again instead).
     """
     from ..vmm.plan import PlanError, build_plan
 
@@ -188,14 +195,21 @@ def _run(plan, name, as_json: bool, trace_file: str | None, trace_sample: int,
             if con_fh is not None:
                 con_fh.write(ch)
                 con_fh.flush()
-            elif not as_json:
-                sys.stdout.write(ch)
-                sys.stdout.flush()
+            else:                       # stdout holds the --json document: the console, as
+                out = sys.stderr if as_json else sys.stdout     # it comes, goes to stderr
+                out.write(ch)
+                out.flush()
+
+        def restarted(n: int, message: str) -> None:
+            if progress is not None and progress.shown:
+                progress.clear()
+            view.note_restart(n, message)
 
         try:
             return api.launch(plan, name=name, trace=files.get("trace"), console=console,
                               progress=progress, record={"console": console_file},
-                              trace_sample=trace_sample, on_vcpu=on_vcpu)
+                              trace_sample=trace_sample, on_vcpu=on_vcpu,
+                              on_restart=restarted)
         except RuntimeError_ as e:          # registration problems (name taken, runtime dir)
             fail(str(e))
         finally:

@@ -2,7 +2,7 @@
 
 The guest's serial console is the launch's output on stdout; the progress line
 (only on a terminal) and the run summary go to stderr; --json gives one
-document on stdout instead.
+document on stdout instead, and the console streams to stderr.
 """
 
 from __future__ import annotations
@@ -189,22 +189,39 @@ def render_result(res, image_name: str, mode: int) -> None:
     if res.exits:
         con.print(t)
     rate = res.instructions / res.wall_seconds if res.wall_seconds else 0
-    con.print(f"{res.instructions:,} instructions, {total:,} exits, TSC {res.tsc:,}, "
+    boots = f" over {res.restarts + 1} boots" if res.restarts else ""
+    con.print(f"{res.instructions:,} instructions, {total:,} exits{boots}, TSC {res.tsc:,}, "
               f"{res.wall_seconds:.3f} s wall ({rate / 1e6:.1f} M instructions/s)", highlight=False)
 
 
 
+def note_restart(n: int, message: str) -> None:
+    """A reset the profile answers with a fresh boot (lifecycle.on_reboot = "restart"):
+    one line on stderr."""
+    sys.stdout.flush()
+    err(f"{message or 'the guest reset the machine'}; restarting (boot {n + 1})")
+
+
 class TerminalKeys:
-    """With a terminal on stdin: keystrokes to the guest's COM1 receive path for the run."""
+    """With a terminal on stdin: keystrokes to the guest's COM1 receive path for the run
+    (the machine that runs now: after a restart, the fresh one's)."""
 
     def __init__(self, enabled: bool = True):
         self.enabled = enabled and sys.stdin is not None and sys.stdin.isatty()
         self._input = None
+        self._vcpu = None
 
     def start(self, vcpu) -> None:
-        if self.enabled:
+        self._vcpu = vcpu
+        vcpu.interactive = self.enabled
+        if self.enabled and self._input is None:
             from ..vmm.console import TerminalInput
-            self._input = TerminalInput(sys.stdin.fileno(), vcpu.platform.serial.feed).start()
+            self._input = TerminalInput(sys.stdin.fileno(), self._feed).start()
+
+    def _feed(self, data: bytes) -> None:
+        vcpu = self._vcpu
+        if vcpu is not None:
+            vcpu.platform.serial.feed(data)
 
     def stop(self) -> None:
         if self._input is not None:

@@ -24,6 +24,14 @@ class VmmTarget:
         self.caps = caps
         self.mode = mode
         self.started = time.time()
+        self.restarts = 0
+
+    def retarget(self, vcpu) -> None:
+        """The guest restarted on a fresh machine (lifecycle.on_reboot = "restart"): from now
+        on the session talks to its vCPU."""
+        vcpu.live_wakeable = True
+        self.vcpu = vcpu
+        self.restarts += 1
 
     @property
     def config(self):
@@ -50,8 +58,11 @@ class VmmTarget:
         # while the guest runs, the block counter has the live count (icount is
         # brought up to date whenever emulation stops)
         n = v.icount if v.status is not None else max(v.icount, v.counter.count)
-        return {"state": v.status or ("halted" if getattr(v, "halted", False) else "running"),
+        snap = {"state": v.status or ("halted" if getattr(v, "halted", False) else "running"),
                 "instructions": n, "tsc": v.tsc, "exits": exits}
+        if self.restarts:
+            snap["restarts"] = self.restarts     # the counts above are the current boot's
+        return snap
 
     def registers(self) -> dict:
         from ..vmm.run import register_state

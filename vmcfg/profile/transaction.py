@@ -251,8 +251,9 @@ class ProfileTransaction:
         if entry:
             raise TransactionError("the change would make VM entry fail", S.INVALID,
                                    [x.to_json() for x in entry])
-        diff = diff_configs(target.config, r.config)
-        return LivePlan(r.config, diff, [d for d in diff if not d["live"]])
+        cfg = _keep_running_guest(r.config, target.config, r.profile)
+        diff = diff_configs(target.config, cfg)
+        return LivePlan(cfg, diff, [d for d in diff if not d["live"]])
 
     def commit_live(self, target, plan: LivePlan) -> dict:
         """Hand the planned configuration to `target` (between two guest instructions):
@@ -263,3 +264,23 @@ class ProfileTransaction:
             raise Refused(f"cannot change {keys} on a running guest (needs a new guest)",
                           S.INVALID)
         return target.apply(plan.config)
+
+
+def _keep_running_guest(new, running, profile):
+    """The settings a running guest cannot change (the [guest] table: image, mode, memory...)
+    that the applied profile does not write keep the running guest's values: applying
+    `trap-all` to a guest launched from `linux` (256 MiB) is not a request for 16 MiB.  A
+    value the profile (or a profile it extends) writes is compared, and refused if it
+    differs."""
+    from ..vmx.config import VmxConfig
+    from ..vmx.configdiff import NOT_LIVE_TABLES
+    settings = None
+    for t in NOT_LIVE_TABLES:
+        written = (getattr(profile, "settings", None) or {}).get(t, {})
+        keep = {k: v for k, v in running.settings.get(t, {}).items() if k not in written}
+        if any(new.settings.get(t, {}).get(k) != v for k, v in keep.items()):
+            settings = settings or {tt: dict(vv) for tt, vv in new.settings.items()}
+            settings[t].update(keep)
+    if settings is None:
+        return new
+    return VmxConfig(controls=dict(new.controls), settings=settings, cpu=new.cpu, name=new.name)

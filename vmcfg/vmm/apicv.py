@@ -390,7 +390,7 @@ def sync_pc_hook(uc, access, address, size, value, user_data) -> None:
 
 def _here(v) -> tuple[int, int]:
     """(RIP, instructions retired before it) inside an MMIO callback."""
-    return v.rip, v._mmio_icount if v._mmio_icount is not None else v.icount
+    return v.rip, v._mmio_ic()
 
 
 def _stop(v, ev: tuple) -> None:

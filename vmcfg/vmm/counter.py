@@ -25,7 +25,10 @@ translated block instead:
   interrupt is then taken at that block boundary, a few instructions after the
   timer expired (as on hardware, where an interrupt waits for an instruction
   boundary); which boundary that is depends only on the guest's code and the
-  run's history, so a --clock virtual run stays deterministic.
+  run's history, so a --clock virtual run stays deterministic.  When the vCPU
+  set a *soft-deadline function* (``set_soft_fn``), the stub tail-calls it there
+  instead of stopping: it may take the interrupt without leaving the engine
+  (the vCPU's ``_at_soft_deadline``) or stop the engine itself.
 
 Where the guest stops inside a block (a trapped instruction, a fault), the
 count is corrected by decoding the block prefix (``Vcpu._retired_at``).
@@ -44,7 +47,7 @@ import sys
 
 # u64 words of the shared state block
 W_COUNTER, W_BASE, W_LIMIT, W_TABLE, W_SLOW, W_LAST_ADDR, W_LAST_SIZE, W_DEADLINE, \
-    W_STOP, W_EMU_STOP, W_LAST_N, W_STOPPED, W_HTABLE, W_HMASK, W_SOFT = range(15)
+    W_STOP, W_EMU_STOP, W_LAST_N, W_STOPPED, W_HTABLE, W_HMASK, W_SOFT, W_SOFT_FN = range(16)
 N_WORDS = 16
 HASH_BITS = 20                 # 1 Mi entries of 16 bytes (tag, size | count << 16)
 HASH_MASK = (1 << HASH_BITS) - 1
@@ -75,7 +78,7 @@ found:
     shr r9d, 16
     mov rax, [rcx]
     cmp rax, [rcx + 112]
-    jae stop
+    jae soft
     add rax, r9
     cmp rax, [rcx + 56]
     ja stop
@@ -89,6 +92,10 @@ stop:
     jmp qword ptr [rcx + 72]
 slow:
     jmp qword ptr [rcx + 32]
+soft:
+    cmp qword ptr [rcx + 120], 0
+    je stop
+    jmp qword ptr [rcx + 120]
 hashed:
     mov rax, rsi
     shr rax, 20
@@ -136,6 +143,8 @@ class BlockCounter:
         st[W_HTABLE] = ctypes.addressof(self._hash)
         st[W_HMASK] = HASH_MASK
         self._hash_pages: dict[int, set[int]] = {}   # page -> slots filled for its blocks
+        self._soft_fn = None                # set_soft_fn
+        self._soft_cb = None
         self._slow_cb = _BLOCK_CB(self._slow)
         st[W_SLOW] = ctypes.cast(self._slow_cb, ctypes.c_void_p).value
         st[W_EMU_STOP] = ctypes.cast(uclib.uc_emu_stop, ctypes.c_void_p).value
@@ -170,6 +179,9 @@ class BlockCounter:
             self.uc.emu_stop()
             return
         if st[W_COUNTER] >= st[W_SOFT]:
+            if self._soft_fn is not None:
+                self._soft_fn(uch, address, size, _user)
+                return
             st[W_STOPPED] = 1
             self.uc.emu_stop()
             return
@@ -213,6 +225,25 @@ class BlockCounter:
 
     def set_deadline(self, value: int | None) -> None:
         self.state[W_DEADLINE] = NO_DEADLINE if value is None else min(value, NO_DEADLINE)
+
+    def set_soft_fn(self, fn) -> None:
+        """`fn(uch, address, size, state)`, called at the start of the first block at or after
+        the soft deadline instead of stopping the engine (the block is not counted yet); it
+        takes the event and lets the engine go on, or stops it (W_STOPPED and emu_stop, as
+        the stub does).  None: stop there."""
+        self._soft_fn = fn
+        if fn is None:
+            self._soft_cb = None
+            self.state[W_SOFT_FN] = 0
+        else:
+            self._soft_cb = _BLOCK_CB(fn)
+            self.state[W_SOFT_FN] = ctypes.cast(self._soft_cb, ctypes.c_void_p).value
+
+    def soft_stop(self) -> None:
+        """From the soft-deadline function: stop the engine before this block, as the stub
+        does without one."""
+        self.state[W_STOPPED] = 1
+        self.uc.emu_stop()
 
     def set_soft_deadline(self, value: int | None) -> None:
         """Stop before the first block that starts with `value` or more instructions retired

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from .. import status as S
+from ..vmx.config import VmxConfig
 from ..vmx.sizes import parse_size
 from .loader import Image
 
@@ -158,6 +159,11 @@ def build_plan(profile: str, *, guest: str | None = None, mode: int | str | None
     except HandlerError as e:
         raise PlanError(str(e)) from None
 
+    # the configuration the guest runs with says what it was launched as (options and
+    # --kernel override the profile's [guest]): a live apply compares its [guest] with these
+    settings = {t: dict(v) for t, v in cfg.settings.items()}
+    settings["guest"].update(memory=mem, mode=run_mode)
+    cfg = VmxConfig(controls=dict(cfg.controls), settings=settings, cpu=cfg.cpu, name=cfg.name)
     plan = LaunchPlan(cfg, r.caps, profile, r.profile_path, image, spec, run_mode, mem, hmap,
                       max_instructions, timeout, nmi_at, serial_input, cmdline or "",
                       clock or "virtual", boot)

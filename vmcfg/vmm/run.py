@@ -36,6 +36,7 @@ class RunResult:
     vpid: int | None = None          # the VPID the guest ran with (secondary.enable_vpid)
     fault_text: str | None = None    # the VMM's register dump at an error (human report only)
     apicv: dict | None = None        # the virtual APIC at the end (APIC virtualization controls)
+    restarts: int | None = None      # fresh boots after a reset (lifecycle.on_reboot = "restart")
 
     @property
     def exit_status(self) -> int:
@@ -59,6 +60,8 @@ class RunResult:
             d["vpid"] = self.vpid
         if self.apicv is not None:
             d["apicv"] = self.apicv
+        if self.restarts is not None:
+            d["restarts"] = self.restarts
         return d
 
 
@@ -287,25 +290,109 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
               on_vcpu: Callable[[Any], None] | None = None,
               nmi_at: int | None = None, serial_input: bytes | None = None,
               cmdline: str = "", clock: str = "virtual",
-              tsc_hz: int | None = None) -> RunResult:
+              tsc_hz: int | None = None,
+              on_restart: Callable[[int, str], None] | None = None) -> RunResult:
     """Run `image` under `cfg`; never raises for guest behaviour (see RunResult.status).
     `serial_input`: bytes the guest receives on COM1 (the UART's receive path);
     `cmdline`: the command line a Multiboot image is given (a bzImage carries its own);
     `clock`: "virtual" (guest time from retired instructions and exits; deterministic) or
     "realtime" (the guest's TSC follows the host's monotonic clock); `tsc_hz`: the machine's
-    TSC rate where the profile sets no tsc.frequency (a --kernel boot: vmm/linux.py)."""
-    from .devices import Board
-    from .vcpu import Vcpu
+    TSC rate where the profile sets no tsc.frequency (a --kernel boot: vmm/linux.py).
+
+    When the guest resets the machine and the configuration it runs with says
+    `lifecycle.on_reboot = "restart"`, the same image boots again on a fresh machine
+    (`on_vcpu` is called for each boot's vCPU, `on_restart(n, message)` before boot n);
+    the result covers every boot: the console, instructions and exits of all of them, the
+    last boot's TSC, and `restarts`.  `timeout` and `max_instructions` count over all boots;
+    `serial_input` and `nmi_at` belong to the first."""
     t0 = time.perf_counter()
     check_layout(image, memory, mode)
     check_apic_access_page(cfg, memory)
     problems = check_entry(cfg, mode)
     if problems:
         return _entry_failure(problems, t0)
-    from .clock import Clock
-    from .vcpu import tsc_frequency
-    plat = Board(console, memory=memory, clock=Clock(hz=tsc_frequency(cfg, tsc_hz)))
     writer = TraceWriter(trace, trace_sample) if trace is not None else None
+    stop = threading.Event()
+    wall_deadline = time.monotonic() + timeout if timeout else None
+    current: list = [None]                  # the vCPU of the boot that runs now
+
+    def watchdog() -> None:
+        while not stop.wait(0.1 if progress is not None else 0.05):
+            vcpu = current[0]
+            if vcpu is None:
+                continue
+            if wall_deadline is not None and time.monotonic() >= wall_deadline:
+                vcpu.counter.request_stop()
+            if progress is not None:
+                progress(vcpu)
+
+    th = None
+    if wall_deadline is not None or progress is not None:
+        th = threading.Thread(target=watchdog, daemon=True)
+        th.start()
+    boots: list[_Boot] = []                 # what each finished boot leaves for the result
+    run_cfg = cfg
+    try:
+        while True:
+            first = not boots
+            used = sum(b.instructions for b in boots)
+            limit = None if max_instructions is None else max_instructions - used
+            vcpu, plat = _boot(run_cfg, image, memory=memory, mode=mode, handlers=handlers,
+                               writer=writer, max_instructions=limit, console=console,
+                               nmi_at=nmi_at if first else None,
+                               serial_input=serial_input if first else None,
+                               cmdline=cmdline, clock=clock, tsc_hz=tsc_hz)
+            current[0] = vcpu
+            if on_vcpu is not None:
+                on_vcpu(vcpu)                 # (drops the callers' hold on the old machine)
+            if not first:
+                import gc
+                gc.collect()                  # the old machine's engine and RAM (cycles)
+            if vcpu.status is None:
+                if limit is not None and limit <= 0:
+                    vcpu.status, vcpu.message = "instruction-limit", \
+                        f"the guest ran {max_instructions} instructions (--max-instructions)"
+                else:
+                    vcpu.run_loop(wall_deadline)
+            boots.append(_Boot(vcpu, plat.serial.text))
+            run_cfg = vcpu.cfg                # a live apply holds across the reset
+            life = run_cfg.settings.get("lifecycle") or {}
+            cap = life.get("max_restarts")
+            if vcpu.status != "reboot" or life.get("on_reboot") != "restart" or \
+                    (cap is not None and len(boots) > cap):
+                break
+            if on_restart is not None:
+                on_restart(len(boots), vcpu.message)
+            boots[-1].vcpu = None
+            current[0] = None
+            del vcpu, plat                    # the old machine's memory goes before the next
+    finally:
+        stop.set()
+        if th is not None:
+            th.join()
+    return _result(boots, writer, run_cfg, mode, t0)
+
+
+class _Boot:
+    """What a finished boot leaves for the run's result (its machine is let go, except the
+    last one's vCPU: status, registers, APIC state)."""
+
+    def __init__(self, vcpu, console: str):
+        self.vcpu = vcpu
+        self.instructions = vcpu.icount
+        self.exits = {r: (s.count, s.seconds) for r, s in vcpu.exit_stats.items()}
+        self.order = list(vcpu.exit_order)
+        self.console = console
+
+
+def _boot(cfg: VmxConfig, image: Image, *, memory: int, mode: int, handlers, writer,
+          max_instructions: int | None, console, nmi_at: int | None,
+          serial_input: bytes | None, cmdline: str, clock: str, tsc_hz: int | None):
+    """A fresh machine with `image` loaded and the start state set: (vcpu, board)."""
+    from .clock import Clock
+    from .devices import Board
+    from .vcpu import Vcpu, tsc_frequency
+    plat = Board(console, memory=memory, clock=Clock(hz=tsc_frequency(cfg, tsc_hz)))
     vcpu = Vcpu(cfg, memory=memory, mode=mode, platform=plat, handlers=handlers,
                 trace=writer,
                 max_instructions=max_instructions, clock=clock, machine_tsc_hz=tsc_hz)
@@ -323,47 +410,40 @@ def run_guest(cfg: VmxConfig, image: Image, *, memory: int, mode: int,
         apply_boot_regs(vcpu, mode, image.boot_regs)
     vcpu.nmi_at = nmi_at
     _inject_at_entry(vcpu, cfg)
-    if on_vcpu is not None:
-        on_vcpu(vcpu)
-    stop = threading.Event()
-    wall_deadline = time.monotonic() + timeout if timeout else None
+    return vcpu, plat
 
-    def watchdog() -> None:
-        while not stop.wait(0.1 if progress is not None else 0.05):
-            if wall_deadline is not None and time.monotonic() >= wall_deadline:
-                vcpu.counter.request_stop()
-            if progress is not None:
-                progress(vcpu)
 
-    th = None
-    if wall_deadline is not None or progress is not None:
-        th = threading.Thread(target=watchdog, daemon=True)
-        th.start()
-    try:
-        if vcpu.status is None:
-            vcpu.run_loop(wall_deadline)
-    finally:
-        stop.set()
-        if th is not None:
-            th.join()
+def _result(boots: list, writer, cfg: VmxConfig, mode: int, t0: float) -> RunResult:
+    """The RunResult of one or more boots (the last one decides the status)."""
+    vcpu = boots[-1].vcpu
+    stats: dict[int, list] = {}
+    order: list[int] = []
+    for b in boots:
+        for r, (n, sec) in b.exits.items():
+            acc = stats.setdefault(r, [0, 0.0])
+            acc[0] += n
+            acc[1] += sec
+        order += b.order
     if writer is not None:
-        writer.finish(vcpu.exit_stats)
+        from .vcpu import ExitStats
+        writer.finish({r: ExitStats(n, sec) for r, (n, sec) in stats.items()})
     wall = time.perf_counter() - t0
-    exits = [{"reason": r, "name": exit_name(r), "count": vcpu.exit_stats[r].count,
-              "vmm_seconds": round(vcpu.exit_stats[r].seconds, 6)}
-             for r in sorted(vcpu.exit_stats)]
-    res = RunResult(vcpu.status or "error", vcpu.exit_code, vcpu.icount, vcpu.tsc,
+    exits = [{"reason": r, "name": exit_name(r), "count": stats[r][0],
+              "vmm_seconds": round(stats[r][1], 6)} for r in sorted(stats)]
+    res = RunResult(vcpu.status or "error", vcpu.exit_code,
+                    sum(b.instructions for b in boots), vcpu.tsc,
                     [{k: e[k] for k in ("reason", "name", "count")} for e in exits],
-                    plat.serial.text, wall, vcpu.message,
-                    sum(s.seconds for s in vcpu.exit_stats.values()),
-                    register_state(vcpu, mode) if vcpu.fault_dump else None, None,
-                    list(vcpu.exit_order))
+                    "".join(b.console for b in boots), wall, vcpu.message,
+                    sum(s[1] for s in stats.values()),
+                    register_state(vcpu, mode) if vcpu.fault_dump else None, None, order)
     res.exit_seconds = {e["reason"]: e["vmm_seconds"] for e in exits}
     res.fault_text = vcpu.fault_dump
     if cfg.on("secondary.enable_vpid"):
         res.vpid = cfg.settings["vpid"]["id"]
     if vcpu.apicv.active or cfg.on("pin.process_posted_interrupts"):
         res.apicv = vcpu.apicv.report()
+    if (cfg.settings.get("lifecycle") or {}).get("on_reboot") == "restart" or len(boots) > 1:
+        res.restarts = len(boots) - 1
     return res
 
 
@@ -378,14 +458,15 @@ def register_state(vcpu, mode: int) -> dict[str, int]:
 def run_plan(plan, *, trace: IO[str] | None = None, trace_sample: int = 1,
              console: Callable[[str], None] | None = None,
              progress: Callable[[Any], None] | None = None,
-             on_vcpu: Callable[[Any], None] | None = None) -> RunResult:
+             on_vcpu: Callable[[Any], None] | None = None,
+             on_restart: Callable[[int, str], None] | None = None) -> RunResult:
     """Run a LaunchPlan (vmm/plan.py); the arguments are where the run's output goes."""
     return run_guest(plan.config, plan.image, memory=plan.memory, mode=plan.mode,
                      handlers=plan.handlers, trace=trace, trace_sample=trace_sample,
                      max_instructions=plan.max_instructions, timeout=plan.timeout,
                      console=console, progress=progress, on_vcpu=on_vcpu, nmi_at=plan.nmi_at,
                      serial_input=plan.serial_input, cmdline=plan.cmdline, clock=plan.clock,
-                     tsc_hz=plan.tsc_hz)
+                     tsc_hz=plan.tsc_hz, on_restart=on_restart)
 
 
 def _inject_at_entry(vcpu, cfg: VmxConfig) -> None:

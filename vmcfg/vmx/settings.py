@@ -197,6 +197,18 @@ SETTINGS: tuple[Setting, ...] = (
        "Guest-physical address of a flat image.", None),
     _s("guest", "entry", "u64", None, "Entry point",
        "Guest start address (default: the load address, or the ELF entry).", optional=True),
+    # What the VMM does when the guest ends its machine (read when it happens: live).
+    _s("lifecycle", "on_reboot", "enum", "stop", "On reboot",
+       "When the guest resets the machine (0xFE to the keyboard controller's port 0x64, a "
+       "reset through port 0xCF9 or the FADT's reset register: Linux rebooting, or panicking "
+       "with panic=-1): \"stop\" ends the run with status reboot (exit status 14); "
+       "\"restart\" boots the same guest again (the same image, or kernel, initrd and command "
+       "line) on a fresh machine, and the run goes on; the report counts the restarts.",
+       None, ("stop", "restart")),
+    _s("lifecycle", "max_restarts", "u32", None, "Most restarts",
+       "With on_reboot = \"restart\": the reset after this many restarts ends the run with "
+       "status reboot (absent: no limit; --timeout and --max-instructions count over all "
+       "boots).", None, optional=True),
     _s("cpuid", "*", "cpuid", {}, "CPUID overrides",
        "Override CPUID leaves, one sub-table per leaf: [cpuid.\"0x1\"] or [cpuid.\"0x7.0\"] "
        "(leaf.subleaf) with eax/ebx/ecx/edx = 0..0xffffffff; registers not written keep the "

@@ -166,6 +166,50 @@ def _ctx_addr(ctx) -> int:
     return ctypes.cast(ctx.context, ctypes.c_void_p).value
 
 
+_OLD_EXC_OFFSET: dict[int, int | None] = {}
+
+
+def old_exception_offset(mode: int) -> int | None:
+    """Offset of QEMU's ``env->old_exception`` inside a Unicorn CPU context.
+
+    Unicorn reports CPU exceptions to UC_HOOK_INTR but never delivers them, so
+    QEMU's double-fault bookkeeping (old_exception) is never reset and the
+    next contributory exception would turn into #DF or a triple fault.  The
+    field is located once per process by diffing two contexts around a #DE in
+    a scratch engine (-1 before, 0 after).  Every write-back of a CpuState
+    resets it: the VMM delivers every event itself, so none is in flight then.
+    None if it cannot be found (then nothing is patched).
+    """
+    if mode in _OLD_EXC_OFFSET:
+        return _OLD_EXC_OFFSET[mode]
+    off = None
+    try:
+        code = {64: b"\x31\xd2\x31\xc9\xb8\x01\x00\x00\x00\xf7\xf1\xf4",
+                32: b"\x31\xd2\x31\xc9\xb8\x01\x00\x00\x00\xf7\xf1\xf4",
+                16: b"\x66\x31\xd2\x66\x31\xc9\x66\xb8\x01\x00\x00\x00\x66\xf7\xf1\xf4"}[mode]
+        from unicorn import (UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_16, UC_MODE_32, UC_MODE_64,
+                             Uc)
+        from unicorn.unicorn_py3.unicorn import uclib
+        uc = Uc(UC_ARCH_X86, {16: UC_MODE_16, 32: UC_MODE_32, 64: UC_MODE_64}[mode])
+        uc.mem_map(0, 0x10000)
+        uc.mem_write(0x1000, code)
+        uc.hook_add(UC_HOOK_INTR, lambda u, n, d: u.emu_stop())
+        size = uclib.uc_context_size(uc._uch)
+        a = uc.context_save()
+        uc.emu_start(0x1000, 0x1000 + len(code))
+        b = uc.context_save()
+        ba = ctypes.string_at(a.context, size)
+        bb = ctypes.string_at(b.context, size)
+        hits = [i for i in range(0, size - 3, 4)
+                if ba[i:i + 4] == b"\xff\xff\xff\xff" and bb[i:i + 4] == b"\0\0\0\0"]
+        if len(hits) == 1:
+            off = hits[0]
+    except Exception:  # pragma: no cover - a Unicorn build we do not know
+        off = None
+    _OLD_EXC_OFFSET[mode] = off
+    return off
+
+
 def descriptor_cache(e1: int, e2: int) -> tuple[int, int, int]:
     """(base, limit, flags) of a segment descriptor given as its two dwords."""
     base = (e1 >> 16) | ((e2 & 0xFF) << 16) | (e2 & 0xFF000000)
@@ -190,6 +234,13 @@ class CpuState:
         if not self._base:
             self._base = _ctx_addr(self._ctx) + self.env
             self._env = Env.from_address(self._base)
+            off = old_exception_offset(64)
+            self._old_exc = None if off is None else \
+                ctypes.c_int32.from_address(_ctx_addr(self._ctx) + off)
+        if self._old_exc is not None:
+            # no exception is in flight when the VMM writes the state back: QEMU's #DF
+            # bookkeeping (old_exception_offset) must not survive into the next run
+            self._old_exc.value = -1
         return self._base
 
     # ---- one read, patches, one write (event delivery) ------------------------------
@@ -237,6 +288,13 @@ class CpuState:
             _XCR0_OFFSET = _find_xcr0_offset(self.env)
         self._load()
         ctypes.c_uint64.from_address(self._base + _XCR0_OFFSET).value = value
+        self.uc.context_restore(self._ctx)
+
+    def set_cr2(self, value: int) -> None:
+        """CR2 as the guest last saw it (and no exception in flight): what the VMM puts back
+        after an engine call faulted inside itself (Vcpu._tb_drop)."""
+        self._load()
+        self._env.cr[2] = value
         self.uc.context_restore(self._ctx)
 
     def set_efer(self, value: int) -> None:

@@ -20,6 +20,9 @@ class AccessFault(Exception):
 class Bus:
     def __init__(self) -> None:
         self._ports: dict[int, tuple[Any, int]] = {}      # port -> (device, base port)
+        # port -> the device's io_read / io_write (claimed ports of devices that have them)
+        self._readers: dict[int, Any] = {}
+        self._writers: dict[int, Any] = {}
         self._mmio: list[tuple[int, int, Any]] = []        # (base, size, device)
 
     # ---- registration ----------------------------------------------------------------
@@ -28,6 +31,10 @@ class Bus:
             if p in self._ports:
                 raise ValueError(f"port {p:#x} is already claimed by {self._ports[p][0]!r}")
             self._ports[p] = (device, base)
+            if hasattr(device, "io_read"):
+                self._readers[p] = device.io_read
+            if hasattr(device, "io_write"):
+                self._writers[p] = device.io_write
 
     def add_mmio(self, device: Any, base: int, size: int) -> None:
         for b, s, d in self._mmio:
@@ -45,10 +52,10 @@ class Bus:
     # ---- port I/O --------------------------------------------------------------------
     def io_read(self, port: int, size: int) -> int:
         port &= 0xFFFF
-        e = self._ports.get(port)
-        if e is not None and hasattr(e[0], "io_read"):
-            return e[0].io_read(port, size) & ((1 << (8 * size)) - 1)
-        if e is None and size > 1:
+        f = self._readers.get(port)
+        if f is not None:
+            return f(port, size) & ((1 << (8 * size)) - 1)
+        if size > 1 and port not in self._ports:
             # bytes of a wide access may belong to different devices
             v = 0
             for i in range(size):
@@ -59,12 +66,11 @@ class Bus:
     def io_write(self, port: int, size: int, value: int) -> None:
         port &= 0xFFFF
         value &= (1 << (8 * size)) - 1
-        e = self._ports.get(port)
-        if e is not None:
-            if hasattr(e[0], "io_write"):
-                e[0].io_write(port, size, value)
+        f = self._writers.get(port)
+        if f is not None:
+            f(port, size, value)
             return
-        if size > 1:
+        if size > 1 and port not in self._ports:
             for i in range(size):
                 self.io_write(port + i, 1, (value >> (8 * i)) & 0xFF)
 

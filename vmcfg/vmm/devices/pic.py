@@ -173,6 +173,8 @@ class PicPair:
             self.slave.set_irq(irq - 8, level)
         else:
             self.master.set_irq(irq, level)
+            if irq != 2:
+                return          # the cascade line follows the slave only: it stays as it is
         self._cascade()
 
     def _cascade(self) -> None:

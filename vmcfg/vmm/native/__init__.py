@@ -2,7 +2,8 @@
 
 `fastexit.c` (built at install time by setup.py as an optional extension, loaded here with
 ctypes) is the Unicorn code hook at every trapped instruction.  It does CPUID, RDTSC and
-byte IN/OUT on latch ports entirely in C when nothing needs Python (see the C file), and
+byte IN/OUT on latch ports entirely in C when nothing needs Python (see the C file), hands
+IN/OUT that no control intercepts straight to the device callback (`set_python_io`), and
 otherwise calls the VMM's Python trap path with the guest registers already read in one batch
 (`snapshot`) and sends the register writes the Python side queued (`queue_writes`) in one
 batch afterwards.
@@ -21,7 +22,7 @@ import ctypes
 import importlib.machinery
 import os
 
-FX_VERSION = 5
+FX_VERSION = 6
 NSNAP = 18
 NWRITE = 32
 NREASONS = 128
@@ -45,6 +46,9 @@ FAST_IMM = {0xE4: K_IN_IMM, 0xE6: K_OUT_IMM}
 _u64 = ctypes.c_uint64
 _TRAP_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint32,
                             ctypes.c_void_p)
+# the direct device path: (port | size << 16 | in << 24, value written, instructions retired)
+_IO_CB = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64)
+IO_IN = 1 << 24
 
 
 class FxCpuid(ctypes.Structure):
@@ -69,12 +73,14 @@ class FxState(ctypes.Structure):
                 ("pc", _u64), ("stats", _u64 * NREASONS), ("stats_ns", _u64 * NREASONS),
                 ("fast", _u64), ("slow", _u64), ("ncpuid", _u64),
                 ("cpuid", FxCpuid * NCPUID), ("latch", FxLatch * NLATCH),
-                ("mtf_on", _u64), ("mtf_started", _u64), ("mtf_skip", _u64), ("mtf_done", _u64)]
+                ("mtf_on", _u64), ("mtf_started", _u64), ("mtf_skip", _u64), ("mtf_done", _u64),
+                ("py_io", ctypes.c_void_p), ("bits", _u64), ("io_direct", _u64)]
 
 
 class FxEntry(ctypes.Structure):
     _fields_ = [("st", ctypes.c_void_p), ("kind", _u64), ("length", _u64), ("mode64", _u64),
-                ("block", _u64), ("prefix", _u64), ("port", _u64)]
+                ("block", _u64), ("prefix", _u64), ("port", _u64), ("size", _u64),
+                ("bits", _u64)]
 
 
 _LIB: ctypes.CDLL | None | bool = False
@@ -167,6 +173,13 @@ class FastExit:
         self._py_cb = _TRAP_CB(fn)
         self.state.py_trap = ctypes.cast(self._py_cb, ctypes.c_void_p).value
 
+    def set_python_io(self, fn) -> None:
+        """The direct device path, `fn(op, value, icount) -> value read`: IN/OUT that no
+        control intercepts, to a port without a latch cell (op = port | size << 16, plus
+        IO_IN for IN); `state.io_direct` counts them."""
+        self._io_cb = _IO_CB(fn)
+        self.state.py_io = ctypes.cast(self._io_cb, ctypes.c_void_p).value
+
     # ---- per-address entries -------------------------------------------------------------
     def entry(self, address: int) -> FxEntry:
         """The (stable) entry of a hooked address; the hook's user data."""
@@ -183,22 +196,34 @@ class FastExit:
             e.kind = K_NONE
             e.block = 0
 
-    def learn(self, address: int, raw: bytes, length: int, mode64: bool) -> None:
+    def learn(self, address: int, raw: bytes, length: int, mode64: bool,
+              io_size: int = 1, bits: int = 0) -> None:
         """The instruction at `address` was decoded as `raw`: the C side may do it from now
-        on if it knows it (mode-free encodings only)."""
+        on if it knows it: mode-free encodings, and IN/OUT of `io_size` bytes (an optional
+        0x66 prefix, then E4-E7 imm8 or EC-EF) decoded in code of `bits` (16/32/64), which the
+        C side does only while the code size is that."""
         e = self._entries.get(address)
         if e is None:
             return
         k = FAST_KINDS.get(raw)
         port = 0
-        if k is None and len(raw) == 2 and raw[0] in FAST_IMM:
-            k, port = FAST_IMM[raw[0]], raw[1]
+        size = 1
+        if k is None:
+            op = raw[1:] if raw[:1] == b"\x66" else raw
+            if len(op) == 2 and op[0] & ~1 in FAST_IMM:
+                k, port = FAST_IMM[op[0] & ~1], op[1]
+            elif len(op) == 1 and op[0] & ~1 in (0xEC, 0xEE):
+                k = K_IN_DX if op[0] & ~1 == 0xEC else K_OUT_DX
+            if k is not None and (op != raw or op[0] & 1):
+                size = io_size                  # the operand size depends on the code size
         if k is None:
             e.kind = K_NONE
             return
         e.length = length
         e.mode64 = 1 if mode64 else 0
         e.port = port
+        e.size = size
+        e.bits = bits if (k in (K_IN_IMM, K_IN_DX, K_OUT_IMM, K_OUT_DX) and size > 1) else 0
         e.kind = k
 
     def forget_prefixes(self) -> None:
@@ -293,3 +318,56 @@ class FastExit:
 
     def native_seconds(self, reason: int) -> float:
         return self.state.stats_ns[reason] * 1e-9
+
+
+# ---- event delivery through the guest IDT in C (fastexit.c fx_deliver) --------------------
+FXD_VERSION = 1
+FXD_SOFT = 1            # software INT n / INT3 / INTO: the gate's DPL is checked
+FXD_EC = 2              # an error code is pushed
+FXD_HERE = 4            # an external interrupt at the engine's block boundary (see the C file)
+
+
+class FxDlv(ctypes.Structure):
+    _fields_ = [("version", _u64), ("uc", ctypes.c_void_p), ("ctx", ctypes.c_void_p),
+                ("env", ctypes.c_void_p), ("ctx_save", ctypes.c_void_p),
+                ("reg_read", ctypes.c_void_p), ("reg_write", ctypes.c_void_p),
+                ("write_batch", ctypes.c_void_p), ("mem_read", ctypes.c_void_p),
+                ("mem_write", ctypes.c_void_p), ("translate", ctypes.c_void_p),
+                ("rsp_id", _u64), ("rflags_id", _u64), ("rip_id", _u64),
+                ("mem_size", _u64), ("frame_phys", _u64), ("frame_len", _u64),
+                ("new_rip", _u64), ("new_rsp", _u64), ("new_rflags", _u64),
+                ("delivered", _u64)]
+
+
+def event_deliverer(uch: int, ctx_addr: int, env_offset: int, mem_size: int,
+                    rsp_id: int, rflags_id: int, rip_id: int):
+    """The C delivery of the common case (fastexit.c fx_deliver) for one engine, as
+    `(fn, block)`: `fn(block, vector, how, error_code, return_linear) -> 1` when it delivered
+    the event (RSP, RFLAGS, RIP and the frame written; `block.frame_phys`/`frame_len` say
+    where the frame went), 0 when the Python path must (nothing changed).  None without the
+    helper (or with a helper built before fx_deliver existed)."""
+    lib = library()
+    if lib is None or not hasattr(lib, "fx_deliver") or not hasattr(lib, "fx_dlv_size"):
+        return None
+    if lib.fx_dlv_size() != ctypes.sizeof(FxDlv) | (FXD_VERSION << 16):
+        return None
+    from unicorn.unicorn_py3.unicorn import uclib
+    d = FxDlv()
+    d.version = FXD_VERSION
+    d.uc = uch
+    d.ctx = ctx_addr
+    d.env = ctx_addr + env_offset
+    fn_addr = lambda f: ctypes.cast(f, ctypes.c_void_p).value     # noqa: E731
+    d.ctx_save = fn_addr(uclib.uc_context_save)
+    d.reg_read = fn_addr(uclib.uc_reg_read)
+    d.reg_write = fn_addr(uclib.uc_reg_write)
+    d.write_batch = fn_addr(uclib.uc_reg_write_batch)
+    d.mem_read = fn_addr(uclib.uc_mem_read)
+    d.mem_write = fn_addr(uclib.uc_mem_write)
+    d.translate = fn_addr(uclib.uc_vmem_translate)
+    d.rsp_id, d.rflags_id, d.rip_id = rsp_id, rflags_id, rip_id
+    d.mem_size = mem_size
+    fn = lib.fx_deliver
+    fn.restype = ctypes.c_int
+    fn.argtypes = [ctypes.POINTER(FxDlv), _u64, _u64, _u64, _u64]
+    return fn, d

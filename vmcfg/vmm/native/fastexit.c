@@ -8,6 +8,10 @@
  *   RDTSC        (exit 16 with rdtsc_exiting, otherwise emulated): the virtual TSC
  *   IN/OUT byte  (exit 30 when the I/O bitmap / unconditional I/O exiting says so,
  *                 otherwise emulated): only ports served by a latch cell
+ *   IN/OUT       that no control intercepts, to any other port (byte, word, dword):
+ *                 the direct device path -- one call of the Python device callback
+ *                 (py_io: the bus and its devices, the one home of their state),
+ *                 no exit record, no register batch (see io_direct below)
  *
  * counting the exit (exit_count, per-reason count and host time), keeping the
  * retired-instruction count exact (the block counter's words, see counter.py)
@@ -27,7 +31,7 @@
 #include <string.h>
 #include <time.h>
 
-#define FX_VERSION 5
+#define FX_VERSION 6
 #define FX_NSNAP 18            /* RAX..R15, RIP, RFLAGS */
 #define FX_NWRITE 32
 #define FX_NREASONS 128
@@ -60,6 +64,9 @@ typedef int (*reg_write_t)(uc_engine *, int, const void *);
 typedef int (*read_batch_t)(uc_engine *, int *, void **, int);
 typedef int (*write_batch_t)(uc_engine *, int *, void *const *, int);
 typedef void (*py_trap_t)(uc_engine *, uint64_t, uint32_t, void *);
+/* the direct device path: op = port | size << 16 | in << 24, the value an OUT writes, the
+ * instructions retired before the access; returns what an IN reads */
+typedef uint64_t (*py_io_t)(uint64_t op, uint64_t value, uint64_t icount);
 
 typedef struct {
     uint32_t leaf, sub, any, used;
@@ -109,6 +116,10 @@ typedef struct fx_state {
     uint64_t mtf_started;      /* an instruction began in this emu_start */
     uint64_t mtf_skip;         /* fx_trap did the boundary at this address already */
     uint64_t mtf_done;         /* MTF exits done in this emu_start */
+    /* direct device I/O (vcpu/deviceio.py) */
+    py_io_t py_io;             /* 0: none (every non-latch port takes the Python trap path) */
+    uint64_t bits;             /* the code size (16/32/64) the Python side saw last */
+    uint64_t io_direct;        /* accesses py_io served */
 } fx_state;
 
 typedef struct fx_entry {
@@ -119,6 +130,8 @@ typedef struct fx_entry {
     uint64_t block;            /* the block start `prefix` was counted from (0 = none yet) */
     uint64_t prefix;           /* instructions from `block` to this address */
     uint64_t port;             /* imm8 forms */
+    uint64_t size;             /* IN/OUT: bytes accessed (1, 2, 4) */
+    uint64_t bits;             /* ... for the code size it was decoded in (0: any) */
 } fx_entry;
 
 int fx_version(void) { return FX_VERSION; }
@@ -168,6 +181,42 @@ static inline int io_intercepted(const fx_state *st, uint64_t port)
     if (st->flags & FX_IO_BITMAPS)
         return st->io_bitmap ? (st->io_bitmap[port >> 3] >> (port & 7)) & 1 : 1;
     return (st->flags & FX_IO_UNCOND) != 0;
+}
+
+/* Any port of a `size`-byte access intercepted (an access past 0xFFFF exits with bitmaps). */
+static inline int io_intercepted_n(const fx_state *st, uint64_t port, uint64_t size)
+{
+    if (st->flags & FX_IO_BITMAPS) {
+        if (!st->io_bitmap || port + size - 1 > 0xFFFF)
+            return 1;
+        for (uint64_t p = port; p < port + size; p++)
+            if ((st->io_bitmap[p >> 3] >> (p & 7)) & 1)
+                return 1;
+        return 0;
+    }
+    return (st->flags & FX_IO_UNCOND) != 0;
+}
+
+/* IN/OUT that no control intercepts, to a port without a latch cell: the device's callback
+ * does the access (and stops the engine itself when an interrupt became deliverable or the
+ * run ends).  For IN, *id / *val get the register write: AL, AX or EAX (zero-extended in
+ * 64-bit code, as a 32-bit register write is).  0 = an exit or no callback: Python's trap
+ * path (nothing done here). */
+static int io_direct(uc_engine *uc, fx_state *st, const fx_entry *e, uint64_t port, int in,
+                     uint64_t ic, int *id, uint64_t *val)
+{
+    uint64_t size = e->size;
+    if (!st->py_io || io_intercepted_n(st, port, size))
+        return 0;
+    uint64_t rax = rd(uc, st, S_RAX);
+    uint64_t mask = size >= 4 ? 0xFFFFFFFFull : (1ull << (8 * size)) - 1;
+    uint64_t v = st->py_io(port | (size << 16) | ((uint64_t)in << 24), rax & mask, ic);
+    if (in) {
+        *id = (int)st->reg_ids[S_RAX];
+        *val = (size == 4 && e->bits == 64) ? (v & mask) : ((rax & ~mask) | (v & mask));
+    }
+    st->io_direct++;
+    return 1;
 }
 
 /* The virtual TSC as the guest reads it (Vcpu._tsc_at + guest_tsc). */
@@ -254,9 +303,16 @@ static int fast(uc_engine *uc, uint64_t address, fx_entry *e, fx_state *st)
     case K_OUT_IMM: case K_IN_IMM: case K_OUT_DX: case K_IN_DX: {
         uint64_t port = (e->kind == K_OUT_IMM || e->kind == K_IN_IMM)
                         ? e->port : (rd(uc, st, S_RDX) & 0xFFFF);
-        fx_latch *l = latch_find(st, port);
-        if (!l)
-            return 0;
+        if (e->bits && e->bits != st->bits)
+            return 0;                   /* decoded for another code size: Python decodes again */
+        fx_latch *l = e->size == 1 ? latch_find(st, port) : 0;
+        if (!l) {
+            if (!io_direct(uc, st, e, port, e->kind == K_IN_IMM || e->kind == K_IN_DX, ic,
+                           &ids[0], &vals[0]))
+                return 0;
+            nw = (e->kind == K_IN_IMM || e->kind == K_IN_DX) ? 1 : 0;
+            break;
+        }
         if (io_intercepted(st, port)) {
             if (py_only(st, R_IO))
                 return 0;
@@ -369,4 +425,225 @@ void fx_trap(uc_engine *uc, uint64_t address, uint32_t size, void *user_data)
         st->pc_write = 0;
         st->reg_write(uc, (int)st->reg_ids[S_RIP], &st->pc);
     }
+}
+
+/* ---- interrupt and exception delivery through the guest IDT (cpu/delivery.py) -------------
+ *
+ * fx_deliver does in one call what cpu.delivery.deliver_event does for the common case: a
+ * protected-mode or long-mode IDT gate (32-bit or 64-bit interrupt or trap gate, no IST) to
+ * a code segment at the current privilege level whose descriptor is the code segment
+ * already loaded, so only RSP, RFLAGS and RIP change and the frame goes to the current
+ * stack.  The CPU state is read from one context copy (the vCPU's, at the offsets
+ * cpu/state.py found), guest memory through the engine's MMU at CPL 0 (or unpaged).
+ * Anything else -- real mode, a stack switch, an IST, a CS load, a fault while delivering,
+ * a frame across a page -- returns 0 with nothing changed, and the Python path does it.
+ */
+typedef int (*ctx_save_t)(uc_engine *, void *);
+typedef int (*mem_rw_t)(uc_engine *, uint64_t, void *, uint64_t);
+typedef int (*translate_t)(uc_engine *, uint64_t, int, uint64_t *);
+
+#define FXD_VERSION 1
+
+typedef struct fx_dlv {
+    uint64_t version;
+    uc_engine *uc;
+    void *ctx;                 /* the vCPU's uc_context (cpu/state.py CpuState._ctx) */
+    uint8_t *env;              /* CPUX86State inside it */
+    ctx_save_t ctx_save;       /* uc_context_save: refresh the copy */
+    reg_read_t reg_read;
+    reg_write_t reg_write;
+    write_batch_t write_batch;
+    mem_rw_t mem_read;
+    mem_rw_t mem_write;
+    translate_t translate;
+    uint64_t rsp_id, rflags_id, rip_id;
+    uint64_t mem_size;         /* guest RAM: frames only go there */
+    /* out */
+    uint64_t frame_phys, frame_len, new_rip, new_rsp, new_rflags;
+    uint64_t delivered;        /* count of deliveries done here */
+} fx_dlv;
+
+int fx_dlv_size(void) { return (int)sizeof(fx_dlv) | (FXD_VERSION << 16); }
+
+/* CPUX86State layout (cpu/state.py) */
+enum { E_EFLAGS = 136, E_HFLAGS = 176, E_SEGS = 184, E_SEG = 24, E_CR = 184 + 10 * 24 };
+enum { SEG_CS = 1, SEG_SS = 2, SEG_LDT = 6, SEG_GDT = 8, SEG_IDT = 9 };
+#define HFL_CPL 3u
+#define HFL_PE (1u << 7)
+#define HFL_LMA (1u << 14)
+#define DSC_CS (1u << 11)
+#define DSC_S (1u << 12)
+#define DSC_P (1u << 15)
+#define DSC_L (1u << 21)
+#define DSC_B (1u << 22)
+#define DSC_G (1u << 23)
+#define FL_TF (1ull << 8)
+#define FL_IF (1ull << 9)
+#define FL_NT (1ull << 14)
+#define FL_RF (1ull << 16)
+#define FL_VM (1ull << 17)
+
+typedef struct { uint32_t sel; uint64_t base; uint32_t limit, flags; } dseg;
+
+static inline uint64_t env64(const fx_dlv *d, uint64_t off)
+{
+    uint64_t v;
+    memcpy(&v, d->env + off, 8);
+    return v;
+}
+
+static inline dseg env_seg(const fx_dlv *d, int i)
+{
+    const uint8_t *p = d->env + E_SEGS + (uint64_t)i * E_SEG;
+    dseg s;
+    memcpy(&s.sel, p, 4);
+    memcpy(&s.base, p + 8, 8);
+    memcpy(&s.limit, p + 16, 4);
+    memcpy(&s.flags, p + 20, 4);
+    return s;
+}
+
+/* guest-linear to physical for a supervisor access that stays inside one page; 0 = cannot */
+static int lin_phys(const fx_dlv *d, int paging, int long_mode, uint64_t lin, uint64_t n,
+                    int write, uint64_t *pa)
+{
+    if ((lin & 0xFFF) + n > 0x1000)
+        return 0;
+    if (!paging) {
+        *pa = long_mode ? lin : (lin & 0xFFFFFFFFu);
+    } else if (d->translate(d->uc, lin, write ? 2 : 1, pa)) {
+        return 0;
+    }
+    return *pa + n <= d->mem_size;
+}
+
+#define FXD_SOFT 1u               /* INT n / INT3 / INTO: the gate's DPL is checked */
+#define FXD_EC 2u                 /* push `error_code` */
+#define FXD_HERE 4u               /* an external interrupt at the block boundary the engine
+                                   * is at (counter.py soft deadline): it returns to the RIP
+                                   * register, and only if RFLAGS.IF = 1 and no STI / MOV SS
+                                   * blocking is in effect (hflags) */
+#define HFL_INHIBIT_IRQ (1u << 3)
+
+int fx_deliver(fx_dlv *d, uint64_t vector, uint64_t how, uint64_t error_code, uint64_t ret_lin)
+{
+    uc_engine *uc = d->uc;
+    if (d->ctx_save(uc, d->ctx))
+        return 0;
+    uint32_t hf;
+    memcpy(&hf, d->env + E_HFLAGS, 4);
+    uint64_t eflags = env64(d, E_EFLAGS);
+    if (!(hf & HFL_PE) || (eflags & FL_VM))
+        return 0;
+    if ((how & FXD_HERE) && (hf & HFL_INHIBIT_IRQ))
+        return 0;
+    unsigned cpl = hf & HFL_CPL;
+    uint64_t cr0 = env64(d, E_CR), cr4 = env64(d, E_CR + 32);
+    int paging = (cr0 >> 31) & 1;
+    if (paging && (cpl != 0 || (cr4 & (1ull << 21))))
+        return 0;                       /* the engine's MMU would check at this CPL */
+    int long_mode = (hf & HFL_LMA) != 0;
+    dseg idt = env_seg(d, SEG_IDT), cs = env_seg(d, SEG_CS), ss = env_seg(d, SEG_SS);
+    uint64_t vec = vector & 0xFF, gsz = long_mode ? 16 : 8, pa;
+    if (vec * gsz + gsz - 1 > idt.limit)
+        return 0;
+    uint32_t gate[4];
+    if (!lin_phys(d, paging, long_mode, idt.base + vec * gsz, gsz, 0, &pa)
+            || d->mem_read(uc, pa, gate, gsz))
+        return 0;
+    uint32_t e1 = gate[0], e2 = gate[1], gtype = (e2 >> 8) & 0x1F;
+    if (gtype != 0x0E && gtype != 0x0F)
+        return 0;                       /* 16-bit and task gates, bad types: Python */
+    if ((how & FXD_SOFT) && ((e2 >> 13) & 3) < cpl)
+        return 0;
+    if (!(e2 & DSC_P) || (long_mode && (e2 & 7)))
+        return 0;                       /* not present (#NP) or an IST stack: Python */
+    uint32_t sel = (e1 >> 16) & 0xFFFF;
+    uint64_t offset = (e1 & 0xFFFF) | (e2 & 0xFFFF0000u);
+    if (long_mode)
+        offset |= (uint64_t)gate[2] << 32;
+    dseg tbl = env_seg(d, (sel & 4) ? SEG_LDT : SEG_GDT);
+    uint32_t idx = sel & ~7u, c[2];
+    if ((sel & ~3u) == 0 || idx + 7 > tbl.limit)
+        return 0;
+    if (!lin_phys(d, paging, long_mode, tbl.base + idx, 8, 0, &pa) || d->mem_read(uc, pa, c, 8))
+        return 0;
+    unsigned cdpl = (c[1] >> 13) & 3;
+    if (!(c[1] & DSC_S) || !(c[1] & DSC_CS) || !(c[1] & DSC_P) || cdpl > cpl)
+        return 0;
+    if (long_mode && (!(c[1] & DSC_L) || (c[1] & DSC_B)))
+        return 0;
+    unsigned new_cpl = (c[1] & (1u << 10)) ? cpl : cdpl;
+    if (new_cpl != cpl)
+        return 0;                       /* a stack switch: Python */
+    /* the code segment the gate names must be the one loaded: then nothing but RSP,
+     * RFLAGS and RIP changes (cpu/state.py descriptor_cache) */
+    uint64_t cbase = (c[0] >> 16) | ((uint64_t)(c[1] & 0xFF) << 16) | (c[1] & 0xFF000000u);
+    uint32_t climit = (c[0] & 0xFFFF) | (c[1] & 0x000F0000u);
+    if (c[1] & DSC_G)
+        climit = (climit << 12) | 0xFFF;
+    if (cs.sel != ((sel & ~3u) | new_cpl) || cs.base != cbase || cs.limit != climit
+            || cs.flags != c[1])
+        return 0;
+    uint64_t rflags = 0;
+    d->reg_read(uc, (int)d->rflags_id, &rflags);
+    if (how & FXD_HERE) {
+        if (!(rflags & FL_IF))
+            return 0;
+        d->reg_read(uc, (int)d->rip_id, &ret_lin);
+        ret_lin += cs.base;
+    }
+    uint64_t old_rsp = env64(d, 4 * 8);
+    uint64_t ret = ret_lin - cs.base;
+    uint64_t frame[6];
+    int n = 0;
+    uint64_t new_sp, lin;
+    uint64_t buf[6];
+    if (long_mode) {
+        frame[n++] = ret;
+        frame[n++] = cs.sel;
+        frame[n++] = rflags;
+        frame[n++] = old_rsp;
+        frame[n++] = ss.sel;
+        uint64_t sp = (old_rsp & ~0xFull) - 8 * (uint64_t)n - ((how & FXD_EC) ? 8 : 0);
+        uint64_t *w = buf;
+        int k = 0;
+        if ((how & FXD_EC))
+            w[k++] = error_code;
+        for (int i = 0; i < n; i++)
+            w[k++] = frame[i];
+        d->frame_len = 8 * (uint64_t)k;
+        lin = sp;
+        new_sp = sp;
+    } else {
+        uint64_t mask = (ss.flags & DSC_B) ? 0xFFFFFFFFull : 0xFFFFull;
+        uint32_t w[4];
+        int k = 0;
+        if ((how & FXD_EC))
+            w[k++] = (uint32_t)error_code;
+        w[k++] = (uint32_t)ret;
+        w[k++] = cs.sel;
+        w[k++] = (uint32_t)rflags;
+        uint64_t sp = (old_rsp - 4 * (uint64_t)k) & mask;
+        memcpy(buf, w, 4 * (size_t)k);
+        d->frame_len = 4 * (uint64_t)k;
+        lin = (ss.base + sp) & 0xFFFFFFFFull;
+        new_sp = (old_rsp & ~mask) | sp;
+        offset &= 0xFFFFFFFFull;
+    }
+    if (!lin_phys(d, paging, long_mode, lin, d->frame_len, 1, &pa)
+            || d->mem_write(uc, pa, buf, d->frame_len))
+        return 0;
+    uint64_t nfl = (rflags & ~(FL_TF | FL_NT | FL_RF | FL_VM | ((gtype & 1) ? 0 : FL_IF))) | 2;
+    int ids[2] = {(int)d->rsp_id, (int)d->rflags_id};
+    uint64_t vals[2] = {new_sp, nfl};
+    void *ptrs[2] = {&vals[0], &vals[1]};
+    d->write_batch(uc, ids, ptrs, 2);
+    d->reg_write(uc, (int)d->rip_id, &offset);
+    d->frame_phys = pa;
+    d->new_rip = offset;
+    d->new_rsp = new_sp;
+    d->new_rflags = nfl;
+    d->delivered++;
+    return 1;
 }

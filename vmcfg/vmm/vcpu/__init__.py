@@ -31,6 +31,8 @@ The package, one module per part of the state the vCPU owns:
 * ``vtime``      -- virtual time, the guest TSC, deadlines;
 * ``reconfig``   -- the controls in force and live changes;
 * ``runloop``    -- the run loop and the run's outcome;
+* ``fastexit``   -- the native exit path's state block and what the C helper may do;
+* ``deviceio``   -- device I/O no control intercepts: from the native hook to the bus;
 * ``common``     -- shared constants.
 """
 

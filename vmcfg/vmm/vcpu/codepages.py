@@ -8,9 +8,10 @@ from __future__ import annotations
 import ctypes
 from unicorn import (UC_HOOK_CODE, UC_HOOK_MEM_WRITE, UC_HOOK_MEM_WRITE_PROT, UC_MEM_WRITE_PROT,
                      UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, UcError)
+from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 from .. import decode as D
-from .common import PAGE
+from .common import PAGE, _reg_read
 
 FINE_AFTER = 16       # stores by a region's own code into it before it is protected page by page
 
@@ -106,7 +107,7 @@ class CodePagesMixin:
     def _unhook(self, addr: int) -> None:
         h = self._hooks.pop(addr, None)
         if h is not None:
-            uclib.uc_hook_del(self._uch, ctypes.c_size_t(h))
+            self._tb_drop(uclib.uc_hook_del, self._uch, ctypes.c_size_t(h))
             self.fx.forget(addr)
 
     # ---- code units: what the engine protects ---------------------------------------------
@@ -160,7 +161,7 @@ class CodePagesMixin:
             self._insns.pop(a, None)
         h = self._wguard.pop(page, None)
         if h is not None:
-            self.uc.hook_del(h)
+            self._tb_drop(self.uc.hook_del, h)
         ppage = self._code_phys.pop(page, None)
         if ppage is not None:
             lins = self._phys_code.get(ppage)
@@ -214,13 +215,72 @@ class CodePagesMixin:
         self.counter.invalidate(page, page + PAGE)
         self._prefix_cache.clear()
         self.fx.forget_prefixes()
-        self.uc.ctl_remove_cache(page, page + PAGE)
+        self._remove_cache(page)
 
     def _remove_cache(self, page: int) -> None:
-        try:
-            self.uc.ctl_remove_cache(page, page + PAGE)
-        except UcError:                       # not mapped at that linear address any more
+        """Drop the engine's translated blocks of the code page at linear address `page`:
+        by address where the guest may fetch from it at its current privilege, else (the
+        engine's lookup would fault, see _tb_drop) the whole cache."""
+        self.flush()
+        if not self._fetchable(page):
             self.uc.ctl_flush_tb()
+            return
+        self._tb_drop(self.uc.ctl_remove_cache, page, page + PAGE)
+
+    def _tb_drop(self, op, *args) -> None:
+        """Run an engine call that drops translated blocks by *linear* address: a TB removal
+        or the deletion of a code hook (Unicorn then invalidates every block the hook was
+        compiled into).  Unicorn finds each block's page with a faulting code fetch at the
+        current privilege; where that fetch faults (the page is gone, or supervisor-only
+        while the guest is at CPL 3) the engine raises a #PF inside the call, swallows it
+        and drops nothing -- but the fault stays behind: CR2 holds the address, QEMU's
+        double-fault bookkeeping says a #PF is in flight (the guest's next #PF became a #DF:
+        what stopped Linux at /init) and the engine may report the #PF once more when the
+        run stops.  So CR2 is compared around the call; on a change the VMM puts CR2 back,
+        clears the bookkeeping, ignores that one report and flushes the whole cache before
+        the next run."""
+        before = self._cr2_engine()
+        op(*args)
+        if self._stray_cr2(before):
+            self._tb_flush_pending = True
+
+    def _stray_cr2(self, before: int) -> bool:
+        """After an engine call that may fault inside itself (_tb_drop): if CR2 moved, put it
+        back, clear QEMU's double-fault bookkeeping and ignore the engine's one report."""
+        if self._cr2_engine() == before:
+            return False
+        self.cpu_state.set_cr2(before)
+        self._rcache.clear()
+        self._stray_fault = True
+        return True
+
+    def _cr2_engine(self) -> int:
+        b = self._rbuf
+        b.value = 0
+        _reg_read(self._uch, X.UC_X86_REG_CR2, self._rref)
+        return b.value
+
+    def _fetchable(self, page: int) -> bool:
+        """May the guest fetch code from linear `page` at its current privilege (no fault)?"""
+        cr0 = self.cr(0)
+        if not cr0 & (1 << 31):
+            return True
+        from ..cpu.paging import PageFault, translate
+        cr4 = self.cr(4)
+        user = self.cpl == 3
+        try:
+            phys = translate(self.read_phys, page, cr0=cr0, cr3=self.cr(3), cr4=cr4,
+                             efer=self.efer(), user=user, fetch=True)
+        except (PageFault, UcError):
+            return False
+        if not user and cr4 & (1 << 20):      # SMEP: no supervisor fetch from a user page
+            try:
+                translate(self.read_phys, page, cr0=cr0, cr3=self.cr(3), cr4=cr4,
+                          efer=self.efer(), user=True, fetch=True)
+                return False
+            except (PageFault, UcError):
+                pass
+        return phys < self.memory
 
     def _on_code_write(self, uc, access, address, size, value, _ud):
         page = address & ~0xFFF

@@ -17,6 +17,7 @@ from ..platform import MsrFile
 from .common import _CODE_CB, _GPR64, UNTIL
 from .intercepts import ExitStats, trapped_kinds
 from .codepages import CodePagesMixin
+from .deviceio import DeviceIoMixin
 from .events import EventsMixin
 from .fastexit import FastExitMixin
 from .intercepts import InterceptsMixin
@@ -28,7 +29,8 @@ from .stopstats import StopStats
 from .vtime import TimeMixin
 
 
-class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesMixin, TimeMixin, MemoryMixin, RegistersMixin, FastExitMixin):
+class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesMixin, TimeMixin, MemoryMixin, RegistersMixin, FastExitMixin,
+           DeviceIoMixin):
     """One guest vCPU on Unicorn under a VmxConfig.
 
     Each part of its state has one module (see the package docstring).
@@ -61,10 +63,19 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         # the start mode is the CPU state run.setup_start_state writes (cpu.state)
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         self.uc.ctl_set_cpu_model(unicorn_cpu_model())
+        # Exits mode, with no exit address but while a store to a code page is stepped: at the
+        # end of every emu_start Unicorn drops the translated block at (`until` - 1) with a
+        # *faulting* lookup, and the "run for ever" until (2**64 - 1) is never mapped -- each
+        # run left CR2 = 2**64 - 2 and QEMU's #DF bookkeeping behind (codepages._tb_drop)
+        self.uc.ctl_exits_enabled(True)
+        self.uc.ctl_set_exits([])
+        self._exits: tuple[int, ...] = ()
         self._uch = self.uc._uch
         self.cpu_state = CpuState(self.uc)
         self._rbuf = ctypes.c_uint64()
         self._rref = ctypes.byref(self._rbuf)
+        self._cr2buf = ctypes.c_uint64()
+        self._cr2ref = ctypes.byref(self._cr2buf)
         self._pend: dict[int, int] = {}
         self._rcache: dict[int, int] = {}
         self._pcbuf = ctypes.c_uint64()
@@ -112,8 +123,14 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         self._hflags = 0                 # the engine's hflags at the last _sync_mode
         self._stub_stopped = False       # the block counter stopped the last engine run
         self._in_hook = False
+        self._input_wake = False         # serial input arrived during a hook (events.py)
+        # a terminal feeds COM1 (launch): a HLT that only the UART's receive interrupt can
+        # end waits for a key instead of ending the run
+        self.interactive = False
         self._deadline_kind: str | None = None
         self._exc_dirty = False
+        self._stray_fault = False          # codepages._tb_drop: one engine #PF report to ignore
+        self._tb_flush_pending = False
         self._count_mode = False
         self._force_count = False
         # runtime copies of the VMCS fields the guest's actions change
@@ -158,6 +175,7 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         self._extra_trap: frozenset[str] = frozenset()
         self._iret_unblock = False
         self.events_delivered = 0
+        self.irqs_in_engine = 0                 # of those, taken inside the engine (events.py)
         self._trapped = trapped_kinds(config)
         self._trap_cfunc = _CODE_CB(self._raw_trap)
         self._trap_fn = ctypes.cast(self._trap_cfunc, ctypes.c_void_p)
@@ -180,4 +198,5 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         self.wall_in_vmm = 0.0
         self.stops = StopStats()          # engine runs by cause, host time in the engine
         self._fx_attach()
+        self._dio_attach()
         self._apicv_attach()

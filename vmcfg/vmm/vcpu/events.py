@@ -5,60 +5,19 @@ cause (exception bitmap, external-interrupt/NMI exiting, interrupt/NMI windows).
 
 from __future__ import annotations
 
-import ctypes
 import struct
-from unicorn import (UC_ARCH_X86, UC_HOOK_INTR, UC_MODE_16, UC_MODE_32, UC_MODE_64, Uc,
-                     UcError, x86_const as X)
-from unicorn.unicorn_py3.unicorn import uclib
+import time
+from unicorn import UcError, x86_const as X
 from .. import apicv as _apicv
 from .. import decode as D
 from ..cpu.delivery import DeliveryFault, deliver_event, nested
-from ..cpu.state import HF_INHIBIT_IRQ
+from ..cpu.state import HF_INHIBIT_IRQ, old_exception_offset
 from ..exitinfo import (INTR_EXTERNAL, INTR_HW_EXCEPTION, INTR_NMI, INTR_PRIV_SW_EXCEPTION,
                         INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit, interruption_info)
-from .common import _ERROR_CODE_VECTORS
+from ..native import FXD_EC, FXD_HERE, FXD_SOFT
+from .common import MASK64, _ERROR_CODE_VECTORS
 from .intercepts import trapped_kinds
 from ...vmx.exits import Exit, FIRST_EXTERNAL_VECTOR, LAST_VECTOR, Vector
-
-
-_OLD_EXC_OFFSET: dict[int, int | None] = {}
-
-
-def old_exception_offset(mode: int) -> int | None:
-    """Offset of QEMU's ``env->old_exception`` inside a Unicorn CPU context.
-
-    Unicorn reports CPU exceptions to UC_HOOK_INTR but never delivers them, so
-    QEMU's double-fault bookkeeping (old_exception) is never reset and the
-    next contributory exception would turn into #DF or a triple fault.  The
-    field is located once per process by diffing two contexts around a #DE in
-    a scratch engine (-1 before, 0 after); the vCPU resets it after it has
-    handled an exception.  None if it cannot be found (then nothing is patched).
-    """
-    if mode in _OLD_EXC_OFFSET:
-        return _OLD_EXC_OFFSET[mode]
-    off = None
-    try:
-        code = {64: b"\x31\xd2\x31\xc9\xb8\x01\x00\x00\x00\xf7\xf1\xf4",
-                32: b"\x31\xd2\x31\xc9\xb8\x01\x00\x00\x00\xf7\xf1\xf4",
-                16: b"\x66\x31\xd2\x66\x31\xc9\x66\xb8\x01\x00\x00\x00\x66\xf7\xf1\xf4"}[mode]
-        uc = Uc(UC_ARCH_X86, {16: UC_MODE_16, 32: UC_MODE_32, 64: UC_MODE_64}[mode])
-        uc.mem_map(0, 0x10000)
-        uc.mem_write(0x1000, code)
-        uc.hook_add(UC_HOOK_INTR, lambda u, n, d: u.emu_stop())
-        size = uclib.uc_context_size(uc._uch)
-        a = uc.context_save()
-        uc.emu_start(0x1000, 0x1000 + len(code))
-        b = uc.context_save()
-        ba = ctypes.string_at(a.context, size)
-        bb = ctypes.string_at(b.context, size)
-        hits = [i for i in range(0, size - 3, 4)
-                if ba[i:i + 4] == b"\xff\xff\xff\xff" and bb[i:i + 4] == b"\0\0\0\0"]
-        if len(hits) == 1:
-            off = hits[0]
-    except Exception:  # pragma: no cover - a Unicorn build we do not know
-        off = None
-    _OLD_EXC_OFFSET[mode] = off
-    return off
 
 
 class EventsMixin:
@@ -68,12 +27,23 @@ class EventsMixin:
         self._nmi_pending = True
 
     def _device_wake(self) -> None:
-        """Serial input arrived (another thread): take it at the next boundary."""
+        """Serial input arrived (another thread): take it at the next boundary.  Inside a
+        hook (a guest polling the UART spends most of its time in the I/O hook) the stop is
+        left to the hook's end, which sees `_input_wake`."""
+        self._input_wake = True
         self._wake()
         if not self._in_hook:
             self.counter.request_stop()
 
     def _on_intr(self, uc, intno, _ud):
+        if self._stray_fault and intno in (Vector.PF, Vector.GP):
+            # the report of a fault the engine raised inside a VMM call (_tb_drop), not a
+            # guest fault; were it the guest's own, the instruction faults again when retried
+            self._stray_fault = False
+            if self._event is None:
+                self._event = ("resume",)
+            uc.emu_stop()                  # the run was ending: it still ends, cleanly
+            return
         self._rcache.clear()
         self._sync_mode()
         rip = self.rip
@@ -203,9 +173,21 @@ class EventsMixin:
         a triple fault when delivering #DF faults, else the second fault itself."""
         ret = next_rip if itype in (INTR_SW_INTERRUPT, INTR_SW_EXCEPTION, INTR_PRIV_SW_EXCEPTION) \
             and next_rip is not None else rip
+        ec = error_code if itype == INTR_HW_EXCEPTION else None
+        fd = self._fx_dlv
+        if fd is not None:
+            # the common case in one C call (fastexit.c fx_deliver): a gate to the code
+            # segment already loaded, no stack switch; 0 = the Python path below does it
+            self.flush()
+            how = (FXD_SOFT if itype in (INTR_SW_INTERRUPT, INTR_SW_EXCEPTION) else 0) | \
+                (FXD_EC if ec is not None else 0)
+            blk = fd[1]
+            if fd[0](blk, vector, how, ec or 0, ret & MASK64):
+                self._rcache.clear()
+                self._drop_phys(blk.frame_phys & ~0xFFF)   # the frame may land on code
+                return
         try:
-            deliver_event(self, vector, itype, error_code if itype == INTR_HW_EXCEPTION else None,
-                          ret)
+            deliver_event(self, vector, itype, ec, ret)
             return
         except DeliveryFault as f:
             fault = f
@@ -272,11 +254,11 @@ class EventsMixin:
             if pg >= self.memory and not any(b <= pg < b + n for b, n in self.platform.mmio_ranges()):
                 # an APIC-access page of its own above RAM: map it (passed-on accesses reach
                 # the board's bus there, like any other address without a device)
-                self.uc.mmio_map(pg, 0x1000, self._mmio_read, pg, self._mmio_write, pg)
+                self._map_mmio(pg, 0x1000)
             self._apicv_hook = self.uc.hook_add(UC_HOOK_MEM_READ | UC_HOOK_MEM_WRITE,
                                                 _apicv.sync_pc_hook, None, pg, pg + 0xFFF)
         elif not a.apic_accesses and self._apicv_hook is not None:
-            self.uc.hook_del(self._apicv_hook)
+            self._tb_drop(self.uc.hook_del, self._apicv_hook)
             self._apicv_hook = None
         if a.register_virt and not getattr(self, "_apicv_loaded", False):
             a.load_from_lapic(self.platform.lapic)
@@ -286,6 +268,7 @@ class EventsMixin:
         """Pending NMIs and interrupts at an instruction boundary: exit, deliver or wait."""
         on = self._on
         plat = self.platform
+        self._input_wake = False
         plat.advance(self.tsc)
         plat.changed = False
         if self.nmi_at is not None and self.icount >= self.nmi_at:
@@ -364,6 +347,125 @@ class EventsMixin:
                 self._trapped = trapped
                 self._rehook_all()
         return None
+
+    # ---- an interrupt taken inside the engine, at the soft deadline (counter.py) ----------
+    def _soft_here_ok(self, count: int, mtf_native: bool) -> bool:
+        """Before emu_start: may a device timer's interrupt be taken inside the engine this
+        run (_at_soft_deadline)?  Only when nothing but external interrupts -- delivered
+        through the guest IDT, or exiting (external-interrupt exiting) to the default
+        handler -- can be due at a block boundary: no single-stepping, no window exiting,
+        no virtual-interrupt delivery, no event from the VMM waiting."""
+        on = self._on
+        return bool(self._fx_dlv is not None and not count and not mtf_native
+                    and self._smc_page is None and self._skip_once is None
+                    and not self._iw_steps and self._ptimer_fire is None
+                    and self.nmi_at is None and self._entry_inject is None
+                    and not on["primary.interrupt_window_exiting"]
+                    and not on["primary.nmi_window_exiting"]
+                    and not self.apicv.vid and self.apicv_late is None)
+
+    def _at_soft_deadline(self, _uch, _address, _size, _user) -> None:
+        """The block counter reached the soft deadline (a device timer) at the start of a
+        block, before the block runs.  The plain case -- the timer raised an interrupt the
+        CPU takes now (RFLAGS.IF = 1, no STI / MOV SS blocking) through a gate the C
+        delivery handles -- is done right here: the devices act, the interrupt is
+        acknowledged and delivered, the next soft deadline set, and the engine goes on at
+        the handler (the RIP write restarts it there).  Anything else stops the engine
+        before the block, as the stub does without this function, and the run loop looks."""
+        try:
+            if self._soft_here and not self._in_hook:
+                self._in_hook = True
+                try:
+                    if self._take_at_boundary():
+                        return
+                finally:
+                    self._in_hook = False
+        except BaseException as e:       # pragma: no cover - never let it reach C
+            self._event = ("error", e)
+        self.counter.soft_stop()
+
+    def _take_at_boundary(self) -> bool:
+        if self._event is not None or self._pend or \
+                self._pending_cfg is not None or self._rehalt or self._virq or \
+                self._nmi_pending or self._nmi_reflect or self._live_nmi or self._live_irqs:
+            return False
+        wd = self._wall_deadline
+        if wd is not None and time.monotonic() >= wd:
+            return False
+        counter = self.counter
+        ic = self.icount = counter.count
+        plat = self.platform
+        plat.advance(self._tsc_at(ic))       # the devices: what is due now (as _events)
+        plat.changed = False
+        if self._nmi_pending:
+            return False
+        vec = plat.pending_interrupt()
+        if vec is None:
+            return False
+        fd = self._fx_dlv
+        blk = fd[1]
+        if self._on["pin.external_interrupt_exiting"]:
+            return self._exit_at_boundary(vec, ic)
+        if not fd[0](blk, vec, FXD_HERE, 0, 0):
+            return False                     # not the plain case: the run loop delivers
+        took = plat.ack_interrupt()
+        if took != vec:                      # pragma: no cover - the board contradicts itself
+            raise RuntimeError(f"the interrupt acknowledged ({took}) is not the one "
+                               f"delivered ({vec})")
+        return self._delivered_at_boundary(blk, ic)
+
+    def _exit_at_boundary(self, vec: int, ic: int) -> bool:
+        """External-interrupt exiting at the soft deadline, to the default handler: the exit
+        (as _events makes it), then -- as the run loop's next turn would -- the interrupt
+        the handler reflects, delivered when the guest can take it.  Any other outcome
+        goes to the run loop with the exit done (event "exited")."""
+        if Exit.EXTERNAL_INTERRUPT in self.user_handlers:
+            return False
+        self._sync_mode()                    # the exit records the linear RIP
+        rip = self.rip
+        if self._on["exit.acknowledge_interrupt_on_exit"]:
+            self.ack_interrupt()
+            ex = VmExit(Exit.EXTERNAL_INTERRUPT, 0, rip,
+                        interruption_info=interruption_info(vec, INTR_EXTERNAL, False),
+                        data={"vector": vec, "acknowledged": True})
+        else:
+            ex = VmExit(Exit.EXTERNAL_INTERRUPT, 0, rip,
+                        data={"vector": vec, "acknowledged": False})
+        self.vmexit(ex)
+        ctx = self._last_ctx
+        plat = self.platform
+        # the exit took virtual time: the devices act on it before the next boundary
+        plat.advance(self._tsc_at(ic))
+        plat.changed = False
+        if ctx.ended is not None or ctx.fault is not None or ctx.resume_rip != rip or \
+                self._pend or self._pending_cfg is not None or self._entry_inject is not None \
+                or self._nmi_pending or self._nmi_reflect or plat.pending_interrupt() is not None \
+                or len(self._virq) != 1:
+            self._event = ("exited", ctx)
+            self.uc.emu_stop()
+            return True
+        blk = self._fx_dlv[1]
+        if not self._fx_dlv[0](blk, self._virq[0], FXD_HERE, 0, 0):
+            self._event = ("exited", ctx)    # IF = 0 or blocked: the run loop waits for it
+            self.uc.emu_stop()
+            return True
+        self._virq.pop(0)
+        return self._delivered_at_boundary(blk, ic)
+
+    def _delivered_at_boundary(self, blk, ic: int) -> bool:
+        plat = self.platform
+        self.events_delivered += 1
+        self.irqs_in_engine += 1
+        self._rcache.clear()
+        self._drop_phys(blk.frame_phys & ~0xFFF)    # the frame may land on code
+        nf = plat.next_event()
+        if nf is None:
+            # no timer any more: the run loop re-decides its watches (_events)
+            self._event = ("resume",)
+            self.uc.emu_stop()
+            return True
+        self.counter.set_soft_deadline(ic + max(1, self._insns_for(nf - self._tsc_at(ic))))
+        return True
 
     def _engine_shadow(self) -> bool:
         """Blocking by STI or MOV SS / POP SS at an engine stop: the engine ends a block after
@@ -485,11 +587,9 @@ class EventsMixin:
         return None
 
     def _reset_old_exception(self) -> None:
-        off = old_exception_offset(64)
-        if off is None:
+        """Clear QEMU's double-fault bookkeeping (every CpuState write-back does)."""
+        if old_exception_offset(64) is None:
             return
         self.flush()
-        ctx = self.uc.context_save()
-        base = ctypes.cast(ctx.context, ctypes.c_void_p).value
-        ctypes.memmove(base + off, b"\xff\xff\xff\xff", 4)
-        self.uc.context_restore(ctx)
+        self.cpu_state.begin()
+        self.cpu_state.commit()

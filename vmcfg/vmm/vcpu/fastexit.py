@@ -40,10 +40,24 @@ class FastExitMixin:
         # hooked just then, "rehook"): started natively there, MTF counted the block's
         # first instruction twice -- one single step by count first
         self._fx_mtf_rehooked = False
+        # event delivery through the IDT in C for the common case (cpu/delivery.py has the rest)
+        self._fx_dlv = None
+        if self._fx_native:
+            from ..cpu.state import _ctx_addr
+            from ..native import event_deliverer
+            self._fx_dlv = event_deliverer(self._uch, _ctx_addr(self.cpu_state._ctx),
+                                           self.cpu_state.env, self.memory,
+                                           X.UC_X86_REG_RSP, X.UC_X86_REG_RFLAGS,
+                                           X.UC_X86_REG_RIP)
 
     def _fx_attach(self) -> None:
         """After the block counter and the devices exist."""
         self.fx.attach_counter(self.counter.state)
+        self._soft_here = False
+        self._wall_deadline = None
+        if self._fx_dlv is not None:
+            # a device timer's interrupt taken inside the engine (events.py)
+            self.counter.set_soft_fn(self._at_soft_deadline)
         if self._fx_native:
             self.fx.set_python_trap(self._raw_trap)
             # latch ports (POST, UART scratch): the device's cell becomes the native one
@@ -161,7 +175,7 @@ class FastExitMixin:
             self._fx_step_hook = hh.value
             self.uc.ctl_flush_tb()          # the hook is compiled into translated blocks
         elif not on and self._fx_step_hook is not None:
-            uclib.uc_hook_del(self._uch, ctypes.c_size_t(self._fx_step_hook))
+            self._tb_drop(uclib.uc_hook_del, self._uch, ctypes.c_size_t(self._fx_step_hook))
             self._fx_step_hook = None
             self.uc.ctl_flush_tb()
         if on:
@@ -186,12 +200,15 @@ class FastExitMixin:
 
     def _fx_learn(self, address: int, ins: D.Insn) -> None:
         """A trap the Python path did: teach the native one the instruction (mode-free
-        encodings only) and where the count of its block stands."""
+        encodings, and IN/OUT with the operand size of the current code size) and where the
+        count of its block stands."""
         e = self.fx.entry(address)
-        if e.kind and e.block == self.counter.state[W_LAST_ADDR]:      # known already
+        stale = e.bits and e.bits != self.bitness     # an IN/OUT size of another code size
+        if e.kind and e.block == self.counter.state[W_LAST_ADDR] and not stale:  # known already
             return
-        if not e.kind:
-            self.fx.learn(address, ins.raw, ins.length, self.mode == 64)
+        if not e.kind or stale:
+            self.fx.learn(address, ins.raw, ins.length, self.mode == 64,
+                          ins.io_size if ins.kind == "io" else 1, self.bitness)
             if not e.kind:
                 return
         a, size, n = self.counter.last_block()

@@ -14,6 +14,7 @@ from ...vmx.config import VmxConfig
 from ...vmx.exits import Exit, Vector
 from ..devices.lapic import MSR_APIC_BASE
 from ..devices import DebugExit, SystemReset
+from .deviceio import device_run_end
 from ..exitinfo import (CR_CLTS, CR_LMSW, CR_MOV_FROM, CR_MOV_TO, VmExit, cr_qualification,
                         descriptor_table_info, dr_qualification, io_qualification, ldt_tr_info, rdrand_info)
 from ..handlers import DEFAULT_HANDLERS, ExitContext
@@ -207,7 +208,8 @@ class InterceptsMixin:
                 self.icount += 1
                 self.counter.set_count(self.icount)
                 self._pend[self._pc_reg] = self._rip_value(nxt)
-                if self._pending_cfg is not None or self._event is not None or (
+                if self._pending_cfg is not None or self._event is not None or \
+                        self._input_wake or (
                         self.platform.changed and self._device_change_needs_stop(self.icount)) or (
                         fxs.exit_count != exits_before and self._reentry_needed()):
                     if self._event is None:
@@ -221,15 +223,9 @@ class InterceptsMixin:
             self._event = ("end", e)
             self.counter.set_count(self.icount)
             uc.emu_stop()
-        except DebugExit as d:
+        except (DebugExit, SystemReset) as d:     # debug exit; reset (0x64, 0xCF9), power-off
             self.icount += 1
-            self._event = ("end", RunEnd("debug-exit", d.value,
-                                         f"the guest wrote {d.value:#x} to the debug-exit port"))
-            self.counter.set_count(self.icount)
-            uc.emu_stop()
-        except SystemReset as r:          # devices: reset (0x64, 0xCF9) or ACPI power-off
-            self.icount += 1
-            self._event = ("end", RunEnd(r.status, None, r.message))
+            self._event = ("end", device_run_end(d))
             self.counter.set_count(self.icount)
             uc.emu_stop()
         except GuestFault as f:
@@ -667,7 +663,8 @@ class InterceptsMixin:
             if nf is not None:
                 cands.append((nf, "resume"))
         if not cands:
-            if self.live_wakeable:
+            if self.live_wakeable or (self.interactive and self._can_take_irq() and
+                                      self.platform.serial.ier & 1):
                 self._wait_live()
                 self._event = ("resume",)
                 return
@@ -675,7 +672,8 @@ class InterceptsMixin:
         t, kind = min(cands)
         if t > now:
             if self.clock == "realtime":
-                self._sleep_until(t)
+                if self._hlt_sleep(t):
+                    kind = "resume"
             else:
                 self.idle_ticks += t - now
         self._event = (kind,)

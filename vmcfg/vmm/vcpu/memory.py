@@ -7,14 +7,23 @@ import ctypes
 
 from unicorn import (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_PROT_READ,
                      UC_PROT_WRITE, UcError, x86_const as X)
+from unicorn.unicorn_py3.unicorn import uclib
 
 from .. import apicv as _apicv
 from .. import decode as D
 from ...vmx.config import VmxConfig
 from ..exitinfo import VmExit
 from ..outcome import RunEnd
-from .common import MAP_CHUNK, MAP_REGIONS, MASK64, PAGE, _vmem_read, _vmem_translate
+from .common import (MAP_CHUNK, MAP_REGIONS, MASK64, PAGE, _reg_write, _vmem_read,
+                     _vmem_translate)
 from ...vmx.exits import Exit
+
+
+# Unicorn's MMIO callbacks: (engine, offset, size, user data) -> value; (..., value, user data)
+_MMIO_READ_CB = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint,
+                                 ctypes.c_void_p)
+_MMIO_WRITE_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uint,
+                                  ctypes.c_uint64, ctypes.c_void_p)
 
 
 class MemoryMixin:
@@ -70,8 +79,20 @@ class MemoryMixin:
         # (whole pages: the rest of a smaller device's page reads as all ones)
         for base, size in self.platform.mmio_ranges():
             if base >= self.memory:
-                self.uc.mmio_map(base, (size + PAGE - 1) & -PAGE, self._mmio_read, base,
-                                 self._mmio_write, base)
+                self._map_mmio(base, (size + PAGE - 1) & -PAGE)
+
+    def _map_mmio(self, base: int, size: int) -> None:
+        """Guest-physical [base, base + size) to the MMIO callbacks below, registered with
+        Unicorn directly (one Python call per access; the binding's wrapper adds layers)."""
+        cbs = self.__dict__.get("_mmio_cbs")
+        if cbs is None:
+            bus = self.platform.bus
+            self._bus_mmio_read, self._bus_mmio_write = bus.mmio_read, bus.mmio_write
+            cbs = self._mmio_cbs = (_MMIO_READ_CB(self._mmio_read), _MMIO_WRITE_CB(self._mmio_write))
+        err = uclib.uc_mmio_map(self._uch, ctypes.c_uint64(base), ctypes.c_size_t(size), cbs[0],
+                                ctypes.c_void_p(base), cbs[1], ctypes.c_void_p(base))
+        if err:
+            raise UcError(err)
 
     def read_phys(self, addr: int, size: int) -> bytes:
         if addr + size > self.memory:
@@ -98,9 +119,22 @@ class MemoryMixin:
         if not self._paging():
             return lin
         self._sync_paging()
+        cr2 = self._cr2_engine()
         err = _vmem_translate(self._uch, ctypes.c_uint64(lin & MASK64), ctypes.c_int(prot),
                               ctypes.byref(self._xlat))
-        return None if err else self._xlat.value
+        if err:
+            self._probe_failed(cr2)
+            return None
+        return self._xlat.value
+
+    def _probe_failed(self, cr2: int) -> None:
+        """A page walk of the engine's that failed leaves what a fault would: CR2 = the
+        address, and a #PF the engine may report once when the run stops.  CR2 goes back to
+        the guest's value; that report is ignored (events._on_intr)."""
+        self._cr2buf.value = cr2
+        _reg_write(self._uch, X.UC_X86_REG_CR2, self._cr2ref)
+        self._rcache.pop(X.UC_X86_REG_CR2, None)
+        self._stray_fault = True
 
     def read_code(self, lin: int, size: int) -> bytes:
         """Guest code at a linear address (through the guest's paging)."""
@@ -108,9 +142,11 @@ class MemoryMixin:
             return bytes(self.uc.mem_read(lin, size))
         self._sync_paging()
         buf = ctypes.create_string_buffer(size)
+        cr2 = self._cr2_engine()
         err = _vmem_read(self._uch, ctypes.c_uint64(lin & MASK64), ctypes.c_int(UC_PROT_READ),
                          buf, ctypes.c_size_t(size))
         if err:
+            self._probe_failed(cr2)
             raise UcError(err)
         return buf.raw
 
@@ -130,41 +166,51 @@ class MemoryMixin:
             self._drop_phys(ppage)            # the VMM wrote guest code: decode it again
         self.uc.mem_write(addr, data)
 
-    def _mmio_enter(self) -> None:
-        self._rcache.clear()
-        self._mmio_icount = max(self.icount, self._retired_at(self.rip))
+    def _mmio_ic(self) -> int:
+        """Inside an MMIO access: the instructions retired before it, worked out when first
+        asked (reading RIP costs more than most device registers do)."""
+        ic = self._mmio_icount
+        if ic is None:
+            return self.icount
+        if ic < 0:
+            ic = self._mmio_icount = max(self.icount, self._retired_at(self.rip))
+        return ic
 
-    def _mmio_read(self, uc, offset: int, size: int, base: int) -> int:
+    def _mmio_read(self, _uch, offset: int, size: int, base: int) -> int:
+        # (the engine's raw callback, see _map_mmio: no exit, no register read unless a
+        #  device asks for the time or APIC virtualization for RIP)
         try:
-            self._mmio_enter()
+            self._rcache.clear()
+            self._mmio_icount = -1                    # not worked out yet (_mmio_ic)
             if self.apicv.covers(base + offset):      # virtualize APIC accesses (apicv.py)
                 return _apicv.mmio_read(self, base + offset, size)
-            return self.platform.mmio_read(base + offset, size)
+            return self._bus_mmio_read(base + offset, size)
         except BaseException as e:       # pragma: no cover - never let it reach C
             self._event = ("error", e)
-            uc.emu_stop()
+            self.uc.emu_stop()
             return 0
         finally:
             self._mmio_icount = None
             self._rcache.clear()       # values read mid-block must not outlive the access
 
-    def _mmio_write(self, uc, offset: int, size: int, value: int, base: int) -> None:
+    def _mmio_write(self, _uch, offset: int, size: int, value: int, base: int) -> None:
         try:
-            self._mmio_enter()
+            self._rcache.clear()
+            self._mmio_icount = -1                    # not worked out yet (_mmio_ic)
             if self.apicv.covers(base + offset):      # virtualize APIC accesses (apicv.py)
                 if not _apicv.mmio_write(self, base + offset, size, value):
                     return
             else:
-                self.platform.mmio_write(base + offset, size, value)
+                self._bus_mmio_write(base + offset, size, value)
             if self.platform.changed and self._event is None and \
-                    self._device_change_needs_stop(self._mmio_icount):
+                    self._device_change_needs_stop(self._mmio_ic()):
                 # interrupt state changed: re-check before the next block.  Not emu_stop: a
                 # stop requested inside an MMIO store makes Unicorn restart the store
                 self._event = ("resume", "mmio write")
                 self.counter.request_stop()
         except BaseException as e:       # pragma: no cover - never let it reach C
             self._event = ("error", e)
-            uc.emu_stop()
+            self.uc.emu_stop()
         finally:
             self._mmio_icount = None
             self._rcache.clear()       # values read mid-block must not outlive the access

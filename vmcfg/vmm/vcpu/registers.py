@@ -69,6 +69,7 @@ class RegistersMixin:
         hf, self.cs_base, eflags = self.cpu_state.mode_bits()
         self._hflags = hf
         self.mode = self.bitness = mode_of(hf, eflags)
+        self._fxs.bits = self.bitness          # the native I/O path's sized forms follow it
         self.cpl = hf & 3
         self.real = not hf & HF_PE
 
@@ -133,6 +134,7 @@ class RegistersMixin:
         hf, self.cs_base, eflags = mode_bits
         self._hflags = hf
         self.mode = self.bitness = mode_of(hf, eflags)
+        self._fxs.bits = self.bitness          # the native I/O path's sized forms follow it
         self.cpl = hf & 3
         self.real = not hf & HF_PE
 

@@ -24,7 +24,10 @@ class RunLoopMixin:
 
     def _entry_exit(self, ex: VmExit) -> None:
         self.vmexit(ex)
-        ctx = self._last_ctx
+        self._entry_exit_outcome(self._last_ctx)
+
+    def _entry_exit_outcome(self, ctx) -> None:
+        """After an exit at an instruction boundary: what its handler decided."""
         if ctx.ended is not None:
             raise ctx.ended
         if ctx.fault is not None:
@@ -39,6 +42,7 @@ class RunLoopMixin:
         counter = self.counter
         stops = self.stops
         perf_counter = time.perf_counter
+        self._wall_deadline = wall_deadline
         try:
             while True:
                 self._fx_mtf_settle()
@@ -91,6 +95,10 @@ class RunLoopMixin:
                     self._reset_old_exception()
                     self._exc_dirty = False
                 self.flush()
+                self._stray_fault = False            # (codepages._tb_drop)
+                if self._tb_flush_pending:
+                    self._tb_flush_pending = False
+                    uc.ctl_flush_tb()
                 if count and not self._count_mode:
                     # Unicorn adds its per-instruction count hook only to blocks translated
                     # from now on: drop the cached ones (it flushes them itself on the way back)
@@ -104,6 +112,13 @@ class RunLoopMixin:
                     until = (self.rip + (dec.len if dec is not None else 1))
                     count = 2
                 self._fx_arm(count, mtf_native)
+                exits = () if until == UNTIL else (until,)
+                if exits != self._exits:
+                    # the engine's exit addresses (exits mode, set up in core): see _stray_cr2
+                    uc.ctl_set_exits(list(exits))
+                    self._exits = exits
+                cr2_before = self._cr2_engine() if exits else None
+                self._soft_here = self._soft_here_ok(count, mtf_native)
                 t_run = perf_counter()
                 try:
                     uc.emu_start(begin, until, 0, count)
@@ -111,6 +126,8 @@ class RunLoopMixin:
                     err = e
                 stops.engine_seconds += perf_counter() - t_run
                 stops.runs += 1
+                if cr2_before is not None and self._event is None:
+                    self._stray_cr2(cr2_before)
                 self._sync_mode()
                 smc_step = self._smc_page is not None
                 stops.add(self._stop_cause(err, smc_step, count))
@@ -146,7 +163,7 @@ class RunLoopMixin:
                     if not (count and counter.count - start_icount == count):
                         self.icount = counter.count
                         continue
-                if err is not None or (ev is not None and ev[0] not in ("resume", "end")):
+                if err is not None or (ev is not None and ev[0] not in ("resume", "end", "exited")):
                     self._exc_dirty = True
                 if ev is None and err is None and self._stopped_at_invalid(
                         begin_lin, start_icount, count, stopped_by_stub):
@@ -285,6 +302,9 @@ class RunLoopMixin:
             self._ptimer_exit()
             return
         if kind == "resume":
+            return
+        if kind == "exited":               # an exit taken at the soft deadline (events.py)
+            self._entry_exit_outcome(ev[1])
             return
         if kind == "fastcall":
             from ..cpu import fastcall

@@ -65,12 +65,30 @@ class TimeMixin:
         block has retired so far count too."""
         ic = self._mmio_icount
         if ic is None:
-            return self.tsc
-        return self.tsc + (ic - self.icount) * TSC_PER_INSN
+            return self._tsc_at(self.icount)      # (self.tsc, one call less: devices ask often)
+        return self.tsc + (self._mmio_ic() - self.icount) * TSC_PER_INSN
 
-    def _sleep_until(self, tsc: int) -> None:
+    def _hlt_sleep(self, tsc: int) -> bool:
+        """Realtime clock, in HLT: wait on the host until the TSC reaches `tsc`; serial input
+        that arrives first (a key typed on the terminal) is taken at once.  True when it
+        raised an interrupt the halted CPU takes (HLT ends now), else False (`tsc` reached,
+        or a stop request)."""
+        while True:
+            self._sleep_until(tsc, on_input=True)
+            if not self._input_wake or self.tsc >= tsc:
+                return False
+            self._input_wake = False
+            self.platform.advance(self.tsc)          # the UART takes the input: IRQ 4
+            if self._can_take_irq() and self.platform.pending_interrupt() is not None:
+                return True
+
+    def _can_take_irq(self) -> bool:
+        return bool(self.rflags & (1 << 9)) or self._on["pin.external_interrupt_exiting"]
+
+    def _sleep_until(self, tsc: int, on_input: bool = False) -> None:
         """Realtime clock: wait on the host until the TSC reaches `tsc` (or a stop request)."""
-        while not self.counter.stop_pending() and self._end_request is None:
+        while not self.counter.stop_pending() and self._end_request is None and \
+                not (on_input and self._input_wake):
             left = tsc - self.tsc
             if left <= 0:
                 return

@@ -3,6 +3,7 @@
     .venv/bin/python bench/linux_boot.py [--profile baseline] [--timeout 900] [--markdown]
                                          [--append "console=ttyS0 panic=-1 quiet"] [--skip-qemu]
                                          [--line TEXT] [--breakdown]
+                                         [--kernel-entry bzimage|payload|both]
 
 The inputs come from tools/linux_inputs.py (apt-get download linux-image-6.1.0-<n>-amd64 and
 busybox-static, an initramfs whose /init prints "vmcfg-ok 42" and powers off).  Each side is
@@ -14,6 +15,10 @@ timed from start to the moment the line appears on its serial console (and to it
   the same kernel and initramfs (in process, so the report can say where the time went: VM
   exits by kind and the time the VMM spent handling them, against the time inside the
   Unicorn engine).
+
+vmcfg boots the kernel twice by default, one row each: with the bzImage's own entry (its
+decompressor runs in the guest, as under QEMU) and with ``--kernel-entry payload`` (the loader
+unpacks the kernel and enters startup_64); ``--kernel-entry`` picks one.
 
 --line TEXT times both sides to another console line (e.g. "Run /init" without "quiet"),
 and vmcfg's run ends there.  --breakdown adds where vmcfg's time went: every return of the

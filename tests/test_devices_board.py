@@ -219,6 +219,10 @@ def test_acpi_tables_are_found_parse_and_sum_to_zero():
     space, _w, _o, _acc, addr = struct.unpack_from("<BBBBQ", fadt, 116)
     assert (space, addr, fadt[128]) == (1, 0xCF9, 0x06)                # reset register
     assert struct.unpack_from("<Q", fadt, 208 + 4)[0] == 0x608         # X_PM_TMR_BLK
+    # IAPC_BOOT_ARCH: the board has no keyboard controller behind 0x60/0x64 (only the
+    # reset line), so the FADT must not announce an 8042 (Linux would probe it and wait
+    # out its timeouts)
+    assert not struct.unpack_from("<H", fadt, 109)[0] & 0x0002
 
 
 def test_madt_lists_lapic_ioapic_and_isa_overrides():

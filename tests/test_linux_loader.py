@@ -307,3 +307,72 @@ def test_a_32bit_profile_enters_startup_32(cli, bz, write_profile):
     r = cli("launch", p, "--kernel", k, "--json")
     d = json.loads(r.stdout)
     assert d["status"] == "entry-failure" and r.exit_code == 4 and "G3" in r.stdout
+
+
+# ---- --kernel-entry payload: the loader unpacks the kernel proper ---------------------------
+def _elf64(segments, entry):
+    """A minimal ELF64 executable: PT_LOAD segments (paddr, bytes, memsz) and an entry."""
+    ph = 64
+    data_off = ph + 56 * len(segments)
+    hdr = bytearray(64)
+    hdr[:16] = b"\x7fELF\x02\x01\x01" + bytes(9)
+    struct.pack_into("<HHIQQQIHHHHHH", hdr, 16, 2, 62, 1, entry, ph, 0, 0, 64, 56,
+                     len(segments), 0, 0, 0)
+    phdrs, blobs, off = b"", b"", data_off
+    for paddr, blob, memsz in segments:
+        phdrs += struct.pack("<IIQQQQQQ", 1, 5, off, 0xFFFFFFFF80000000 + paddr, paddr,
+                             len(blob), memsz, 0x1000)
+        blobs += blob
+        off += len(blob)
+    return bytes(hdr) + phdrs + blobs
+
+
+def _with_payload(payload: bytes) -> bytes:
+    data = bytearray(synthetic_bzimage(payload=b"\x90" * 0x200 + payload))
+    struct.pack_into("<II", data, 0x248, 0x200, len(payload))     # payload_offset / _length
+    return bytes(data)
+
+
+def test_payload_entry_loads_the_elf_segments_and_enters_it(bz):
+    text, data = b"\xf4" * 0x300, b"\x42" * 0x100
+    elf = _elf64([(0x1000000, text, 0x1000), (0x1200000, data, 0x2000)], 0x1000040)
+    k = bz(_with_payload(gzip.compress(elf)))
+    img, boot = load_linux(k, memory=128 * MiB, entry_kind="payload")
+    segs = dict(img.segments)
+    assert segs[0x1000000] == text and segs[0x1200000] == data
+    assert img.entry == boot.entry == 0x1000040
+    assert img.boot_regs["rsi"] == ZERO_PAGE           # startup_64 takes boot_params in RSI
+    # the default entry is the bzImage's own, its compressed payload loaded as it is
+    img2, _b = load_linux(k, memory=128 * MiB)
+    assert img2.entry == 0x1000000 + 0x200 and 0x1200000 not in dict(img2.segments)
+
+
+def test_payload_entry_errors(bz, cli):
+    k = bz(_with_payload(b"\x00not compressed"))
+    with pytest.raises(ImageError, match="unpacks xz or gzip"):
+        load_linux(k, memory=128 * MiB, entry_kind="payload")
+    with pytest.raises(ImageError, match="64-bit start"):
+        load_linux(k, memory=128 * MiB, mode=32, entry_kind="payload")
+    bad = bz(_with_payload(gzip.compress(b"not an ELF")), "bad")
+    with pytest.raises(ImageError, match="not a 64-bit ELF"):
+        load_linux(bad, memory=128 * MiB, entry_kind="payload")
+    far = bz(_with_payload(gzip.compress(_elf64([(0x7000000, b"\x90", 1)], 0x7000000))), "far")
+    with pytest.raises(ImageError, match="outside the kernel's window"):
+        load_linux(far, memory=256 * MiB, entry_kind="payload")
+    r = cli("launch", "baseline", "--kernel", k, "--kernel-entry", "payload")
+    assert r.exit_code == 2 and "unpacks xz or gzip" in r.stderr and "Traceback" not in r.stderr
+    r = cli("launch", "baseline", "--guest", "builtin:hlt", "--kernel-entry", "payload")
+    assert r.exit_code == 2 and "--kernel-entry needs --kernel" in r.stderr
+
+
+@pytest.mark.linux
+def test_debian_kernel_payload_entry():
+    inp = linux_inputs_or_skip()
+    img, boot = load_linux(str(inp.kernel), memory=256 * MiB, initrd=str(inp.initrd),
+                           entry_kind="payload")
+    segs = dict(img.segments)
+    # the xz payload is the ELF vmlinux: its text at LOAD_PHYSICAL_ADDR, entered at startup_64
+    assert img.entry == 0x1000000 and len(segs[0x1000000]) > 16 * MiB
+    assert all(boot.load_address <= a and a + len(d) <= boot.load_address +
+               boot.header.init_size for a, d in img.segments if a >= 0x1000000 and
+               a != boot.initrd_address)

@@ -534,3 +534,19 @@ def test_mov_ss_blocks_interrupts_for_one_instruction(tmp_path):
     res, _ = _run(_profile(tmp_path, ""), "builtin:movss")
     assert res.status == "debug-exit" and res.guest_exit_code == 0, res.console
     assert "interrupts 0x00000000000000c8, inside the MOV SS shadow 0x0000000000000000" in res.console
+
+
+def test_engine_runs_are_counted_by_what_ended_them(tmp_path):
+    # the breakdown bench/linux_boot.py --breakdown prints: every emu_start has one cause,
+    # the PIT's interrupts come from the block counter's timer deadline, the guest's first
+    # fetches make its pages code, and the run ends with the debug-exit port
+    box = {}
+    res, _recs = _run(_profile(tmp_path, ""), on_vcpu=lambda v: box.setdefault("v", v))
+    assert res.status == "debug-exit"
+    st = box["v"].stops
+    between = {k for k in st.counts if k == "exit at VM entry" or k.endswith("between runs")}
+    assert sum(n for k, n in st.counts.items() if k not in between) == st.runs
+    assert st.counts["device timer deadline"] >= 1
+    assert st.counts["fetch"] >= 1 and st.counts["end"] == 1
+    assert 0 < st.engine_seconds <= res.wall_seconds
+    assert st.to_json()["engine_runs"] == st.runs

@@ -37,6 +37,11 @@ def _complete_guest(ctx, param, incomplete):
               help="Boot a Linux kernel (bzImage) by the x86 boot protocol instead of --guest.")
 @click.option("--initrd", metavar="FILE", type=click.Path(dir_okay=False),
               help="With --kernel: the initramfs to load.")
+@click.option("--kernel-entry", "kernel_entry", type=click.Choice(["bzimage", "payload"]),
+              help="With --kernel: 'bzimage' (the default) enters the bzImage's own 64-bit "
+                   "entry, whose decompressor unpacks the kernel in the guest; 'payload' has "
+                   "the loader unpack the payload (xz/gzip ELF) and enters the kernel proper "
+                   "at startup_64 (64-bit profiles only; skips the decompressor).")
 @click.option("--clock", type=click.Choice(["virtual", "realtime"]),
               help="Guest time: 'virtual' (the default, so a run is reproducible: time from "
                    "retired instructions, the same console bytes and exits every run, however "
@@ -75,9 +80,9 @@ def _complete_guest(ctx, param, incomplete):
               help="Name the guest: reachable by ps, apply, watch, stats, history, stop, inject.")
 @click.option("--detach", is_flag=True,
               help="With --name: run in the background; return once the guest runs.")
-def launch(profile, guest, kernel, initrd, clock, mode, memory, load_address, entry, append,
-           as_json, trace_file, trace_sample, max_instructions, nmi_at, timeout, console_file,
-           serial_input, handlers, name, detach):
+def launch(profile, guest, kernel, initrd, kernel_entry, clock, mode, memory, load_address,
+           entry, append, as_json, trace_file, trace_sample, max_instructions, nmi_at, timeout,
+           console_file, serial_input, handlers, name, detach):
     """Run a guest on vmcfg's emulated VMM under PROFILE's VMX controls.
 
     VM exits happen exactly as the profile's controls say; each exit is
@@ -109,7 +114,7 @@ def launch(profile, guest, kernel, initrd, clock, mode, memory, load_address, en
                           load_address=load_address, entry=entry, handlers=handlers,
                           max_instructions=max_instructions, timeout=timeout, nmi_at=nmi_at,
                           serial_input=rx, cmdline=append, kernel=kernel, initrd=initrd,
-                          clock=clock)
+                          clock=clock, kernel_entry=kernel_entry)
     except PlanError as e:
         if e.resolved is not None:
             render_violations(e.resolved)
@@ -123,7 +128,8 @@ def launch(profile, guest, kernel, initrd, clock, mode, memory, load_address, en
                     args=view.child_args(guest, base, mode, memory, load_address, entry,
                                          trace_file, max_instructions, timeout, console_file,
                                          handlers, nmi_at, trace_sample, serial_input,
-                                         append, kernel=kernel, initrd=initrd, clock=clock),
+                                         append, kernel=kernel, initrd=initrd, clock=clock,
+                                         kernel_entry=kernel_entry),
                     console_file=console_file)
     # Ctrl-C / SIGTERM: the guest ends at its next block (status "interrupted"), the
     # report is written as usual and the exit status is 128 + the signal (130 / 143)

@@ -17,9 +17,11 @@ from .report import console as rich_console
 def child_args(guest, spec_base, mode, memory, load_address, entry, trace_file,
                max_instructions, timeout, console_file, handlers, nmi_at=None,
                trace_sample=1, serial_input=None, append=None, *, kernel=None, initrd=None,
-               clock=None) -> list[str]:
+               clock=None, kernel_entry=None) -> list[str]:
     """The options of this launch, for the background process (paths made absolute)."""
     a: list[str] = []
+    if kernel_entry:
+        a += ["--kernel-entry", kernel_entry]
     for opt, v in (("--kernel", kernel), ("--initrd", initrd)):
         if v:
             a += [opt, os.path.abspath(v)]

@@ -206,9 +206,41 @@ def _gdt32() -> bytes:
                        0x00CF92000000FFFF)    # 0x18 __BOOT_DS: flat data
 
 
+def unpack_payload(kdata: bytes, setup_len: int, name: str) -> tuple[list[tuple[int, bytes]], int]:
+    """The kernel proper inside a bzImage (boot protocol 2.08+: payload_offset/payload_length
+    in the setup header): an xz- or gzip-compressed ELF vmlinux, unpacked here as the
+    bzImage's own decompressor would unpack it.  Returns its PT_LOAD segments at their
+    physical addresses (file bytes; the rest of each segment is zero RAM) and its entry."""
+    import gzip
+    import lzma
+    po, pl = struct.unpack_from("<II", kdata, 0x248)
+    blob = kdata[setup_len + po:setup_len + po + pl]
+    try:
+        if blob[:6] == b"\xfd7zXZ\x00":
+            elf = lzma.LZMADecompressor(format=lzma.FORMAT_XZ).decompress(blob)
+        elif blob[:2] in (b"\x1f\x8b", b"\x1f\x9e"):
+            elf = gzip.GzipFile(fileobj=__import__("io").BytesIO(blob)).read()
+        else:
+            raise ImageError(f"{name}: --kernel-entry payload unpacks xz or gzip payloads; this "
+                             f"kernel's starts with {blob[:6].hex()} (use the default entry)")
+    except (lzma.LZMAError, OSError, EOFError) as e:
+        raise ImageError(f"{name}: its payload does not unpack: {e}") from None
+    if elf[:4] != b"\x7fELF" or elf[4] != 2:
+        raise ImageError(f"{name}: its payload is not a 64-bit ELF kernel")
+    entry, phoff = struct.unpack_from("<QQ", elf, 0x18)
+    phentsize, phnum = struct.unpack_from("<HH", elf, 0x36)
+    segs = []
+    for i in range(phnum):
+        ptype, _fl, off, _va, pa, fsz, _msz, _al = struct.unpack_from("<IIQQQQQQ", elf,
+                                                                        phoff + i * phentsize)
+        if ptype == 1 and fsz:
+            segs.append((pa, elf[off:off + fsz]))
+    return segs, entry
+
+
 def load_linux(kernel: str, *, memory: int, mode: int = 64, initrd: str | None = None,
                cmdline: str = "", reserved: list[tuple[int, int, int]] | None = None,
-               acpi_rsdp: int | None = -1) -> tuple[Image, LinuxBoot]:
+               acpi_rsdp: int | None = -1, entry_kind: str = "bzimage") -> tuple[Image, LinuxBoot]:
     """Load `kernel` (a bzImage file) for a `mode`-bit start into `memory` bytes of RAM.
 
     `reserved` are platform ranges (start, end, e820 type) to keep out of the RAM map
@@ -305,7 +337,18 @@ def load_linux(kernel: str, *, memory: int, mode: int = 64, initrd: str | None =
 
     gdt = _gdt() if mode == 64 else _gdt32()
     entry = load + 0x200 if mode == 64 else load
-    segs = [(ZERO_PAGE, bytes(zp)), (BOOT_GDT, gdt), (CMDLINE_ADDR, cl + b"\0"), (load, pm)]
+    kernel_segs = [(load, pm)]
+    if entry_kind == "payload":
+        # the kernel proper, unpacked by the loader, entered at startup_64 (no decompressor)
+        if mode != 64 or h.version < 0x208:
+            raise ImageError(f"{kernel}: --kernel-entry payload needs a 64-bit start and boot "
+                             "protocol 2.08 or later")
+        kernel_segs, entry = unpack_payload(kdata, setup_len, kernel)
+        for a, data in kernel_segs:
+            if a < load or a + len(data) > kernel_end:
+                raise ImageError(f"{kernel}: a payload segment at {a:#x} lies outside the "
+                                 f"kernel's window {load:#x}-{kernel_end - 1:#x}")
+    segs = [(ZERO_PAGE, bytes(zp)), (BOOT_GDT, gdt), (CMDLINE_ADDR, cl + b"\0")] + kernel_segs
     if rd_addr is not None:
         segs.append((rd_addr, rd))
     regs = {"gdtr": (BOOT_GDT, len(gdt) - 1), "cs": BOOT_CS, "ds": BOOT_DS, "es": BOOT_DS,

@@ -75,7 +75,7 @@ def build_plan(profile: str, *, guest: str | None = None, mode: int | str | None
                nmi_at: int | None = None, serial_input: bytes | None = None,
                cmdline: str | None = None, cwd: str | None = None,
                kernel: str | None = None, initrd: str | None = None,
-               clock: str | None = None) -> LaunchPlan:
+               clock: str | None = None, kernel_entry: str | None = None) -> LaunchPlan:
     """Check everything a launch of `profile` needs; options override the profile's [guest].
 
     `handlers` are "REASON=module:function" strings (relative to `cwd`); the
@@ -103,6 +103,8 @@ def build_plan(profile: str, *, guest: str | None = None, mode: int | str | None
         raise PlanError("--kernel and --guest exclude each other")
     if initrd and not kernel:
         raise PlanError("--initrd needs --kernel")
+    if kernel_entry and not kernel:
+        raise PlanError("--kernel-entry needs --kernel")
     if clock not in (None, "virtual", "realtime"):
         raise PlanError(f"--clock {clock!r}: 'virtual' or 'realtime'")
     spec = kernel or guest or gs.get("image")
@@ -132,7 +134,8 @@ def build_plan(profile: str, *, guest: str | None = None, mode: int | str | None
             except ValueError as e:
                 raise PlanError(f"bad memory size: {e}") from None
             image, boot = load_linux(kernel, memory=mem, mode=run_mode, initrd=initrd,
-                                     cmdline=cmdline or "")
+                                     cmdline=cmdline or "",
+                                     entry_kind=kernel_entry or "bzimage")
         else:
             image = load_image(spec, base_dir=None if guest else base_dir, load_address=la,
                                entry=ent, mode=run_mode)

@@ -4,7 +4,8 @@ The RSDP (revision 2) is at 0xF0000, where a guest scanning 0xE0000-0xFFFFF
 on 16-byte boundaries finds it; the tables follow it: RSDT and XSDT (each
 listing FADT and MADT), FADT (revision 3) with the PM timer at 0x608, PM1a
 event/control blocks at 0x600/0x604, SCI on IRQ 9, the reset register (0x06
-to I/O 0xCF9) and the FACS and DSDT addresses; a DSDT whose AML defines only
+to I/O 0xCF9), no 8042 in IAPC_BOOT_ARCH (ports 0x60/0x64 are only the reset line) and the
+FACS and DSDT addresses; a DSDT whose AML defines only
 \\_S5 (SLP_TYP 0, so 0x2000 to PM1a_CNT powers off); a FACS; and the MADT: the
 local APIC at 0xFEE00000 (PC-AT compatible, with 8259s), processor 0 / APIC ID
 0, the IOAPIC (ID 0, 0xFEC00000, GSI base 0), the interrupt source overrides
@@ -77,7 +78,10 @@ def fadt(facs_addr: int, dsdt_addr: int) -> bytes:
     put(88, "BBBB", 4, 2, 0, 4)           # PM1_EVT_LEN, PM1_CNT_LEN, PM2_CNT_LEN, PM_TMR_LEN
     put(96, "HH", 0xFFF, 0xFFF)           # no C2/C3
     put(108, "B", 0x32)                   # CENTURY: the RTC's century register
-    put(109, "H", 0x0002)                 # IAPC_BOOT_ARCH: 8042 present
+    # IAPC_BOOT_ARCH: no 8042. The board's ports 0x60/0x64 are only the reset line (misc.py),
+    # no keyboard controller: with the flag set, Linux probes them directly and waits out its
+    # i8042 timeouts (0.5 s of guest time, 500 M busy-wait instructions) before giving up
+    put(109, "H", 0x0000)
     # WBINVD | PROC_C1 | SLP_BUTTON | RTC_S4 | RESET_REG_SUP
     put(112, "I", (1 << 0) | (1 << 2) | (1 << 5) | (1 << 7) | (1 << 10))
     b[116 - 36:128 - 36] = _gas(1, 8, 0xCF9, 1)

@@ -6,8 +6,8 @@ block (with counter.BlockCounter)."""
 from __future__ import annotations
 
 import ctypes
-from unicorn import (UC_HOOK_CODE, UC_HOOK_MEM_WRITE, UC_MEM_WRITE_PROT, UC_PROT_ALL,
-                     UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, UcError)
+from unicorn import (UC_HOOK_CODE, UC_HOOK_MEM_WRITE, UC_HOOK_MEM_WRITE_PROT, UC_MEM_WRITE_PROT,
+                     UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, UcError)
 from unicorn import x86_const as X
 from unicorn.unicorn_py3.unicorn import uclib
 from .. import decode as D
@@ -395,11 +395,66 @@ class CodePagesMixin:
         if lo not in self._code_units:
             self._code_units.add(lo)
             self.uc.mem_protect(lo, hi - lo, self._unit_perms(lo, True))
+            self._guard_unit(lo)
             if split:
                 self._unit_bounds = None   # the page is a region of its own now
         else:                              # a stale translation: run it again
             self._remove_cache(page)
         self._code_page(page, ppage)
+
+    # ---- memory hooks -----------------------------------------------------------------------
+    # Unicorn 2.1.4 keeps no dirty-page bitmap: a store to RAM takes its slow path
+    # (helper_le_st*_mmu, notdirty_write, two address-space lookups) until the page's TLB entry
+    # is marked dirty, and it never is while any memory hook -- even a protection or unmapped
+    # one -- covers the page.  So the hooks cover only what needs them: the unmapped hook the
+    # addresses above RAM (all of RAM is mapped), the store-protection hook each 1 MiB chunk
+    # that has held code (stores into code), and no fetch-protection hook at all (a fetch from
+    # a data region ends emu_start with UC_ERR_FETCH_PROT; the run loop finds the page:
+    # _fetch_fault_page).
+    # Data stores of a guest whose paging maps its data no-execute (Linux) then run at engine
+    # speed.  With EPT permissions (read- or write-protected guest-physical pages) the hooks
+    # cover all memory, as before.
+    def _global_prot_hooks(self) -> None:
+        """Protection hooks over all memory (EPT permissions can protect any page)."""
+        if self._prot_global:
+            return
+        from unicorn import UC_HOOK_MEM_FETCH_PROT, UC_HOOK_MEM_READ_PROT
+        self._prot_global = True
+        for h in self._unit_hooks.values():
+            self.uc.hook_del(h)
+        self._unit_hooks.clear()
+        self.uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self._on_fetch_prot)
+        self.uc.hook_add(UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT, self._on_prot)
+
+    def _guard_unit(self, lo: int) -> None:
+        """Code region at `lo`: a store into it reaches _on_prot.  The hook covers the whole
+        mapping chunk (1 MiB) and stays when the region becomes data again: regions that flip
+        between code and data (text patching, self-modifying code) would otherwise add and
+        delete a hook at every flip, and page-by-page regions would each get one."""
+        if self._prot_global:
+            return
+        c = lo - lo % self._map_chunk
+        if c not in self._unit_hooks:
+            self._unit_hooks[c] = self.uc.hook_add(
+                UC_HOOK_MEM_WRITE_PROT, self._on_prot, None, c,
+                min(c + self._map_chunk, self.memory) - 1)
+
+    def _fetch_fault_page(self) -> int:
+        """The physical page of a fetch the engine refused (UC_ERR_FETCH_PROT without a
+        hook): the page RIP runs from, or the next one for a block or instruction crossing
+        into it -- the first of the two that is not in a code region."""
+        rip = self.rip
+        first = None
+        for cand in (rip & ~0xFFF, (rip & ~0xFFF) + PAGE):
+            p = self.lin2phys(cand, UC_PROT_EXEC)
+            if p is None:
+                continue
+            p &= ~0xFFF
+            if first is None:
+                first = p
+            if p >= self.memory or self._unit(p)[0] not in self._code_units:
+                return p
+        return first if first is not None else rip & ~0xFFF
 
     def _code_page_written(self, unit: int, rip: int, ic: int) -> None:
         """A guest store hit the write-protected code unit starting at `unit`.

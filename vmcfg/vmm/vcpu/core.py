@@ -6,16 +6,15 @@ import ctypes
 import threading
 import time
 from typing import Any, Callable
-from unicorn import (UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_FETCH_PROT,
-                     UC_HOOK_MEM_READ_PROT, UC_HOOK_MEM_UNMAPPED, UC_HOOK_MEM_WRITE_PROT, UC_MODE_64, Uc,
-                     x86_const as X)
+from unicorn import (UC_ARCH_X86, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_UNMAPPED, UC_MODE_64,
+                     Uc, x86_const as X)
 from .. import decode as D
 from ...vmx.config import VmxConfig
 from ..counter import BlockCounter
 from ..cpu.state import CpuState, unicorn_cpu_model
 from ..devices import Board
 from ..platform import MsrFile
-from .common import _CODE_CB, _GPR64
+from .common import _CODE_CB, _GPR64, UNTIL
 from .intercepts import ExitStats, trapped_kinds
 from .codepages import CodePagesMixin
 from .deviceio import DeviceIoMixin
@@ -26,6 +25,7 @@ from .memory import MemoryMixin
 from .reconfig import ReconfigMixin
 from .registers import RegistersMixin
 from .runloop import RunLoopMixin
+from .stopstats import StopStats
 from .vtime import TimeMixin
 
 
@@ -182,9 +182,13 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         # --- hooks ---
         self.counter = BlockCounter(self.uc, self._count_block, 0, min(memory, 256 << 20),
                                     native=native_counter)
-        self.uc.hook_add(UC_HOOK_MEM_FETCH_PROT, self._on_fetch_prot)
-        self.uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
-        self.uc.hook_add(UC_HOOK_MEM_READ_PROT | UC_HOOK_MEM_WRITE_PROT, self._on_prot)
+        # memory hooks only where they are needed: Unicorn keeps every store to a page that
+        # any memory hook covers on its slow path for ever (codepages.py, "_guard_unit")
+        self.uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped, None, memory, UNTIL)
+        self._unit_hooks: dict[int, int] = {}         # code region -> its store hook
+        self._prot_global = False
+        if self._ept_regions is not None:
+            self._global_prot_hooks()
         self.uc.hook_add(UC_HOOK_INTR, self._on_intr)
         self.uc.hook_add(UC_HOOK_INSN, self._on_fastcall, "syscall", 1, 0, X.UC_X86_INS_SYSCALL)
         self.uc.hook_add(UC_HOOK_INSN, self._on_fastcall, "sysenter", 1, 0, X.UC_X86_INS_SYSENTER)
@@ -192,6 +196,7 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
                             self._tsc_msr_write, devices=self.platform)
         self.cpuid = self._make_cpuid(config)
         self.wall_in_vmm = 0.0
+        self.stops = StopStats()          # engine runs by cause, host time in the engine
         self._fx_attach()
         self._dio_attach()
         self._apicv_attach()

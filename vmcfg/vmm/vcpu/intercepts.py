@@ -213,7 +213,7 @@ class InterceptsMixin:
                         self.platform.changed and self._device_change_needs_stop(self.icount)) or (
                         fxs.exit_count != exits_before and self._reentry_needed()):
                     if self._event is None:
-                        self._event = ("resume",)
+                        self._event = ("resume", ins.kind)
                     uc.emu_stop()
             else:
                 # not retired: stop here, the run loop takes over (fault/end/single-step)
@@ -457,7 +457,7 @@ class InterceptsMixin:
             self._skip_once = ins.address
             self._iw_steps = 2 if k in ("sti", "ss_load") else 1
             if self._event is None:
-                self._event = ("resume",)    # not retired: a single step must not count it
+                self._event = ("resume", k)    # not retired: a single step must not count it
             return None
         raise GuestFault(6)
 

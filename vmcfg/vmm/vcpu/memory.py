@@ -243,7 +243,7 @@ class MemoryMixin:
                     self._device_change_needs_stop(self._mmio_ic()):
                 # interrupt state changed: re-check before the next block.  Not emu_stop: a
                 # stop requested inside an MMIO store makes Unicorn restart the store
-                self._event = ("resume",)
+                self._event = ("resume", "mmio write")
                 self.counter.request_stop()
         except BaseException as e:       # pragma: no cover - never let it reach C
             self._event = ("error", e)
@@ -298,6 +298,7 @@ class MemoryMixin:
         if page >= self.memory:
             raise RunEnd("error", None, f"EPT mapping of {gpa:#x}: outside guest RAM")
         self._ept_regions = [(page, page + PAGE, access)] + (self._ept_regions or [])
+        self._global_prot_hooks()            # (codepages.py: memory hooks)
         perms = (UC_PROT_READ if "r" in access else 0) | (UC_PROT_WRITE if "w" in access else 0)
         self._drop_phys(page)                 # its unit is data again (then fetched anew)
         self.uc.mem_protect(page, PAGE, perms)

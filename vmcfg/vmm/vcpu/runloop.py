@@ -17,6 +17,8 @@ from .common import DEADLINE_MARGIN, UNTIL
 # trapped kinds the engine itself cannot run (QEMU 5's x86 translator has no INVPCID)
 _ENGINE_LACKS = frozenset({"invpcid"})
 from .intercepts import PRIVILEGED, _UD_MNEMONICS
+from .stopstats import event_cause
+from ..counter import W_COUNTER, W_SOFT, W_STOP, W_STOPPED
 from ...vmx.exits import Exit, Vector
 
 
@@ -41,6 +43,8 @@ class RunLoopMixin:
         """Run until the guest ends; sets self.status/exit_code/message."""
         uc = self.uc
         counter = self.counter
+        stops = self.stops
+        perf_counter = time.perf_counter
         self._wall_deadline = wall_deadline
         try:
             while True:
@@ -53,6 +57,7 @@ class RunLoopMixin:
                     raise RunEnd("timeout", None, "the run reached its wall-clock timeout")
                 ev = self._arm_entry_events()
                 if ev is not None:
+                    stops.add("exit at VM entry")
                     self._entry_exit(ev)
                     continue
                 deadline, dkind, soft = self._deadline()
@@ -69,6 +74,7 @@ class RunLoopMixin:
                 if deadline is not None:
                     left = deadline - self.icount
                     if left <= 0:
+                        stops.add(f"{dkind} deadline reached between runs")
                         self._deadline_reached(dkind)
                         continue
                     if left <= 2 * DEADLINE_MARGIN or self._force_count:
@@ -116,14 +122,18 @@ class RunLoopMixin:
                     self._exits = exits
                 cr2_before = self._cr2_engine() if exits else None
                 self._soft_here = self._soft_here_ok(count, mtf_native)
+                t_run = perf_counter()
                 try:
                     uc.emu_start(begin, until, 0, count)
                 except UcError as e:
                     err = e
+                stops.engine_seconds += perf_counter() - t_run
+                stops.runs += 1
                 if cr2_before is not None and self._event is None:
                     self._stray_cr2(cr2_before)
                 self._sync_mode()
                 smc_step = self._smc_page is not None
+                stops.add(self._stop_cause(err, smc_step, count))
                 if smc_step:
                     self._end_smc_step()
                     if err is None and self._event is None and self.rip == until:
@@ -139,6 +149,9 @@ class RunLoopMixin:
                     counter.clear_stop_request()
                 ev = self._event
                 self._event = None
+                if ev is None and err is not None and err.errno == UC_ERR_FETCH_PROT \
+                        and not self._prot_global:
+                    ev = ("fetch", self._fetch_fault_page())   # (no fetch hook: codepages.py)
                 if ev is not None and ev[0] == "rehook" and err is None:
                     self._fx_mtf_rehooked = True      # (fastexit.py: the next step by count)
                     # a block about to run for the first time has a trapped instruction that
@@ -178,6 +191,26 @@ class RunLoopMixin:
             self.message = e.message
         with self.apply_cond:           # wake anyone waiting for an apply that cannot come
             self.apply_cond.notify_all()
+
+    def _stop_cause(self, err: UcError | None, smc_step: bool, count: int) -> str:
+        """Why the engine run that just ended stopped (stopstats.py), from what the hooks
+        left: read before the run loop acts on it."""
+        if smc_step:
+            return "store into code, single step"
+        if self._event is not None:
+            return event_cause(self._event)
+        if err is not None:
+            return "fetch" if err.errno == UC_ERR_FETCH_PROT else f"engine error {err.errno}"
+        st = self.counter.state
+        if st[W_STOPPED]:
+            if st[W_STOP]:
+                return "stop request (another thread)"
+            if st[W_COUNTER] >= st[W_SOFT]:
+                return "device timer deadline"
+            return "deadline (instruction count)"
+        if count:
+            return "single step" if count == 1 else "counted run to a deadline"
+        return "other"
 
     def _stopped_at_invalid(self, begin_lin: int, start_icount: int, count: int,
                             stopped_by_stub: bool = False) -> bool:

@@ -220,11 +220,7 @@ gp_handler:
         add rsp, 8                  ; the error code
         iretq
 
-align 16
-idtr:   dw 256 * 16 - 1
-        dq idt
-align 4096
-idt:    times 256 * 16 db 0
+        idt_table
 ticks:  dq 0                    ; data on its own page, not the code page
 bad:    dq 0
 base_rsp: dq 0

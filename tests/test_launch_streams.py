@@ -84,11 +84,7 @@ serial_rx:
         pop rax
         iretq
 
-align 16
-idtr:   dw 256 * 16 - 1
-        dq idt
-align 4096
-idt:    times 256 * 16 db 0
+        idt_table
 quit:   db 0
 """
 

@@ -238,10 +238,7 @@ page2:  mov qword [expect], 0x40001000
 .bad:   exit 16
 expect: dq 0
 faults: dq 0
-align 4096
-idt:    times 256 * 16 db 0
-idtr:   dw 256 * 16 - 1
-        dq idt
+        idt_table
 """
 
 
@@ -323,9 +320,7 @@ gdt_copy: times 16 db 0
 out:    times 16 db 0
 align 4096
 buf:    times 4096 db 0
-idt:    times 256 * 16 db 0
-idtr:   dw 256 * 16 - 1
-        dq idt
+        idt_table
 """
 
 
@@ -362,10 +357,7 @@ start:
 ud_handler:
         exit 6
 desc:   dq 0, 0
-align 4096
-idt:    times 256 * 16 db 0
-idtr:   dw 256 * 16 - 1
-        dq idt
+        idt_table
 """
 
 

@@ -139,7 +139,7 @@ def print_guest_profile(hits: dict, kernel: str, top: int = 25) -> None:
             if i >= 0:
                 name = syms[1][i]
         elif a < (1 << 47):
-            name = "user space" if a else "(no block yet)"
+            name = "low half (user space, or the decompressor at its identity map)" if a else "(no block yet)"
         by[name] = by.get(name, 0) + n
     print(f"  guest code by time ({total:,} samples of the running block"
           f"{'' if syms else ', no System.map'}; with KASLR, boot with nokaslr to name them):")

@@ -32,3 +32,38 @@ def test_virtual_clock_is_deterministic_and_realtime_runs_the_same_guest(cli):
                         "--json").stdout)
     # the timer guest counts PIT interrupts and exits through port 0xF4 under either clock
     assert rt["status"] == "debug-exit" and rt["console"].startswith("timer: ticks=")
+
+
+RTC_MONTH_GUEST = """\
+bits 64
+org 0x100000
+        mov al, 8                       ; CMOS month (BCD)
+        out 0x70, al
+        in al, 0x71
+        out 0xf4, al                    ; the run's exit value
+        hlt
+"""
+
+
+def test_the_rtc_starts_at_a_fixed_date_on_virtual_time_and_at_the_host_date_on_realtime(
+        tmp_path):
+    """A run on virtual time takes nothing from the host: the date the guest reads is
+    2026-01-01 on every run (a Linux boot prints it: the two runs' consoles must agree);
+    on realtime it is the host's UTC date."""
+    import time
+
+    from vmcfg.vmm.loader import load_image
+    from vmcfg.vmm.run import run_guest
+    g = tmp_path / "month.asm"
+    g.write_text(RTC_MONTH_GUEST)
+    cfg = resolve("baseline", cpu="cvmm").config
+    img = load_image(str(g), load_address=0x100000, mode=64)
+    months = {}
+    for clock in ("virtual", "realtime"):
+        before = time.gmtime().tm_mon
+        res = run_guest(cfg, img, memory=16 << 20, mode=64, clock=clock, timeout=60)
+        assert res.status == "debug-exit", res.message
+        months[clock] = (res.guest_exit_code, {int(f"{before:02d}", 16),
+                                                int(f"{time.gmtime().tm_mon:02d}", 16)})
+    assert months["virtual"][0] == 0x01
+    assert months["realtime"][0] in months["realtime"][1]

@@ -392,7 +392,9 @@ def _boot(cfg: VmxConfig, image: Image, *, memory: int, mode: int, handlers, wri
     from .clock import Clock
     from .devices import Board
     from .vcpu import Vcpu, tsc_frequency
-    plat = Board(console, memory=memory, clock=Clock(hz=tsc_frequency(cfg, tsc_hz)))
+    from .devices.rtc import VIRTUAL_EPOCH
+    plat = Board(console, memory=memory, clock=Clock(hz=tsc_frequency(cfg, tsc_hz)),
+                 rtc_epoch=VIRTUAL_EPOCH if clock == "virtual" else None)
     vcpu = Vcpu(cfg, memory=memory, mode=mode, platform=plat, handlers=handlers,
                 trace=writer,
                 max_instructions=max_instructions, clock=clock, machine_tsc_hz=tsc_hz)

@@ -38,6 +38,12 @@ def _unbcd(v: int) -> int:
     return (v >> 4) * 10 + (v & 0xF)
 
 
+# Where the RTC starts under `--clock virtual`: 2026-01-01 00:00:00 UTC.  A run on virtual time
+# takes no input from the host, so the date a guest reads (Linux prints it in its log)
+# is the same on every run; `--clock realtime` starts from the host's UTC time.
+VIRTUAL_EPOCH = 1767225600
+
+
 class Rtc:
     PORTS = ((0x70, 2),)
 

@@ -78,9 +78,9 @@ def _both(cfg, image, monkeypatch, **kw):
     return rn, gn, vn
 
 
-# The devices a guest talks to all the time, in one loop of N iterations.
-DEVICES = f"""
-        mov al, 0x11                ; PIC: ICW1-ICW4, base 0x20, every line masked
+# The 8259 pair initialised (ICW1-ICW4: edge, base 0x20, 8086 mode), every line masked.
+PIC_MASKED = """\
+        mov al, 0x11                ; PIC: ICW1-ICW4, edge, base 0x20, every line masked
         out 0x20, al
         mov al, 0x20
         out 0x21, al
@@ -90,7 +90,12 @@ DEVICES = f"""
         out 0x21, al
         mov al, 0xff
         out 0x21, al
-        mov al, 0xb4                ; PIT channel 2: lo/hi, mode 2, count 0x1000, gate on
+"""
+
+
+# The devices a guest talks to all the time, in one loop of N iterations.
+DEVICES = f"""
+{PIC_MASKED}        mov al, 0xb4                ; PIT channel 2: lo/hi, mode 2, count 0x1000, gate on
         out 0x43, al
         xor al, al
         out 0x42, al
@@ -254,17 +259,7 @@ def test_live_apply_turns_io_exiting_on_at_once(monkeypatch):
         assert g["r8"] == N * 0x5A
 
 
-INTERRUPTS = """
-        mov al, 0x11                ; PIC: base 0x20, edge, every line masked
-        out 0x20, al
-        mov al, 0x20
-        out 0x21, al
-        mov al, 0x04
-        out 0x21, al
-        mov al, 0x01
-        out 0x21, al
-        mov al, 0xff
-        out 0x21, al
+INTERRUPTS = PIC_MASKED + """
         lea rdi, [rel idt + 0x23 * 16]
         lea rax, [rel isr3]
         call gate

@@ -91,8 +91,8 @@ def read_until(stream, needle: str, what: str | None = None) -> list[str]:
 # parallel run (-n auto) never ends with one worker alone on a long test it picked up last.
 # A test missing here (or renamed) only loses its place; nothing fails.
 LONG_FIRST = (
-    "test_trace.py::test_a_million_exits_export_and_summarise_in_bounded_memory",
-    "test_live_vmm.py::test_soak_1000_applies_exact_exit_counts",
+    "test_trace.py::test_many_exits_export_and_summarise_in_bounded_memory",
+    "test_live_vmm.py::test_soak_many_applies_exact_exit_counts",
     "test_smoke_launch.py::test_example_smoke_file_passes",
     "test_property.py::test_random_documents_never_crash",
     "test_vmm_engine.py::test_retired_count_matches_guest_arithmetic",

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_native_exit import BUILT, LOOP, _cfg, _image, _run
+from test_native_exit import BUILT, LOOP, TIMER_LOOP, _cfg, _image, _run
 from vmcfg.vmx.exits import Exit
 
 
@@ -143,6 +143,22 @@ def test_what_a_handler_asks_of_the_run_loop(monkeypatch, how):
         assert res.exit_counts()["RDTSC"] == 50     # #UD without an IDT ends the run
     if BUILT:
         assert _lean(v) >= 48
+
+
+def test_handler_exits_while_a_device_timer_is_armed(monkeypatch):
+    """A CPUID handler while the PIT interrupts the loop every 5,000 ticks: after each exit
+    the engine stops to look at the timer (as the full path does), and the interrupts come
+    at the same instructions both ways."""
+    def make(log):
+        def h(ctx):
+            log.append((ctx.exit.seq, ctx.instructions, ctx.regs.r8))
+            ctx.emulate()
+        return {Exit.CPUID: h}
+    res, v, log = _both(_cfg(), _image(TIMER_LOOP), monkeypatch, make)
+    assert res.status == "debug-exit" and res.exit_counts()["CPUID"] == 3000
+    assert 300 < v.gpr(8) < 1000
+    if BUILT:
+        assert _lean(v) > 2000
 
 
 def test_trace_and_stats_with_a_handler(monkeypatch):

@@ -209,3 +209,23 @@ def test_external_interrupt_exits_with_the_default_handler_agree(monkeypatch):
     assert vp.lean_extints == 0 and vt.lean_extints == 0
     if BUILT:
         assert vn.lean_extints >= n - 5
+
+
+@pytest.mark.parametrize("limit", [None, 3_000])
+def test_handler_exits_between_mtf_steps_agree(monkeypatch, limit):
+    """Monitor trap flag (its default handler) with Python handlers on CPUID, RDTSC and OUT:
+    every instruction still gets its MTF exit, in the same order and virtual time both ways
+    (the run loop looks at every boundary then, so these exits take the full path)."""
+    def make(log):
+        def h(ctx):
+            log.append((ctx.exit.seq, ctx.instructions, ctx.tsc, ctx.name))
+            ctx.emulate()
+        return {Exit.CPUID: h, Exit.RDTSC: h, Exit.IO_INSTRUCTION: h}
+    cfg = _cfg("baseline", "primary.monitor_trap_flag", "primary.rdtsc_exiting",
+               io_ports=[(0x80, 0x80)])
+    body = "nop\nrdtsc\nadd r9, rax\nxor eax, eax\ncpuid\nout 0x80, al\nmov ecx, 3\ninner: loop inner"
+    res, v, log = _both(cfg, _image(LOOP.format(n=300, body=body)), monkeypatch, make,
+                        max_instructions=limit)
+    counts = res.exit_counts()
+    assert counts["MONITOR_TRAP_FLAG"] == res.instructions - (1 if limit is None else 0)
+    assert counts["CPUID"] == len([e for e in log if e[3] == "CPUID"]) > 0

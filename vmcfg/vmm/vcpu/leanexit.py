@@ -8,8 +8,10 @@ That runs the handler with a `LeanExitContext` (handlers.py: the same API; the e
 is built only if the handler looks at it), and queues the register writes, which the hook
 sends back in one batch.  The engine goes on; it stops only for what the run loop must do:
 the handler ended the run, injected an exception or an event, changed the controls, a
-device now needs the next instruction boundary, or events wait (the same stop conditions as
-the full trap path in intercepts.py, so both give the same results).
+device now needs the next instruction boundary, or events wait (the full trap path in
+intercepts.py stops at the same points, and also after every exit while a device timer is
+armed: here, as in fastexit.c, the exit's virtual time moves the block counter's soft
+deadline instead, which takes the timer's interrupt at the same instruction).
 
 The hook takes this path only when the full one would do nothing more: the virtual clock,
 no trace, no preemption timer, no event waiting, the reason seen once already (exit order),
@@ -22,10 +24,12 @@ from __future__ import annotations
 import time
 from unicorn import x86_const as X
 from ..devices import DebugExit, SystemReset
+from ..counter import NO_DEADLINE, W_SOFT
 from ..exitinfo import INTR_EXTERNAL, VmExit, interruption_info
 from ..handlers import DEFAULT_HANDLERS, ExitContext, LeanExitContext, h_external_interrupt
 from ..native import FXD_HERE, LEAN_COUNTED, LEAN_NONE, LEAN_RESUMED, NWRITE
 from ..outcome import GuestFault, RunEnd
+from .common import EXIT_COST, TSC_PER_INSN
 from .deviceio import device_run_end
 from .intercepts import _MODE_FREE
 from ...vmx.exits import Exit
@@ -87,10 +91,19 @@ class LeanExitMixin:
             plat = self.platform
             if self._pending_cfg is not None or self._event is not None or \
                     self._input_wake or (plat.changed and self._device_change_needs_stop(ic)) \
-                    or plat.next_event() is not None or self._events_waiting():
+                    or self._events_waiting():
                 if self._event is None:              # (intercepts._on_trap's conditions)
                     self._event = ("resume", ins.kind)
                 self.uc.emu_stop()
+            elif plat.next_event() is not None:
+                # a device timer, unchanged by the handler: the exit moved virtual time by
+                # EXIT_COST ticks, so its soft deadline (retired instructions) comes that much
+                # sooner -- as fastexit.c does for the exits it does itself; the full path
+                # stops here and the run loop sets the same deadline
+                cs = self.counter.state
+                soft = cs[W_SOFT]
+                if soft != NO_DEADLINE:
+                    cs[W_SOFT] = max(0, soft - EXIT_COST // TSC_PER_INSN)
             # for the hook to send in one batch: the RIP, the other writes (_trap_flush)
             st = self._fxs
             st.pc = pend.pop(pc)

@@ -14,10 +14,10 @@ from ..cpu.delivery import DeliveryFault, deliver_event, nested
 from ..cpu.state import HF_INHIBIT_IRQ, old_exception_offset
 from ..exitinfo import (INTR_EXTERNAL, INTR_HW_EXCEPTION, INTR_NMI, INTR_PRIV_SW_EXCEPTION,
                         INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit, interruption_info)
-from ..native import FXD_EC, FXD_HERE, FXD_SOFT
+from ..native import FXD_EC, FXD_FAULT, FXD_HERE, FXD_SOFT
 from .common import MASK64, _ERROR_CODE_VECTORS
 from .intercepts import trapped_kinds
-from ...vmx.exits import Exit, FIRST_EXTERNAL_VECTOR, LAST_VECTOR, Vector
+from ...vmx.exits import Exit, FAULT_VECTORS, FIRST_EXTERNAL_VECTOR, LAST_VECTOR, Vector
 
 
 class EventsMixin:
@@ -180,7 +180,8 @@ class EventsMixin:
             # segment already loaded, no stack switch; 0 = the Python path below does it
             self.flush()
             how = (FXD_SOFT if itype in (INTR_SW_INTERRUPT, INTR_SW_EXCEPTION) else 0) | \
-                (FXD_EC if ec is not None else 0)
+                (FXD_EC if ec is not None else 0) | \
+                (FXD_FAULT if itype == INTR_HW_EXCEPTION and vector in FAULT_VECTORS else 0)
             blk = fd[1]
             if fd[0](blk, vector, how, ec or 0, ret & MASK64):
                 self._rcache.clear()

@@ -62,7 +62,8 @@ class Clock:
         self.now: Callable[[], int] = self._source
         self.timers: list[Timer] = []
         self.rescheduled = False          # a deadline moved since the run loop last looked
-        self._next: int | None = None     # next_deadline(), valid while not _stale
+        self._next: int | None = None     # next_deadline(), valid while not _stale,
+        self._first: Timer | None = None  # and the timer it belongs to
         self._stale = False
         # the guest's view of the TSC (TSC offsetting/scaling) and its inverse, set by the vCPU
         self.guest_tsc: Callable[[int], int] = lambda t: t
@@ -84,32 +85,26 @@ class Clock:
     def next_deadline(self) -> int | None:
         if not self._stale:
             return self._next             # no timer armed or cancelled since it was found
-        best = None
+        best, first = None, None
         for t in self.timers:
             d = t.deadline
             if d is not None and (best is None or d < best):
-                best = d
-        self._next = best
+                best, first = d, t
+        self._next, self._first = best, first
         self._stale = False
         return best
 
     def advance(self, now: int | None = None) -> bool:
-        """Fire every timer due at `now` (earliest first; a callback may re-arm its timer).
-        Returns whether any fired."""
+        """Fire every timer due at `now` (earliest first -- of two at the same time, the
+        one created first; a callback may re-arm its timer).  Returns whether any fired."""
         if now is None:
             now = self.now()
-        nd = self._next if not self._stale else self.next_deadline()
-        if nd is None or nd > now:
-            return False                  # nothing due
         fired = False
         for _ in range(1000):            # a timer that keeps re-arming in the past is a bug
-            due = None
-            for t in self.timers:
-                d = t.deadline
-                if d is not None and d <= now and (due is None or d < due.deadline):
-                    due = t
-            if due is None:
+            nd = self._next if not self._stale else self.next_deadline()
+            if nd is None or nd > now:
                 return fired
+            due = self._first
             due.deadline = None
             self._stale = True
             due.callback(now)

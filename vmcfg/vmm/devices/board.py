@@ -34,7 +34,7 @@ from . import acpi
 from . import bios as _bios
 from .bus import AccessFault, Bus
 from .fwcfg import FwCfg
-from .hpet import Hpet
+from .hpet import LEG_RT_CNF, Hpet
 from .ioapic import IoApic
 from .lapic import LocalApic
 from .misc import DebugExitPort, KeyboardController, PciHost, PostPort, ResetControl
@@ -185,9 +185,17 @@ class Board:
         self.clock.rescheduled = True
 
     def _pit_pulse(self) -> None:
-        """The PIT's IRQ 0 edge at each expiry (cut off as _legacy_irq says)."""
-        if not self.hpet.legacy:
-            self.pulse_irq(PIT_IRQ)
+        """The PIT's IRQ 0 edge at each expiry (cut off as _legacy_irq says): pulse_irq(0)
+        written out, as it runs on every timer interrupt."""
+        if self.hpet.config & LEG_RT_CNF:   # (self.hpet.legacy)
+            return
+        if self._lines & 1:                 # IRQ 0 already high: only the fall is a change
+            self.set_irq(PIT_IRQ, False)
+            return
+        self.pic.master.pulse(PIT_IRQ)      # (PicPair.pulse: a master line, no cascade)
+        self.ioapic.pulse(isa_to_gsi(PIT_IRQ))
+        self._changed = True
+        self.clock.rescheduled = True
 
     def _legacy_irq(self, irq: int, level: bool) -> None:
         """The PIT's IRQ 0 and the RTC's IRQ 8: cut off while the HPET's legacy replacement
@@ -227,8 +235,9 @@ class Board:
     def advance(self, now: int) -> None:
         """Let every device act on what is due at `now` (timers; queued serial input)."""
         self.clock.advance(now)
-        if self.serial.input_waiting:
-            self.serial.service()
+        serial = self.serial
+        if serial._input and serial.input_waiting:
+            serial.service()
 
     # ---- access --------------------------------------------------------------------------
     def io_read(self, port: int, size: int) -> int:

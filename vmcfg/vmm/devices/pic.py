@@ -133,7 +133,7 @@ class I8259:
             if cmd in (0, 4):
                 self.rotate_on_aeoi = cmd == 4
             elif cmd in (1, 5):                             # non-specific EOI (and rotate)
-                p = self._priority(self.isr)
+                p = _PRIO[self.priority_add << 8 | self.isr]
                 if p != 8:
                     irq = (p + self.priority_add) & 7
                     self.isr &= ~(1 << irq)

@@ -32,10 +32,10 @@ from typing import Any, Callable
 
 from ..vmx.config import VmxConfig
 from ..vmx.exits import Exit as E
-from ..vmx.exits import InterruptionType, Vector, lookup_exit
+from ..vmx.exits import InterruptionType, Vector, exit_name, lookup_exit
 from ..vmx.registers import GPR_NAMES
 from ..vmx.table import CONTROL_BY_PATH
-from .exitinfo import VmExit
+from .exitinfo import VmExit, io_qualification
 from .outcome import GuestFault, RunEnd
 
 
@@ -94,6 +94,11 @@ class ExitContext:
     @property
     def regs(self) -> Registers:
         return Registers(self.vcpu)
+
+    @property
+    def _insn(self):
+        """The decoded exiting instruction (vmm.decode.Insn), or None."""
+        return self.exit.insn
 
     # ---- the exit -------------------------------------------------------------
     @property
@@ -216,6 +221,71 @@ class ExitContext:
         self.vcpu.request_apply(cfg)
 
 
+_MASK64 = (1 << 64) - 1
+
+
+class LeanExitContext(ExitContext):
+    """The context of an exit whose Python handler the native hook calls directly (CPUID,
+    RDTSC, IN/OUT: vcpu/leanexit.py): the same API and the same results as ExitContext.  The
+    exit record (`ctx.exit`) is built on first use from what the hook decoded at the exit --
+    the registers it depends on (RAX for an OUT's value, RDX for a DX port) were read then."""
+
+    _insn = None
+    _exit: VmExit | None = None
+    ended = None
+    fault = None
+
+    def __init__(self, vcpu, reason: int, insn, seq: int, icount: int, tsc: int, rax: int,
+                 rdx: int):
+        self.vcpu = vcpu
+        self._reason = reason
+        self._insn = insn
+        self._at = (seq, icount, tsc, rax, rdx)
+
+    @property
+    def exit(self) -> VmExit:
+        ex = self._exit
+        if ex is None:
+            ins = self._insn
+            seq, icount, tsc, rax, rdx = self._at
+            qual, data = 0, None
+            if self._reason == E.IO_INSTRUCTION:
+                port = ins.port_imm if ins.port_imm is not None else rdx & 0xFFFF
+                size = ins.io_size
+                qual = io_qualification(size, ins.io_in, False, False, ins.port_imm is not None,
+                                        port)
+                data = {"port": port, "size": size, "direction": "in" if ins.io_in else "out"}
+                if not ins.io_in:
+                    data["value"] = rax & ((1 << (8 * size)) - 1)
+            ex = self._exit = VmExit(self._reason, qual, ins.address, ins.length, ins.raw,
+                                     ins.text, insn=ins, data=data)
+            ex.seq, ex.instructions, ex.tsc = seq, icount, tsc
+        return ex
+
+    @property
+    def reason(self) -> int:
+        return self._reason
+
+    @property
+    def name(self) -> str:
+        return exit_name(self._reason)
+
+    @property
+    def instruction_length(self) -> int:
+        return self._insn.length
+
+    def skip(self) -> None:
+        ins = self._insn
+        v = self.vcpu
+        if v.mode == 64:                # set_rip, without its calls
+            v._pend[v._pc_reg] = (ins.address + ins.length - v.cs_base) & _MASK64
+        else:
+            v.set_rip(ins.address + ins.length)
+
+    def emulate(self) -> None:
+        DEFAULT_HANDLERS[self._reason](self)
+
+
 # ==================================================================== default handlers
 def _skip_after(fn: Callable) -> Callable:
     def h(ctx: ExitContext) -> None:
@@ -261,7 +331,7 @@ def h_cpuid(ctx: ExitContext) -> None:
 @_skip_after
 def h_rdtsc(ctx: ExitContext) -> None:
     """The guest's TSC (virtual TSC with TSC offsetting/scaling applied)."""
-    ctx.vcpu.emulate_rdtsc(ctx.exit.insn)
+    ctx.vcpu.emulate_rdtsc(ctx._insn)
 
 
 def h_hlt(ctx: ExitContext) -> None:
@@ -288,7 +358,7 @@ def h_msr(ctx: ExitContext) -> None:
 @_skip_after
 def h_io(ctx: ExitContext) -> None:
     """Perform the I/O on the board's devices (vmcfg/vmm/devices)."""
-    ctx.vcpu.emulate_io(ctx.exit.insn)
+    ctx.vcpu.emulate_io(ctx._insn)
 
 
 @_skip_after

@@ -22,7 +22,7 @@ import ctypes
 import importlib.machinery
 import os
 
-FX_VERSION = 6
+FX_VERSION = 7
 NSNAP = 18
 NWRITE = 32
 NREASONS = 128
@@ -49,6 +49,12 @@ _TRAP_CB = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_uin
 # the direct device path: (port | size << 16 | in << 24, value written, instructions retired)
 _IO_CB = ctypes.CFUNCTYPE(ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64, ctypes.c_uint64)
 IO_IN = 1 << 24
+# a user exit handler from the hook: (reason, linear address, instructions retired before it,
+# the exit's number, the VMM's TSC at the exit, RAX, RCX, RDX, the RIP register) -> LEAN_*
+_EXIT_CB = ctypes.CFUNCTYPE(ctypes.c_uint64, *(ctypes.c_uint64,) * 9)
+LEAN_RESUMED = 0        # the guest resumes at the RIP queued; the hook counts the instruction
+LEAN_COUNTED = 1        # the exit happened; the Python side set the count (end, fault, ...)
+LEAN_NONE = 2           # the Python side took its full trap path (exit_count given back)
 
 
 class FxCpuid(ctypes.Structure):
@@ -74,7 +80,9 @@ class FxState(ctypes.Structure):
                 ("fast", _u64), ("slow", _u64), ("ncpuid", _u64),
                 ("cpuid", FxCpuid * NCPUID), ("latch", FxLatch * NLATCH),
                 ("mtf_on", _u64), ("mtf_started", _u64), ("mtf_skip", _u64), ("mtf_done", _u64),
-                ("py_io", ctypes.c_void_p), ("bits", _u64), ("io_direct", _u64)]
+                ("py_io", ctypes.c_void_p), ("bits", _u64), ("io_direct", _u64),
+                ("lean_mask", _u64 * (NREASONS // 64)), ("py_exit", ctypes.c_void_p),
+                ("lean", _u64)]
 
 
 class FxEntry(ctypes.Structure):
@@ -180,6 +188,14 @@ class FastExit:
         self._io_cb = _IO_CB(fn)
         self.state.py_io = ctypes.cast(self._io_cb, ctypes.c_void_p).value
 
+    def set_python_exit(self, fn) -> None:
+        """The lean exit path, `fn(reason, address, icount, seq, tsc, rax, rcx, rdx, rip) ->
+        LEAN_*`: an exit of a reason marked with `lean_only` runs its Python handler from the
+        hook (fastexit.c lean_exit), which counts the exit (exit_count, the per-reason count
+        and time); `state.lean` counts them."""
+        self._exit_cb = _EXIT_CB(fn)
+        self.state.py_exit = ctypes.cast(self._exit_cb, ctypes.c_void_p).value
+
     # ---- per-address entries -------------------------------------------------------------
     def entry(self, address: int) -> FxEntry:
         """The (stable) entry of a hooked address; the hook's user data."""
@@ -261,6 +277,16 @@ class FastExit:
             st.py_mask[w] |= 1 << b
         else:
             st.py_mask[w] &= ~(1 << b)
+
+    def lean_only(self, reason: int, yes: bool) -> None:
+        """Whether exits of `reason` call their Python handler from the hook (the lean path)
+        instead of doing the exit in C or taking the Python trap path."""
+        st = self.state
+        w, b = divmod(int(reason), 64)
+        if yes:
+            st.lean_mask[w] |= 1 << b
+        else:
+            st.lean_mask[w] &= ~(1 << b)
 
     def all_python(self) -> None:
         for i in range(NREASONS // 64):

@@ -31,7 +31,7 @@
 #include <string.h>
 #include <time.h>
 
-#define FX_VERSION 6
+#define FX_VERSION 7
 #define FX_NSNAP 18            /* RAX..R15, RIP, RFLAGS */
 #define FX_NWRITE 32
 #define FX_NREASONS 128
@@ -67,6 +67,17 @@ typedef void (*py_trap_t)(uc_engine *, uint64_t, uint32_t, void *);
 /* the direct device path: op = port | size << 16 | in << 24, the value an OUT writes, the
  * instructions retired before the access; returns what an IN reads */
 typedef uint64_t (*py_io_t)(uint64_t op, uint64_t value, uint64_t icount);
+/* a user exit handler called from the hook (lean_exit below): the exit reason, the linear
+ * address of the instruction, the instructions retired before it, the exit's number and the
+ * VMM's TSC at the exit (both counting it), RAX RCX RDX and the RIP register.  Returns
+ * LEAN_RESUMED (the guest resumes at st->pc, the writes queued sent: the instruction
+ * retired), LEAN_COUNTED
+ * (the exit happened, the Python side set the count: the run ends, a fault, ...) or
+ * LEAN_NONE (the Python side took its full trap path instead: this exit is not counted here) */
+typedef uint64_t (*py_exit_t)(uint64_t reason, uint64_t address, uint64_t icount, uint64_t seq,
+                              uint64_t tsc, uint64_t rax, uint64_t rcx, uint64_t rdx,
+                              uint64_t rip);
+enum { LEAN_RESUMED = 0, LEAN_COUNTED = 1, LEAN_NONE = 2 };
 
 typedef struct {
     uint32_t leaf, sub, any, used;
@@ -120,6 +131,10 @@ typedef struct fx_state {
     py_io_t py_io;             /* 0: none (every non-latch port takes the Python trap path) */
     uint64_t bits;             /* the code size (16/32/64) the Python side saw last */
     uint64_t io_direct;        /* accesses py_io served */
+    /* user exit handlers called from the hook (lean_exit) */
+    uint64_t lean_mask[FX_NREASONS / 64];  /* reasons whose Python handler runs from here */
+    py_exit_t py_exit;
+    uint64_t lean;             /* exits py_exit served */
 } fx_state;
 
 typedef struct fx_entry {
@@ -148,6 +163,11 @@ static inline uint64_t now_ns(void)
 static inline int py_only(const fx_state *st, unsigned reason)
 {
     return (st->py_mask[reason >> 6] >> (reason & 63)) & 1;
+}
+
+static inline int lean_on(const fx_state *st, unsigned reason)
+{
+    return st->py_exit && ((st->lean_mask[reason >> 6] >> (reason & 63)) & 1);
 }
 
 static inline uint64_t rd(uc_engine *uc, fx_state *st, int slot)
@@ -232,6 +252,69 @@ static inline uint64_t guest_tsc(const fx_state *st, uint64_t icount)
     return t;
 }
 
+/* Send the register writes the Python side queued (wids/wvals, then the PC) in one batch. */
+static void flush_queued(uc_engine *uc, fx_state *st)
+{
+    uint64_t n = st->nwrite < FX_NWRITE ? st->nwrite : FX_NWRITE;
+    if (n) {
+        int wid[FX_NWRITE];
+        void *wp[FX_NWRITE];
+        for (uint64_t i = 0; i < n; i++) {
+            wid[i] = (int)st->wids[i];
+            wp[i] = &st->wvals[i];
+        }
+        st->write_batch(uc, wid, wp, (int)n);
+        st->nwrite = 0;
+    }
+    if (st->pc_write) {
+        st->pc_write = 0;
+        st->reg_write(uc, (int)st->reg_ids[S_RIP], &st->pc);
+    }
+}
+
+/* An exit whose handler is a Python one (lean_mask): one call of py_exit from the hook, the
+ * exit decoded here (reason, the instructions retired before it, the TSC at the exit) and the
+ * guest registers read in one batch (snap: the Python side reads what it needs from there);
+ * the writes it queued go back in one batch.  The exit is counted here (exit_count, and the
+ * per-reason count and host time: the whole call).  The engine goes on unless the Python
+ * side stopped it (something only the run loop can do: an event to deliver, changed
+ * controls, the end of the run).  The Python side may still take its full trap path: then
+ * it takes exit_count back and returns LEAN_NONE. */
+static int lean_exit(uc_engine *uc, fx_state *st, uint64_t address, unsigned reason, uint64_t ic)
+{
+    int ids[FX_NSNAP];
+    void *ptrs[FX_NSNAP];
+    for (int i = 0; i < FX_NSNAP; i++) {
+        ids[i] = (int)st->reg_ids[i];
+        ptrs[i] = &st->snap[i];
+    }
+    st->read_batch(uc, ids, ptrs, FX_NSNAP);
+    st->nwrite = 0;
+    st->pc_write = 0;
+    uint64_t t0 = now_ns();
+    uint64_t seq = ++st->exit_count;
+    st->stats[reason]++;               /* a handler that looks sees its own exit counted */
+    /* the VMM's TSC with this exit counted (Vcpu._tsc_at) */
+    uint64_t tsc = ic * st->tsc_per_insn + seq * st->exit_cost + st->idle_ticks + st->tsc_adjust;
+    uint64_t r = st->py_exit(reason, address, ic, seq, tsc, st->snap[S_RAX], st->snap[S_RCX],
+                             st->snap[S_RDX], st->snap[S_RIP]);
+    if (r == LEAN_RESUMED)
+        st->pc_write = 1;              /* st->pc: the RIP to resume at, always set then */
+    flush_queued(uc, st);
+    if (r != LEAN_NONE) {
+        st->stats_ns[reason] += now_ns() - t0;
+        st->lean++;
+    } else {
+        st->stats[reason]--;
+    }
+    if (r == LEAN_RESUMED) {
+        uint64_t *ctr = st->counter;
+        ctr[W_COUNTER] = ic + 1;
+        ctr[W_LAST_ADDR] = ctr[W_LAST_SIZE] = ctr[W_LAST_N] = 0;
+    }
+    return 1;
+}
+
 /* The whole trap in C; 0 = leave it to Python (nothing has been changed then). */
 static int fast(uc_engine *uc, uint64_t address, fx_entry *e, fx_state *st)
 {
@@ -257,6 +340,8 @@ static int fast(uc_engine *uc, uint64_t address, fx_entry *e, fx_state *st)
 
     switch (e->kind) {
     case K_CPUID: {
+        if (lean_on(st, R_CPUID))
+            return lean_exit(uc, st, address, R_CPUID, ic);
         uint32_t leaf = (uint32_t)rd(uc, st, S_RAX), sub = (uint32_t)rd(uc, st, S_RCX);
         const fx_cpuid *c;
         if (py_only(st, R_CPUID) || !(c = cpuid_find(st, leaf, sub)))
@@ -282,6 +367,8 @@ static int fast(uc_engine *uc, uint64_t address, fx_entry *e, fx_state *st)
         if (cr4 & 4)                    /* CR4.TSD: #GP at CPL > 0, which needs the CPL: Python */
             return 0;
         if (st->flags & FX_RDTSC_EXITING) {
+            if (lean_on(st, R_RDTSC))
+                return lean_exit(uc, st, address, R_RDTSC, ic);
             if (py_only(st, R_RDTSC))
                 return 0;
             reason = R_RDTSC;
@@ -305,6 +392,8 @@ static int fast(uc_engine *uc, uint64_t address, fx_entry *e, fx_state *st)
                         ? e->port : (rd(uc, st, S_RDX) & 0xFFFF);
         if (e->bits && e->bits != st->bits)
             return 0;                   /* decoded for another code size: Python decodes again */
+        if (lean_on(st, R_IO) && io_intercepted_n(st, port, e->size))
+            return lean_exit(uc, st, address, R_IO, ic);
         fx_latch *l = e->size == 1 ? latch_find(st, port) : 0;
         if (!l) {
             if (!io_direct(uc, st, e, port, e->kind == K_IN_IMM || e->kind == K_IN_DX, ic,
@@ -410,21 +499,7 @@ void fx_trap(uc_engine *uc, uint64_t address, uint32_t size, void *user_data)
     st->pc_write = 0;
     st->slow++;
     st->py_trap(uc, address, size, e);
-    uint64_t n = st->nwrite < FX_NWRITE ? st->nwrite : FX_NWRITE;
-    if (n) {
-        int wid[FX_NWRITE];
-        void *wp[FX_NWRITE];
-        for (uint64_t i = 0; i < n; i++) {
-            wid[i] = (int)st->wids[i];
-            wp[i] = &st->wvals[i];
-        }
-        st->write_batch(uc, wid, wp, (int)n);
-        st->nwrite = 0;
-    }
-    if (st->pc_write) {
-        st->pc_write = 0;
-        st->reg_write(uc, (int)st->reg_ids[S_RIP], &st->pc);
-    }
+    flush_queued(uc, st);
 }
 
 /* ---- interrupt and exception delivery through the guest IDT (cpu/delivery.py) -------------

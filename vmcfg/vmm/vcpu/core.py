@@ -21,6 +21,7 @@ from .deviceio import DeviceIoMixin
 from .events import EventsMixin
 from .fastexit import FastExitMixin
 from .intercepts import InterceptsMixin
+from .leanexit import LeanExitMixin
 from .memory import MemoryMixin
 from .reconfig import ReconfigMixin
 from .registers import RegistersMixin
@@ -30,7 +31,7 @@ from .vtime import TimeMixin
 
 
 class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesMixin, TimeMixin, MemoryMixin, RegistersMixin, FastExitMixin,
-           DeviceIoMixin):
+           DeviceIoMixin, LeanExitMixin):
     """One guest vCPU on Unicorn under a VmxConfig.
 
     Each part of its state has one module (see the package docstring).
@@ -199,4 +200,5 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         self.stops = StopStats()          # engine runs by cause, host time in the engine
         self._fx_attach()
         self._dio_attach()
+        self._lean_attach()
         self._apicv_attach()

@@ -141,8 +141,10 @@ class FastExitMixin:
         if exits_ok != self._fx_exits_ok:
             self._fx_exits_ok = exits_ok
             for r in FX_REASONS:
-                fx.python_only(r, not (exits_ok and r in self.exit_stats
-                                       and r not in self.user_handlers))
+                seen = exits_ok and r in self.exit_stats
+                fx.python_only(r, not (seen and r not in self.user_handlers))
+                # a user handler: called from the hook (leanexit.py)
+                fx.lean_only(r, seen and r in self.user_handlers)
 
     # ---- monitor-trap-flag stepping ----------------------------------------------------------
     def _fx_mtf_ok(self) -> bool:
@@ -195,8 +197,11 @@ class FastExitMixin:
 
     def _fx_first_exit(self, reason: int) -> None:
         """The first exit of a reason went through Python: the next ones may run natively."""
-        if self._fx_exits_ok and reason not in self.user_handlers:
-            self.fx.python_only(reason, False)
+        if self._fx_exits_ok:
+            if reason not in self.user_handlers:
+                self.fx.python_only(reason, False)
+            elif reason in FX_REASONS:
+                self.fx.lean_only(reason, True)
 
     def _fx_learn(self, address: int, ins: D.Insn) -> None:
         """A trap the Python path did: teach the native one the instruction (mode-free

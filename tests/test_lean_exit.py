@@ -1,0 +1,164 @@
+"""Python exit handlers called from the native hook (issue 14, vcpu/leanexit.py): a CPUID,
+RDTSC or IN/OUT exit with a user handler runs that handler without stopping the engine, and
+everything the handler API offers gives the same results as the full trap path.
+
+Every guest runs twice, with the C helper and with VMCFG_NO_NATIVE=1: what the handlers saw
+(the exit record, registers, counts, virtual time) and how the run ended must agree exactly;
+where the helper is built, the native run must have taken the lean path (state.lean).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from test_native_exit import BUILT, LOOP, _cfg, _image, _run
+from vmcfg.vmx.exits import Exit
+
+
+def _lean(v) -> int:
+    return v.fx.state.lean
+
+
+def _seen(ctx) -> tuple:
+    """Everything a handler can observe about its exit (no host times)."""
+    r = ctx.regs
+    return (ctx.reason, ctx.name, ctx.qualification, ctx.instruction_length,
+            ctx.instructions, ctx.tsc, ctx.guest_tsc, ctx.resume_rip, ctx.exit.to_json(),
+            r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.r9, r.rip, r.rflags, r.eax, r.cr4,
+            ctx.vcpu.exit_stats[ctx.reason].count)
+
+
+def _both(cfg, image, monkeypatch, make_handlers, **kw):
+    """Run with the helper and without it; both runs agree (result, registers, what the
+    handlers saw); returns (native result, native vcpu, what its handlers saw)."""
+    out = []
+    for python in (True, False):
+        log: list = []
+        res, regs, v = _run(cfg, image, monkeypatch, python=python,
+                            handlers=make_handlers(log), **kw)
+        out.append((res, regs, v, log))
+    (rp, gp, vp, lp), (rn, gn, vn, ln) = out
+    assert (rn.status, rn.guest_exit_code, rn.instructions, rn.tsc, rn.message) == \
+        (rp.status, rp.guest_exit_code, rp.instructions, rp.tsc, rp.message)
+    assert rn.exit_counts() == rp.exit_counts() and rn.exit_order == rp.exit_order
+    assert gn == gp
+    assert ln == lp
+    assert _lean(vp) == 0
+    return rn, vn, ln
+
+
+MIXED = ("mov eax, esi\nand eax, 3\nxor ecx, ecx\ncpuid\nadd r9, rbx\n"
+         "rdtsc\nadd r9, rax\n"
+         "mov eax, esi\nout 0x80, al\nin al, 0x80\nadd r9, rax\n"
+         "mov dx, 0x3ff\nout dx, al\nin al, dx\nadd r9, rax\n")
+
+
+def _mixed_cfg(**kw):
+    return _cfg("baseline", "primary.rdtsc_exiting", "primary.use_tsc_offsetting",
+                io_ports=[(0x80, 0x80), (0x3F8, 0x3FF)], tsc={"offset": 777}, **kw)
+
+
+def test_emulating_handlers_see_the_same_exits_both_ways(monkeypatch):
+    """Handlers on CPUID, RDTSC and I/O that record what they see and emulate: the same
+    records, registers and virtual time with and without the helper; natively they run from
+    the hook (all but each reason's first exit)."""
+    def make(log):
+        def h(ctx):
+            log.append(_seen(ctx))
+            ctx.emulate()
+            log.append((ctx.resume_rip, ctx.regs.rax, ctx.regs.rdx))
+        return {Exit.CPUID: h, Exit.RDTSC: h, Exit.IO_INSTRUCTION: h}
+    n = 300
+    res, v, log = _both(_mixed_cfg(), _image(LOOP.format(n=n, body=MIXED)), monkeypatch, make)
+    assert res.status == "debug-exit"
+    assert res.exit_counts() == {"CPUID": n, "RDTSC": n, "IO_INSTRUCTION": 4 * n}
+    assert len(log) == 2 * 6 * n
+    if BUILT:
+        assert _lean(v) >= 6 * n - 12      # the first exit at each address: the full path
+
+
+def test_handlers_that_write_registers_and_skip(monkeypatch):
+    """A handler that answers CPUID itself (registers, then skip) and one that emulates an IN
+    only on odd exits and otherwise leaves RIP alone (the instruction exits again)."""
+    def make(log):
+        def cpuid(ctx):
+            r = ctx.regs
+            r.rbx = ctx.exit.seq
+            r.eax = 0xFFFFFFFF
+            r.rcx = r.rcx + 1
+            ctx.skip()
+            log.append((ctx.resume_rip, r.rbx, r.rax))
+
+        def io(ctx):
+            log.append((ctx.exit.seq, ctx.exit.data, ctx.qualification))
+            if ctx.exit.seq & 1:
+                ctx.emulate()
+        return {Exit.CPUID: cpuid, Exit.IO_INSTRUCTION: io}
+    body = "xor ecx, ecx\ncpuid\nadd r9, rbx\nadd r9, rax\nadd r9, rcx\nin al, 0x80\nadd r9, rax"
+    res, v, log = _both(_cfg("baseline", io_ports=[(0x80, 0x80)]),
+                        _image(LOOP.format(n=200, body=body)), monkeypatch, make)
+    assert res.exit_counts()["CPUID"] == 200
+    assert res.exit_counts()["IO_INSTRUCTION"] > 200       # the re-executed INs exit again
+    if BUILT:
+        assert _lean(v) > 300
+
+
+@pytest.mark.parametrize("how", ["end", "end-halted", "inject", "raise", "control", "event"])
+def test_what_a_handler_asks_of_the_run_loop(monkeypatch, how):
+    """At the 50th RDTSC exit the handler ends the run, injects #UD, raises, turns CPUID
+    exiting's partner (RDTSC exiting) off, or queues an event injection: both paths agree
+    on the outcome; the exits before it ran from the hook."""
+    def make(log):
+        def h(ctx):
+            seq = ctx.exit.seq
+            log.append((seq, ctx.instructions, ctx.tsc))
+            ctx.emulate()
+            if len(log) != 50:
+                return
+            if how == "end":
+                ctx.end(7)
+            elif how == "end-halted":
+                ctx.end()
+            elif how == "inject":
+                ctx.inject(6)
+            elif how == "raise":
+                raise ValueError("handler gave up")
+            elif how == "control":
+                ctx.set_control("primary.rdtsc_exiting", False)
+            elif how == "event":
+                ctx.inject_event("hw_exception", 6)
+        return {Exit.RDTSC: h}
+    body = "rdtsc\nadd r9, rax\nxor eax, eax\ncpuid"
+    res, v, log = _both(_cfg("baseline", "primary.rdtsc_exiting"),
+                        _image(LOOP.format(n=100, body=body)), monkeypatch, make)
+    if how == "end":
+        assert (res.status, res.guest_exit_code) == ("debug-exit", 7)
+    elif how == "end-halted":
+        assert res.status == "halted"
+    elif how == "raise":
+        assert res.status == "error" and "exit handler for RDTSC raised ValueError" in res.message
+    elif how == "control":
+        assert res.status == "debug-exit" and res.exit_counts()["RDTSC"] == 50
+    else:
+        assert res.exit_counts()["RDTSC"] == 50     # #UD without an IDT ends the run
+    if BUILT:
+        assert _lean(v) >= 48
+
+
+def test_trace_and_stats_with_a_handler(monkeypatch):
+    """Exit counts and the per-reason totals add up the same way: a traced run (full path)
+    and an untraced one (lean path) count every exit once."""
+    import io
+    im = _image(LOOP.format(n=400, body="xor eax, eax\ncpuid"))
+    seen = []
+    res, _g, v = _run(_cfg(), im, monkeypatch, python=False,
+                      handlers={Exit.CPUID: lambda ctx: (seen.append(ctx.exit.seq), ctx.emulate())})
+    assert seen == list(range(1, 401)) and res.exit_counts()["CPUID"] == 400
+    assert v.exit_stats[Exit.CPUID].count == 400 and v.exit_stats[Exit.CPUID].seconds > 0
+    buf = io.StringIO()
+    res2, _g, v2 = _run(_cfg(), im, monkeypatch, python=False, trace=buf,
+                        handlers={Exit.CPUID: lambda ctx: ctx.emulate()})
+    assert res2.exit_counts() == res.exit_counts() and res2.tsc == res.tsc
+    assert buf.getvalue().count('"CPUID"') == 400
+    if BUILT:
+        assert _lean(v) >= 398 and _lean(v2) == 0

@@ -1,0 +1,128 @@
+"""Exits to a Python handler without leaving the engine (issue 14): the lean path.
+
+A CPUID, RDTSC or IN/OUT exit whose reason has a user handler (``handlers=`` of run_guest,
+a profile's [handlers]) is found by the native hook (native/fastexit.c ``lean_exit``),
+which decodes it -- the reason, the instructions retired before it, the TSC at the exit,
+RAX/RCX/RDX and RIP -- reads the guest registers in one batch and calls `_lean_exit` once.
+That runs the handler with a `LeanExitContext` (handlers.py: the same API; the exit record
+is built only if the handler looks at it), and queues the register writes, which the hook
+sends back in one batch.  The engine goes on; it stops only for what the run loop must do:
+the handler ended the run, injected an exception or an event, changed the controls, a
+device now needs the next instruction boundary, or events wait (the same stop conditions as
+the full trap path in intercepts.py, so both give the same results).
+
+The hook takes this path only when the full one would do nothing more: the virtual clock,
+no trace, no preemption timer, no event waiting, the reason seen once already (exit order),
+and an instruction the native hook decoded (fastexit.FX_REASONS).  Anything unexpected here
+goes to the full trap path instead.  Without the C helper every exit takes the full path.
+"""
+
+from __future__ import annotations
+
+from unicorn import x86_const as X
+from ..devices import DebugExit, SystemReset
+from ..handlers import LeanExitContext
+from ..native import LEAN_COUNTED, LEAN_NONE, LEAN_RESUMED, NWRITE
+from ..outcome import GuestFault, RunEnd
+from .deviceio import device_run_end
+from .intercepts import _MODE_FREE
+
+_RAX, _RCX, _RDX, _RIP = X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RIP
+
+
+class LeanExitMixin:
+    """Python exit handlers called from the native hook (see the module doc)."""
+
+    def _lean_attach(self) -> None:
+        if self._fx_native:
+            st = self._fxs
+            self._lean_wids, self._lean_wvals = st.wids, st.wvals
+            self.fx.set_python_exit(self._lean_exit)
+
+    def _lean_exit(self, reason, address, ic, seq, tsc, rax, rcx, rdx, rip):
+        """One exit from the hook (fastexit.c lean_exit), which has counted it; returns what
+        the hook does next (native.LEAN_*)."""
+        ins = self._insns.get(address)
+        if ins is None or self._in_hook or ins.raw not in _MODE_FREE:
+            # not decoded here, or an operand size that follows the code size: the full path
+            return self._lean_full(address)
+        rc = self._rcache
+        rc[_RAX] = rax
+        rc[_RCX] = rcx
+        rc[_RDX] = rdx
+        rc[_RIP] = rip
+        self._in_hook = True
+        self.icount = ic
+        pend = self._pend
+        try:
+            ctx = LeanExitContext(self, reason, ins, seq, ic, tsc, rax, rdx)
+            try:
+                self.user_handlers[reason](ctx)
+            except (RunEnd, GuestFault):
+                raise
+            except Exception as e:
+                raise RunEnd("error", None,
+                             f"exit handler for {ctx.name} raised {type(e).__name__}: {e}") from e
+            self._last_ctx = ctx
+            self._ptimer_fire = None
+            if ctx.ended is not None:
+                raise ctx.ended
+            if ctx.fault is not None:
+                raise ctx.fault
+            # resume at the RIP the handler left (intercepts._on_trap: _rip_value(self.rip),
+            # which in 64-bit code is the RIP register's value itself)
+            pc = self._pc_reg
+            if self.mode != 64:
+                pend[pc] = self._rip_value(self.rip)
+            elif pc not in pend:
+                pend[pc] = rip
+            ic += 1
+            self.icount = ic
+            plat = self.platform
+            if self._pending_cfg is not None or self._event is not None or \
+                    self._input_wake or (plat.changed and self._device_change_needs_stop(ic)) \
+                    or plat.next_event() is not None or self._events_waiting():
+                if self._event is None:              # (intercepts._on_trap's conditions)
+                    self._event = ("resume", ins.kind)
+                self.uc.emu_stop()
+            # for the hook to send in one batch: the RIP, the other writes (_trap_flush)
+            st = self._fxs
+            st.pc = pend.pop(pc)
+            if pend:
+                if len(pend) <= NWRITE:
+                    wids, wvals = self._lean_wids, self._lean_wvals
+                    n = 0
+                    for r, v in pend.items():
+                        wids[n] = r
+                        wvals[n] = v
+                        n += 1
+                    st.nwrite = n
+                    pend.clear()
+                else:
+                    self.flush()                     # more than the hook's batch holds
+            rc.clear()
+            self._in_hook = False
+            return LEAN_RESUMED
+        except RunEnd as e:
+            self._event = ("end", e)
+        except (DebugExit, SystemReset) as d:
+            self.icount += 1
+            self._event = ("end", device_run_end(d))
+        except GuestFault as f:
+            self._event = ("fault", f.vector, f.error_code, address, self.icount, f.address)
+        except BaseException as e:     # a bug: never let it reach C, never lose it
+            self._event = ("error", e)
+        try:
+            self.counter.set_count(self.icount)
+            self.uc.emu_stop()
+            self._trap_flush()
+        except BaseException as e:     # pragma: no cover
+            self._event = ("error", e)
+        self._in_hook = False
+        return LEAN_COUNTED
+
+    def _lean_full(self, address: int) -> int:
+        """The full trap path (intercepts.py) for this exit, which counts it itself."""
+        self._fxs.exit_count -= 1
+        self._raw_trap(None, address, 0, None)
+        return LEAN_NONE

@@ -433,9 +433,9 @@ def test_a_fault_pushes_rflags_with_rf_set_a_trap_does_not(native, tmp_path, mon
     assert (res.status, res.guest_exit_code) == ("debug-exit", 0b011), res.message
 
 
-def test_kut_idt_test_passes(tmp_path):
-    """kvm-unit-tests' idt_test: #GP and #UD through the IDT, each with RF in the pushed
-    RFLAGS (QEMU TCG fails the two RF checks)."""
+def _kut(tmp_path, name: str):
+    """Run kvm-unit-tests' image `name` from ../shared (skip where it is not) with the
+    profile of its README."""
     import os
     import tarfile
     from conftest import ROOT
@@ -447,14 +447,31 @@ def test_kut_idt_test_passes(tmp_path):
     if not tars:
         pytest.skip("kvm-unit-tests images not found in ../shared/kvm-unit-tests")
     with tarfile.open(os.path.join(shared, tars[0])) as t:
-        t.extract("idt_test.flat", tmp_path, filter="data")
+        t.extract(f"{name}.flat", tmp_path, filter="data")
     prof = tmp_path / "kut.toml"
     prof.write_text('[profile]\nname = "kut"\nextends = "baseline"\n[primary]\n'
                     'activate_secondary_controls = true\n[secondary]\nenable_ept = true\n'
                     'unrestricted_guest = true\n[entry]\nia32e_mode_guest = false\n')
     cfg = resolve(str(prof), cpu="cvmm").config
-    res = run_guest(cfg, load_image(str(tmp_path / "idt_test.flat")), memory=256 << 20, mode=32,
-                    timeout=60)
+    return run_guest(cfg, load_image(str(tmp_path / f"{name}.flat")), memory=256 << 20, mode=32,
+                     timeout=60)
+
+
+def test_kut_idt_test_passes(tmp_path):
+    """kvm-unit-tests' idt_test: #GP and #UD through the IDT, each with RF in the pushed
+    RFLAGS (QEMU TCG fails the two RF checks)."""
+    res = _kut(tmp_path, "idt_test")
     assert (res.status, res.guest_exit_code) == ("debug-exit", 0), res.console[-400:]
     assert "PASS: Testing #GP rflags.rf" in res.console
     assert "PASS: Testing #UD rflags.rf" in res.console
+
+
+def test_kut_msr_passes(tmp_path):
+    """kvm-unit-tests' msr: WRMSR of a non-canonical address to FS/GS/KERNEL_GS base, LSTAR,
+    CSTAR is #GP (it was taken, and the guest's next GS access triple-faulted); IA32_MCG_CAP
+    reads (no banks); SPEC_CTRL is #GP where CPUID does not enumerate it."""
+    res = _kut(tmp_path, "msr")
+    assert (res.status, res.guest_exit_code) == ("debug-exit", 0), res.console[-400:]
+    assert "PASS: Expected #GP on WRMSR(MSR_GS_BASE, 0xaaaaaaaaaaaaaaaa), got vector 13" \
+        in res.console
+    assert "PASS: Expected #GP on RDMSR(SPEC_CTRL), got vector 13" in res.console

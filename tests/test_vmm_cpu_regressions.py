@@ -377,3 +377,101 @@ def test_invpcid_the_engine_cannot_run(body, code, exits, tmp_path):
     res, recs = run(str(p), str(g), mode=64, timeout=120)
     assert (res.status, res.guest_exit_code) == ("debug-exit", code), res.message
     assert names(recs).count("INVPCID") == exits
+
+
+# A fault pushes RFLAGS with RF set (SDM 17.3.1.1: returning to the faulting instruction
+# does not take an instruction breakpoint there again); a trap (INT3) and an interrupt do not.
+# kvm-unit-tests' idt_test checks it for #GP and #UD. Exit code: bit 0 #UD, bit 1 #GP, bit 2
+# #BP saw RF; RF was clear before each (a POPF at the start).
+RF_GUEST = """bits 64
+org 0x100000
+        jmp start
+%include "lib64.inc"
+start:
+        gate 6, ud_h
+        gate 13, gp_h
+        gate 3, bp_h
+        lidt [idtr]
+        push 0x2
+        popf
+        xor ebx, ebx
+        ud2
+        mov rax, 0xffffffffffffffff
+        mov cr4, rax
+        nop                             ; RF (from the #GP frame) ends with this instruction
+        int3
+        mov al, bl
+        out DEBUG_EXIT, al
+        hlt
+ud_h:   bt qword [rsp + 16], 16
+        adc ebx, 0
+        add qword [rsp], 2
+        iretq
+gp_h:   bt qword [rsp + 24], 16
+        jnc .n
+        or ebx, 2
+.n:     add qword [rsp + 8], 3
+        add rsp, 8
+        iretq
+bp_h:   bt qword [rsp + 16], 16
+        jnc .n
+        or ebx, 4
+.n:     iretq
+idt_table
+"""
+
+
+@pytest.mark.parametrize("native", [True, False], ids=["native", "python"])
+def test_a_fault_pushes_rflags_with_rf_set_a_trap_does_not(native, tmp_path, monkeypatch):
+    if native:
+        monkeypatch.delenv("VMCFG_NO_NATIVE", raising=False)
+    else:
+        monkeypatch.setenv("VMCFG_NO_NATIVE", "1")
+    g = tmp_path / "rf.asm"
+    g.write_text(RF_GUEST)
+    res, recs = run("baseline", str(g), mode=64, timeout=60)
+    assert (res.status, res.guest_exit_code) == ("debug-exit", 0b011), res.message
+
+
+def _kut(tmp_path, name: str):
+    """Run kvm-unit-tests' image `name` from ../shared (skip where it is not) with the
+    profile of its README."""
+    import os
+    import tarfile
+    from conftest import ROOT
+    from vmcfg.profile import resolve
+    from vmcfg.vmm.loader import load_image
+    from vmcfg.vmm.run import run_guest
+    shared = os.path.join(ROOT, "..", "shared", "kvm-unit-tests")
+    tars = sorted(f for f in os.listdir(shared) if f.endswith(".tgz")) if os.path.isdir(shared) else []
+    if not tars:
+        pytest.skip("kvm-unit-tests images not found in ../shared/kvm-unit-tests")
+    with tarfile.open(os.path.join(shared, tars[0])) as t:
+        t.extract(f"{name}.flat", tmp_path, filter="data")
+    prof = tmp_path / "kut.toml"
+    prof.write_text('[profile]\nname = "kut"\nextends = "baseline"\n[primary]\n'
+                    'activate_secondary_controls = true\n[secondary]\nenable_ept = true\n'
+                    'unrestricted_guest = true\n[entry]\nia32e_mode_guest = false\n')
+    cfg = resolve(str(prof), cpu="cvmm").config
+    return run_guest(cfg, load_image(str(tmp_path / f"{name}.flat")), memory=256 << 20, mode=32,
+                     timeout=60)
+
+
+def test_kut_idt_test_passes(tmp_path):
+    """kvm-unit-tests' idt_test: #GP and #UD through the IDT, each with RF in the pushed
+    RFLAGS (QEMU TCG fails the two RF checks)."""
+    res = _kut(tmp_path, "idt_test")
+    assert (res.status, res.guest_exit_code) == ("debug-exit", 0), res.console[-400:]
+    assert "PASS: Testing #GP rflags.rf" in res.console
+    assert "PASS: Testing #UD rflags.rf" in res.console
+
+
+def test_kut_msr_passes(tmp_path):
+    """kvm-unit-tests' msr: WRMSR of a non-canonical address to FS/GS/KERNEL_GS base, LSTAR,
+    CSTAR is #GP (it was taken, and the guest's next GS access triple-faulted); IA32_MCG_CAP
+    reads (no banks); SPEC_CTRL is #GP where CPUID does not enumerate it."""
+    res = _kut(tmp_path, "msr")
+    assert (res.status, res.guest_exit_code) == ("debug-exit", 0), res.console[-400:]
+    assert "PASS: Expected #GP on WRMSR(MSR_GS_BASE, 0xaaaaaaaaaaaaaaaa), got vector 13" \
+        in res.console
+    assert "PASS: Expected #GP on RDMSR(SPEC_CTRL), got vector 13" in res.console

@@ -34,12 +34,16 @@ class Timer:
     def arm(self, deadline: int) -> None:
         if deadline != self.deadline:
             self.deadline = deadline
-            self.clock.rescheduled = True
+            clock = self.clock
+            clock.rescheduled = True
+            clock._stale = True
 
     def cancel(self) -> None:
         if self.deadline is not None:
             self.deadline = None
-            self.clock.rescheduled = True
+            clock = self.clock
+            clock.rescheduled = True
+            clock._stale = True
 
     @property
     def armed(self) -> bool:
@@ -55,14 +59,19 @@ class Clock:
     def __init__(self, hz: int = TSC_HZ, source: Callable[[], int] | None = None):
         self.hz = hz
         self._source: Callable[[], int] = source or (lambda: 0)
+        self.now: Callable[[], int] = self._source
         self.timers: list[Timer] = []
         self.rescheduled = False          # a deadline moved since the run loop last looked
+        self._next: int | None = None     # next_deadline(), valid while not _stale,
+        self._first: Timer | None = None  # and the timer it belongs to
+        self._stale = False
         # the guest's view of the TSC (TSC offsetting/scaling) and its inverse, set by the vCPU
         self.guest_tsc: Callable[[int], int] = lambda t: t
         self.host_tsc: Callable[[int], int] = lambda g: g
 
     def set_source(self, source: Callable[[], int]) -> None:
         self._source = source
+        self.now = source                 # (devices ask often: one call, not two)
 
     def now(self) -> int:
         return self._source()
@@ -70,31 +79,34 @@ class Clock:
     def timer(self, name: str, callback: Callable[[int], None]) -> Timer:
         t = Timer(name, callback, self)
         self.timers.append(t)
+        self._stale = True
         return t
 
     def next_deadline(self) -> int | None:
-        best = None
+        if not self._stale:
+            return self._next             # no timer armed or cancelled since it was found
+        best, first = None, None
         for t in self.timers:
             d = t.deadline
             if d is not None and (best is None or d < best):
-                best = d
+                best, first = d, t
+        self._next, self._first = best, first
+        self._stale = False
         return best
 
     def advance(self, now: int | None = None) -> bool:
-        """Fire every timer due at `now` (earliest first; a callback may re-arm its timer).
-        Returns whether any fired."""
+        """Fire every timer due at `now` (earliest first -- of two at the same time, the
+        one created first; a callback may re-arm its timer).  Returns whether any fired."""
         if now is None:
             now = self.now()
         fired = False
         for _ in range(1000):            # a timer that keeps re-arming in the past is a bug
-            due = None
-            for t in self.timers:
-                d = t.deadline
-                if d is not None and d <= now and (due is None or d < due.deadline):
-                    due = t
-            if due is None:
+            nd = self._next if not self._stale else self.next_deadline()
+            if nd is None or nd > now:
                 return fired
+            due = self._first
             due.deadline = None
+            self._stale = True
             due.callback(now)
             fired = True
         raise RuntimeError("a device timer re-armed itself in the past 1000 times")

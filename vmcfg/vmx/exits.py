@@ -197,6 +197,13 @@ class Vector(IntEnum):
 ERROR_CODE_VECTORS = frozenset({Vector.DF, Vector.TS, Vector.NP, Vector.SS, Vector.GP,
                                 Vector.PF, Vector.AC, Vector.CP})
 CONTRIBUTORY_VECTORS = frozenset({Vector.DE, Vector.TS, Vector.NP, Vector.SS, Vector.GP})
+# Exceptions of the fault class (SDM Table 6-1): delivered with RIP at the faulting instruction
+# and RFLAGS.RF set in the image pushed (SDM 17.3.1.1), so that returning to it does not take an
+# instruction breakpoint again. #DB is a fault only for an instruction breakpoint, and that
+# one is delivered with RF as it was, so it is not here.
+FAULT_VECTORS = frozenset({Vector.DE, Vector.BR, Vector.UD, Vector.NM, Vector.TS, Vector.NP,
+                           Vector.SS, Vector.GP, Vector.PF, Vector.MF, Vector.AC, Vector.XM,
+                           Vector.VE, Vector.CP})
 # The lowest vector an external interrupt may use (0-31 are reserved for exceptions).
 FIRST_EXTERNAL_VECTOR = 32
 LAST_EXCEPTION_VECTOR = FIRST_EXTERNAL_VECTOR - 1

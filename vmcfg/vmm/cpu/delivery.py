@@ -16,7 +16,7 @@ from __future__ import annotations
 import ctypes
 import struct
 
-from ...vmx.exits import CONTRIBUTORY_VECTORS, InterruptionType, Vector
+from ...vmx.exits import CONTRIBUTORY_VECTORS, FAULT_VECTORS, InterruptionType, Vector
 from .paging import PageFault, translate
 from .state import (CS, DESC_B, DESC_CS, DESC_DPL_SHIFT, DESC_L, DESC_P, DESC_S, HF_CPL_MASK,
                     HF_LMA, HF_PE, REAL_MODE_FLAGS, SS, descriptor_cache)
@@ -160,6 +160,11 @@ def deliver_event(v, vector: int, itype: int, error_code: int | None, ret_lin: i
     ext = 0 if itype in SOFTWARE or itype == InterruptionType.PRIV_SW_EXCEPTION else 1
     cs_sel, cs_base = env.segs[CS].selector, env.segs[CS].base
     ret = (ret_lin - cs_base) & _MASK64
+    # the RFLAGS image a protected-mode frame pushes: a fault sets RF in it (FAULT_VECTORS);
+    # other events push it clear (the engine leaves RF set until the end of the block after
+    # an IRET that restored it, where hardware clears it after one instruction)
+    pushed = rflags | RF if itype == InterruptionType.HW_EXCEPTION and vector in FAULT_VECTORS \
+        else rflags & ~RF
     old_rsp = env.regs[4]
     if not hf & HF_PE:
         if vector * 4 + 3 > idt_limit:
@@ -231,7 +236,7 @@ def deliver_event(v, vector: int, itype: int, error_code: int | None, ret_lin: i
         else:
             rsp = old_rsp
         rsp &= ~0xF
-        frame = [old_ss, old_rsp, rflags, cs_sel, ret]
+        frame = [old_ss, old_rsp, pushed, cs_sel, ret]
         if error_code is not None:
             frame.append(error_code)
         rsp -= 8 * len(frame)
@@ -255,10 +260,10 @@ def deliver_event(v, vector: int, itype: int, error_code: int | None, ret_lin: i
                 raise DeliveryFault(Vector.SS, (ss & ~3) | ext)
             ss_base, ss_limit, ss_flags = descriptor_cache(s1, s2)
             loads[SS] = (ss, ss_base, ss_limit, ss_flags)
-            frame = [old_ss, old_rsp & 0xFFFFFFFF, rflags, cs_sel, ret]
+            frame = [old_ss, old_rsp & 0xFFFFFFFF, pushed, cs_sel, ret]
             sp, sp_base, sp_32 = esp, ss_base, bool(ss_flags & DESC_B)
         else:
-            frame = [rflags, cs_sel, ret]
+            frame = [pushed, cs_sel, ret]
             ss_c = env.segs[SS]
             sp, sp_base, sp_32 = old_rsp, ss_c.base, bool(ss_c.flags & DESC_B)
         if error_code is not None:

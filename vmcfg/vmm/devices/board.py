@@ -34,7 +34,7 @@ from . import acpi
 from . import bios as _bios
 from .bus import AccessFault, Bus
 from .fwcfg import FwCfg
-from .hpet import Hpet
+from .hpet import LEG_RT_CNF, Hpet
 from .ioapic import IoApic
 from .lapic import LocalApic
 from .misc import DebugExitPort, KeyboardController, PciHost, PostPort, ResetControl
@@ -71,7 +71,7 @@ class Board:
                                changed=self._mark)
         self.ioapic = IoApic(self._ioapic_deliver, self._mark)
         self.hpet = Hpet(self.clock, self.set_irq, self._mark)
-        self.pit = Pit(self.clock, lambda level: self._legacy_irq(PIT_IRQ, level))
+        self.pit = Pit(self.clock, lambda level: self._legacy_irq(PIT_IRQ, level), self._pit_pulse)
         self.port61 = SystemControlB(self.pit)
         self.rtc = Rtc(self.clock, lambda level: self._legacy_irq(RTC_IRQ, level), memory=memory,
                        epoch=rtc_epoch)
@@ -172,6 +172,31 @@ class Board:
         self.ioapic.set_irq(isa_to_gsi(irq), level)
         self.changed = True
 
+    def pulse_irq(self, irq: int) -> None:
+        """An edge device pulses line `irq`: set_irq(irq, True) then set_irq(irq, False)."""
+        m = 1 << irq
+        if self._lines & m:                 # already high: only the fall is a change
+            self.set_irq(irq, False)
+            return
+        if irq < 16:
+            self.pic.pulse(irq)
+        self.ioapic.pulse(isa_to_gsi(irq))
+        self._changed = True
+        self.clock.rescheduled = True
+
+    def _pit_pulse(self) -> None:
+        """The PIT's IRQ 0 edge at each expiry (cut off as _legacy_irq says): pulse_irq(0)
+        written out, as it runs on every timer interrupt."""
+        if self.hpet.config & LEG_RT_CNF:   # (self.hpet.legacy)
+            return
+        if self._lines & 1:                 # IRQ 0 already high: only the fall is a change
+            self.set_irq(PIT_IRQ, False)
+            return
+        self.pic.master.pulse(PIT_IRQ)      # (PicPair.pulse: a master line, no cascade)
+        self.ioapic.pulse(isa_to_gsi(PIT_IRQ))
+        self._changed = True
+        self.clock.rescheduled = True
+
     def _legacy_irq(self, irq: int, level: bool) -> None:
         """The PIT's IRQ 0 and the RTC's IRQ 8: cut off while the HPET's legacy replacement
         route (LEG_RT_CNF) drives those lines."""
@@ -180,22 +205,26 @@ class Board:
 
     def pending_interrupt(self) -> int | None:
         """The vector the CPU would take now with RFLAGS.IF = 1, or None."""
-        v = self.lapic.pending()
-        if v is not None:
-            return v
-        if self.lapic.accepts_extint():
+        lapic = self.lapic
+        if lapic.irr:                       # (LocalApic.pending is None without a request)
+            v = lapic.pending()
+            if v is not None:
+                return v
+        if lapic.accepts_extint():
             return self.pic.pending()
         return None
 
     def ack_interrupt(self) -> int | None:
         """INTA: take the pending interrupt (IRR -> ISR in the LAPIC or the PIC)."""
-        if self.lapic.pending() is not None:
-            v = self.lapic.ack()
-        elif self.lapic.accepts_extint() and self.pic.pending() is not None:
+        lapic = self.lapic
+        if lapic.irr and lapic.pending() is not None:
+            v = lapic.ack()
+        elif lapic.accepts_extint() and self.pic.pending() is not None:
             v = self.pic.ack()
         else:
             return None
-        self.changed = True
+        self._changed = True
+        self.clock.rescheduled = True
         return v
 
     # ---- time ----------------------------------------------------------------------------
@@ -206,8 +235,9 @@ class Board:
     def advance(self, now: int) -> None:
         """Let every device act on what is due at `now` (timers; queued serial input)."""
         self.clock.advance(now)
-        if self.serial.input_waiting:
-            self.serial.service()
+        serial = self.serial
+        if serial._input and serial.input_waiting:
+            serial.service()
 
     # ---- access --------------------------------------------------------------------------
     def io_read(self, port: int, size: int) -> int:

@@ -20,9 +20,11 @@ class AccessFault(Exception):
 class Bus:
     def __init__(self) -> None:
         self._ports: dict[int, tuple[Any, int]] = {}      # port -> (device, base port)
-        # port -> the device's io_read / io_write (claimed ports of devices that have them)
-        self._readers: dict[int, Any] = {}
-        self._writers: dict[int, Any] = {}
+        # port -> the device's io_read / io_write (claimed ports of devices that have them;
+        # a device may name a method of its own for one port: `io_readers` / `io_writers`)
+        self.readers: dict[int, Any] = {}
+        self.writers: dict[int, Any] = {}
+        self._readers, self._writers = self.readers, self.writers
         self._mmio: list[tuple[int, int, Any]] = []        # (base, size, device)
 
     # ---- registration ----------------------------------------------------------------
@@ -32,9 +34,9 @@ class Bus:
                 raise ValueError(f"port {p:#x} is already claimed by {self._ports[p][0]!r}")
             self._ports[p] = (device, base)
             if hasattr(device, "io_read"):
-                self._readers[p] = device.io_read
+                self._readers[p] = getattr(device, "io_readers", {}).get(p, device.io_read)
             if hasattr(device, "io_write"):
-                self._writers[p] = device.io_write
+                self._writers[p] = getattr(device, "io_writers", {}).get(p, device.io_write)
 
     def add_mmio(self, device: Any, base: int, size: int) -> None:
         for b, s, d in self._mmio:

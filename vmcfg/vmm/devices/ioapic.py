@@ -51,6 +51,20 @@ class IoApic:
         elif level and not was:
             self._send(pin)
 
+    def pulse(self, pin: int) -> None:
+        """set_irq(pin, True) then set_irq(pin, False): one edge."""
+        if not 0 <= pin < NUM_PINS:
+            return
+        m = 1 << pin
+        e = self.redir[pin]
+        was = self.levels & m
+        self.levels |= m
+        if e & LEVEL:
+            self._service(pin)
+        elif not was and not e & MASKED:
+            self._send(pin)
+        self.levels &= ~m
+
     def _send(self, pin: int) -> None:
         e = self.redir[pin]
         if e & MASKED:

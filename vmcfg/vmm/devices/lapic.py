@@ -182,7 +182,7 @@ class LocalApic:
         return v
 
     def accepts_extint(self) -> bool:
-        if not self.enabled:
+        if not self.base & BASE_EN:         # (not self.enabled)
             return True
         lint0 = self.lvt[LVT_LINT0]
         return not lint0 & LVT_MASKED and (lint0 >> 8) & 7 == 7

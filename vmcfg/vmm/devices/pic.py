@@ -20,6 +20,11 @@ from __future__ import annotations
 
 from typing import Callable
 
+# _PRIO[priority_add << 8 | mask]: the priority (0 highest .. 7) of the highest-priority bit
+# of an 8-bit `mask` when line `priority_add` has the highest priority; 8 when mask is empty
+_PRIO = tuple(next((p for p in range(8) if m & (1 << ((p + r) & 7))), 8)
+              for r in range(8) for m in range(256))
+
 
 class I8259:
     """One 8259A."""
@@ -61,28 +66,35 @@ class I8259:
         else:
             self.last_level &= ~m
 
+    def pulse(self, irq: int) -> None:
+        """set_irq(irq, True) then set_irq(irq, False): one edge (the PIT's IRQ 0)."""
+        m = 1 << irq
+        if self.elcr & m:
+            self.irr &= ~m
+        elif not self.last_level & m:
+            self.irr |= m
+        self.last_level &= ~m
+
     def _priority(self, mask: int) -> int:
-        """0 (highest) .. 7 for the highest-priority bit in `mask`; 8 when empty."""
-        if not mask:
-            return 8
-        for p in range(8):
-            if mask & (1 << ((p + self.priority_add) & 7)):
-                return p
-        return 8
+        """0 (highest) .. 7 for the highest-priority bit in `mask` (8 bits); 8 when empty."""
+        return _PRIO[self.priority_add << 8 | mask]
 
     def output(self) -> int | None:
         """The IRQ this chip presents to the CPU (or to the master), or None."""
-        p = self._priority(self.irr & ~self.imr)
-        if p == 8:
+        req = self.irr & ~self.imr
+        if not req:
             return None
+        r = self.priority_add << 8
+        p = _PRIO[r | req]
         in_service = self.isr
-        if self.special_mask:
-            in_service &= ~self.imr
-        if self.master and self.special_fully_nested:
-            in_service &= ~(1 << 2)         # the slave may nest over its own in-service IRQ
-        if p < self._priority(in_service):
-            return (p + self.priority_add) & 7
-        return None
+        if in_service:
+            if self.special_mask:
+                in_service &= ~self.imr
+            if self.master and self.special_fully_nested:
+                in_service &= ~(1 << 2)     # the slave may nest over its own in-service IRQ
+            if p >= _PRIO[r | in_service]:
+                return None
+        return (p + self.priority_add) & 7
 
     def acknowledge(self, irq: int) -> None:
         m = 1 << irq
@@ -121,7 +133,7 @@ class I8259:
             if cmd in (0, 4):
                 self.rotate_on_aeoi = cmd == 4
             elif cmd in (1, 5):                             # non-specific EOI (and rotate)
-                p = self._priority(self.isr)
+                p = _PRIO[self.priority_add << 8 | self.isr]
                 if p != 8:
                     irq = (p + self.priority_add) & 7
                     self.isr &= ~(1 << irq)
@@ -177,6 +189,14 @@ class PicPair:
                 return          # the cascade line follows the slave only: it stays as it is
         self._cascade()
 
+    def pulse(self, irq: int) -> None:
+        """set_irq(irq, True) then set_irq(irq, False): one edge on a line (the PIT's IRQ 0)."""
+        if irq < 8 and irq != 2:
+            self.master.pulse(irq)          # no cascade: the slave's output did not change
+        else:
+            self.set_irq(irq, True)
+            self.set_irq(irq, False)
+
     def _cascade(self) -> None:
         self.master.set_irq(2, self.slave.output() is not None)
 
@@ -193,11 +213,16 @@ class PicPair:
     def ack(self) -> int:
         """INTA: the vector of the highest-priority request (IRR -> ISR); a spurious
         IRQ 7 (or 15) when the request went away."""
-        irq = self.master.output()
+        master = self.master
+        irq = master.output()
         if irq is None:
-            return self.master.base + 7
-        self.master.acknowledge(irq)
-        if irq == 2 and not self.master.single:
+            return master.base + 7
+        master.acknowledge(irq)
+        if irq != 2 and not self.slave.irr:
+            # the slave has nothing to present: the cascade line stays low (as _cascade sets it)
+            master.set_irq(2, False)
+            return master.base + irq
+        if irq == 2 and not master.single:
             s = self.slave.output()
             if s is None:
                 vec = self.slave.base + 7
@@ -245,8 +270,16 @@ class PicPair:
         chip = self.master if port < 0xA0 else self.slave
         value &= 0xFF
         if port & 1:
-            chip.write_data(value)
+            if not chip.init_step:                      # OCW1
+                if chip.imr == value:
+                    return                              # the same mask: nothing changes
+                chip.imr = value
+            else:
+                chip.write_data(value)
         else:
             chip.write_command(value)
-        self._cascade()
+        # the slave's output (the master's IRQ 2) moves only with the slave's state, and
+        # the master forgets the line's level only at ICW1
+        if chip is self.slave or value & 0x10 and not port & 1:
+            self._cascade()
         self._changed()

@@ -60,9 +60,12 @@ class Channel:
 
     def value(self, now: int) -> int:
         """The counting element (what a latch would capture), binary."""
-        if self.loaded is None:
+        loaded = self.loaded
+        if loaded is None:
             return 0
-        d, n = self.elapsed(now), self.count
+        # (elapsed() written out: the counter latch runs it on every read)
+        t = self.paused_at if self.paused_at is not None else now
+        d, n = (t - loaded if t > loaded else 0) * PIT_HZ // self.pit.clock.hz, self.count
         if self.mode in (2, 6):
             return n - d % n
         if self.mode in (3, 7):
@@ -86,19 +89,24 @@ class Channel:
 
     def next_rise(self, now: int) -> int | None:
         """Clock time of the next rising edge of OUT after `now` (channel 0 -> IRQ 0)."""
-        if self.loaded is None or self.paused_at is not None or not self.gate and self.mode in (2, 3, 6, 7):
-            return None
-        d, n = self.elapsed(now), self.count
+        loaded = self.loaded
         m = self.mode
-        if m in (0, 1):
-            k = n if d < n else None
-        elif m in (2, 3, 6, 7):
-            k = (d // n + 1) * n           # the reload at the end of each period
-        else:
-            k = n + 1 if d <= n else None
-        if k is None:
+        if loaded is None or self.paused_at is not None or not self.gate and m in (2, 3, 6, 7):
             return None
-        return self.loaded + self.pit.clock.to_ticks(PIT_HZ, k)
+        # elapsed() and Clock.to_ticks written out: this runs on every timer interrupt
+        hz = self.pit.clock.hz
+        d, n = (now - loaded if now > loaded else 0) * PIT_HZ // hz, self.count
+        if m in (2, 3, 6, 7):
+            k = (d // n + 1) * n           # the reload at the end of each period
+        elif m in (0, 1):
+            if d >= n:
+                return None
+            k = n
+        elif d <= n:
+            k = n + 1
+        else:
+            return None
+        return loaded - (-k * hz // PIT_HZ)
 
     # ---- programming -----------------------------------------------------------------
     def load(self, raw: int, now: int) -> None:
@@ -158,7 +166,8 @@ class Channel:
         if self.bcd:
             v = _to_bcd(v % 10000)
         v &= 0xFFFF
-        self.latched = {1: [v & 0xFF], 2: [v >> 8]}.get(self.rw, [v & 0xFF, v >> 8])
+        rw = self.rw
+        self.latched = [v & 0xFF] if rw == 1 else [v >> 8] if rw == 2 else [v & 0xFF, v >> 8]
 
     def latch_status(self, now: int) -> None:
         if self.status is None:
@@ -180,9 +189,13 @@ class Channel:
 class Pit:
     """8254 with channel 0 on IRQ 0."""
 
-    def __init__(self, clock: Clock, irq0: Callable[[bool], None]):
+    def __init__(self, clock: Clock, irq0: Callable[[bool], None],
+                 pulse0: Callable[[], None] | None = None):
+        """`irq0(level)` drives IRQ 0; `pulse0()`, when given, does irq0(True) then
+        irq0(False) in one call (the edge at each expiry)."""
         self.clock = clock
         self._irq0 = irq0
+        self._pulse0 = pulse0
         self.channels = [Channel(self, i) for i in range(3)]
         self._timer = clock.timer("pit", self._fire)
 
@@ -196,8 +209,11 @@ class Pit:
             self._timer.arm(t)
 
     def _fire(self, now: int) -> None:
-        self._irq0(True)
-        self._irq0(False)                   # an edge: the PIC latches it in IRR
+        if self._pulse0 is not None:
+            self._pulse0()
+        else:
+            self._irq0(True)
+            self._irq0(False)               # an edge: the PIC latches it in IRR
         self._rearm(self.channels[0])
 
     @property
@@ -207,7 +223,10 @@ class Pit:
     def io_read(self, port: int, size: int) -> int:
         if port == 0x43:
             return 0xFF                     # the control word register cannot be read
-        return self.channels[port - 0x40].read(self.clock.now())
+        ch = self.channels[port - 0x40]
+        if ch.status is None and ch.latched:
+            return ch.latched.pop(0)        # (Channel.read without asking the time)
+        return ch.read(self.clock.now())
 
     def io_write(self, port: int, size: int, value: int) -> None:
         value &= 0xFF

@@ -29,9 +29,16 @@ class PowerManagement:
         self.en = 0
         self.cnt = 1                      # SCI_EN
         self.start = clock.now()
+        self.io_readers = {PM_TMR: self._read_timer}    # the bus calls it for a read of 0x608
 
     def timer(self) -> int:
         return self.clock.periods(PM_TIMER_HZ, max(0, self.clock.now() - self.start)) & 0xFFFFFF
+
+    def _read_timer(self, port: int, size: int) -> int:
+        """io_read of PM_TMR (timer() written out: guests poll it)."""
+        clock = self.clock
+        t = clock.now() - self.start
+        return (t * PM_TIMER_HZ // clock.hz) & 0xFFFFFF if t > 0 else 0
 
     def io_read(self, port: int, size: int) -> int:
         if PM_TMR <= port < PM_TMR + 4:

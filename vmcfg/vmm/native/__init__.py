@@ -352,6 +352,7 @@ class FastExit:
 FXD_VERSION = 1
 FXD_SOFT = 1            # software INT n / INT3 / INTO: the gate's DPL is checked
 FXD_EC = 2              # an error code is pushed
+FXD_FAULT = 8           # a fault-class exception: RF set in the RFLAGS image pushed
 FXD_HERE = 4            # an external interrupt at the engine's block boundary (see the C file)
 
 

@@ -594,6 +594,8 @@ static int lin_phys(const fx_dlv *d, int paging, int long_mode, uint64_t lin, ui
 
 #define FXD_SOFT 1u               /* INT n / INT3 / INTO: the gate's DPL is checked */
 #define FXD_EC 2u                 /* push `error_code` */
+#define FXD_FAULT 8u              /* a fault-class exception: RF is set in the RFLAGS image
+                                   * pushed (clear for every other event) */
 #define FXD_HERE 4u               /* an external interrupt at the block boundary the engine
                                    * is at (counter.py soft deadline): it returns to the RIP
                                    * register, and only if RFLAGS.IF = 1 and no STI / MOV SS
@@ -670,6 +672,10 @@ int fx_deliver(fx_dlv *d, uint64_t vector, uint64_t how, uint64_t error_code, ui
     }
     uint64_t old_rsp = env64(d, 4 * 8);
     uint64_t ret = ret_lin - cs.base;
+    /* RF in the image: set for a fault; clear otherwise (the engine leaves RF set until the
+     * end of the block after an IRET that restored it, where hardware clears it after one
+     * instruction) */
+    uint64_t pushed = (how & FXD_FAULT) ? rflags | FL_RF : rflags & ~FL_RF;
     uint64_t frame[6];
     int n = 0;
     uint64_t new_sp, lin;
@@ -677,7 +683,7 @@ int fx_deliver(fx_dlv *d, uint64_t vector, uint64_t how, uint64_t error_code, ui
     if (long_mode) {
         frame[n++] = ret;
         frame[n++] = cs.sel;
-        frame[n++] = rflags;
+        frame[n++] = pushed;
         frame[n++] = old_rsp;
         frame[n++] = ss.sel;
         uint64_t sp = (old_rsp & ~0xFull) - 8 * (uint64_t)n - ((how & FXD_EC) ? 8 : 0);
@@ -698,7 +704,7 @@ int fx_deliver(fx_dlv *d, uint64_t vector, uint64_t how, uint64_t error_code, ui
             w[k++] = (uint32_t)error_code;
         w[k++] = (uint32_t)ret;
         w[k++] = cs.sel;
-        w[k++] = (uint32_t)rflags;
+        w[k++] = (uint32_t)pushed;
         uint64_t sp = (old_rsp - 4 * (uint64_t)k) & mask;
         memcpy(buf, w, 4 * (size_t)k);
         d->frame_len = 4 * (uint64_t)k;

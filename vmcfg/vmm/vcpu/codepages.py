@@ -5,6 +5,7 @@ block (with counter.BlockCounter)."""
 
 from __future__ import annotations
 
+import bisect
 import ctypes
 from unicorn import (UC_HOOK_CODE, UC_HOOK_MEM_WRITE, UC_HOOK_MEM_WRITE_PROT, UC_MEM_WRITE_PROT,
                      UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE, UcError)
@@ -124,11 +125,18 @@ class CodePagesMixin:
             bounds = self._unit_bounds = sorted((b, e + 1) for b, e, _p in self.uc.mem_regions()
                                                 if b < self.memory)
             self._unit_starts = [b for b, _e in bounds]
-        import bisect
+            self._unit_memo = {}
+        else:
+            r = self._unit_memo.get(ppage)     # (the same bounds: the same answer)
+            if r is not None:
+                return r
         i = bisect.bisect_right(self._unit_starts, ppage) - 1
-        if i < 0 or ppage >= bounds[i][1]:
-            return ppage, ppage + PAGE
-        return bounds[i]
+        r = (ppage, ppage + PAGE) if i < 0 or ppage >= bounds[i][1] else bounds[i]
+        memo = self._unit_memo
+        if len(memo) >= 4096:
+            memo.clear()
+        memo[ppage] = r
+        return r
 
     def _unit_perms(self, ppage: int, code: bool) -> int:
         acc = self._ept_access(ppage)

@@ -32,6 +32,12 @@ class DeviceIoMixin:
         if self._fx_native:
             bus = self.platform.bus
             self._dio_read, self._dio_write = bus.io_read, bus.io_write
+            # the bus's own per-port tables (claimed ports: the device's io_read / io_write),
+            # looked up here directly: the native hook already masked the port and the value
+            # (and masks what an IN returns to the access size)
+            self._dio_readers, self._dio_writers = bus.readers, bus.writers
+            self._dio_board = self.platform
+            self._dio_clock = self.platform.clock
             self.fx.set_python_io(self._dio_io)
 
     def _dio_io(self, op: int, value: int, ic: int) -> int:
@@ -39,19 +45,28 @@ class DeviceIoMixin:
         retired before it).  Returns what an IN reads."""
         try:
             self.icount = ic            # the devices' clock: virtual time at this instruction
-            port, size = op & 0xFFFF, (op >> 16) & 0xFF
+            port = op & 0xFFFF
             if op & IO_IN:
-                v = self._dio_read(port, size)
+                f = self._dio_readers.get(port)
+                if f is not None:
+                    v = f(port, (op >> 16) & 0xFF)
+                else:
+                    v = self._dio_read(port, (op >> 16) & 0xFF)
             else:
-                self._dio_write(port, size, value)
+                f = self._dio_writers.get(port)
+                if f is not None:
+                    f(port, (op >> 16) & 0xFF, value)
+                else:
+                    self._dio_write(port, (op >> 16) & 0xFF, value)
                 v = 0
             ic += 1                     # the instruction has retired
             self.icount = ic
-            if self.platform.changed and self._event is None and \
-                    self._device_change_needs_stop(ic):
+            # (self.platform.changed)
+            if (self._dio_board._changed or self._dio_clock.rescheduled) and \
+                    self._event is None and self._device_change_needs_stop(ic):
                 self._event = ("resume",)
                 self.uc.emu_stop()
-            return v
+            return v & 0xFFFFFFFF
         except (DebugExit, SystemReset) as e:
             self.icount = ic + 1
             self._event = ("end", device_run_end(e))

@@ -10,14 +10,15 @@ import time
 from unicorn import UcError, x86_const as X
 from .. import apicv as _apicv
 from .. import decode as D
+from ..counter import NO_DEADLINE, W_COUNTER, W_SOFT
 from ..cpu.delivery import DeliveryFault, deliver_event, nested
 from ..cpu.state import HF_INHIBIT_IRQ, old_exception_offset
 from ..exitinfo import (INTR_EXTERNAL, INTR_HW_EXCEPTION, INTR_NMI, INTR_PRIV_SW_EXCEPTION,
                         INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit, interruption_info)
-from ..native import FXD_EC, FXD_HERE, FXD_SOFT
+from ..native import FXD_EC, FXD_FAULT, FXD_HERE, FXD_SOFT
 from .common import MASK64, _ERROR_CODE_VECTORS
 from .intercepts import trapped_kinds
-from ...vmx.exits import Exit, FIRST_EXTERNAL_VECTOR, LAST_VECTOR, Vector
+from ...vmx.exits import Exit, FAULT_VECTORS, FIRST_EXTERNAL_VECTOR, LAST_VECTOR, Vector
 
 
 class EventsMixin:
@@ -180,7 +181,8 @@ class EventsMixin:
             # segment already loaded, no stack switch; 0 = the Python path below does it
             self.flush()
             how = (FXD_SOFT if itype in (INTR_SW_INTERRUPT, INTR_SW_EXCEPTION) else 0) | \
-                (FXD_EC if ec is not None else 0)
+                (FXD_EC if ec is not None else 0) | \
+                (FXD_FAULT if itype == INTR_HW_EXCEPTION and vector in FAULT_VECTORS else 0)
             blk = fd[1]
             if fd[0](blk, vector, how, ec or 0, ret & MASK64):
                 self._rcache.clear()
@@ -394,8 +396,7 @@ class EventsMixin:
         wd = self._wall_deadline
         if wd is not None and time.monotonic() >= wd:
             return False
-        counter = self.counter
-        ic = self.icount = counter.count
+        ic = self.icount = self.counter.state[W_COUNTER]
         plat = self.platform
         self._input_wake = False             # queued serial input is served here (as _events)
         plat.advance(self._tsc_at(ic))       # the devices: what is due now
@@ -461,13 +462,13 @@ class EventsMixin:
         self.irqs_in_engine += 1
         self._rcache.clear()
         self._drop_phys(blk.frame_phys & ~0xFFF)    # the frame may land on code
-        nf = plat.next_event()
+        nf = plat.clock.next_deadline()             # (plat.next_event())
         if nf is None:
             # no timer any more: the run loop re-decides its watches (_events)
             self._event = ("resume",)
             self.uc.emu_stop()
             return True
-        self.counter.set_soft_deadline(ic + max(1, self._insns_for(nf - self._tsc_at(ic))))
+        self.counter.state[W_SOFT] = min(self._soft_at(ic, nf), NO_DEADLINE)
         return True
 
     def _engine_shadow(self) -> bool:
@@ -504,14 +505,13 @@ class EventsMixin:
         if self._nmi_pending or self._live_nmi or self._live_irqs or \
                 plat.pending_interrupt() is not None:
             return True
-        nf = plat.next_event()
+        nf = plat.clock.next_deadline()             # (plat.next_event())
         if nf is not None and "ss_load" not in self._extra_trap:
             return True
         plat.changed = False
-        soft = None
-        if nf is not None:
-            soft = icount + max(1, self._insns_for(nf - self._tsc_at(icount)))
-        self.counter.set_soft_deadline(soft)
+        # (counter.set_soft_deadline)
+        self.counter.state[W_SOFT] = NO_DEADLINE if nf is None else \
+            min(self._soft_at(icount, nf), NO_DEADLINE)
         return False
 
     def ack_interrupt(self) -> int | None:

@@ -65,8 +65,24 @@ class TimeMixin:
         block has retired so far count too."""
         ic = self._mmio_icount
         if ic is None:
-            return self._tsc_at(self.icount)      # (self.tsc, one call less: devices ask often)
+            if self.clock == "realtime":
+                return self._tsc_at(self.icount)
+            st = self._fxs                        # _tsc_at written out: devices ask often
+            return (self.icount * TSC_PER_INSN + st.exit_count * EXIT_COST + st.idle_ticks
+                    + st.tsc_adjust) & MASK64
         return self.tsc + (self._mmio_ic() - self.icount) * TSC_PER_INSN
+
+    def _soft_at(self, icount: int, deadline: int) -> int:
+        """The block counter's soft deadline (retired instructions) for the device deadline
+        `deadline` (virtual TSC), `icount` instructions retired: at least one more."""
+        if self.clock == "realtime":
+            return icount + max(1, self._insns_for(deadline - self._tsc_at(icount)))
+        st = self._fxs
+        t = deadline - ((icount * TSC_PER_INSN + st.exit_count * EXIT_COST + st.idle_ticks
+                         + st.tsc_adjust) & MASK64)
+        if t <= TSC_PER_INSN:
+            return icount + 1
+        return icount + (t + TSC_PER_INSN - 1) // TSC_PER_INSN
 
     def _hlt_sleep(self, tsc: int) -> bool:
         """Realtime clock, in HLT: wait on the host until the TSC reaches `tsc`; serial input

@@ -475,3 +475,38 @@ def test_kut_msr_passes(tmp_path):
     assert "PASS: Expected #GP on WRMSR(MSR_GS_BASE, 0xaaaaaaaaaaaaaaaa), got vector 13" \
         in res.console
     assert "PASS: Expected #GP on RDMSR(SPEC_CTRL), got vector 13" in res.console
+
+
+INT1_GUEST = """bits 64
+org 0x100000
+        jmp start
+%include "lib64.inc"
+start:
+        gate 1, db_h
+        gate 6, ud_h
+        lidt [idtr]
+        xor ebx, ebx
+        int1
+after:  mov al, bl
+        out DEBUG_EXIT, al
+        hlt
+db_h:   lea rcx, [rel after]            ; the return address: after the one-byte INT1
+        cmp [rsp], rcx
+        jne .n
+        or ebx, 1
+.n:     iretq
+ud_h:   or ebx, 2
+        add qword [rsp], 1
+        iretq
+idt_table
+"""
+
+
+def test_int1_raises_db_and_returns_after_it(tmp_path):
+    """INT1 (ICEBP, F1) is #DB, a privileged software exception whose frame returns after
+    it (the engine stopped with an invalid-instruction error and the guest got #UD;
+    kvm-unit-tests' debug uses it)."""
+    g = tmp_path / "int1.asm"
+    g.write_text(INT1_GUEST)
+    res, recs = run("baseline", str(g), mode=64, timeout=60)
+    assert (res.status, res.guest_exit_code) == ("debug-exit", 1), res.message

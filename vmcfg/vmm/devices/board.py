@@ -219,10 +219,12 @@ class Board:
         lapic = self.lapic
         if lapic.irr and lapic.pending() is not None:
             v = lapic.ack()
-        elif lapic.accepts_extint() and self.pic.pending() is not None:
-            v = self.pic.ack()
-        else:
+        elif not lapic.accepts_extint():
             return None
+        else:
+            v = self.pic.ack_pending()      # (pic.ack() if pic.pending() is not None)
+            if v is None:
+                return None
         self._changed = True
         self.clock.rescheduled = True
         return v

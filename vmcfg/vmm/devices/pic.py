@@ -213,14 +213,21 @@ class PicPair:
     def ack(self) -> int:
         """INTA: the vector of the highest-priority request (IRR -> ISR); a spurious
         IRQ 7 (or 15) when the request went away."""
+        v = self.ack_pending()
+        return self.master.base + 7 if v is None else v
+
+    def ack_pending(self) -> int | None:
+        """ack() when the INTR line is up (pending() is not None), else None and nothing
+        changes."""
         master = self.master
         irq = master.output()
         if irq is None:
-            return master.base + 7
+            return None
         master.acknowledge(irq)
         if irq != 2 and not self.slave.irr:
-            # the slave has nothing to present: the cascade line stays low (as _cascade sets it)
-            master.set_irq(2, False)
+            # the slave has nothing to present: the cascade line stays low (_cascade; the
+            # master's IRQ 2 is edge-triggered, ELCR bit 2 is reserved)
+            master.last_level &= ~4
             return master.base + irq
         if irq == 2 and not master.single:
             s = self.slave.output()

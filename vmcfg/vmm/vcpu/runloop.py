@@ -19,7 +19,7 @@ _ENGINE_LACKS = frozenset({"invpcid"})
 from .intercepts import PRIVILEGED, _UD_MNEMONICS
 from .stopstats import event_cause
 from ..counter import W_COUNTER, W_SOFT, W_STOP, W_STOPPED
-from ...vmx.exits import Exit, Vector
+from ...vmx.exits import Exit, InterruptionType, Vector
 
 
 class RunLoopMixin:
@@ -398,8 +398,16 @@ class RunLoopMixin:
         if err.errno == UC_ERR_INSN_INVALID:
             self.icount = self._retired_at(rip)
             self.counter.set_count(self.icount)
-            if not self._trap_at_stop(rip):
-                self.raise_exception(6, None, rip)
+            dec = self._decode_any(rip)
+            if dec is not None and dec.mnemonic == D.M.INT1:
+                # INT1 (ICEBP): the engine ends the run as if for a debugger; the processor
+                # raises #DB as a privileged software exception, returning after it
+                self.icount += 1
+                self.counter.set_count(self.icount)
+                self.raise_exception(Vector.DB, None, rip, itype=InterruptionType.PRIV_SW_EXCEPTION,
+                                     next_rip=rip + dec.len)
+            elif not self._trap_at_stop(rip):
+                self.raise_exception(Vector.UD, None, rip)
             return
         if err.errno in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED,
                          UC_ERR_READ_PROT, UC_ERR_WRITE_PROT, UC_ERR_FETCH_PROT):

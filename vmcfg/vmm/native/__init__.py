@@ -82,7 +82,7 @@ class FxState(ctypes.Structure):
                 ("mtf_on", _u64), ("mtf_started", _u64), ("mtf_skip", _u64), ("mtf_done", _u64),
                 ("py_io", ctypes.c_void_p), ("bits", _u64), ("io_direct", _u64),
                 ("lean_mask", _u64 * (NREASONS // 64)), ("py_exit", ctypes.c_void_p),
-                ("lean", _u64)]
+                ("lean", _u64), ("py_exit_obj", ctypes.c_void_p)]
 
 
 class FxEntry(ctypes.Structure):
@@ -195,6 +195,21 @@ class FastExit:
         and time); `state.lean` counts them."""
         self._exit_cb = _EXIT_CB(fn)
         self.state.py_exit = ctypes.cast(self._exit_cb, ctypes.c_void_p).value
+
+    def capi(self) -> bool:
+        """Whether this build calls Python handlers through the CPython C API (fastexit.c
+        call_py_exit) rather than through a ctypes callback."""
+        lib = self.lib
+        return lib is not None and hasattr(lib, "fx_capi") and bool(lib.fx_capi())
+
+    def set_python_exit_capi(self, fn) -> None:
+        """The lean exit path through the C API (only when `capi()`): `fn(reason, address,
+        icount, seq, tsc, rax, rcx, rdx, rip)` returns `(pc, writes)` -- the RIP to resume at
+        and a dict {register id: value}, which the hook sends in one batch and empties -- when
+        the guest resumes, otherwise LEAN_COUNTED or LEAN_NONE.  The hook holds no reference:
+        this object keeps `fn`."""
+        self._exit_obj = fn
+        self.state.py_exit_obj = id(fn)
 
     # ---- per-address entries -------------------------------------------------------------
     def entry(self, address: int) -> FxEntry:

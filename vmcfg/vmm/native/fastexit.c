@@ -27,6 +27,17 @@
  * Python.  The structures mirror the ctypes ones in __init__.py: keep them
  * in step (FX_VERSION).
  */
+/* With the CPython headers (a normal build: setup.py builds this file as an extension), the
+ * lean exit path calls its Python handler straight through the C API (call_py_exit below);
+ * without them, through the ctypes callback py_exit.  The library is loaded into the running
+ * interpreter with ctypes, so the C API's symbols resolve there. */
+#if defined(__has_include)
+#if __has_include(<Python.h>)
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#define FX_CAPI 1
+#endif
+#endif
 #include <stdint.h>
 #include <string.h>
 #include <time.h>
@@ -135,6 +146,11 @@ typedef struct fx_state {
     uint64_t lean_mask[FX_NREASONS / 64];  /* reasons whose Python handler runs from here */
     py_exit_t py_exit;
     uint64_t lean;             /* exits py_exit served */
+    /* the same handler as a Python callable (a borrowed reference: the Python side keeps it),
+     * called through the C API when this build has it (fx_capi); it returns (pc, writes) --
+     * the RIP to resume at and a dict {register id: value} this side sends and empties --
+     * when the guest resumes, otherwise LEAN_COUNTED or LEAN_NONE */
+    void *py_exit_obj;
 } fx_state;
 
 typedef struct fx_entry {
@@ -167,7 +183,7 @@ static inline int py_only(const fx_state *st, unsigned reason)
 
 static inline int lean_on(const fx_state *st, unsigned reason)
 {
-    return st->py_exit && ((st->lean_mask[reason >> 6] >> (reason & 63)) & 1);
+    return (st->py_exit || st->py_exit_obj) && ((st->lean_mask[reason >> 6] >> (reason & 63)) & 1);
 }
 
 static inline uint64_t rd(uc_engine *uc, fx_state *st, int slot)
@@ -272,6 +288,68 @@ static void flush_queued(uc_engine *uc, fx_state *st)
     }
 }
 
+int fx_capi(void)
+{
+#ifdef FX_CAPI
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+#ifdef FX_CAPI
+/* Queue one register write from the handler's dict; a full queue goes out first. */
+static void queue_write(uc_engine *uc, fx_state *st, uint64_t id, uint64_t value)
+{
+    if (st->nwrite >= FX_NWRITE) {
+        uint64_t pc_write = st->pc_write;
+        st->pc_write = 0;
+        flush_queued(uc, st);
+        st->pc_write = pc_write;
+    }
+    st->wids[st->nwrite] = id;
+    st->wvals[st->nwrite++] = value;
+}
+
+/* The handler through the C API: the GIL taken here (the binding released it around
+ * emu_start), nine ints in, and the answer read back: (pc, {id: value}) -> LEAN_RESUMED with
+ * the writes queued, or an int.  A Python error here is a bug in the VMM (the handler catches
+ * everything): it is reported as unraisable and the exit counted (the run loop ends the run). */
+static uint64_t call_py_exit(uc_engine *uc, fx_state *st, const uint64_t a[9])
+{
+    uint64_t r = LEAN_COUNTED;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *args[9];
+    int n = 0;
+    for (; n < 9; n++)
+        if (!(args[n] = PyLong_FromUnsignedLongLong(a[n])))
+            break;
+    PyObject *res = n == 9 ? PyObject_Vectorcall((PyObject *)st->py_exit_obj, args, 9, 0) : 0;
+    for (int i = 0; i < n; i++)
+        Py_DECREF(args[i]);
+    if (res && PyTuple_Check(res) && PyTuple_GET_SIZE(res) == 2
+            && PyDict_Check(PyTuple_GET_ITEM(res, 1))) {
+        PyObject *d = PyTuple_GET_ITEM(res, 1), *k, *v;
+        Py_ssize_t pos = 0;
+        st->pc = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(res, 0));
+        st->pc_write = 1;
+        while (PyDict_Next(d, &pos, &k, &v))
+            queue_write(uc, st, PyLong_AsUnsignedLongLongMask(k),
+                        PyLong_AsUnsignedLongLongMask(v));
+        PyDict_Clear(d);
+        st->pc_write = 0;              /* (lean_exit sets it for LEAN_RESUMED) */
+        r = LEAN_RESUMED;
+    } else if (res && PyLong_Check(res)) {
+        r = PyLong_AsUnsignedLongLongMask(res);
+    }
+    if (PyErr_Occurred())
+        PyErr_WriteUnraisable((PyObject *)st->py_exit_obj);
+    Py_XDECREF(res);
+    PyGILState_Release(g);
+    return r;
+}
+#endif
+
 /* An exit whose handler is a Python one (lean_mask): one call of py_exit from the hook, the
  * exit decoded here (reason, the instructions retired before it, the TSC at the exit) and the
  * guest registers read in one batch (snap: the Python side reads what it needs from there);
@@ -296,8 +374,16 @@ static int lean_exit(uc_engine *uc, fx_state *st, uint64_t address, unsigned rea
     st->stats[reason]++;               /* a handler that looks sees its own exit counted */
     /* the VMM's TSC with this exit counted (Vcpu._tsc_at) */
     uint64_t tsc = ic * st->tsc_per_insn + seq * st->exit_cost + st->idle_ticks + st->tsc_adjust;
-    uint64_t r = st->py_exit(reason, address, ic, seq, tsc, st->snap[S_RAX], st->snap[S_RCX],
-                             st->snap[S_RDX], st->snap[S_RIP]);
+    uint64_t r;
+#ifdef FX_CAPI
+    if (st->py_exit_obj) {
+        uint64_t a[9] = {reason, address, ic, seq, tsc, st->snap[S_RAX], st->snap[S_RCX],
+                         st->snap[S_RDX], st->snap[S_RIP]};
+        r = call_py_exit(uc, st, a);
+    } else
+#endif
+    r = st->py_exit(reason, address, ic, seq, tsc, st->snap[S_RAX], st->snap[S_RCX],
+                    st->snap[S_RDX], st->snap[S_RIP]);
     if (r == LEAN_RESUMED)
         st->pc_write = 1;              /* st->pc: the RIP to resume at, always set then */
     flush_queued(uc, st);

@@ -44,10 +44,16 @@ class LeanExitMixin:
 
     def _lean_attach(self) -> None:
         self.lean_extints = 0            # external-interrupt exits done by _lean_extint
+        self._lean_capi = False
         if self._fx_native:
             st = self._fxs
             self._lean_wids, self._lean_wvals = st.wids, st.wvals
             self.fx.set_python_exit(self._lean_exit)
+            if self.fx.capi():
+                # the hook calls the handler through the C API and takes the writes back as
+                # the pending dict itself (fastexit.c call_py_exit)
+                self._lean_capi = True
+                self.fx.set_python_exit_capi(self._lean_exit)
 
     def _lean_exit(self, reason, address, ic, seq, tsc, rax, rcx, rdx, rip):
         """One exit from the hook (fastexit.c lean_exit), which has counted it; returns what
@@ -105,6 +111,10 @@ class LeanExitMixin:
                 if soft != NO_DEADLINE:
                     cs[W_SOFT] = max(0, soft - EXIT_COST // TSC_PER_INSN)
             # for the hook to send in one batch: the RIP, the other writes (_trap_flush)
+            if self._lean_capi:
+                rc.clear()
+                self._in_hook = False
+                return (pend.pop(pc), pend)          # (sent and emptied by the hook)
             st = self._fxs
             st.pc = pend.pop(pc)
             if pend:

@@ -314,12 +314,17 @@ def h_cpuid(ctx: ExitContext) -> None:
     g = v._gprs
     leaf = v.rr(g[0]) & 0xFFFFFFFF
     sub = v.rr(g[1]) & 0xFFFFFFFF
-    cpuid = v.cpuid
-    r = cpuid.query(leaf, sub)
+    fx = v.fx
+    r = fx.cpuid_memo.get((leaf, sub))
+    if r is None:
+        cpuid = v.cpuid
+        r = cpuid.query(leaf, sub)
+        # the native exit path answers the next ones from its cache, this handler from the
+        # memo (both emptied together, FastExit.cpuid_clear): leaf 1's OSXSAVE bit comes from
+        # CR4 below; its APIC bit follows IA32_APIC_BASE, whose writes clear the cache
+        fx.cpuid_put(leaf, sub if leaf in cpuid.subleaf_leaves else None, r)
+        fx.cpuid_remember(leaf, sub, r)
     eax, ebx, ecx, edx = r
-    # the native exit path answers the next ones from its cache: leaf 1's OSXSAVE bit it
-    # takes from CR4 itself; its APIC bit follows IA32_APIC_BASE, whose writes clear the cache
-    v.fx.cpuid_put(leaf, sub if leaf in cpuid.subleaf_leaves else None, r)
     if leaf == 1 and ecx & (1 << 26):
         ecx = (ecx & ~(1 << 27)) | ((v.cr(4) >> 18 & 1) << 27)    # OSXSAVE mirrors CR4
     pend = v._pend            # 32-bit results zero-extend into the 64-bit registers
@@ -330,10 +335,21 @@ def h_cpuid(ctx: ExitContext) -> None:
     ctx.skip()
 
 
-@_skip_after
 def h_rdtsc(ctx: ExitContext) -> None:
     """The guest's TSC (virtual TSC with TSC offsetting/scaling applied)."""
-    ctx.vcpu.emulate_rdtsc(ctx._insn)
+    v = ctx.vcpu
+    ins = ctx._insn
+    if v.mode == 64 and ins is not None and ins.kind == "rdtsc":
+        # emulate_rdtsc written out (an exit of every RDTSC): EAX and EDX zero-extended
+        t = v.guest_tsc(v._tsc_at(v.icount))
+        g = v._gprs
+        pend = v._pend
+        pend[g[0]] = t & 0xFFFFFFFF
+        pend[g[2]] = t >> 32
+    else:
+        v.emulate_rdtsc(ins)
+    if ctx.fault is None and ctx.ended is None:
+        ctx.skip()
 
 
 def h_hlt(ctx: ExitContext) -> None:
@@ -357,10 +373,16 @@ def h_msr(ctx: ExitContext) -> None:
     ctx.vcpu.emulate_msr(ctx.exit.insn)
 
 
-@_skip_after
 def h_io(ctx: ExitContext) -> None:
     """Perform the I/O on the board's devices (vmcfg/vmm/devices)."""
-    ctx.vcpu.emulate_io(ctx._insn)
+    v = ctx.vcpu
+    ins = ctx._insn
+    if ins.io_string:
+        v.emulate_io(ins)
+    else:                     # (emulate_io's first case, one call less)
+        v._io_access(ins, ins.port_imm if ins.port_imm is not None else v.gpr(2, 2))
+    if ctx.fault is None and ctx.ended is None:
+        ctx.skip()
 
 
 @_skip_after

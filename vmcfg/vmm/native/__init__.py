@@ -158,6 +158,8 @@ class FastExit:
         self._entries: dict[int, FxEntry] = {}
         self._latch_ports: dict[int, int] = {}
         self._cpuid_keys: set = set()
+        # the default CPUID handler's results by (EAX, ECX), emptied with the C cache
+        self.cpuid_memo: dict[tuple[int, int], tuple[int, int, int, int]] = {}
         self._py_cb = None
         self.hook_fn: ctypes.c_void_p | None = None
         self.step_fn: ctypes.c_void_p | None = None
@@ -338,9 +340,15 @@ class FastExit:
         c.used = 1
         st.ncpuid = n + 1
 
+    def cpuid_remember(self, leaf: int, sub: int, regs) -> None:
+        """The default handler's result for EAX = leaf, ECX = sub (a bounded memo)."""
+        if len(self.cpuid_memo) < 4 * NCPUID:
+            self.cpuid_memo[(leaf, sub)] = tuple(regs)
+
     def cpuid_clear(self) -> None:
         self.state.ncpuid = 0
         self._cpuid_keys.clear()
+        self.cpuid_memo.clear()
 
     # ---- latch ports ---------------------------------------------------------------------------
     def add_latch(self, port: int, wmask: int, read_cell: bool, value: int = 0) -> FxLatch:

@@ -229,3 +229,25 @@ def test_handler_exits_between_mtf_steps_agree(monkeypatch, limit):
     counts = res.exit_counts()
     assert counts["MONITOR_TRAP_FLAG"] == res.instructions - (1 if limit is None else 0)
     assert counts["CPUID"] == len([e for e in log if e[3] == "CPUID"]) > 0
+
+
+@pytest.mark.skipif(not BUILT, reason="the C helper is not built")
+def test_lean_hook_reads_the_full_snapshot_for_the_trap_path(monkeypatch):
+    """The lean hook reads only the registers it passes (RAX RCX RDX RIP); should the Python
+    side fall back to its full trap path, `read_snapshot` fills in the rest first: the
+    snapshot then holds the guest's RBX and R15 at the exit."""
+    seen = []
+
+    def h(ctx):
+        v = ctx.vcpu
+        st = v.fx.state
+        st.snap[3] = st.snap[15] = 0
+        v.fx.read_snapshot(v._uch)
+        seen.append((st.snap[3], st.snap[15], st.snap[16] == ctx.regs.rip))
+        ctx.emulate()
+    body = "mov rbx, 0x1234567\nmov r15, rsi\nxor eax, eax\ncpuid\n"
+    res, _regs, v = _run(_cfg(), _image(LOOP.format(n=5, body=body)), monkeypatch,
+                         python=False, handlers={Exit.CPUID: h})
+    assert res.status == "debug-exit"
+    assert _lean(v) >= 3               # (the first exits take the full path)
+    assert seen == [(0x1234567, i, True) for i in range(5, 0, -1)]

@@ -198,6 +198,12 @@ class FastExit:
         self._exit_cb = _EXIT_CB(fn)
         self.state.py_exit = ctypes.cast(self._exit_cb, ctypes.c_void_p).value
 
+    def read_snapshot(self, uch) -> None:
+        """Read the guest registers into `state.snap` in one batch, as the hook does before
+        the Python trap path (the lean path reads only RAX, RCX, RDX and RIP)."""
+        if self.lib is not None:
+            self.lib.fx_read_snap(uch, ctypes.byref(self.state))
+
     def capi(self) -> bool:
         """Whether this build calls Python handlers through the CPython C API (fastexit.c
         call_py_exit) rather than through a ctypes callback."""

@@ -288,6 +288,18 @@ static void flush_queued(uc_engine *uc, fx_state *st)
     }
 }
 
+/* The guest registers into snap in one batch (what fx_trap reads before the Python path). */
+void fx_read_snap(uc_engine *uc, fx_state *st)
+{
+    int ids[FX_NSNAP];
+    void *ptrs[FX_NSNAP];
+    for (int i = 0; i < FX_NSNAP; i++) {
+        ids[i] = (int)st->reg_ids[i];
+        ptrs[i] = &st->snap[i];
+    }
+    st->read_batch(uc, ids, ptrs, FX_NSNAP);
+}
+
 int fx_capi(void)
 {
 #ifdef FX_CAPI
@@ -360,13 +372,16 @@ static uint64_t call_py_exit(uc_engine *uc, fx_state *st, const uint64_t a[9])
  * it takes exit_count back and returns LEAN_NONE. */
 static int lean_exit(uc_engine *uc, fx_state *st, uint64_t address, unsigned reason, uint64_t ic)
 {
-    int ids[FX_NSNAP];
-    void *ptrs[FX_NSNAP];
-    for (int i = 0; i < FX_NSNAP; i++) {
-        ids[i] = (int)st->reg_ids[i];
-        ptrs[i] = &st->snap[i];
+    /* only what the call passes: should the Python side take its full trap path, it reads
+     * the whole snapshot first (fx_read_snap) */
+    static const int slot[4] = {S_RAX, S_RCX, S_RDX, S_RIP};
+    int ids[4];
+    void *ptrs[4];
+    for (int i = 0; i < 4; i++) {
+        ids[i] = (int)st->reg_ids[slot[i]];
+        ptrs[i] = &st->snap[slot[i]];
     }
-    st->read_batch(uc, ids, ptrs, FX_NSNAP);
+    st->read_batch(uc, ids, ptrs, 4);
     st->nwrite = 0;
     st->pc_write = 0;
     uint64_t t0 = now_ns();

@@ -153,6 +153,7 @@ class LeanExitMixin:
     def _lean_full(self, address: int) -> int:
         """The full trap path (intercepts.py) for this exit, which counts it itself."""
         self._fxs.exit_count -= 1
+        self.fx.read_snapshot(self._uch)         # (the hook read only what it passed)
         self._raw_trap(None, address, 0, None)
         return LEAN_NONE
 

@@ -235,6 +235,7 @@ class LeanExitContext(ExitContext):
     ended = None
     fault = None
 
+    # (vcpu/leanexit.py builds these without calling __init__: keep the two in step)
     def __init__(self, vcpu, reason: int, insn, seq: int, icount: int, tsc: int, rax: int,
                  rdx: int):
         self.vcpu = vcpu

@@ -261,8 +261,9 @@ class InterceptsMixin:
     def _events_waiting(self) -> bool:
         """After an exit, the run loop must look at events before the guest goes on (windows,
         preemption timer, MTF, interrupts or NMIs the VMM reflects) -- a device timer aside."""
+        apicv = self.apicv                      # (pending() is None without VID: one call less)
         return self._reentry or bool(self._virq) or self._nmi_reflect or self._nmi_pending \
-            or self.apicv.pending() is not None
+            or (apicv.vid and apicv.pending() is not None)
 
     def vmexit(self, ex: VmExit) -> None:
         """Record an exit, run its handler (user or default)."""

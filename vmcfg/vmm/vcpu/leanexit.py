@@ -37,6 +37,7 @@ from ...vmx.exits import Exit
 _RAX, _RCX, _RDX, _RIP = X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RIP
 _EXTINT = Exit.EXTERNAL_INTERRUPT
 _clock = time.perf_counter_ns
+_new = object.__new__
 
 
 class LeanExitMixin:
@@ -71,7 +72,11 @@ class LeanExitMixin:
         self.icount = ic
         pend = self._pend
         try:
-            ctx = LeanExitContext(self, reason, ins, seq, ic, tsc, rax, rdx)
+            ctx = _new(LeanExitContext)      # (LeanExitContext.__init__ written out)
+            ctx.vcpu = self
+            ctx._reason = reason
+            ctx._insn = ins
+            ctx._at = (seq, ic, tsc, rax, rdx)
             try:
                 self.user_handlers[reason](ctx)
             except (RunEnd, GuestFault):
@@ -101,14 +106,14 @@ class LeanExitMixin:
                 if self._event is None:              # (intercepts._on_trap's conditions)
                     self._event = ("resume", ins.kind)
                 self.uc.emu_stop()
-            elif plat.next_event() is not None:
+            else:
                 # a device timer, unchanged by the handler: the exit moved virtual time by
                 # EXIT_COST ticks, so its soft deadline (retired instructions) comes that much
                 # sooner -- as fastexit.c does for the exits it does itself; the full path
                 # stops here and the run loop sets the same deadline
                 cs = self.counter.state
                 soft = cs[W_SOFT]
-                if soft != NO_DEADLINE:
+                if soft != NO_DEADLINE and plat.next_event() is not None:
                     cs[W_SOFT] = max(0, soft - EXIT_COST // TSC_PER_INSN)
             # for the hook to send in one batch: the RIP, the other writes (_trap_flush)
             if self._lean_capi:

@@ -510,3 +510,47 @@ def test_int1_raises_db_and_returns_after_it(tmp_path):
     g.write_text(INT1_GUEST)
     res, recs = run("baseline", str(g), mode=64, timeout=60)
     assert (res.status, res.guest_exit_code) == ("debug-exit", 1), res.message
+
+
+SS_GUEST = """bits 64
+org 0x100000
+        jmp start
+%include "lib64.inc"
+start:
+        gate 12, ss_h
+        gate 13, gp_h
+        lidt [idtr]
+        xor ebx, ebx
+        mov rcx, 0x8000000000000000
+        lea r8, [rel n1]
+        or qword [rsp + rcx], 0         ; through SS: #SS(0)
+n1:     lea r8, [rel n2]
+        or qword [rbp + rcx], 0         ; through SS: #SS(0)
+n2:     lea r8, [rel n3]
+        or qword [rcx], 0               ; through DS: #GP(0)
+n3:     mov al, bl
+        out DEBUG_EXIT, al
+        hlt
+ss_h:   add ebx, 1
+        jmp skip
+gp_h:   add ebx, 0x10
+skip:   cmp qword [rsp], 0              ; the error code: 0
+        jne .bad
+        add rsp, 8
+        mov [rsp], r8                   ; return after the faulting instruction
+        iretq
+.bad:   mov al, 0xee
+        out DEBUG_EXIT, al
+        hlt
+idt_table
+"""
+
+
+def test_a_non_canonical_stack_reference_is_ss_not_gp(tmp_path):
+    """In 64-bit code a non-canonical address through SS (RSP or RBP as base) raises #SS(0);
+    through another segment #GP(0) (the engine raised #GP for both; kvm-unit-tests'
+    emulator checks it)."""
+    g = tmp_path / "ss.asm"
+    g.write_text(SS_GUEST)
+    res, recs = run("baseline", str(g), mode=64, timeout=60)
+    assert (res.status, res.guest_exit_code) == ("debug-exit", 0x12), res.message

@@ -313,8 +313,20 @@ def h_cpuid(ctx: ExitContext) -> None:
     """CPUID from the cvmm CPU model plus the profile's [cpuid] overrides."""
     v = ctx.vcpu
     g = v._gprs
-    leaf = v.rr(g[0]) & 0xFFFFFFFF
-    sub = v.rr(g[1]) & 0xFFFFFFFF
+    pend = v._pend
+    rc = v._rcache            # (v.rr written out: the lean path has RAX and RCX there)
+    leaf = pend.get(g[0])
+    if leaf is None:
+        leaf = rc.get(g[0])
+        if leaf is None:
+            leaf = v.rr(g[0])
+    sub = pend.get(g[1])
+    if sub is None:
+        sub = rc.get(g[1])
+        if sub is None:
+            sub = v.rr(g[1])
+    leaf &= 0xFFFFFFFF
+    sub &= 0xFFFFFFFF
     fx = v.fx
     r = fx.cpuid_memo.get((leaf, sub))
     if r is None:
@@ -328,7 +340,7 @@ def h_cpuid(ctx: ExitContext) -> None:
     eax, ebx, ecx, edx = r
     if leaf == 1 and ecx & (1 << 26):
         ecx = (ecx & ~(1 << 27)) | ((v.cr(4) >> 18 & 1) << 27)    # OSXSAVE mirrors CR4
-    pend = v._pend            # 32-bit results zero-extend into the 64-bit registers
+    # 32-bit results zero-extend into the 64-bit registers
     pend[g[0]] = eax
     pend[g[3]] = ebx
     pend[g[1]] = ecx

@@ -100,9 +100,12 @@ class LeanExitMixin:
             ic += 1
             self.icount = ic
             plat = self.platform
+            # (plat.changed and _events_waiting() written out: this runs at every exit)
             if self._pending_cfg is not None or self._event is not None or \
-                    self._input_wake or (plat.changed and self._device_change_needs_stop(ic)) \
-                    or self._events_waiting():
+                    self._input_wake or ((plat._changed or plat.clock.rescheduled)
+                                         and self._device_change_needs_stop(ic)) \
+                    or self._reentry or self._virq or self._nmi_reflect or self._nmi_pending \
+                    or (self.apicv.vid and self._events_waiting()):
                 if self._event is None:              # (intercepts._on_trap's conditions)
                     self._event = ("resume", ins.kind)
                 self.uc.emu_stop()

@@ -251,3 +251,32 @@ def test_lean_hook_reads_the_full_snapshot_for_the_trap_path(monkeypatch):
     assert res.status == "debug-exit"
     assert _lean(v) >= 3               # (the first exits take the full path)
     assert seen == [(0x1234567, i, True) for i in range(5, 0, -1)]
+
+
+@pytest.mark.skipif(not BUILT, reason="the C helper is not built")
+def test_the_hook_calls_handlers_through_the_c_api_where_built(monkeypatch):
+    """Built with the CPython headers (pip install -e .), the hook calls the handler through
+    the C API; the ctypes callback it falls back to without them gives the same results."""
+    import os
+    import sysconfig
+    from vmcfg.vmm import native
+    if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+        monkeypatch.delenv("VMCFG_NO_NATIVE", raising=False)
+        assert native.FastExit([0] * native.NSNAP, 0).capi()
+
+    def make(log):
+        def h(ctx):
+            log.append(_seen(ctx))
+            ctx.emulate()
+            log.append((ctx.resume_rip, ctx.regs.rax, ctx.regs.rdx))
+        return {Exit.CPUID: h, Exit.RDTSC: h, Exit.IO_INSTRUCTION: h}
+    n = 50
+    image = _image(LOOP.format(n=n, body=MIXED))
+    res, v, log = _both(_mixed_cfg(), image, monkeypatch, make)
+    assert v._lean_capi == v.fx.capi() and _lean(v) > 0
+    monkeypatch.setattr(native.FastExit, "capi", lambda self: False)
+    res2, v2, log2 = _both(_mixed_cfg(), image, monkeypatch, make)
+    assert not v2._lean_capi and _lean(v2) == _lean(v)
+    assert log2 == log
+    assert (res2.instructions, res2.tsc, res2.exit_counts()) == \
+        (res.instructions, res.tsc, res.exit_counts())

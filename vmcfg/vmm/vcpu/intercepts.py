@@ -576,8 +576,8 @@ class InterceptsMixin:
         size = ins.io_size
         if ins.io_in:
             self.set_gpr(0, self.platform.io_read(port, size), size)
-        else:
-            self.platform.io_write(port, size, self.gpr(0, size))
+        else:                          # (self.gpr(0, size): AL, AX or EAX)
+            self.platform.io_write(port, size, self.rr(self._gprs[0]) & ((1 << (8 * size)) - 1))
 
     def _ple_check(self) -> bool:
         if not self.cfg.on("secondary.pause_loop_exiting"):

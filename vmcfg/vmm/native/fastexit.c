@@ -331,12 +331,13 @@ static uint64_t call_py_exit(uc_engine *uc, fx_state *st, const uint64_t a[9])
 {
     uint64_t r = LEAN_COUNTED;
     PyGILState_STATE g = PyGILState_Ensure();
-    PyObject *args[9];
+    PyObject *slots[10], **args = slots + 1;   /* slots[0]: room for a bound method's self */
     int n = 0;
     for (; n < 9; n++)
         if (!(args[n] = PyLong_FromUnsignedLongLong(a[n])))
             break;
-    PyObject *res = n == 9 ? PyObject_Vectorcall((PyObject *)st->py_exit_obj, args, 9, 0) : 0;
+    PyObject *res = n == 9 ? PyObject_Vectorcall((PyObject *)st->py_exit_obj, args,
+                                                 9 | PY_VECTORCALL_ARGUMENTS_OFFSET, 0) : 0;
     for (int i = 0; i < n; i++)
         Py_DECREF(args[i]);
     if (res && PyTuple_Check(res) && PyTuple_GET_SIZE(res) == 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_native_exit import BUILT, LOOP, _cfg, _image, _run
+from test_native_exit import BUILT, LOOP, TIMER_LOOP, _cfg, _image, _run
 from vmcfg.vmx.exits import Exit
 
 
@@ -145,6 +145,22 @@ def test_what_a_handler_asks_of_the_run_loop(monkeypatch, how):
         assert _lean(v) >= 48
 
 
+def test_handler_exits_while_a_device_timer_is_armed(monkeypatch):
+    """A CPUID handler while the PIT interrupts the loop every 5,000 ticks: after each exit
+    the engine stops to look at the timer (as the full path does), and the interrupts come
+    at the same instructions both ways."""
+    def make(log):
+        def h(ctx):
+            log.append((ctx.exit.seq, ctx.instructions, ctx.regs.r8))
+            ctx.emulate()
+        return {Exit.CPUID: h}
+    res, v, log = _both(_cfg(), _image(TIMER_LOOP), monkeypatch, make)
+    assert res.status == "debug-exit" and res.exit_counts()["CPUID"] == 3000
+    assert 300 < v.gpr(8) < 1000
+    if BUILT:
+        assert _lean(v) > 2000
+
+
 def test_trace_and_stats_with_a_handler(monkeypatch):
     """Exit counts and the per-reason totals add up the same way: a traced run (full path)
     and an untraced one (lean path) count every exit once."""
@@ -162,3 +178,54 @@ def test_trace_and_stats_with_a_handler(monkeypatch):
     assert buf.getvalue().count('"CPUID"') == 400
     if BUILT:
         assert _lean(v) >= 398 and _lean(v2) == 0
+
+
+def _irqbench(monkeypatch, *, python: bool, trace=None, controls=("pin.external_interrupt_exiting",
+                                                                 "exit.acknowledge_interrupt_on_exit")):
+    from vmcfg.vmm.loader import load_image
+    cfg = _cfg("baseline", *controls)
+    return _run(cfg, load_image("builtin:irqbench"), monkeypatch, python=python, trace=trace,
+                max_instructions=300_000)
+
+
+def test_external_interrupt_exits_with_the_default_handler_agree(monkeypatch):
+    """builtin:irqbench's PIT interrupts under external-interrupt exiting with acknowledge-on-
+    exit and the default handler: each one exits and is reflected into the guest through its
+    IDT.  Natively that is done at the soft deadline inside the engine (_lean_extint); the
+    Python path, a traced native run (the full exit path) and the lean one agree on the exits,
+    the instructions, the virtual time and the guest's registers."""
+    import io
+    rp, gp, vp = _irqbench(monkeypatch, python=True)
+    rn, gn, vn = _irqbench(monkeypatch, python=False)
+    rt, gt, vt = _irqbench(monkeypatch, python=False, trace=io.StringIO())
+    assert rp.status == "instruction-limit"
+    n = rp.exit_counts()["EXTERNAL_INTERRUPT"]
+    assert n > 250
+    for r, g in ((rn, gn), (rt, gt)):
+        assert (r.status, r.instructions, r.tsc, r.exits, r.exit_order) == \
+            (rp.status, rp.instructions, rp.tsc, rp.exits, rp.exit_order)
+        assert g == gp
+    assert vn.events_delivered == vp.events_delivered == vt.events_delivered
+    assert vp.lean_extints == 0 and vt.lean_extints == 0
+    if BUILT:
+        assert vn.lean_extints >= n - 5
+
+
+@pytest.mark.parametrize("limit", [None, 3_000])
+def test_handler_exits_between_mtf_steps_agree(monkeypatch, limit):
+    """Monitor trap flag (its default handler) with Python handlers on CPUID, RDTSC and OUT:
+    every instruction still gets its MTF exit, in the same order and virtual time both ways
+    (the run loop looks at every boundary then, so these exits take the full path)."""
+    def make(log):
+        def h(ctx):
+            log.append((ctx.exit.seq, ctx.instructions, ctx.tsc, ctx.name))
+            ctx.emulate()
+        return {Exit.CPUID: h, Exit.RDTSC: h, Exit.IO_INSTRUCTION: h}
+    cfg = _cfg("baseline", "primary.monitor_trap_flag", "primary.rdtsc_exiting",
+               io_ports=[(0x80, 0x80)])
+    body = "nop\nrdtsc\nadd r9, rax\nxor eax, eax\ncpuid\nout 0x80, al\nmov ecx, 3\ninner: loop inner"
+    res, v, log = _both(cfg, _image(LOOP.format(n=300, body=body)), monkeypatch, make,
+                        max_instructions=limit)
+    counts = res.exit_counts()
+    assert counts["MONITOR_TRAP_FLAG"] == res.instructions - (1 if limit is None else 0)
+    assert counts["CPUID"] == len([e for e in log if e[3] == "CPUID"]) > 0

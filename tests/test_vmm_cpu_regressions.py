@@ -433,9 +433,9 @@ def test_a_fault_pushes_rflags_with_rf_set_a_trap_does_not(native, tmp_path, mon
     assert (res.status, res.guest_exit_code) == ("debug-exit", 0b011), res.message
 
 
-def test_kut_idt_test_passes(tmp_path):
-    """kvm-unit-tests' idt_test: #GP and #UD through the IDT, each with RF in the pushed
-    RFLAGS (QEMU TCG fails the two RF checks)."""
+def _kut(tmp_path, name: str):
+    """Run kvm-unit-tests' image `name` from ../shared (skip where it is not) with the
+    profile of its README."""
     import os
     import tarfile
     from conftest import ROOT
@@ -447,14 +447,110 @@ def test_kut_idt_test_passes(tmp_path):
     if not tars:
         pytest.skip("kvm-unit-tests images not found in ../shared/kvm-unit-tests")
     with tarfile.open(os.path.join(shared, tars[0])) as t:
-        t.extract("idt_test.flat", tmp_path, filter="data")
+        t.extract(f"{name}.flat", tmp_path, filter="data")
     prof = tmp_path / "kut.toml"
     prof.write_text('[profile]\nname = "kut"\nextends = "baseline"\n[primary]\n'
                     'activate_secondary_controls = true\n[secondary]\nenable_ept = true\n'
                     'unrestricted_guest = true\n[entry]\nia32e_mode_guest = false\n')
     cfg = resolve(str(prof), cpu="cvmm").config
-    res = run_guest(cfg, load_image(str(tmp_path / "idt_test.flat")), memory=256 << 20, mode=32,
-                    timeout=60)
+    return run_guest(cfg, load_image(str(tmp_path / f"{name}.flat")), memory=256 << 20, mode=32,
+                     timeout=60)
+
+
+def test_kut_idt_test_passes(tmp_path):
+    """kvm-unit-tests' idt_test: #GP and #UD through the IDT, each with RF in the pushed
+    RFLAGS (QEMU TCG fails the two RF checks)."""
+    res = _kut(tmp_path, "idt_test")
     assert (res.status, res.guest_exit_code) == ("debug-exit", 0), res.console[-400:]
     assert "PASS: Testing #GP rflags.rf" in res.console
     assert "PASS: Testing #UD rflags.rf" in res.console
+
+
+def test_kut_msr_passes(tmp_path):
+    """kvm-unit-tests' msr: WRMSR of a non-canonical address to FS/GS/KERNEL_GS base, LSTAR,
+    CSTAR is #GP (it was taken, and the guest's next GS access triple-faulted); IA32_MCG_CAP
+    reads (no banks); SPEC_CTRL is #GP where CPUID does not enumerate it."""
+    res = _kut(tmp_path, "msr")
+    assert (res.status, res.guest_exit_code) == ("debug-exit", 0), res.console[-400:]
+    assert "PASS: Expected #GP on WRMSR(MSR_GS_BASE, 0xaaaaaaaaaaaaaaaa), got vector 13" \
+        in res.console
+    assert "PASS: Expected #GP on RDMSR(SPEC_CTRL), got vector 13" in res.console
+
+
+INT1_GUEST = """bits 64
+org 0x100000
+        jmp start
+%include "lib64.inc"
+start:
+        gate 1, db_h
+        gate 6, ud_h
+        lidt [idtr]
+        xor ebx, ebx
+        int1
+after:  mov al, bl
+        out DEBUG_EXIT, al
+        hlt
+db_h:   lea rcx, [rel after]            ; the return address: after the one-byte INT1
+        cmp [rsp], rcx
+        jne .n
+        or ebx, 1
+.n:     iretq
+ud_h:   or ebx, 2
+        add qword [rsp], 1
+        iretq
+idt_table
+"""
+
+
+def test_int1_raises_db_and_returns_after_it(tmp_path):
+    """INT1 (ICEBP, F1) is #DB, a privileged software exception whose frame returns after
+    it (the engine stopped with an invalid-instruction error and the guest got #UD;
+    kvm-unit-tests' debug uses it)."""
+    g = tmp_path / "int1.asm"
+    g.write_text(INT1_GUEST)
+    res, recs = run("baseline", str(g), mode=64, timeout=60)
+    assert (res.status, res.guest_exit_code) == ("debug-exit", 1), res.message
+
+
+SS_GUEST = """bits 64
+org 0x100000
+        jmp start
+%include "lib64.inc"
+start:
+        gate 12, ss_h
+        gate 13, gp_h
+        lidt [idtr]
+        xor ebx, ebx
+        mov rcx, 0x8000000000000000
+        lea r8, [rel n1]
+        or qword [rsp + rcx], 0         ; through SS: #SS(0)
+n1:     lea r8, [rel n2]
+        or qword [rbp + rcx], 0         ; through SS: #SS(0)
+n2:     lea r8, [rel n3]
+        or qword [rcx], 0               ; through DS: #GP(0)
+n3:     mov al, bl
+        out DEBUG_EXIT, al
+        hlt
+ss_h:   add ebx, 1
+        jmp skip
+gp_h:   add ebx, 0x10
+skip:   cmp qword [rsp], 0              ; the error code: 0
+        jne .bad
+        add rsp, 8
+        mov [rsp], r8                   ; return after the faulting instruction
+        iretq
+.bad:   mov al, 0xee
+        out DEBUG_EXIT, al
+        hlt
+idt_table
+"""
+
+
+def test_a_non_canonical_stack_reference_is_ss_not_gp(tmp_path):
+    """In 64-bit code a non-canonical address through SS (RSP or RBP as base) raises #SS(0);
+    through another segment #GP(0) (the engine raised #GP for both; kvm-unit-tests'
+    emulator checks it)."""
+    g = tmp_path / "ss.asm"
+    g.write_text(SS_GUEST)
+    res, recs = run("baseline", str(g), mode=64, timeout=60)
+    assert (res.status, res.guest_exit_code) == ("debug-exit", 0x12), res.message

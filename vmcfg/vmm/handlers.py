@@ -313,11 +313,13 @@ def h_cpuid(ctx: ExitContext) -> None:
     v = ctx.vcpu
     g = v._gprs
     leaf = v.rr(g[0]) & 0xFFFFFFFF
-    eax, ebx, ecx, edx = v.cpuid.query(leaf, v.rr(g[1]) & 0xFFFFFFFF)
+    sub = v.rr(g[1]) & 0xFFFFFFFF
+    cpuid = v.cpuid
+    r = cpuid.query(leaf, sub)
+    eax, ebx, ecx, edx = r
     # the native exit path answers the next ones from its cache: leaf 1's OSXSAVE bit it
     # takes from CR4 itself; its APIC bit follows IA32_APIC_BASE, whose writes clear the cache
-    v.fx.cpuid_put(leaf, v.rr(g[1]) & 0xFFFFFFFF if leaf in v.cpuid.subleaf_leaves else None,
-                   (eax, ebx, ecx, edx))
+    v.fx.cpuid_put(leaf, sub if leaf in cpuid.subleaf_leaves else None, r)
     if leaf == 1 and ecx & (1 << 26):
         ecx = (ecx & ~(1 << 27)) | ((v.cr(4) >> 18 & 1) << 27)    # OSXSAVE mirrors CR4
     pend = v._pend            # 32-bit results zero-extend into the 64-bit registers

@@ -145,6 +145,12 @@ def _parse_leaf(key) -> tuple[int, int]:
 
 # ---- the virtual MSR file -----------------------------------------------------------
 
+def _canonical(address: int, bits: int = 48) -> bool:
+    """Bits 63:bits-1 of a 64-bit linear address all equal (4-level paging: 48 bits)."""
+    top = address >> (bits - 1)
+    return top == 0 or top == (1 << (65 - bits)) - 1
+
+
 class MsrFault(Exception):
     """RDMSR/WRMSR of an MSR the virtual CPU does not have (#GP(0))."""
 
@@ -168,17 +174,31 @@ class MsrFile:
         0x48: 0,                   # IA32_SPEC_CTRL
         0x10A: 0,                  # IA32_ARCH_CAPABILITIES
         0xC0000103: 0,             # IA32_TSC_AUX
+        0x179: 0,                  # IA32_MCG_CAP: no machine-check banks (MCi_* are #GP)
+        0x17A: 0,                  # IA32_MCG_STATUS
     }
     CPU: frozenset[int] = frozenset({0x174, 0x175, 0x176, 0xC0000080, 0xC0000081, 0xC0000082,
                                      0xC0000083, 0xC0000084, 0xC0000100, 0xC0000101,
                                      0xC0000102})
-    READ_ONLY: frozenset[int] = frozenset({0xFE, 0x10A, 0x3A})
+    READ_ONLY: frozenset[int] = frozenset({0xFE, 0x10A, 0x3A, 0x179})
+    # MSRs that hold a linear address: WRMSR of a non-canonical one is #GP(0) (SDM WRMSR;
+    # SYSENTER_ESP/EIP, FS/GS/KERNEL_GS base, LSTAR, and CSTAR as KVM checks it)
+    CANONICAL: frozenset[int] = frozenset({0x175, 0x176, 0xC0000082, 0xC0000083, 0xC0000100,
+                                           0xC0000101, 0xC0000102})
     TSC = 0x10
+    # MSRs that exist only where CPUID enumerates them: (leaf, subleaf, register 0-3 =
+    # EAX-EDX, any of these bits). IA32_SPEC_CTRL: IBRS/IBPB, STIBP or SSBD; IA32_ARCH_
+    # CAPABILITIES: CPUID.(7,0):EDX[29]. Without them RDMSR and WRMSR are #GP(0).
+    ENUMERATED: dict[int, tuple[int, int, int, int]] = {
+        0x48: (7, 0, 3, (1 << 26) | (1 << 27) | (1 << 31)),
+        0x10A: (7, 0, 3, 1 << 29),
+    }
 
     def __init__(self, cpu_read: Callable[[int], int], cpu_write: Callable[[int, int], None],
                  tsc_read: Callable[[], int], tsc_write: Callable[[int], None],
-                 devices=None):
+                 devices=None, cpuid: Callable[[int, int], tuple] | None = None):
         self.values = dict(self.STORED)
+        self._cpuid = cpuid             # (leaf, subleaf) -> (eax, ebx, ecx, edx): ENUMERATED
         # devices: MSRs a device owns (IA32_APIC_BASE, IA32_TSC_DEADLINE, x2APIC 0x800-0x8FF)
         self.devices = devices
         self._cpu_read, self._cpu_write = cpu_read, cpu_write
@@ -194,9 +214,16 @@ class MsrFile:
             return self._tsc_read()
         if msr in self.CPU:
             return self._cpu_read(msr)
-        if msr in self.values:
+        if msr in self.values and self._enumerated(msr):
             return self.values[msr]
         raise MsrFault(msr)
+
+    def _enumerated(self, msr: int) -> bool:
+        gate = self.ENUMERATED.get(msr)
+        if gate is None or self._cpuid is None:
+            return True
+        leaf, sub, reg, bits = gate
+        return bool(self._cpuid(leaf, sub)[reg] & bits)
 
     def write(self, msr: int, value: int) -> None:
         value &= (1 << 64) - 1
@@ -211,8 +238,10 @@ class MsrFile:
         elif msr in self.CPU:
             if msr == 0xC0000080 and value & ~0xD01:
                 raise MsrFault(msr)     # reserved EFER bits
+            if msr in self.CANONICAL and not _canonical(value):
+                raise MsrFault(msr)
             self._cpu_write(msr, value)
-        elif msr in self.values and msr not in self.READ_ONLY:
+        elif msr in self.values and msr not in self.READ_ONLY and self._enumerated(msr):
             self.values[msr] = value
         else:
             raise MsrFault(msr)
@@ -220,4 +249,5 @@ class MsrFile:
     def known(self, msr: int) -> bool:
         if self.devices is not None and self.devices.owns_msr(msr):
             return True
-        return msr == self.TSC or msr in self.CPU or msr in self.values
+        return msr == self.TSC or msr in self.CPU or (msr in self.values
+                                                      and self._enumerated(msr))

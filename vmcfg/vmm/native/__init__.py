@@ -308,10 +308,12 @@ class FastExit:
     # ---- CPUID results ----------------------------------------------------------------------
     def cpuid_put(self, leaf: int, sub: int | None, regs) -> None:
         """Cache a CPUID result; sub None = the same for every ECX."""
+        key = (leaf, sub)
+        if key in self._cpuid_keys:                 # (every exit with the default handler)
+            return
         st = self.state
         n = st.ncpuid
-        key = (leaf, sub)
-        if n >= NCPUID or key in self._cpuid_keys:
+        if n >= NCPUID:
             return
         self._cpuid_keys.add(key)
         c = st.cpuid[n]

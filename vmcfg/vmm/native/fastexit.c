@@ -392,8 +392,8 @@ static int fast(uc_engine *uc, uint64_t address, fx_entry *e, fx_state *st)
                         ? e->port : (rd(uc, st, S_RDX) & 0xFFFF);
         if (e->bits && e->bits != st->bits)
             return 0;                   /* decoded for another code size: Python decodes again */
-        if (lean_on(st, R_IO) && io_intercepted_n(st, port, e->size))
-            return lean_exit(uc, st, address, R_IO, ic);
+        if (lean_on(st, R_IO) && !e->bits && io_intercepted_n(st, port, e->size))
+            return lean_exit(uc, st, address, R_IO, ic);  /* (sized forms: the Python trap) */
         fx_latch *l = e->size == 1 ? latch_find(st, port) : 0;
         if (!l) {
             if (!io_direct(uc, st, e, port, e->kind == K_IN_IMM || e->kind == K_IN_DX, ic,

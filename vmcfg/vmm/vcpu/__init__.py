@@ -33,6 +33,8 @@ The package, one module per part of the state the vCPU owns:
 * ``runloop``    -- the run loop and the run's outcome;
 * ``fastexit``   -- the native exit path's state block and what the C helper may do;
 * ``deviceio``   -- device I/O no control intercepts: from the native hook to the bus;
+* ``leanexit``   -- Python exit handlers called from the native hook (no engine stop), and
+  external-interrupt exits to the default handler at the soft deadline;
 * ``common``     -- shared constants.
 """
 

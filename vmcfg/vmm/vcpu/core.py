@@ -194,7 +194,8 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         self.uc.hook_add(UC_HOOK_INSN, self._on_fastcall, "syscall", 1, 0, X.UC_X86_INS_SYSCALL)
         self.uc.hook_add(UC_HOOK_INSN, self._on_fastcall, "sysenter", 1, 0, X.UC_X86_INS_SYSENTER)
         self.msrs = MsrFile(self._cpu_msr_read, self._cpu_msr_write, self._tsc_msr_read,
-                            self._tsc_msr_write, devices=self.platform)
+                            self._tsc_msr_write, devices=self.platform,
+                            cpuid=lambda leaf, sub: self.cpuid.query(leaf, sub))
         self.cpuid = self._make_cpuid(config)
         self.wall_in_vmm = 0.0
         self.stops = StopStats()          # engine runs by cause, host time in the engine

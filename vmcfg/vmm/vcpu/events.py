@@ -409,7 +409,7 @@ class EventsMixin:
         fd = self._fx_dlv
         blk = fd[1]
         if self._on["pin.external_interrupt_exiting"]:
-            return self._exit_at_boundary(vec, ic)
+            return self._lean_extint(vec, ic)        # (leanexit.py; else _exit_at_boundary)
         if not fd[0](blk, vec, FXD_HERE, 0, 0):
             return False                     # not the plain case: the run loop delivers
         took = plat.ack_interrupt()

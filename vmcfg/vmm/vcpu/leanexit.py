@@ -8,8 +8,10 @@ That runs the handler with a `LeanExitContext` (handlers.py: the same API; the e
 is built only if the handler looks at it), and queues the register writes, which the hook
 sends back in one batch.  The engine goes on; it stops only for what the run loop must do:
 the handler ended the run, injected an exception or an event, changed the controls, a
-device now needs the next instruction boundary, or events wait (the same stop conditions as
-the full trap path in intercepts.py, so both give the same results).
+device now needs the next instruction boundary, or events wait (the full trap path in
+intercepts.py stops at the same points, and also after every exit while a device timer is
+armed: here, as in fastexit.c, the exit's virtual time moves the block counter's soft
+deadline instead, which takes the timer's interrupt at the same instruction).
 
 The hook takes this path only when the full one would do nothing more: the virtual clock,
 no trace, no preemption timer, no event waiting, the reason seen once already (exit order),
@@ -19,21 +21,29 @@ goes to the full trap path instead.  Without the C helper every exit takes the f
 
 from __future__ import annotations
 
+import time
 from unicorn import x86_const as X
 from ..devices import DebugExit, SystemReset
-from ..handlers import LeanExitContext
-from ..native import LEAN_COUNTED, LEAN_NONE, LEAN_RESUMED, NWRITE
+from ..counter import NO_DEADLINE, W_SOFT
+from ..exitinfo import INTR_EXTERNAL, VmExit, interruption_info
+from ..handlers import DEFAULT_HANDLERS, ExitContext, LeanExitContext, h_external_interrupt
+from ..native import FXD_HERE, LEAN_COUNTED, LEAN_NONE, LEAN_RESUMED, NWRITE
 from ..outcome import GuestFault, RunEnd
+from .common import EXIT_COST, TSC_PER_INSN
 from .deviceio import device_run_end
 from .intercepts import _MODE_FREE
+from ...vmx.exits import Exit
 
 _RAX, _RCX, _RDX, _RIP = X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RIP
+_EXTINT = Exit.EXTERNAL_INTERRUPT
+_clock = time.perf_counter_ns
 
 
 class LeanExitMixin:
     """Python exit handlers called from the native hook (see the module doc)."""
 
     def _lean_attach(self) -> None:
+        self.lean_extints = 0            # external-interrupt exits done by _lean_extint
         if self._fx_native:
             st = self._fxs
             self._lean_wids, self._lean_wvals = st.wids, st.wvals
@@ -81,10 +91,19 @@ class LeanExitMixin:
             plat = self.platform
             if self._pending_cfg is not None or self._event is not None or \
                     self._input_wake or (plat.changed and self._device_change_needs_stop(ic)) \
-                    or plat.next_event() is not None or self._events_waiting():
+                    or self._events_waiting():
                 if self._event is None:              # (intercepts._on_trap's conditions)
                     self._event = ("resume", ins.kind)
                 self.uc.emu_stop()
+            elif plat.next_event() is not None:
+                # a device timer, unchanged by the handler: the exit moved virtual time by
+                # EXIT_COST ticks, so its soft deadline (retired instructions) comes that much
+                # sooner -- as fastexit.c does for the exits it does itself; the full path
+                # stops here and the run loop sets the same deadline
+                cs = self.counter.state
+                soft = cs[W_SOFT]
+                if soft != NO_DEADLINE:
+                    cs[W_SOFT] = max(0, soft - EXIT_COST // TSC_PER_INSN)
             # for the hook to send in one batch: the RIP, the other writes (_trap_flush)
             st = self._fxs
             st.pc = pend.pop(pc)
@@ -126,3 +145,58 @@ class LeanExitMixin:
         self._fxs.exit_count -= 1
         self._raw_trap(None, address, 0, None)
         return LEAN_NONE
+
+    # ---- external-interrupt exiting at the soft deadline, default handler (events.py) ----------
+    def _lean_extint(self, vec: int, ic: int) -> bool:
+        """External-interrupt exiting with acknowledge-on-exit, to the default handler, at
+        the block counter's soft deadline (events._take_at_boundary, inside the engine): the
+        exit is counted and the interrupt acknowledged and reflected as the full path
+        (_exit_at_boundary + vmexit + handlers.h_external_interrupt) does it, without the
+        exit record, the context or a read of the CPU mode -- nothing looks at them here (no
+        trace, no user handler) -- then the reflected interrupt is delivered through the
+        guest IDT in C when the guest can take it.  Anything else takes the full path."""
+        st = self.exit_stats.get(_EXTINT)
+        on = self._on
+        if st is None or self.trace is not None or _EXTINT in self.user_handlers \
+                or not on["exit.acknowledge_interrupt_on_exit"] \
+                or on["pin.activate_vmx_preemption_timer"] or self.apicv.vid \
+                or DEFAULT_HANDLERS[_EXTINT] is not h_external_interrupt:
+            return self._exit_at_boundary(vec, ic)   # (the first exit of the reason too)
+        self.ack_interrupt()
+        fxs = self._fxs
+        fxs.exit_count += 1
+        st._count += 1
+        t0 = _clock()
+        self.reflect_interrupt(vec)                  # h_external_interrupt, acknowledged
+        st._seconds += (_clock() - t0) * 1e-9
+        self._ptimer_fire = None
+        plat = self.platform
+        # the exit took virtual time: the devices act on it before the next boundary
+        plat.advance(self._tsc_at(ic))
+        plat.changed = False
+        if self._pending_cfg is not None or self._entry_inject is not None \
+                or self._nmi_pending or self._nmi_reflect or plat.pending_interrupt() is not None \
+                or len(self._virq) != 1:
+            return self._lean_extint_exited(vec, ic)
+        fd = self._fx_dlv
+        blk = fd[1]
+        if not fd[0](blk, self._virq[0], FXD_HERE, 0, 0):
+            return self._lean_extint_exited(vec, ic)    # IF = 0 or blocked: the run loop
+        self._virq.pop(0)
+        self.lean_extints += 1
+        return self._delivered_at_boundary(blk, ic)
+
+    def _lean_extint_exited(self, vec: int, ic: int) -> bool:
+        """The run loop takes over after the exit (event "exited", as _exit_at_boundary): the
+        exit record and the handler's context, as the full path made them."""
+        self._sync_mode()
+        ex = VmExit(_EXTINT, 0, self.rip,
+                    interruption_info=interruption_info(vec, INTR_EXTERNAL, False),
+                    data={"vector": vec, "acknowledged": True})
+        ex.seq = self._fxs.exit_count
+        ex.instructions = ic
+        ex.tsc = self._tsc_at(ic)
+        ctx = self._last_ctx = ExitContext(self, ex)
+        self._event = ("exited", ctx)
+        self.uc.emu_stop()
+        return True

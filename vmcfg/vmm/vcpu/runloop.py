@@ -16,10 +16,17 @@ from .common import DEADLINE_MARGIN, UNTIL
 
 # trapped kinds the engine itself cannot run (QEMU 5's x86 translator has no INVPCID)
 _ENGINE_LACKS = frozenset({"invpcid"})
+
+
+def _canonical(address: int) -> bool:
+    """Bits 63:47 of a 64-bit linear address all equal (48-bit linear addresses)."""
+    top = address >> 47
+    return top == 0 or top == 0x1FFFF
+
 from .intercepts import PRIVILEGED, _UD_MNEMONICS
 from .stopstats import event_cause
 from ..counter import W_COUNTER, W_SOFT, W_STOP, W_STOPPED
-from ...vmx.exits import Exit, Vector
+from ...vmx.exits import Exit, InterruptionType, Vector
 
 
 class RunLoopMixin:
@@ -275,6 +282,25 @@ class RunLoopMixin:
             self._handle_event(ev, None)
         return True
 
+    def _stack_noncanonical(self, rip: int) -> bool:
+        """Does the instruction at `rip` (64-bit code) reference the stack at a non-canonical
+        address -- a memory operand through SS (RSP or RBP as base) or a push/pop? The
+        processor raises #SS(0) for it, not #GP(0) (SDM 6.15, interrupt 12)."""
+        if self.bitness != 64:
+            return False
+        dec = self._decode_any(rip)
+        raw = self._code_bytes(rip)
+        if dec is None or raw is None:
+            return False
+        ins = D.make_insn(dec, raw, self.bitness)
+        if ins.has_mem and dec.memory_segment == D.R.SS:
+            return not _canonical(self.effective_address(ins))
+        step = dec.stack_pointer_increment
+        if step:
+            rsp = self.gpr(4, 8)
+            return not (_canonical(rsp) and _canonical((rsp + step) & ((1 << 64) - 1)))
+        return False
+
     def _unmapped_operand(self, dec, rip: int) -> int | None:
         """The linear address of a memory operand of `dec` (at `rip`) that the guest's
         paging does not map, or None."""
@@ -380,6 +406,8 @@ class RunLoopMixin:
                 if cr2 is not None:
                     self.set_cr(2, cr2)
                 ec = self._pf_error_code(cr2, rip) if vector == Vector.PF else None
+                if vector == Vector.GP and self._stack_noncanonical(rip):
+                    vector = Vector.SS          # the engine raises #GP for these
                 self.raise_exception(vector, ec, rip, cr2=cr2)
             return
         if kind in ("apic_access", "apic_write"):     # virtualize APIC accesses (apicv.py)
@@ -398,8 +426,16 @@ class RunLoopMixin:
         if err.errno == UC_ERR_INSN_INVALID:
             self.icount = self._retired_at(rip)
             self.counter.set_count(self.icount)
-            if not self._trap_at_stop(rip):
-                self.raise_exception(6, None, rip)
+            dec = self._decode_any(rip)
+            if dec is not None and dec.mnemonic == D.M.INT1:
+                # INT1 (ICEBP): the engine ends the run as if for a debugger; the processor
+                # raises #DB as a privileged software exception, returning after it
+                self.icount += 1
+                self.counter.set_count(self.icount)
+                self.raise_exception(Vector.DB, None, rip, itype=InterruptionType.PRIV_SW_EXCEPTION,
+                                     next_rip=rip + dec.len)
+            elif not self._trap_at_stop(rip):
+                self.raise_exception(Vector.UD, None, rip)
             return
         if err.errno in (UC_ERR_READ_UNMAPPED, UC_ERR_WRITE_UNMAPPED, UC_ERR_FETCH_UNMAPPED,
                          UC_ERR_READ_PROT, UC_ERR_WRITE_PROT, UC_ERR_FETCH_PROT):

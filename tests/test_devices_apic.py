@@ -97,6 +97,34 @@ def test_timer_periodic_with_divider():
     assert m.take() == 0x41
 
 
+def test_timer_mode_changes_keep_the_one_counter():
+    """A mode change does not restart the count (kvm-unit-tests apic, test_apic_change_mode):
+    periodic -> one-shot counts on from where it was and stops at 0; a count that ended in
+    one-shot mode stays 0 when the mode becomes periodic, until TMICT is written again."""
+    m = Machine()
+    _enable(m)
+    wr(m, 0x3E0, 0x0B)                          # divide by 1
+    wr(m, 0x320, 0x20040)                       # periodic, vector 0x40
+    wr(m, 0x380, 1000)
+    m.run_to(1000)
+    assert m.take() == 0x40
+    wr(m, 0xB0, 0)
+    m.now = 1300
+    assert rd(m, 0x390) == 700                  # reloaded at 1000
+    wr(m, 0x320, 0x40)                          # one-shot now: 700 to go
+    assert rd(m, 0x390) == 700 and m.board.next_event() == 2000
+    m.run_to(2000)
+    assert m.take() == 0x40 and rd(m, 0x390) == 0
+    wr(m, 0xB0, 0)
+    m.now = 2500
+    wr(m, 0x320, 0x20040)                       # periodic again: the ended count stays 0
+    assert rd(m, 0x390) == 0 and m.board.next_event() is None
+    assert rd(m, 0x380) == 1000                 # TMICT reads back
+    wr(m, 0x380, 1000)                          # a new count runs, periodic
+    m.now = 2600
+    assert rd(m, 0x390) == 900 and m.board.next_event() == 3500
+
+
 def test_masked_timer_runs_without_interrupts():
     m = Machine()
     _enable(m)

@@ -97,6 +97,7 @@ class LocalApic:
         self.tdcr = 0
         self.initial = 0
         self.start = 0
+        self.stopped = False        # the count ended in one-shot mode and was not reloaded
         self.tsc_deadline = 0
         self._timer.cancel()
 
@@ -243,7 +244,7 @@ class LocalApic:
         return (self.lvt[LVT_TIMER] >> 17) & 3
 
     def current_count(self, now: int | None = None) -> int:
-        if self.initial == 0 or self.timer_mode == TIMER_TSC_DEADLINE:
+        if self.initial == 0 or self.timer_mode == TIMER_TSC_DEADLINE or self.stopped:
             return 0
         now = self.clock.now() if now is None else now
         n = (now - self.start) // self.divisor
@@ -252,7 +253,7 @@ class LocalApic:
         return max(0, self.initial - n)
 
     def _arm_count(self, now: int) -> None:
-        if self.initial == 0 or self.timer_mode == TIMER_TSC_DEADLINE:
+        if self.initial == 0 or self.timer_mode == TIMER_TSC_DEADLINE or self.stopped:
             self._timer.cancel()
             return
         period = self.initial * self.divisor
@@ -362,12 +363,20 @@ class LocalApic:
                 v |= LVT_MASKED
             if off == LVT_TIMER:
                 old_mode = self.timer_mode
+                count = self.current_count(now)
                 self.lvt[off] = v
                 if (old_mode == TIMER_TSC_DEADLINE) != (self.timer_mode == TIMER_TSC_DEADLINE):
                     self.initial = 0
                     self.tsc_deadline = 0
                     self._timer.cancel()
                 else:
+                    # one counter: a mode change lets it go on from where it is -- a count
+                    # that ended in one-shot mode stays 0, periodic -> one-shot counts on
+                    if self.initial and old_mode != self.timer_mode:
+                        if count == 0:
+                            self.stopped = True
+                        else:
+                            self.start = now - (self.initial - count) * self.divisor
                     self._arm_count(now)
             else:
                 self.lvt[off] = v
@@ -377,6 +386,7 @@ class LocalApic:
                 return
             self.initial = value
             self.start = now
+            self.stopped = False
             self._arm_count(now)
             self._changed()
         elif off == TDCR:

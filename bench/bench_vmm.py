@@ -275,14 +275,15 @@ data:   dq 0
 def exit_free(a, rows):
     """Instructions per second of exit-free code, vmcfg against bare Unicorn in its two layouts.
 
-    Each rate is (instructions of 2N iterations - instructions of N) / (CPU time(2N) - CPU
-    time(N)) of this process, so neither side's start-up counts (vmcfg's devices and start
-    state, the bare engine's mapping); the three are interleaved in every repetition and the ratio is taken per
-    repetition (vmcfg against the faster bare layout of the same minute), then its median."""
+    vmcfg's rate is (instructions of 2N iterations - instructions of N) / (CPU time(2N) - CPU
+    time(N)) of this process, so its start-up (devices, start state) does not count; bare
+    Unicorn's is the instructions of 2N iterations over the CPU time of its emu_start alone
+    (nothing else is timed there). The three are interleaved in every repetition (at least
+    5) and the ratio is taken in each against the faster bare layout of that repetition, then
+    its median: this machine's speed swings by up to 2x from minute to minute."""
     n = 2_000_000 if a.quick else 8_000_000
     imgs = {k: compute_image(k) for k in (n, 2 * n)}
     per_iter = 5
-
     cpu = time.process_time            # this process's CPU time: steadier than wall time when
                                        # other programs share the cores (both sides alike)
 
@@ -294,10 +295,10 @@ def exit_free(a, rows):
 
     vm(n)                                                   # imports, first engine: not timed
     vms, rwxs, nxs, ratios = [], [], [], []
-    for _ in range(max(3, a.repeat)):
+    for _ in range(max(5, a.repeat)):
         v = n * per_iter / (vm(2 * n) - vm(n))
-        r = n * per_iter / (bare(2 * n, False) - bare(n, False))
-        x = n * per_iter / (bare(2 * n, True) - bare(n, True))
+        r = 2 * n * per_iter / bare(2 * n, False)
+        x = 2 * n * per_iter / bare(2 * n, True)
         vms.append(v)
         rwxs.append(r)
         nxs.append(x)

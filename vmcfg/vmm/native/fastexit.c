@@ -590,13 +590,7 @@ void fx_trap(uc_engine *uc, uint64_t address, uint32_t size, void *user_data)
     if (e->kind && (st->flags & FX_FAST) && fast(uc, address, e, st))
         return;
     /* the Python path: registers in one batch before, queued writes in one batch after */
-    int ids[FX_NSNAP];
-    void *ptrs[FX_NSNAP];
-    for (int i = 0; i < FX_NSNAP; i++) {
-        ids[i] = (int)st->reg_ids[i];
-        ptrs[i] = &st->snap[i];
-    }
-    st->read_batch(uc, ids, ptrs, FX_NSNAP);
+    fx_read_snap(uc, st);
     st->nwrite = 0;
     st->pc_write = 0;
     st->slow++;

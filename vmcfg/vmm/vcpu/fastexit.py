@@ -26,6 +26,17 @@ def _signed(v: int) -> int:
     return v - (1 << 64) if v >> 63 else v
 
 
+
+def queue_writes(pend: dict, wids, wvals) -> int:
+    """Register writes `pend` (register id -> value) into the native hook's write batch (two
+    ctypes arrays); their number. The caller checked they fit (NWRITE)."""
+    n = 0
+    for r, v in pend.items():
+        wids[n] = r
+        wvals[n] = v
+        n += 1
+    return n
+
 class FastExitMixin:
     """The native exit path's state block and its arming (see the module doc)."""
 
@@ -232,13 +243,7 @@ class FastExitMixin:
         if pend and self._fx_native and len(pend) <= NWRITE:
             st = self._fxs
             pc = pend.pop(self._pc_reg, None)
-            wids, wvals = st.wids, st.wvals
-            n = 0
-            for r, v in pend.items():
-                wids[n] = r
-                wvals[n] = v
-                n += 1
-            st.nwrite = n
+            st.nwrite = queue_writes(pend, st.wids, st.wvals)
             if pc is not None:
                 st.pc = pc
                 st.pc_write = 1

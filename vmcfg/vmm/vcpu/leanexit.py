@@ -31,6 +31,7 @@ from ..native import FXD_HERE, LEAN_COUNTED, LEAN_NONE, LEAN_RESUMED, NWRITE
 from ..outcome import GuestFault, RunEnd
 from .common import EXIT_COST, TSC_PER_INSN
 from .deviceio import device_run_end
+from .fastexit import queue_writes
 from .intercepts import _MODE_FREE
 from ...vmx.exits import Exit
 
@@ -127,13 +128,7 @@ class LeanExitMixin:
             st.pc = pend.pop(pc)
             if pend:
                 if len(pend) <= NWRITE:
-                    wids, wvals = self._lean_wids, self._lean_wvals
-                    n = 0
-                    for r, v in pend.items():
-                        wids[n] = r
-                        wvals[n] = v
-                        n += 1
-                    st.nwrite = n
+                    st.nwrite = queue_writes(pend, self._lean_wids, self._lean_wvals)
                     pend.clear()
                 else:
                     self.flush()                     # more than the hook's batch holds

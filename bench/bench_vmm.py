@@ -339,17 +339,13 @@ def exits(a, rows):
                      bare_col, "median ≤ 3 µs", yes(med <= 3.0)))
 
 
-# Guest code mapping the local APIC's page (0xFEE00000, above RAM) in the start state's
-# identity paging: a page directory for the fourth GiB at 2 MiB with one 2 MiB page
-# (present, writable, uncached), then CR3 reloaded.  RBX points at the APIC's version register.
-MAP_LAPIC = """mov rdi, 0x200000
-mov rax, 0xFEE0009B
-mov [rdi + 503 * 8], rax
-mov rax, 0x200003
-mov [0x2000 + 3 * 8], rax
-mov rax, cr3
-mov cr3, rax
-mov rbx, 0xFEE00030
+# Guest code mapping the local APIC's page (lib64.inc's map_lapic); RBX points at the APIC's
+# version register.
+MAP_LAPIC = """jmp start
+%include "lib64.inc"
+start:
+map_lapic
+add rbx, 0x30
 """
 
 # (title, set-up code, loop body, device accesses per iteration, MMIO at the APIC page)

@@ -347,14 +347,10 @@ def test_unmask_and_eoi_deliver_before_the_next_instruction(monkeypatch):
 
 
 MMIO = f"""
-        mov rdi, 0x200000           ; map the local APIC's page (4th GiB, one 2 MiB page)
-        mov rax, 0xFEE0009B
-        mov [rdi + 503 * 8], rax
-        mov rax, 0x200003
-        mov [0x2000 + 3 * 8], rax
-        mov rax, cr3
-        mov cr3, rax
-        mov rbx, 0xFEE00000
+        jmp start
+%include "lib64.inc"
+start:
+        map_lapic                   ; the local APIC's page; RBX = 0xFEE00000
         mov dword [rbx + 0xf0], 0x1ff          ; SVR: software-enabled
         mov dword [rbx + 0x3e0], 0xb           ; divide by 1
         mov dword [rbx + 0x320], 0x10040       ; LVT timer masked, one-shot

@@ -58,18 +58,23 @@ def _mixed_cfg(**kw):
                 io_ports=[(0x80, 0x80), (0x3F8, 0x3FF)], tsc={"offset": 777}, **kw)
 
 
+def _emulating(log):
+    """Handlers on CPUID, RDTSC and I/O that record what they see, emulate, and record the
+    result."""
+    def h(ctx):
+        log.append(_seen(ctx))
+        ctx.emulate()
+        log.append((ctx.resume_rip, ctx.regs.rax, ctx.regs.rdx))
+    return {Exit.CPUID: h, Exit.RDTSC: h, Exit.IO_INSTRUCTION: h}
+
+
 def test_emulating_handlers_see_the_same_exits_both_ways(monkeypatch):
     """Handlers on CPUID, RDTSC and I/O that record what they see and emulate: the same
     records, registers and virtual time with and without the helper; natively they run from
     the hook (all but each reason's first exit)."""
-    def make(log):
-        def h(ctx):
-            log.append(_seen(ctx))
-            ctx.emulate()
-            log.append((ctx.resume_rip, ctx.regs.rax, ctx.regs.rdx))
-        return {Exit.CPUID: h, Exit.RDTSC: h, Exit.IO_INSTRUCTION: h}
     n = 300
-    res, v, log = _both(_mixed_cfg(), _image(LOOP.format(n=n, body=MIXED)), monkeypatch, make)
+    res, v, log = _both(_mixed_cfg(), _image(LOOP.format(n=n, body=MIXED)), monkeypatch,
+                        _emulating)
     assert res.status == "debug-exit"
     assert res.exit_counts() == {"CPUID": n, "RDTSC": n, "IO_INSTRUCTION": 4 * n}
     assert len(log) == 2 * 6 * n
@@ -264,18 +269,12 @@ def test_the_hook_calls_handlers_through_the_c_api_where_built(monkeypatch):
         monkeypatch.delenv("VMCFG_NO_NATIVE", raising=False)
         assert native.FastExit([0] * native.NSNAP, 0).capi()
 
-    def make(log):
-        def h(ctx):
-            log.append(_seen(ctx))
-            ctx.emulate()
-            log.append((ctx.resume_rip, ctx.regs.rax, ctx.regs.rdx))
-        return {Exit.CPUID: h, Exit.RDTSC: h, Exit.IO_INSTRUCTION: h}
     n = 50
     image = _image(LOOP.format(n=n, body=MIXED))
-    res, v, log = _both(_mixed_cfg(), image, monkeypatch, make)
+    res, v, log = _both(_mixed_cfg(), image, monkeypatch, _emulating)
     assert v._lean_capi == v.fx.capi() and _lean(v) > 0
     monkeypatch.setattr(native.FastExit, "capi", lambda self: False)
-    res2, v2, log2 = _both(_mixed_cfg(), image, monkeypatch, make)
+    res2, v2, log2 = _both(_mixed_cfg(), image, monkeypatch, _emulating)
     assert not v2._lean_capi and _lean(v2) == _lean(v)
     assert log2 == log
     assert (res2.instructions, res2.tsc, res2.exit_counts()) == \

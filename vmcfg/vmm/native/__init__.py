@@ -22,7 +22,7 @@ import ctypes
 import importlib.machinery
 import os
 
-FX_VERSION = 7
+FX_VERSION = 8
 NSNAP = 18
 NWRITE = 32
 NREASONS = 128
@@ -81,6 +81,7 @@ class FxState(ctypes.Structure):
                 ("cpuid", FxCpuid * NCPUID), ("latch", FxLatch * NLATCH),
                 ("mtf_on", _u64), ("mtf_started", _u64), ("mtf_skip", _u64), ("mtf_done", _u64),
                 ("py_io", ctypes.c_void_p), ("bits", _u64), ("io_direct", _u64),
+                ("py_io_obj", ctypes.c_void_p),
                 ("lean_mask", _u64 * (NREASONS // 64)), ("py_exit", ctypes.c_void_p),
                 ("lean", _u64), ("py_exit_obj", ctypes.c_void_p)]
 
@@ -189,6 +190,9 @@ class FastExit:
         IO_IN for IN); `state.io_direct` counts them."""
         self._io_cb = _IO_CB(fn)
         self.state.py_io = ctypes.cast(self._io_cb, ctypes.c_void_p).value
+        if self.capi():                 # the same function through the C API (no ctypes)
+            self._io_obj = fn
+            self.state.py_io_obj = id(fn)
 
     def set_python_exit(self, fn) -> None:
         """The lean exit path, `fn(reason, address, icount, seq, tsc, rax, rcx, rdx, rip) ->
@@ -435,6 +439,7 @@ def event_deliverer(uch: int, ctx_addr: int, env_offset: int, mem_size: int,
 FXS_VERSION = 1
 TICK_STOP = -1          # tick(): the run loop must look (the engine stops before the block)
 TICK_DONE = -2          # tick(): done here (the soft deadline set, or the engine stopped)
+REFLECTED = 0x100       # tick(): with the vector -- an exit's handler reflected it (not INTA)
 
 
 class FxSoft(ctypes.Structure):

@@ -42,7 +42,7 @@
 #include <string.h>
 #include <time.h>
 
-#define FX_VERSION 7
+#define FX_VERSION 8
 #define FX_NSNAP 18            /* RAX..R15, RIP, RFLAGS */
 #define FX_NWRITE 32
 #define FX_NREASONS 128
@@ -142,6 +142,8 @@ typedef struct fx_state {
     py_io_t py_io;             /* 0: none (every non-latch port takes the Python trap path) */
     uint64_t bits;             /* the code size (16/32/64) the Python side saw last */
     uint64_t io_direct;        /* accesses py_io served */
+    void *py_io_obj;           /* py_io as a Python callable, called through the C API when
+                                * this build has it (borrowed: the Python side keeps it) */
     /* user exit handlers called from the hook (lean_exit) */
     uint64_t lean_mask[FX_NREASONS / 64];  /* reasons whose Python handler runs from here */
     py_exit_t py_exit;
@@ -164,6 +166,10 @@ typedef struct fx_entry {
     uint64_t size;             /* IN/OUT: bytes accessed (1, 2, 4) */
     uint64_t bits;             /* ... for the code size it was decoded in (0: any) */
 } fx_entry;
+
+#ifdef FX_CAPI
+static int64_t call_ints(PyObject *fn, const uint64_t *a, int n);
+#endif
 
 int fx_version(void) { return FX_VERSION; }
 int fx_state_size(void) { return (int)sizeof(fx_state); }
@@ -246,7 +252,16 @@ static int io_direct(uc_engine *uc, fx_state *st, const fx_entry *e, uint64_t po
         return 0;
     uint64_t rax = rd(uc, st, S_RAX);
     uint64_t mask = size >= 4 ? 0xFFFFFFFFull : (1ull << (8 * size)) - 1;
-    uint64_t v = st->py_io(port | (size << 16) | ((uint64_t)in << 24), rax & mask, ic);
+    uint64_t op = port | (size << 16) | ((uint64_t)in << 24), v;
+#ifdef FX_CAPI
+    if (st->py_io_obj) {               /* the same callable through the C API: no ctypes */
+        uint64_t a[3] = {op, rax & mask, ic};
+        PyGILState_STATE g = PyGILState_Ensure();
+        v = (uint64_t)call_ints((PyObject *)st->py_io_obj, a, 3);
+        PyGILState_Release(g);
+    } else
+#endif
+    v = st->py_io(op, rax & mask, ic);
     if (in) {
         *id = (int)st->reg_ids[S_RAX];
         *val = (size == 4 && e->bits == 64) ? (v & mask) : ((rax & ~mask) | (v & mask));
@@ -310,6 +325,31 @@ int fx_capi(void)
 }
 
 #ifdef FX_CAPI
+/* fn(*a) with n (at most 4) unsigned ints, the GIL held; the answer as a signed int (-1 on any
+ * error, which is a bug in the VMM: the Python side catches everything and reports it through
+ * the run loop; NO_DEADLINE for an answer past 2^63 - 1) */
+static int64_t call_ints(PyObject *fn, const uint64_t *a, int n)
+{
+    PyObject *slots[5], **args = slots + 1;
+    int k = 0;
+    for (; k < n; k++)
+        if (!(args[k] = PyLong_FromUnsignedLongLong(a[k])))
+            break;
+    PyObject *res = k == n ? PyObject_Vectorcall(fn, args, (size_t)n | PY_VECTORCALL_ARGUMENTS_OFFSET, 0) : 0;
+    for (int i = 0; i < k; i++)
+        Py_DECREF(args[i]);
+    int64_t r = -1;
+    if (res && PyLong_Check(res)) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(res, &overflow);
+        r = overflow > 0 ? (int64_t)NO_DEADLINE : overflow < 0 ? -1 : (int64_t)v;
+    }
+    if (PyErr_Occurred())
+        PyErr_WriteUnraisable(fn);
+    Py_XDECREF(res);
+    return r;
+}
+
 /* Queue one register write from the handler's dict; a full queue goes out first. */
 static void queue_write(uc_engine *uc, fx_state *st, uint64_t id, uint64_t value)
 {
@@ -837,7 +877,9 @@ int fx_deliver(fx_dlv *d, uint64_t vector, uint64_t how, uint64_t error_code, ui
  * common case; anything else stops the engine and the run loop delivers: nothing was
  * acknowledged yet), and `acked(vector, frame_phys, icount, tsc)` -- the interrupt controller
  * acknowledges it, and the answer is the next soft deadline.  Two calls of Python through the
- * C API and no ctypes crossing: only built with the Python headers (fx_soft_size says).
+ * C API and no ctypes crossing: only built with the Python headers (fx_soft_size says).  A
+ * vector from tick may carry REFLECTED (0x100: external-interrupt exiting's handler reflected
+ * it); acked gets it back as it came.
  */
 #define FXS_VERSION 1
 enum { W_EMU_STOP = 9, W_STOPPED = 11, W_SOFT_CTX = 16 };
@@ -857,30 +899,6 @@ typedef struct fx_soft {
 #ifdef FX_CAPI
 int fx_soft_size(void) { return (int)sizeof(fx_soft) | (FXS_VERSION << 16); }
 
-/* fn(*a) with n unsigned ints; the answer as a signed int (TICK_STOP on any error, which is a
- * bug in the VMM: the Python side catches everything and reports it through the run loop) */
-static int64_t call_ints(PyObject *fn, const uint64_t *a, int n)
-{
-    PyObject *slots[5], **args = slots + 1;
-    int k = 0;
-    for (; k < n; k++)
-        if (!(args[k] = PyLong_FromUnsignedLongLong(a[k])))
-            break;
-    PyObject *res = k == n ? PyObject_Vectorcall(fn, args, (size_t)n | PY_VECTORCALL_ARGUMENTS_OFFSET, 0) : 0;
-    for (int i = 0; i < k; i++)
-        Py_DECREF(args[i]);
-    int64_t r = TICK_STOP;
-    if (res && PyLong_Check(res)) {
-        int overflow = 0;
-        long long v = PyLong_AsLongLongAndOverflow(res, &overflow);
-        r = overflow > 0 ? (int64_t)NO_DEADLINE : overflow < 0 ? TICK_STOP : (int64_t)v;
-    }
-    if (PyErr_Occurred())
-        PyErr_WriteUnraisable(fn);
-    Py_XDECREF(res);
-    return r;
-}
-
 void fx_soft_deadline(uc_engine *uc, uint64_t address, uint32_t size, void *user)
 {
     uint64_t *ctr = (uint64_t *)user;
@@ -895,7 +913,7 @@ void fx_soft_deadline(uc_engine *uc, uint64_t address, uint32_t size, void *user
     int64_t v = call_ints((PyObject *)s->tick_obj, a, 2);
     if (v >= 0) {
         if (fx_deliver(s->dlv, (uint64_t)v & 0xFF, FXD_HERE, 0, 0)) {
-            a[0] = (uint64_t)v & 0xFF;
+            a[0] = (uint64_t)v;        /* (with its REFLECTED bit) */
             a[1] = s->dlv->frame_phys;
             a[2] = ic;
             a[3] = tsc;

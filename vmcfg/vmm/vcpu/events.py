@@ -15,7 +15,7 @@ from ..cpu.delivery import DeliveryFault, deliver_event, nested
 from ..cpu.state import HF_INHIBIT_IRQ, old_exception_offset
 from ..exitinfo import (INTR_EXTERNAL, INTR_HW_EXCEPTION, INTR_NMI, INTR_PRIV_SW_EXCEPTION,
                         INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit, interruption_info)
-from ..native import FXD_EC, FXD_FAULT, FXD_HERE, FXD_SOFT, TICK_DONE, TICK_STOP
+from ..native import FXD_EC, FXD_FAULT, FXD_HERE, FXD_SOFT, REFLECTED, TICK_DONE, TICK_STOP
 from .common import MASK64, TSC_PER_INSN, _ERROR_CODE_VECTORS
 from .intercepts import trapped_kinds
 from ...vmx.exits import Exit, FAULT_VECTORS, FIRST_EXTERNAL_VECTOR, LAST_VECTOR, Vector
@@ -384,7 +384,7 @@ class EventsMixin:
                 return
             if vec >= 0:
                 fd = self._fx_dlv
-                if fd[0](fd[1], vec, FXD_HERE, 0, 0):
+                if fd[0](fd[1], vec & 0xFF, FXD_HERE, 0, 0):
                     self.counter.state[W_SOFT] = self._soft_acked(vec, fd[1].frame_phys, ic, tsc)
                     return
         except BaseException as e:       # pragma: no cover - never let it reach C
@@ -395,8 +395,10 @@ class EventsMixin:
         """The first half of a turn at the soft deadline, `ic` instructions retired, the VMM's
         TSC `tsc` (virtual clock): the devices act on what is due, and the answer is the
         vector the CPU takes now -- to be delivered through the guest IDT by the caller,
-        then acknowledged with `_soft_acked` --, or TICK_STOP (the run loop must look: the
-        engine stops before the block) or TICK_DONE (done here: external-interrupt exiting)."""
+        then acknowledged with `_soft_acked` --, with REFLECTED when external-interrupt
+        exiting's default handler reflected it (the exit is done: leanexit._lean_extint),
+        or TICK_STOP (the run loop must look: the engine stops before the block) or
+        TICK_DONE (done here: the exit's full path)."""
         if not self._soft_here or self._in_hook:
             return TICK_STOP
         self._in_hook = True
@@ -419,8 +421,7 @@ class EventsMixin:
             if vec is None:
                 return TICK_STOP
             if self._on["pin.external_interrupt_exiting"]:
-                # (leanexit.py; else _exit_at_boundary)
-                return TICK_DONE if self._lean_extint(vec, ic) else TICK_STOP
+                return self._lean_extint(vec, ic)       # (leanexit.py)
             return vec
         except BaseException as e:       # never let it reach C, never lose it
             self._event = ("error", e)
@@ -434,6 +435,10 @@ class EventsMixin:
         soft deadline (NO_DEADLINE when the engine was stopped)."""
         self._in_hook = True
         try:
+            if vec & REFLECTED:              # acknowledged at the exit, reflected (_virq)
+                self._virq.pop(0)
+                self.lean_extints += 1
+                return self._after_boundary_delivery(frame_phys, ic, None)
             took = self.platform.ack_interrupt()
             if took != vec:                  # pragma: no cover - the board contradicts itself
                 raise RuntimeError(f"the interrupt acknowledged ({took}) is not the one "
@@ -545,13 +550,15 @@ class EventsMixin:
         if self._nmi_pending or self._live_nmi or self._live_irqs or \
                 plat.pending_interrupt() is not None:
             return True
-        nf = plat.clock.next_deadline()             # (plat.next_event())
+        clock = plat.clock
+        nf = clock.next_deadline()                  # (plat.next_event())
         if nf is not None and "ss_load" not in self._extra_trap:
             return True
+        if clock.rescheduled:                       # (else the soft deadline stands: an EOI)
+            # (counter.set_soft_deadline)
+            self.counter.state[W_SOFT] = NO_DEADLINE if nf is None else \
+                min(self._soft_at(icount, nf), NO_DEADLINE)
         plat.changed = False
-        # (counter.set_soft_deadline)
-        self.counter.state[W_SOFT] = NO_DEADLINE if nf is None else \
-            min(self._soft_at(icount, nf), NO_DEADLINE)
         return False
 
     def ack_interrupt(self) -> int | None:

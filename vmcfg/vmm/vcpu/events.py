@@ -16,7 +16,7 @@ from ..cpu.state import HF_INHIBIT_IRQ, old_exception_offset
 from ..exitinfo import (INTR_EXTERNAL, INTR_HW_EXCEPTION, INTR_NMI, INTR_PRIV_SW_EXCEPTION,
                         INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit, interruption_info)
 from ..native import FXD_EC, FXD_FAULT, FXD_HERE, FXD_SOFT, REFLECTED, TICK_DONE, TICK_STOP
-from .common import MASK64, TSC_PER_INSN, _ERROR_CODE_VECTORS
+from .common import EXIT_COST, MASK64, TSC_PER_INSN, _ERROR_CODE_VECTORS
 from .intercepts import trapped_kinds
 from ...vmx.exits import Exit, FAULT_VECTORS, FIRST_EXTERNAL_VECTOR, LAST_VECTOR, Vector
 
@@ -358,6 +358,7 @@ class EventsMixin:
         handler -- can be due at a block boundary: no single-stepping, no window exiting,
         no virtual-interrupt delivery, no event from the VMM waiting."""
         on = self._on
+        self._extint_lean = on["pin.external_interrupt_exiting"] and self._lean_extint_ok()
         return bool(self._fx_dlv is not None and not count and not mtf_native
                     and self._smc_page is None and self._skip_once is None
                     and not self._iw_steps and self._ptimer_fire is None
@@ -421,7 +422,7 @@ class EventsMixin:
             if vec is None:
                 return TICK_STOP
             if self._on["pin.external_interrupt_exiting"]:
-                return self._lean_extint(vec, ic)       # (leanexit.py)
+                return self._lean_extint(vec, ic, tsc)  # (leanexit.py)
             return vec
         except BaseException as e:       # never let it reach C, never lose it
             self._event = ("error", e)
@@ -438,7 +439,8 @@ class EventsMixin:
             if vec & REFLECTED:              # acknowledged at the exit, reflected (_virq)
                 self._virq.pop(0)
                 self.lean_extints += 1
-                return self._after_boundary_delivery(frame_phys, ic, None)
+                # (the exit's virtual time: _lean_extint)
+                return self._after_boundary_delivery(frame_phys, ic, (tsc + EXIT_COST) & MASK64)
             took = self.platform.ack_interrupt()
             if took != vec:                  # pragma: no cover - the board contradicts itself
                 raise RuntimeError(f"the interrupt acknowledged ({took}) is not the one "

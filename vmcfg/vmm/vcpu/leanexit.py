@@ -30,7 +30,7 @@ from ..handlers import DEFAULT_HANDLERS, ExitContext, LeanExitContext, h_externa
 from ..native import LEAN_COUNTED, LEAN_NONE, LEAN_RESUMED, NWRITE, REFLECTED, TICK_DONE, \
     TICK_STOP
 from ..outcome import GuestFault, RunEnd
-from .common import EXIT_COST, TSC_PER_INSN
+from .common import EXIT_COST, MASK64, TSC_PER_INSN
 from .deviceio import device_run_end
 from .fastexit import queue_writes
 from .intercepts import _MODE_FREE
@@ -47,6 +47,7 @@ class LeanExitMixin:
 
     def _lean_attach(self) -> None:
         self.lean_extints = 0            # external-interrupt exits done by _lean_extint
+        self._extint_lean = False        # it may, this run (_lean_extint_ok)
         self._lean_capi = False
         if self._fx_native:
             st = self._fxs
@@ -162,7 +163,18 @@ class LeanExitMixin:
         return LEAN_NONE
 
     # ---- external-interrupt exiting at the soft deadline, default handler (events.py) ----------
-    def _lean_extint(self, vec: int, ic: int) -> int:
+    def _lean_extint_ok(self) -> bool:
+        """Before a run (events._soft_here_ok): may `_lean_extint` do external-interrupt exits
+        this run?  What it asks changes only through the run loop (a live apply stops the
+        engine): no trace, no user handler, acknowledge-on-exit, no preemption timer, no
+        virtual-interrupt delivery, the default handler the one this path writes out."""
+        on = self._on
+        return bool(self.trace is None and _EXTINT not in self.user_handlers
+                    and on["exit.acknowledge_interrupt_on_exit"]
+                    and not on["pin.activate_vmx_preemption_timer"] and not self.apicv.vid
+                    and DEFAULT_HANDLERS[_EXTINT] is h_external_interrupt)
+
+    def _lean_extint(self, vec: int, ic: int, tsc: int) -> int:
         """External-interrupt exiting with acknowledge-on-exit, to the default handler, at
         the block counter's soft deadline (events._take_at_boundary, inside the engine): the
         exit is counted and the interrupt acknowledged and reflected as the full path
@@ -171,14 +183,9 @@ class LeanExitMixin:
         trace, no user handler) -- and the answer is the reflected interrupt, to be delivered
         through the guest IDT in C (REFLECTED | vector: `_soft_acked` then takes it from
         _virq).  Anything else takes the full path; then the answer is TICK_DONE or
-        TICK_STOP (events._soft_tick)."""
+        TICK_STOP (events._soft_tick).  `tsc`: the VMM's TSC before the exit."""
         st = self.exit_stats.get(_EXTINT)
-        on = self._on
-        if st is None or self.trace is not None or _EXTINT in self.user_handlers \
-                or not on["exit.acknowledge_interrupt_on_exit"] \
-                or on["pin.activate_vmx_preemption_timer"] or self.apicv.vid \
-                or DEFAULT_HANDLERS[_EXTINT] is not h_external_interrupt:
-            # (the first exit of the reason too)
+        if st is None or not self._extint_lean:      # (the first exit of the reason too)
             return TICK_DONE if self._exit_at_boundary(vec, ic) else TICK_STOP
         self.ack_interrupt()
         fxs = self._fxs
@@ -190,7 +197,7 @@ class LeanExitMixin:
         self._ptimer_fire = None
         plat = self.platform
         # the exit took virtual time: the devices act on it before the next boundary
-        plat.advance(self._tsc_at(ic))
+        plat.advance((tsc + EXIT_COST) & MASK64 if self.clock != "realtime" else self._tsc_at(ic))
         plat.changed = False
         if self._pending_cfg is not None or self._entry_inject is not None \
                 or self._nmi_pending or self._nmi_reflect or plat.pending_interrupt() is not None \

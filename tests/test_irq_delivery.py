@@ -357,6 +357,9 @@ def test_external_interrupt_exiting_then_reflected_agree(monkeypatch, ack):
         assert in_c == ticks + 4
         _r, _g, _c, v = _run(cfg, img, 64, monkeypatch, python=False)
         assert v.irqs_in_engine >= 9
+        if ack and v._fx_soft is not None:
+            # the exit, the reflection and the delivery in one turn in C (fastexit.c c_turn)
+            assert v._fx_soft.turns > 0
 
 
 def test_32_bit_interrupt_gates_agree(monkeypatch):

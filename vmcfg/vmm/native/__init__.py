@@ -436,7 +436,7 @@ def event_deliverer(uch: int, ctx_addr: int, env_offset: int, mem_size: int,
 
 
 # ---- a device timer's interrupt at the block counter's soft deadline (fastexit.c fx_soft_deadline)
-FXS_VERSION = 3
+FXS_VERSION = 4
 TICK_STOP = -1          # tick(): the run loop must look (the engine stops before the block)
 TICK_DONE = -2          # tick(): done here (the soft deadline set, or the engine stopped)
 REFLECTED = 0x100       # tick(): with the vector -- an exit's handler reflected it (not INTA)
@@ -453,7 +453,8 @@ class FxSoft(ctypes.Structure):
                 ("ioapic_obj", ctypes.c_void_p), ("serial_obj", ctypes.c_void_p),
                 ("slave_obj", ctypes.c_void_p), ("leg_rt_cnf", _u64), ("lvt_lint0", _u64),
                 ("lvt_masked", _u64), ("base_en", _u64), ("io_masked", _u64), ("io_level", _u64),
-                ("pit_hz", _u64), ("pit_gsi", _u64), ("turns", _u64)]
+                ("pit_hz", _u64), ("pit_gsi", _u64), ("turns", _u64), ("turn_exit", _u64),
+                ("extint_reason", _u64)]
 
 
 def soft_taker(fx: "FastExit", dlv, tick, acked, vcpu=None, board=None):
@@ -490,4 +491,6 @@ def soft_taker(fx: "FastExit", dlv, tick, acked, vcpu=None, board=None):
         s.lvt_masked, s.base_en = lapic.LVT_MASKED, lapic.BASE_EN
         s.io_masked, s.io_level = ioapic.MASKED, ioapic.LEVEL
         s.pit_hz, s.pit_gsi = PIT_HZ, isa_to_gsi(PIT_IRQ)
+        from ...vmx.exits import Exit
+        s.extint_reason = Exit.EXTERNAL_INTERRUPT
     return ctypes.cast(lib.fx_soft_deadline, ctypes.c_void_p).value, s

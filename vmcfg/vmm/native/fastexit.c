@@ -174,7 +174,7 @@ static int64_t call_ints(PyObject *fn, const uint64_t *a, int n);
 
 /* The soft-deadline turn's block (fx_soft_deadline below), also the master 8259's EOI done
  * here (pic_eoi): counter word W_SOFT_CTX points at it. */
-#define FXS_VERSION 3
+#define FXS_VERSION 4
 typedef struct fx_soft {
     uint64_t version;
     struct fx_state *st;       /* exit_count, idle_ticks, tsc_adjust: the VMM's TSC */
@@ -193,6 +193,10 @@ typedef struct fx_soft {
     /* the devices' constants, from their modules (the homes of those facts) */
     uint64_t leg_rt_cnf, lvt_lint0, lvt_masked, base_en, io_masked, io_level, pit_hz, pit_gsi;
     uint64_t turns;            /* interrupts the whole turn did here */
+    /* external-interrupt exiting with acknowledge, to the default handler, which reflects the
+     * interrupt (leanexit._lean_extint): the exit is counted here under `extint_reason` */
+    uint64_t turn_exit;        /* this run exits on it (the vCPU's _extint_lean) */
+    uint64_t extint_reason;
 } fx_soft;
 #ifdef FX_CAPI
 static int pic_eoi(struct fx_soft *s, uint64_t ic);
@@ -945,11 +949,12 @@ static PyObject *N_event, *N_nmi_pending, *N_live_nmi, *N_live_irqs, *N_changed,
     *N_input_wake, *N_events_delivered, *N_irqs_in_engine, *N_rcache, *N_data_frame, *N_first,
     *N_armed, *N_hz, *N_deadline, *N_order, *N_lines, *N_config, *N_redir, *N_levels, *N_elcr,
     *N_last_level, *N_special_mask, *N_sfnm, *N_auto_eoi, *N_base, *N_mode, *N_loaded,
-    *N_paused_at, *N_gate, *N_count, *N_lvt, *N_input, *N_frame_check;
+    *N_paused_at, *N_gate, *N_count, *N_lvt, *N_input, *N_frame_check, *N_entry_inject,
+    *N_exit_stats, *N_lean_extints, *N_ptimer_fire;
 
 static int eoi_names(void)
 {
-    if (N_frame_check)
+    if (N_ptimer_fire)
         return 1;
     static const char *const names[] = {"_event", "_nmi_pending", "_live_nmi", "_live_irqs",
         "_changed", "rescheduled", "_stale", "_next", "irr", "isr", "imr", "priority_add",
@@ -958,7 +963,8 @@ static int eoi_names(void)
         "_rcache", "_data_frame", "_first", "armed", "hz", "deadline", "order", "_lines",
         "config", "redir", "levels", "elcr", "last_level", "special_mask",
         "special_fully_nested", "auto_eoi", "base", "mode", "loaded", "paused_at", "gate",
-        "count", "lvt", "_input", "_frame_check"};
+        "count", "lvt", "_input", "_frame_check", "_entry_inject", "exit_stats", "lean_extints",
+        "_ptimer_fire"};
     PyObject **slots[] = {&N_event, &N_nmi_pending, &N_live_nmi, &N_live_irqs, &N_changed,
         &N_rescheduled, &N_stale, &N_next, &N_irr, &N_isr, &N_imr, &N_priority_add,
         &N_extra_trap, &N_icount, &N_ss_load, &N_pend, &N_pending_cfg, &N_rehalt, &N_virq,
@@ -966,7 +972,8 @@ static int eoi_names(void)
         &N_rcache, &N_data_frame, &N_first, &N_armed, &N_hz, &N_deadline, &N_order, &N_lines,
         &N_config, &N_redir, &N_levels, &N_elcr, &N_last_level, &N_special_mask, &N_sfnm,
         &N_auto_eoi, &N_base, &N_mode, &N_loaded, &N_paused_at, &N_gate, &N_count, &N_lvt,
-        &N_input, &N_frame_check};
+        &N_input, &N_frame_check, &N_entry_inject, &N_exit_stats, &N_lean_extints,
+        &N_ptimer_fire};
     _Static_assert(sizeof names / sizeof names[0] == sizeof slots / sizeof slots[0], "names");
     for (unsigned i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!(*slots[i] = PyUnicode_InternFromString(names[i])))
@@ -1144,6 +1151,11 @@ static int c_turn(struct fx_soft *s, uint64_t *ctr, uint64_t ic, uint64_t tsc)
              *timer = (PyObject *)s->pit_timer_obj, *ch = (PyObject *)s->pit_ch0_obj;
     if (!s->turn_on || !timer || !eoi_names())
         return 0;
+    int exiting = s->turn_exit != 0;
+    const fx_state *fst = s->st;
+    /* with external-interrupt exiting, the devices act again after the exit's virtual time */
+    uint64_t after = exiting ? tsc + fst->exit_cost : tsc;
+    uint64_t t0 = exiting ? now_ns() : 0;
     if (s->wall_deadline_ns && now_ns() >= s->wall_deadline_ns)
         return 0;
     /* the vCPU has nothing waiting (events._soft_tick) */
@@ -1153,6 +1165,14 @@ static int c_turn(struct fx_soft *s, uint64_t *ctr, uint64_t ic, uint64_t tsc)
             || attr_true(vcpu, N_nmi_reflect) || attr_true(vcpu, N_live_nmi)
             || attr_true(vcpu, N_live_irqs) || attr_true((PyObject *)s->serial_obj, N_input))
         return 0;
+    if (exiting) {                      /* not the reason's first exit; nothing to inject */
+        PyObject *st = PyObject_GetAttr(vcpu, N_exit_stats), *key = PyLong_FromUnsignedLongLong(s->extint_reason);
+        int seen = st && key && PyDict_Check(st) && PyDict_GetItem(st, key) != 0;
+        Py_XDECREF(st);
+        Py_XDECREF(key);
+        if (!seen || attr_none(vcpu, N_entry_inject) != 1)
+            return 0;
+    }
     /* the clock: the PIT's timer first and due, every other one later (Clock.advance) */
     if (attr_true(clock, N_stale))
         return 0;
@@ -1183,7 +1203,7 @@ static int c_turn(struct fx_soft *s, uint64_t *ctr, uint64_t ic, uint64_t tsc)
             other_order = o;
         }
     }
-    if (!ok || (other_t && other <= tsc))
+    if (!ok || (other_t && other <= after))
         goto no;
     /* the PIT's channel 0 counting periodically: its next rising edge (Channel.next_rise) */
     uint64_t mode, loaded, count;
@@ -1197,6 +1217,8 @@ static int c_turn(struct fx_soft *s, uint64_t *ctr, uint64_t ic, uint64_t tsc)
     if (nt > UINT64_MAX)
         goto no;
     uint64_t t = (uint64_t)nt;
+    if (t <= after)                     /* due again within the exit's time: the Python turn */
+        goto no;
     /* IRQ 0's edge reaches the 8259 only (Board._pit_pulse, IoApic.pulse, I8259.pulse) */
     uint64_t config, lines, levels, e;
     if (get_u64((PyObject *)s->hpet_obj, N_config, &config) || (config & s->leg_rt_cnf)
@@ -1241,16 +1263,18 @@ static int c_turn(struct fx_soft *s, uint64_t *ctr, uint64_t ic, uint64_t tsc)
     int line = pic_output(irr, imr, isr, (unsigned)pa, smm, sfnm);
     if (line < 0 || line == 2)
         goto no;
-    /* the CPU takes it: the plain gate, RFLAGS.IF = 1, no blocking */
-    if (!fx_deliver(s->dlv, (mbase + (uint64_t)line) & 0xFF, FXD_HERE, 0, 0))
-        goto no;
-    Py_DECREF(armed);
-    /* ---- done: the objects as the Python turn leaves them ---- */
     uint64_t m = 1ull << line;
     isr |= m;                           /* INTA (I8259.acknowledge, PicPair.ack_pending) */
     if (!(elcr & m))
         irr &= ~m;
     last &= ~4ull;
+    if (exiting && pic_output(irr, imr, isr, (unsigned)pa, smm, sfnm) >= 0)
+        goto no;                        /* another request after the exit's INTA: Python */
+    /* the CPU takes it: the plain gate, RFLAGS.IF = 1, no blocking */
+    if (!fx_deliver(s->dlv, (mbase + (uint64_t)line) & 0xFF, FXD_HERE, 0, 0))
+        goto no;
+    Py_DECREF(armed);
+    /* ---- done: the objects as the Python turn leaves them ---- */
     int first_pit = !other_t || t < other || (t == other && pit_order < other_order);
     uint64_t next = first_pit ? t : other;
     set_int(timer, N_deadline, t);
@@ -1266,6 +1290,14 @@ static int c_turn(struct fx_soft *s, uint64_t *ctr, uint64_t ic, uint64_t tsc)
     PyObject_SetAttr(vcpu, N_input_wake, Py_False);
     add_int(vcpu, N_events_delivered, 1);
     add_int(vcpu, N_irqs_in_engine, 1);
+    if (exiting) {                      /* the exit, counted as the native paths count theirs */
+        struct fx_state *w = s->st;
+        w->exit_count++;
+        w->stats[s->extint_reason]++;
+        w->stats_ns[s->extint_reason] += now_ns() - t0;
+        add_int(vcpu, N_lean_extints, 1);
+        PyObject_SetAttr(vcpu, N_ptimer_fire, Py_None);
+    }
     PyObject *rc = PyObject_GetAttr(vcpu, N_rcache);
     if (rc && PyDict_Check(rc) && PyDict_GET_SIZE(rc))
         PyDict_Clear(rc);
@@ -1279,7 +1311,7 @@ static int c_turn(struct fx_soft *s, uint64_t *ctr, uint64_t ic, uint64_t tsc)
         Py_XDECREF(r);
     }
     /* the next soft deadline (events._after_boundary_delivery, the virtual clock) */
-    uint64_t left = next - tsc;
+    uint64_t left = next - after;
     uint64_t soft = (int64_t)left <= (int64_t)s->st->tsc_per_insn ? ic + 1
                     : ic + (left + s->st->tsc_per_insn - 1) / s->st->tsc_per_insn;
     ctr[W_SOFT] = soft < NO_DEADLINE ? soft : NO_DEADLINE;

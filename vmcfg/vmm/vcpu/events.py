@@ -368,9 +368,11 @@ class EventsMixin:
                   and not self.apicv.vid and self.apicv_late is None)
         s = self._fx_soft
         if s is not None:
-            # the whole turn in C (fastexit.c c_turn) this run: the virtual clock, no exiting
-            s.turn_on = ok and self.clock != "realtime" and \
-                not on["pin.external_interrupt_exiting"]
+            # the whole turn in C (fastexit.c c_turn) this run: the virtual clock; with
+            # external-interrupt exiting, only the exit leanexit._lean_extint does
+            exiting = on["pin.external_interrupt_exiting"]
+            s.turn_on = ok and self.clock != "realtime" and (not exiting or self._extint_lean)
+            s.turn_exit = bool(exiting)
             wd = self._wall_deadline
             s.wall_deadline_ns = 0 if wd is None else max(1, int(wd * 1e9))
         return ok

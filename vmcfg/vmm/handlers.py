@@ -91,6 +91,8 @@ class ExitContext:
         self.ended = None            # RunEnd to raise after the handler
         self.fault = None            # GuestFault to deliver after the handler
 
+    _at = None
+
     @property
     def regs(self) -> Registers:
         return Registers(self.vcpu)
@@ -354,7 +356,8 @@ def h_rdtsc(ctx: ExitContext) -> None:
     ins = ctx._insn
     if v.mode == 64 and ins is not None and ins.kind == "rdtsc":
         # emulate_rdtsc written out (an exit of every RDTSC): EAX and EDX zero-extended
-        t = v.guest_tsc(v._tsc_at(v.icount))
+        at = ctx._at
+        t = v.guest_tsc(v._tsc_at(v.icount) if at is None else at[2])
         g = v._gprs
         pend = v._pend
         pend[g[0]] = t & 0xFFFFFFFF
@@ -392,8 +395,30 @@ def h_io(ctx: ExitContext) -> None:
     ins = ctx._insn
     if ins.io_string:
         v.emulate_io(ins)
-    else:                     # (emulate_io's first case, one call less)
-        v._io_access(ins, ins.port_imm if ins.port_imm is not None else v.gpr(2, 2))
+    else:
+        # (emulate_io's first case and the bus's port lookup written out: an exit of every
+        # IN/OUT) a device that claims the port, or the bus (wide accesses, unclaimed ports)
+        port = ins.port_imm
+        if port is None:
+            port = v.gpr(2, 2)
+        size = ins.io_size
+        mask = (1 << (8 * size)) - 1
+        if ins.io_in:
+            f = v._io_readers.get(port)
+            v.set_gpr(0, f(port, size) & mask if f is not None else
+                      v.platform.io_read(port, size), size)
+        else:
+            r = v._gprs[0]
+            value = v._pend.get(r)
+            if value is None:
+                value = v._rcache.get(r)
+                if value is None:
+                    value = v.rr(r)
+            f = v._io_writers.get(port)
+            if f is not None:
+                f(port, size, value & mask)
+            else:
+                v.platform.io_write(port, size, value & mask)
     if ctx.fault is None and ctx.ended is None:
         ctx.skip()
 

@@ -47,10 +47,13 @@ class LeanExitMixin:
     def _lean_attach(self) -> None:
         self.lean_extints = 0            # external-interrupt exits done by _lean_extint
         self._lean_capi = False
+        # the bus's per-port tables (handlers.h_io looks the device up there directly)
+        bus = self.platform.bus
+        self._io_readers, self._io_writers = bus.readers, bus.writers
         if self._fx_native:
             st = self._fxs
             self._lean_wids, self._lean_wvals = st.wids, st.wvals
-            self.fx.set_python_exit(self._lean_exit)
+            self.fx.set_python_exit(self._lean_exit_ctypes)
             if self.fx.capi():
                 # the hook calls the handler through the C API and takes the writes back as
                 # the pending dict itself (fastexit.c call_py_exit)
@@ -58,8 +61,10 @@ class LeanExitMixin:
                 self.fx.set_python_exit_capi(self._lean_exit)
 
     def _lean_exit(self, reason, address, ic, seq, tsc, rax, rcx, rdx, rip):
-        """One exit from the hook (fastexit.c lean_exit), which has counted it; returns what
-        the hook does next (native.LEAN_*)."""
+        """One exit from the hook (fastexit.c lean_exit), which has counted it.  Returns (pc,
+        writes) when the guest resumes -- the RIP register's new value and the pending
+        register writes, which the hook sends and empties -- otherwise what the hook does
+        next (native.LEAN_COUNTED or LEAN_NONE).  Every exit runs this: each line counts."""
         ins = self._insns.get(address)
         if ins is None or self._in_hook or ins.raw not in _MODE_FREE:
             # not decoded here, or an operand size that follows the code size: the full path
@@ -71,7 +76,6 @@ class LeanExitMixin:
         rc[_RIP] = rip
         self._in_hook = True
         self.icount = ic
-        pend = self._pend
         try:
             ctx = _new(LeanExitContext)      # (LeanExitContext.__init__ written out)
             ctx.vcpu = self
@@ -93,21 +97,25 @@ class LeanExitMixin:
                 raise ctx.fault
             # resume at the RIP the handler left (intercepts._on_trap: _rip_value(self.rip),
             # which in 64-bit code is the RIP register's value itself)
+            pend = self._pend
             pc = self._pc_reg
             if self.mode != 64:
-                pend[pc] = self._rip_value(self.rip)
-            elif pc not in pend:
-                pend[pc] = rip
+                rip = self._rip_value(self.rip)
+                pend.pop(pc, None)
+            else:
+                rip = pend.pop(pc, rip)
             ic += 1
             self.icount = ic
             plat = self.platform
-            # (plat.changed and _events_waiting() written out: this runs at every exit)
+            # the run loop must look (intercepts._on_trap's conditions; plat.changed and
+            # _events_waiting() written out).  Not here: _reentry (window exiting, MTF), which
+            # only a new configuration sets -- the hook takes this path only when it is off.
             if self._pending_cfg is not None or self._event is not None or \
-                    self._input_wake or ((plat._changed or plat.clock.rescheduled)
-                                         and self._device_change_needs_stop(ic)) \
-                    or self._reentry or self._virq or self._nmi_reflect or self._nmi_pending \
+                    self._input_wake or self._virq or self._nmi_reflect or self._nmi_pending \
+                    or ((plat._changed or plat.clock.rescheduled)
+                        and self._device_change_needs_stop(ic)) \
                     or (self.apicv.vid and self._events_waiting()):
-                if self._event is None:              # (intercepts._on_trap's conditions)
+                if self._event is None:
                     self._event = ("resume", ins.kind)
                 self.uc.emu_stop()
             else:
@@ -119,22 +127,9 @@ class LeanExitMixin:
                 soft = cs[W_SOFT]
                 if soft != NO_DEADLINE and plat.next_event() is not None:
                     cs[W_SOFT] = max(0, soft - EXIT_COST // TSC_PER_INSN)
-            # for the hook to send in one batch: the RIP, the other writes (_trap_flush)
-            if self._lean_capi:
-                rc.clear()
-                self._in_hook = False
-                return (pend.pop(pc), pend)          # (sent and emptied by the hook)
-            st = self._fxs
-            st.pc = pend.pop(pc)
-            if pend:
-                if len(pend) <= NWRITE:
-                    st.nwrite = queue_writes(pend, self._lean_wids, self._lean_wvals)
-                    pend.clear()
-                else:
-                    self.flush()                     # more than the hook's batch holds
             rc.clear()
             self._in_hook = False
-            return LEAN_RESUMED
+            return (rip, pend)               # (the hook sends the writes and empties pend)
         except RunEnd as e:
             self._event = ("end", e)
         except (DebugExit, SystemReset) as d:
@@ -152,6 +147,22 @@ class LeanExitMixin:
             self._event = ("error", e)
         self._in_hook = False
         return LEAN_COUNTED
+
+    def _lean_exit_ctypes(self, reason, address, ic, seq, tsc, rax, rcx, rdx, rip):
+        """`_lean_exit` for the ctypes callback (a build without the CPython headers): the
+        RIP and the writes go into the state block's batch, which the hook sends."""
+        r = self._lean_exit(reason, address, ic, seq, tsc, rax, rcx, rdx, rip)
+        if r.__class__ is not tuple:
+            return r
+        st = self._fxs
+        st.pc, pend = r
+        if pend:
+            if len(pend) <= NWRITE:
+                st.nwrite = queue_writes(pend, self._lean_wids, self._lean_wvals)
+                pend.clear()
+            else:
+                self.flush()                     # more than the hook's batch holds
+        return LEAN_RESUMED
 
     def _lean_full(self, address: int) -> int:
         """The full trap path (intercepts.py) for this exit, which counts it itself."""

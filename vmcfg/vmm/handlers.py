@@ -316,17 +316,12 @@ def h_cpuid(ctx: ExitContext) -> None:
     v = ctx.vcpu
     g = v._gprs
     pend = v._pend
-    rc = v._rcache            # (v.rr written out: the lean path has RAX and RCX there)
-    leaf = pend.get(g[0])
-    if leaf is None:
-        leaf = rc.get(g[0])
-        if leaf is None:
-            leaf = v.rr(g[0])
-    sub = pend.get(g[1])
-    if sub is None:
-        sub = rc.get(g[1])
-        if sub is None:
-            sub = v.rr(g[1])
+    rc = v._rcache
+    ra, rcx = g[0], g[1]
+    if not pend and ra in rc and rcx in rc:
+        leaf, sub = rc[ra], rc[rcx]     # (v.rr written out: the lean path has RAX and RCX there)
+    else:
+        leaf, sub = v.rr(ra), v.rr(rcx)
     leaf &= 0xFFFFFFFF
     sub &= 0xFFFFFFFF
     fx = v.fx
@@ -343,9 +338,9 @@ def h_cpuid(ctx: ExitContext) -> None:
     if leaf == 1 and ecx & (1 << 26):
         ecx = (ecx & ~(1 << 27)) | ((v.cr(4) >> 18 & 1) << 27)    # OSXSAVE mirrors CR4
     # 32-bit results zero-extend into the 64-bit registers
-    pend[g[0]] = eax
+    pend[ra] = eax
     pend[g[3]] = ebx
-    pend[g[1]] = ecx
+    pend[rcx] = ecx
     pend[g[2]] = edx
     ctx.skip()
 

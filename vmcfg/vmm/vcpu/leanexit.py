@@ -24,12 +24,10 @@ from __future__ import annotations
 import time
 from unicorn import x86_const as X
 from ..devices import DebugExit, SystemReset
-from ..counter import NO_DEADLINE, W_SOFT
 from ..exitinfo import INTR_EXTERNAL, VmExit, interruption_info
 from ..handlers import DEFAULT_HANDLERS, ExitContext, LeanExitContext, h_external_interrupt
-from ..native import FXD_HERE, LEAN_COUNTED, LEAN_NONE, LEAN_RESUMED, NWRITE
+from ..native import FXD_HERE, LEAN_COUNTED, LEAN_NONE, LEAN_RESUMED, LEAN_STOPPING, NWRITE
 from ..outcome import GuestFault, RunEnd
-from .common import EXIT_COST, TSC_PER_INSN
 from .deviceio import device_run_end
 from .fastexit import queue_writes
 from .intercepts import _MODE_FREE
@@ -55,25 +53,22 @@ class LeanExitMixin:
             self._lean_wids, self._lean_wvals = st.wids, st.wvals
             self.fx.set_python_exit(self._lean_exit_ctypes)
             if self.fx.capi():
-                # the hook calls the handler through the C API and takes the writes back as
-                # the pending dict itself (fastexit.c call_py_exit)
+                # the hook calls _lean_exit through the C API: it fills the register cache
+                # and takes the writes from the pending dict itself (fastexit.c call_py_exit)
                 self._lean_capi = True
-                self.fx.set_python_exit_capi(self._lean_exit)
+                self.fx.set_python_exit_capi(self._lean_exit, self._pend, self._rcache)
 
-    def _lean_exit(self, reason, address, ic, seq, tsc, rax, rcx, rdx, rip):
-        """One exit from the hook (fastexit.c lean_exit), which has counted it.  Returns (pc,
-        writes) when the guest resumes -- the RIP register's new value and the pending
-        register writes, which the hook sends and empties -- otherwise what the hook does
-        next (native.LEAN_COUNTED or LEAN_NONE).  Every exit runs this: each line counts."""
+    def _lean_exit(self, reason, address, ic, at):
+        """One exit from the hook (fastexit.c lean_exit), which has counted it and put the
+        registers it read (RAX RCX RDX RIP) in the register cache; at = (the exit's number,
+        `ic`: the instructions retired before it, the VMM's TSC at the exit, RAX, RDX).
+        Returns what the hook does next (native.LEAN_*); when the guest resumes, the hook
+        sends the pending writes -- the RIP too, if it moved -- and empties both dicts.
+        Every such exit runs this: each step counts."""
         ins = self._insns.get(address)
         if ins is None or self._in_hook or ins.raw not in _MODE_FREE:
             # not decoded here, or an operand size that follows the code size: the full path
             return self._lean_full(address)
-        rc = self._rcache
-        rc[_RAX] = rax
-        rc[_RCX] = rcx
-        rc[_RDX] = rdx
-        rc[_RIP] = rip
         self._in_hook = True
         self.icount = ic
         try:
@@ -81,7 +76,8 @@ class LeanExitMixin:
             ctx.vcpu = self
             ctx._reason = reason
             ctx._insn = ins
-            ctx._at = (seq, ic, tsc, rax, rdx)
+            ctx._at = at
+            ctx.ended = ctx.fault = None
             try:
                 self.user_handlers[reason](ctx)
             except (RunEnd, GuestFault):
@@ -96,20 +92,18 @@ class LeanExitMixin:
             if ctx.fault is not None:
                 raise ctx.fault
             # resume at the RIP the handler left (intercepts._on_trap: _rip_value(self.rip),
-            # which in 64-bit code is the RIP register's value itself)
-            pend = self._pend
-            pc = self._pc_reg
+            # which in 64-bit code is the RIP register's value itself: the hook's default)
             if self.mode != 64:
-                rip = self._rip_value(self.rip)
-                pend.pop(pc, None)
-            else:
-                rip = pend.pop(pc, rip)
+                self._pend[self._pc_reg] = self._rip_value(self.rip)
             ic += 1
             self.icount = ic
             plat = self.platform
             # the run loop must look (intercepts._on_trap's conditions; plat.changed and
             # _events_waiting() written out).  Not here: _reentry (window exiting, MTF), which
             # only a new configuration sets -- the hook takes this path only when it is off.
+            # Otherwise the engine goes on, and the hook moves a device timer's soft deadline
+            # (retired instructions) sooner by the exit's EXIT_COST ticks, as for the exits it
+            # does itself; the full path stops here and the run loop sets the same deadline.
             if self._pending_cfg is not None or self._event is not None or \
                     self._input_wake or self._virq or self._nmi_reflect or self._nmi_pending \
                     or ((plat._changed or plat.clock.rescheduled)
@@ -118,18 +112,10 @@ class LeanExitMixin:
                 if self._event is None:
                     self._event = ("resume", ins.kind)
                 self.uc.emu_stop()
-            else:
-                # a device timer, unchanged by the handler: the exit moved virtual time by
-                # EXIT_COST ticks, so its soft deadline (retired instructions) comes that much
-                # sooner -- as fastexit.c does for the exits it does itself; the full path
-                # stops here and the run loop sets the same deadline
-                cs = self.counter.state
-                soft = cs[W_SOFT]
-                if soft != NO_DEADLINE and plat.next_event() is not None:
-                    cs[W_SOFT] = max(0, soft - EXIT_COST // TSC_PER_INSN)
-            rc.clear()
+                self._in_hook = False
+                return LEAN_STOPPING
             self._in_hook = False
-            return (rip, pend)               # (the hook sends the writes and empties pend)
+            return LEAN_RESUMED
         except RunEnd as e:
             self._event = ("end", e)
         except (DebugExit, SystemReset) as d:
@@ -150,19 +136,26 @@ class LeanExitMixin:
 
     def _lean_exit_ctypes(self, reason, address, ic, seq, tsc, rax, rcx, rdx, rip):
         """`_lean_exit` for the ctypes callback (a build without the CPython headers): the
-        RIP and the writes go into the state block's batch, which the hook sends."""
-        r = self._lean_exit(reason, address, ic, seq, tsc, rax, rcx, rdx, rip)
-        if r.__class__ is not tuple:
-            return r
-        st = self._fxs
-        st.pc, pend = r
-        if pend:
-            if len(pend) <= NWRITE:
-                st.nwrite = queue_writes(pend, self._lean_wids, self._lean_wvals)
-                pend.clear()
-            else:
-                self.flush()                     # more than the hook's batch holds
-        return LEAN_RESUMED
+        register cache filled here, the RIP and the writes put in the state block's batch,
+        which the hook sends."""
+        rc = self._rcache
+        rc[_RAX] = rax
+        rc[_RCX] = rcx
+        rc[_RDX] = rdx
+        rc[_RIP] = rip
+        r = self._lean_exit(reason, address, ic, (seq, ic, tsc, rax, rdx))
+        rc.clear()
+        if r == LEAN_RESUMED or r == LEAN_STOPPING:
+            st = self._fxs
+            pend = self._pend
+            st.pc = pend.pop(self._pc_reg, rip)
+            if pend:
+                if len(pend) <= NWRITE:
+                    st.nwrite = queue_writes(pend, self._lean_wids, self._lean_wvals)
+                    pend.clear()
+                else:
+                    self.flush()                     # more than the hook's batch holds
+        return r
 
     def _lean_full(self, address: int) -> int:
         """The full trap path (intercepts.py) for this exit, which counts it itself."""

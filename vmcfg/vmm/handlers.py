@@ -91,7 +91,7 @@ class ExitContext:
         self.ended = None            # RunEnd to raise after the handler
         self.fault = None            # GuestFault to deliver after the handler
 
-    _at = None
+    _at = None    # LeanExitContext: what the native hook read at the exit
 
     @property
     def regs(self) -> Registers:
@@ -237,13 +237,11 @@ class LeanExitContext(ExitContext):
     ended = None
     fault = None
 
-    # (vcpu/leanexit.py builds these without calling __init__: keep the two in step)
-    def __init__(self, vcpu, reason: int, insn, seq: int, icount: int, tsc: int, rax: int,
-                 rdx: int):
-        self.vcpu = vcpu
-        self._reason = reason
-        self._insn = insn
-        self._at = (seq, icount, tsc, rax, rdx)
+    # Made once per exit by vcpu/leanexit.py, which sets its fields itself -- vcpu, _reason,
+    # _insn (the decoded instruction), _at = (seq, icount, tsc, rax, rdx) (what the hook read
+    # at the exit), ended = fault = None -- so no Python __init__ runs (object's own: the
+    # cheapest way to make an instance).
+    __init__ = object.__init__
 
     @property
     def exit(self) -> VmExit:
@@ -350,7 +348,9 @@ def h_rdtsc(ctx: ExitContext) -> None:
     v = ctx.vcpu
     ins = ctx._insn
     if v.mode == 64 and ins is not None and ins.kind == "rdtsc":
-        # emulate_rdtsc written out (an exit of every RDTSC): EAX and EDX zero-extended
+        # emulate_rdtsc written out (an exit of every RDTSC): EAX and EDX zero-extended.  The
+        # VMM's TSC at the exit: the lean path's hook computed it already (ctx._at), the same
+        # value (the exit counted, the instructions retired before it)
         at = ctx._at
         t = v.guest_tsc(v._tsc_at(v.icount) if at is None else at[2])
         g = v._gprs

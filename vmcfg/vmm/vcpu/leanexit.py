@@ -36,7 +36,6 @@ from ...vmx.exits import Exit
 _RAX, _RCX, _RDX, _RIP = X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RIP
 _EXTINT = Exit.EXTERNAL_INTERRUPT
 _clock = time.perf_counter_ns
-_new = object.__new__
 
 
 class LeanExitMixin:
@@ -72,7 +71,7 @@ class LeanExitMixin:
         self._in_hook = True
         self.icount = ic
         try:
-            ctx = _new(LeanExitContext)      # (LeanExitContext.__init__ written out)
+            ctx = LeanExitContext()          # (its fields set here: no __init__ to run)
             ctx.vcpu = self
             ctx._reason = reason
             ctx._insn = ins

@@ -442,3 +442,25 @@ align 16
         times 512 db 0
 ist_top:
 """
+
+
+def test_the_soft_deadline_turn_in_c_and_in_python_agree(monkeypatch):
+    """A device timer's interrupt at the soft deadline: fastexit.c's fx_soft_deadline (the
+    turn in C, Python called through the C API) and the ctypes soft-deadline function of a
+    build without the C API take the same interrupts at the same instructions."""
+    if not BUILT:
+        pytest.skip("the C helper is not built")
+    import vmcfg.vmm.vcpu.fastexit as fxmod
+    img = _image(GUEST64, 64)
+    rc, gc, _cc, vc = _run(_cfg(), img, 64, monkeypatch, python=False)
+    if vc._fx_soft is None:
+        pytest.skip("this build has no C API: the ctypes soft-deadline function is the one")
+    monkeypatch.setattr(fxmod, "soft_taker", lambda *a: None)
+    rp, gp, _cp, vp = _run(_cfg(), img, 64, monkeypatch, python=False)
+    assert vp._fx_soft is None
+    assert rc.status == rp.status == "debug-exit", (rc.message, rp.message)
+    assert (rc.instructions, rc.tsc, rc.exits) == (rp.instructions, rp.tsc, rp.exits)
+    assert gc == gp and gc["rcx"] == 0
+    assert vc.events_delivered == vp.events_delivered
+    assert vc.irqs_in_engine == vp.irqs_in_engine >= 9
+    assert vc._fx_soft.taken == vc.irqs_in_engine    # every one of them by the C turn

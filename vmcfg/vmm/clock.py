@@ -23,18 +23,22 @@ TSC_HZ = PIT_HZ
 class Timer:
     """One deadline a device owns (virtual TSC), and what to do when it is reached."""
 
-    __slots__ = ("name", "callback", "deadline", "clock")
+    __slots__ = ("name", "callback", "deadline", "clock", "order")
 
     def __init__(self, name: str, callback: Callable[[int], None], clock: "Clock"):
         self.name = name
         self.callback = callback
         self.deadline: int | None = None
         self.clock = clock
+        self.order = len(clock.timers)      # of two due at the same time, the first made fires
 
     def arm(self, deadline: int) -> None:
-        if deadline != self.deadline:
-            self.deadline = deadline
+        old = self.deadline
+        if deadline != old:
             clock = self.clock
+            if old is None:
+                clock.armed.append(self)
+            self.deadline = deadline
             clock.rescheduled = True
             clock._stale = True
 
@@ -42,6 +46,7 @@ class Timer:
         if self.deadline is not None:
             self.deadline = None
             clock = self.clock
+            clock.armed.remove(self)
             clock.rescheduled = True
             clock._stale = True
 
@@ -61,6 +66,7 @@ class Clock:
         self._source: Callable[[], int] = source or (lambda: 0)
         self.now: Callable[[], int] = self._source
         self.timers: list[Timer] = []
+        self.armed: list[Timer] = []      # the timers with a deadline (next_deadline looks there)
         self.rescheduled = False          # a deadline moved since the run loop last looked
         self._next: int | None = None     # next_deadline(), valid while not _stale,
         self._first: Timer | None = None  # and the timer it belongs to
@@ -86,9 +92,9 @@ class Clock:
         if not self._stale:
             return self._next             # no timer armed or cancelled since it was found
         best, first = None, None
-        for t in self.timers:
+        for t in self.armed:
             d = t.deadline
-            if d is not None and (best is None or d < best):
+            if best is None or d < best or (d == best and t.order < first.order):
                 best, first = d, t
         self._next, self._first = best, first
         self._stale = False
@@ -106,6 +112,7 @@ class Clock:
                 return fired
             due = self._first
             due.deadline = None
+            self.armed.remove(due)
             self._stale = True
             due.callback(now)
             fired = True

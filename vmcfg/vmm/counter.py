@@ -47,8 +47,9 @@ import sys
 
 # u64 words of the shared state block
 W_COUNTER, W_BASE, W_LIMIT, W_TABLE, W_SLOW, W_LAST_ADDR, W_LAST_SIZE, W_DEADLINE, \
-    W_STOP, W_EMU_STOP, W_LAST_N, W_STOPPED, W_HTABLE, W_HMASK, W_SOFT, W_SOFT_FN = range(16)
-N_WORDS = 16
+    W_STOP, W_EMU_STOP, W_LAST_N, W_STOPPED, W_HTABLE, W_HMASK, W_SOFT, W_SOFT_FN, \
+    W_SOFT_CTX = range(17)
+N_WORDS = 17                   # (W_SOFT_CTX: the soft-deadline function's own data, not the stub's)
 HASH_BITS = 20                 # 1 Mi entries of 16 bytes (tag, size | count << 16)
 HASH_MASK = (1 << HASH_BITS) - 1
 
@@ -238,6 +239,15 @@ class BlockCounter:
         else:
             self._soft_cb = _BLOCK_CB(fn)
             self.state[W_SOFT_FN] = ctypes.cast(self._soft_cb, ctypes.c_void_p).value
+
+    def set_soft_native(self, fn: int, ctx: int, keep) -> None:
+        """A C soft-deadline function (its address) instead of a Python one, with `ctx` in
+        word W_SOFT_CTX for it; `keep` holds what it points at alive."""
+        self._soft_fn = None
+        self._soft_cb = keep
+        st = self.state
+        st[W_SOFT_CTX] = ctx
+        st[W_SOFT_FN] = fn
 
     def soft_stop(self) -> None:
         """From the soft-deadline function: stop the engine before this block, as the stub

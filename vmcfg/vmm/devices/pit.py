@@ -209,12 +209,18 @@ class Pit:
             self._timer.arm(t)
 
     def _fire(self, now: int) -> None:
-        if self._pulse0 is not None:
-            self._pulse0()
+        pulse = self._pulse0
+        if pulse is not None:
+            pulse()
         else:
             self._irq0(True)
             self._irq0(False)               # an edge: the PIC latches it in IRR
-        self._rearm(self.channels[0])
+        # (_rearm at the expiry's time, which is the clock's now: this runs on every tick)
+        t = self.channels[0].next_rise(now)
+        if t is None:
+            self._timer.cancel()
+        else:
+            self._timer.arm(t)
 
     @property
     def next_fire(self) -> int | None:

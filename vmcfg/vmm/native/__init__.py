@@ -22,7 +22,7 @@ import ctypes
 import importlib.machinery
 import os
 
-FX_VERSION = 8
+FX_VERSION = 9
 NSNAP = 18
 NWRITE = 32
 NREASONS = 128
@@ -82,6 +82,7 @@ class FxState(ctypes.Structure):
                 ("cpuid", FxCpuid * NCPUID), ("latch", FxLatch * NLATCH),
                 ("mtf_on", _u64), ("mtf_started", _u64), ("mtf_skip", _u64), ("mtf_done", _u64),
                 ("py_io", ctypes.c_void_p), ("bits", _u64), ("io_direct", _u64),
+                ("py_io_obj", ctypes.c_void_p),
                 ("lean_mask", _u64 * (NREASONS // 64)), ("py_exit", ctypes.c_void_p),
                 ("lean", _u64), ("py_exit_obj", ctypes.c_void_p), ("py_pend", ctypes.c_void_p),
                 ("py_rcache", ctypes.c_void_p)]
@@ -191,6 +192,9 @@ class FastExit:
         IO_IN for IN); `state.io_direct` counts them."""
         self._io_cb = _IO_CB(fn)
         self.state.py_io = ctypes.cast(self._io_cb, ctypes.c_void_p).value
+        if self.capi():                 # the same function through the C API (no ctypes)
+            self._io_obj = fn
+            self.state.py_io_obj = id(fn)
 
     def set_python_exit(self, fn) -> None:
         """The lean exit path, `fn(reason, address, icount, seq, tsc, rax, rcx, rdx, rip) ->
@@ -433,3 +437,35 @@ def event_deliverer(uch: int, ctx_addr: int, env_offset: int, mem_size: int,
     fn.restype = ctypes.c_int
     fn.argtypes = [ctypes.POINTER(FxDlv), _u64, _u64, _u64, _u64]
     return fn, d
+
+
+# ---- a device timer's interrupt at the block counter's soft deadline (fastexit.c fx_soft_deadline)
+FXS_VERSION = 1
+TICK_STOP = -1          # tick(): the run loop must look (the engine stops before the block)
+TICK_DONE = -2          # tick(): done here (the soft deadline set, or the engine stopped)
+REFLECTED = 0x100       # tick(): with the vector -- an exit's handler reflected it (not INTA)
+
+
+class FxSoft(ctypes.Structure):
+    _fields_ = [("version", _u64), ("st", ctypes.c_void_p), ("dlv", ctypes.c_void_p),
+                ("tick_obj", ctypes.c_void_p), ("acked_obj", ctypes.c_void_p),
+                ("taken", _u64)]
+
+
+def soft_taker(fx: "FastExit", dlv, tick, acked):
+    """The soft-deadline function in C (fastexit.c fx_soft_deadline) for the vCPU whose state
+    block is `fx` and whose C delivery block is `dlv`, as `(function address, FxSoft)`:
+    `tick(icount, tsc)` returns the vector to deliver, TICK_STOP or TICK_DONE;
+    `acked(vector, frame_phys, icount, tsc)` the next soft deadline.  The block keeps the two
+    callables alive.  None when this build has no C API (the ctypes soft function then)."""
+    lib = fx.lib
+    if lib is None or not fx.capi() or not hasattr(lib, "fx_soft_size") \
+            or lib.fx_soft_size() != ctypes.sizeof(FxSoft) | (FXS_VERSION << 16):
+        return None
+    s = FxSoft()
+    s.version = FXS_VERSION
+    s.st = ctypes.addressof(fx.state)
+    s.dlv = ctypes.addressof(dlv)
+    s._objs = (tick, acked)
+    s.tick_obj, s.acked_obj = id(tick), id(acked)
+    return ctypes.cast(lib.fx_soft_deadline, ctypes.c_void_p).value, s

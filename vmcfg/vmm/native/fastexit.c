@@ -42,7 +42,7 @@
 #include <string.h>
 #include <time.h>
 
-#define FX_VERSION 8
+#define FX_VERSION 9
 #define FX_NSNAP 18            /* RAX..R15, RIP, RFLAGS */
 #define FX_NWRITE 32
 #define FX_NREASONS 128
@@ -142,6 +142,8 @@ typedef struct fx_state {
     py_io_t py_io;             /* 0: none (every non-latch port takes the Python trap path) */
     uint64_t bits;             /* the code size (16/32/64) the Python side saw last */
     uint64_t io_direct;        /* accesses py_io served */
+    void *py_io_obj;           /* py_io as a Python callable, called through the C API when
+                                * this build has it (borrowed: the Python side keeps it) */
     /* user exit handlers called from the hook (lean_exit) */
     uint64_t lean_mask[FX_NREASONS / 64];  /* reasons whose Python handler runs from here */
     py_exit_t py_exit;
@@ -168,6 +170,10 @@ typedef struct fx_entry {
     uint64_t size;             /* IN/OUT: bytes accessed (1, 2, 4) */
     uint64_t bits;             /* ... for the code size it was decoded in (0: any) */
 } fx_entry;
+
+#ifdef FX_CAPI
+static int64_t call_ints(PyObject *fn, const uint64_t *a, int n);
+#endif
 
 int fx_version(void) { return FX_VERSION; }
 int fx_state_size(void) { return (int)sizeof(fx_state); }
@@ -250,7 +256,16 @@ static int io_direct(uc_engine *uc, fx_state *st, const fx_entry *e, uint64_t po
         return 0;
     uint64_t rax = rd(uc, st, S_RAX);
     uint64_t mask = size >= 4 ? 0xFFFFFFFFull : (1ull << (8 * size)) - 1;
-    uint64_t v = st->py_io(port | (size << 16) | ((uint64_t)in << 24), rax & mask, ic);
+    uint64_t op = port | (size << 16) | ((uint64_t)in << 24), v;
+#ifdef FX_CAPI
+    if (st->py_io_obj) {               /* the same callable through the C API: no ctypes */
+        uint64_t a[3] = {op, rax & mask, ic};
+        PyGILState_STATE g = PyGILState_Ensure();
+        v = (uint64_t)call_ints((PyObject *)st->py_io_obj, a, 3);
+        PyGILState_Release(g);
+    } else
+#endif
+    v = st->py_io(op, rax & mask, ic);
     if (in) {
         *id = (int)st->reg_ids[S_RAX];
         *val = (size == 4 && e->bits == 64) ? (v & mask) : ((rax & ~mask) | (v & mask));
@@ -319,6 +334,31 @@ int fx_capi(void)
 enum { LEAN_STOPPING = 3 };
 
 #ifdef FX_CAPI
+/* fn(*a) with n (at most 4) unsigned ints, the GIL held; the answer as a signed int (-1 on any
+ * error, which is a bug in the VMM: the Python side catches everything and reports it through
+ * the run loop; NO_DEADLINE for an answer past 2^63 - 1) */
+static int64_t call_ints(PyObject *fn, const uint64_t *a, int n)
+{
+    PyObject *slots[5], **args = slots + 1;
+    int k = 0;
+    for (; k < n; k++)
+        if (!(args[k] = PyLong_FromUnsignedLongLong(a[k])))
+            break;
+    PyObject *res = k == n ? PyObject_Vectorcall(fn, args, (size_t)n | PY_VECTORCALL_ARGUMENTS_OFFSET, 0) : 0;
+    for (int i = 0; i < k; i++)
+        Py_DECREF(args[i]);
+    int64_t r = -1;
+    if (res && PyLong_Check(res)) {
+        int overflow = 0;
+        long long v = PyLong_AsLongLongAndOverflow(res, &overflow);
+        r = overflow > 0 ? (int64_t)NO_DEADLINE : overflow < 0 ? -1 : (int64_t)v;
+    }
+    if (PyErr_Occurred())
+        PyErr_WriteUnraisable(fn);
+    Py_XDECREF(res);
+    return r;
+}
+
 /* Queue one register write from the handler's dict; a full queue goes out first. */
 static void queue_write(uc_engine *uc, fx_state *st, uint64_t id, uint64_t value)
 {
@@ -864,3 +904,71 @@ int fx_deliver(fx_dlv *d, uint64_t vector, uint64_t how, uint64_t error_code, ui
     d->delivered++;
     return 1;
 }
+
+/* ---- a device timer's interrupt at the block counter's soft deadline (vcpu/events.py) ------
+ *
+ * counter.py's stub tail-calls fx_soft_deadline (its soft-deadline function) at the start of
+ * the first block at or after the soft deadline, with the counter's state words as user data;
+ * word W_SOFT_CTX points at the fx_soft below.  One turn: the VMM's TSC at this boundary, then
+ * the vCPU's `tick(icount, tsc)` -- the devices act on the time and say which interrupt the
+ * CPU would take (a vector), or that the run loop must look (TICK_STOP: the engine stops
+ * before this block, as the stub does without a soft-deadline function), or that it did
+ * everything itself (TICK_DONE) --, the delivery through the guest IDT (fx_deliver, the
+ * common case; anything else stops the engine and the run loop delivers: nothing was
+ * acknowledged yet), and `acked(vector, frame_phys, icount, tsc)` -- the interrupt controller
+ * acknowledges it, and the answer is the next soft deadline.  Two calls of Python through the
+ * C API and no ctypes crossing: only built with the Python headers (fx_soft_size says).  A
+ * vector from tick may carry REFLECTED (0x100: external-interrupt exiting's handler reflected
+ * it); acked gets it back as it came.
+ */
+#define FXS_VERSION 1
+enum { W_EMU_STOP = 9, W_STOPPED = 11, W_SOFT_CTX = 16 };
+#define TICK_STOP (-1)
+#define TICK_DONE (-2)
+typedef int (*emu_stop_t)(uc_engine *);
+
+typedef struct fx_soft {
+    uint64_t version;
+    fx_state *st;              /* exit_count, idle_ticks, tsc_adjust: the VMM's TSC */
+    fx_dlv *dlv;
+    void *tick_obj;            /* the Python callables (borrowed: the Python side keeps them) */
+    void *acked_obj;
+    uint64_t taken;            /* interrupts delivered here */
+} fx_soft;
+
+#ifdef FX_CAPI
+int fx_soft_size(void) { return (int)sizeof(fx_soft) | (FXS_VERSION << 16); }
+
+void fx_soft_deadline(uc_engine *uc, uint64_t address, uint32_t size, void *user)
+{
+    uint64_t *ctr = (uint64_t *)user;
+    fx_soft *s = (fx_soft *)ctr[W_SOFT_CTX];
+    const fx_state *st = s->st;
+    (void)address; (void)size;
+    uint64_t ic = ctr[W_COUNTER];
+    uint64_t tsc = ic * st->tsc_per_insn + st->exit_count * st->exit_cost + st->idle_ticks
+                   + st->tsc_adjust;
+    PyGILState_STATE g = PyGILState_Ensure();
+    uint64_t a[4] = {ic, tsc, 0, 0};
+    int64_t v = call_ints((PyObject *)s->tick_obj, a, 2);
+    if (v >= 0) {
+        if (fx_deliver(s->dlv, (uint64_t)v & 0xFF, FXD_HERE, 0, 0)) {
+            a[0] = (uint64_t)v;        /* (with its REFLECTED bit) */
+            a[1] = s->dlv->frame_phys;
+            a[2] = ic;
+            a[3] = tsc;
+            int64_t soft = call_ints((PyObject *)s->acked_obj, a, 4);
+            ctr[W_SOFT] = soft < 0 ? NO_DEADLINE : (uint64_t)soft;
+            s->taken++;
+            v = TICK_DONE;
+        } else {
+            v = TICK_STOP;              /* not the plain case: the run loop delivers it */
+        }
+    }
+    PyGILState_Release(g);
+    if (v != TICK_DONE) {
+        ctr[W_STOPPED] = 1;
+        ((emu_stop_t)ctr[W_EMU_STOP])(uc);
+    }
+}
+#endif

@@ -15,8 +15,8 @@ from ..cpu.delivery import DeliveryFault, deliver_event, nested
 from ..cpu.state import HF_INHIBIT_IRQ, old_exception_offset
 from ..exitinfo import (INTR_EXTERNAL, INTR_HW_EXCEPTION, INTR_NMI, INTR_PRIV_SW_EXCEPTION,
                         INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit, interruption_info)
-from ..native import FXD_EC, FXD_FAULT, FXD_HERE, FXD_SOFT
-from .common import MASK64, _ERROR_CODE_VECTORS
+from ..native import FXD_EC, FXD_FAULT, FXD_HERE, FXD_SOFT, REFLECTED, TICK_DONE, TICK_STOP
+from .common import EXIT_COST, MASK64, TSC_PER_INSN, _ERROR_CODE_VECTORS
 from .intercepts import trapped_kinds
 from ...vmx.exits import Exit, FAULT_VECTORS, FIRST_EXTERNAL_VECTOR, LAST_VECTOR, Vector
 
@@ -358,6 +358,7 @@ class EventsMixin:
         handler -- can be due at a block boundary: no single-stepping, no window exiting,
         no virtual-interrupt delivery, no event from the VMM waiting."""
         on = self._on
+        self._extint_lean = on["pin.external_interrupt_exiting"] and self._lean_extint_ok()
         return bool(self._fx_dlv is not None and not count and not mtf_native
                     and self._smc_page is None and self._skip_once is None
                     and not self._iw_steps and self._ptimer_fire is None
@@ -368,55 +369,111 @@ class EventsMixin:
 
     def _at_soft_deadline(self, _uch, _address, _size, _user) -> None:
         """The block counter reached the soft deadline (a device timer) at the start of a
-        block, before the block runs.  The plain case -- the timer raised an interrupt the
-        CPU takes now (RFLAGS.IF = 1, no STI / MOV SS blocking) through a gate the C
-        delivery handles -- is done right here: the devices act, the interrupt is
-        acknowledged and delivered, the next soft deadline set, and the engine goes on at
-        the handler (the RIP write restarts it there).  Anything else stops the engine
-        before the block, as the stub does without this function, and the run loop looks."""
+        block, before the block runs: the soft-deadline function of a build without the C
+        API (fastexit.c fx_soft_deadline does this same turn in C: `_soft_tick`, the C
+        delivery, `_soft_acked`).  The plain case -- the timer raised an interrupt the CPU
+        takes now (RFLAGS.IF = 1, no STI / MOV SS blocking) through a gate the C delivery
+        handles -- is done right here: the devices act, the interrupt is delivered and
+        acknowledged, the next soft deadline set, and the engine goes on at the handler (the
+        RIP write restarts it there).  Anything else stops the engine before the block, as
+        the stub does without this function, and the run loop looks."""
         try:
-            if self._soft_here and not self._in_hook:
-                self._in_hook = True
-                try:
-                    if self._take_at_boundary():
-                        if self._input_wake:     # serial input came meanwhile (_device_wake)
-                            self.counter.request_stop()
-                        return
-                finally:
-                    self._in_hook = False
+            ic = self.counter.state[W_COUNTER]
+            tsc = self._tsc_at(ic)
+            vec = self._soft_tick(ic, tsc)
+            if vec == TICK_DONE:
+                return
+            if vec >= 0:
+                fd = self._fx_dlv
+                if fd[0](fd[1], vec & 0xFF, FXD_HERE, 0, 0):
+                    self.counter.state[W_SOFT] = self._soft_acked(vec, fd[1].frame_phys, ic, tsc)
+                    return
         except BaseException as e:       # pragma: no cover - never let it reach C
             self._event = ("error", e)
         self.counter.soft_stop()
 
-    def _take_at_boundary(self) -> bool:
-        if self._event is not None or self._pend or \
-                self._pending_cfg is not None or self._rehalt or self._virq or \
-                self._nmi_pending or self._nmi_reflect or self._live_nmi or self._live_irqs:
-            return False
-        wd = self._wall_deadline
-        if wd is not None and time.monotonic() >= wd:
-            return False
-        ic = self.icount = self.counter.state[W_COUNTER]
+    def _soft_tick(self, ic: int, tsc: int) -> int:
+        """The first half of a turn at the soft deadline, `ic` instructions retired, the VMM's
+        TSC `tsc` (virtual clock): the devices act on what is due, and the answer is the
+        vector the CPU takes now -- to be delivered through the guest IDT by the caller,
+        then acknowledged with `_soft_acked` --, with REFLECTED when external-interrupt
+        exiting's default handler reflected it (the exit is done: leanexit._lean_extint),
+        or TICK_STOP (the run loop must look: the engine stops before the block) or
+        TICK_DONE (done here: the exit's full path)."""
+        if not self._soft_here or self._in_hook:
+            return TICK_STOP
+        self._in_hook = True
+        try:
+            if self._event is not None or self._pend or \
+                    self._pending_cfg is not None or self._rehalt or self._virq or \
+                    self._nmi_pending or self._nmi_reflect or self._live_nmi or self._live_irqs:
+                return TICK_STOP
+            wd = self._wall_deadline
+            if wd is not None and time.monotonic() >= wd:
+                return TICK_STOP
+            self.icount = ic
+            plat = self.platform
+            self._input_wake = False             # queued serial input is served here (as _events)
+            plat.advance(tsc if self.clock != "realtime" else self._tsc_at(ic))
+            plat.changed = False
+            if self._nmi_pending:
+                return TICK_STOP
+            vec = plat.pending_interrupt()
+            if vec is None:
+                return TICK_STOP
+            if self._on["pin.external_interrupt_exiting"]:
+                return self._lean_extint(vec, ic, tsc)  # (leanexit.py)
+            return vec
+        except BaseException as e:       # never let it reach C, never lose it
+            self._event = ("error", e)
+            return TICK_STOP
+        finally:
+            self._in_hook = False
+
+    def _soft_acked(self, vec: int, frame_phys: int, ic: int, tsc: int) -> int:
+        """The second half: `vec` was delivered through the guest IDT (its frame at
+        `frame_phys`); the interrupt controller acknowledges it (INTA).  Returns the next
+        soft deadline (NO_DEADLINE when the engine was stopped)."""
+        self._in_hook = True
+        try:
+            if vec & REFLECTED:              # acknowledged at the exit, reflected (_virq)
+                self._virq.pop(0)
+                self.lean_extints += 1
+                # (the exit's virtual time: _lean_extint)
+                return self._after_boundary_delivery(frame_phys, ic, (tsc + EXIT_COST) & MASK64)
+            took = self.platform.ack_interrupt()
+            if took != vec:                  # pragma: no cover - the board contradicts itself
+                raise RuntimeError(f"the interrupt acknowledged ({took}) is not the one "
+                                   f"delivered ({vec})")
+            return self._after_boundary_delivery(frame_phys, ic, tsc)
+        except BaseException as e:       # never let it reach C, never lose it
+            self._event = ("error", e)
+            self.uc.emu_stop()
+            return NO_DEADLINE
+        finally:
+            self._in_hook = False
+
+    def _after_boundary_delivery(self, frame_phys: int, ic: int, tsc: int | None) -> int:
+        """After an interrupt delivered at the soft deadline: the bookkeeping and the next soft
+        deadline (NO_DEADLINE, the engine stopped, when no timer is armed any more: the run
+        loop re-decides its watches).  `tsc`: the VMM's TSC at `ic` (None: ask)."""
         plat = self.platform
-        self._input_wake = False             # queued serial input is served here (as _events)
-        plat.advance(self._tsc_at(ic))       # the devices: what is due now
-        plat.changed = False
-        if self._nmi_pending:
-            return False
-        vec = plat.pending_interrupt()
-        if vec is None:
-            return False
-        fd = self._fx_dlv
-        blk = fd[1]
-        if self._on["pin.external_interrupt_exiting"]:
-            return self._lean_extint(vec, ic)        # (leanexit.py; else _exit_at_boundary)
-        if not fd[0](blk, vec, FXD_HERE, 0, 0):
-            return False                     # not the plain case: the run loop delivers
-        took = plat.ack_interrupt()
-        if took != vec:                      # pragma: no cover - the board contradicts itself
-            raise RuntimeError(f"the interrupt acknowledged ({took}) is not the one "
-                               f"delivered ({vec})")
-        return self._delivered_at_boundary(blk, ic)
+        self.events_delivered += 1
+        self.irqs_in_engine += 1
+        self._rcache.clear()
+        self._drop_phys(frame_phys & ~0xFFF)        # the frame may land on code
+        nf = plat.clock.next_deadline()             # (plat.next_event())
+        if nf is None:
+            self._event = ("resume",)
+            self.uc.emu_stop()
+            return NO_DEADLINE
+        if self._input_wake:                        # serial input came meanwhile (_device_wake)
+            self.counter.request_stop()
+        if tsc is None or self.clock == "realtime":
+            return min(self._soft_at(ic, nf), NO_DEADLINE)
+        t = nf - tsc                                # (_soft_at, the virtual clock)
+        return min(ic + 1 if t <= TSC_PER_INSN else ic + (t + TSC_PER_INSN - 1) // TSC_PER_INSN,
+                   NO_DEADLINE)
 
     def _exit_at_boundary(self, vec: int, ic: int) -> bool:
         """External-interrupt exiting at the soft deadline, to the default handler: the exit
@@ -457,18 +514,8 @@ class EventsMixin:
         return self._delivered_at_boundary(blk, ic)
 
     def _delivered_at_boundary(self, blk, ic: int) -> bool:
-        plat = self.platform
-        self.events_delivered += 1
-        self.irqs_in_engine += 1
-        self._rcache.clear()
-        self._drop_phys(blk.frame_phys & ~0xFFF)    # the frame may land on code
-        nf = plat.clock.next_deadline()             # (plat.next_event())
-        if nf is None:
-            # no timer any more: the run loop re-decides its watches (_events)
-            self._event = ("resume",)
-            self.uc.emu_stop()
-            return True
-        self.counter.state[W_SOFT] = min(self._soft_at(ic, nf), NO_DEADLINE)
+        """The C delivery `blk` delivered an interrupt at the soft deadline (the exit paths)."""
+        self.counter.state[W_SOFT] = self._after_boundary_delivery(blk.frame_phys, ic, None)
         return True
 
     def _engine_shadow(self) -> bool:
@@ -505,13 +552,15 @@ class EventsMixin:
         if self._nmi_pending or self._live_nmi or self._live_irqs or \
                 plat.pending_interrupt() is not None:
             return True
-        nf = plat.clock.next_deadline()             # (plat.next_event())
+        clock = plat.clock
+        nf = clock.next_deadline()                  # (plat.next_event())
         if nf is not None and "ss_load" not in self._extra_trap:
             return True
+        if clock.rescheduled:                       # (else the soft deadline stands: an EOI)
+            # (counter.set_soft_deadline)
+            self.counter.state[W_SOFT] = NO_DEADLINE if nf is None else \
+                min(self._soft_at(icount, nf), NO_DEADLINE)
         plat.changed = False
-        # (counter.set_soft_deadline)
-        self.counter.state[W_SOFT] = NO_DEADLINE if nf is None else \
-            min(self._soft_at(icount, nf), NO_DEADLINE)
         return False
 
     def ack_interrupt(self) -> int | None:

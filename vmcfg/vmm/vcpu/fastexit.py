@@ -13,7 +13,7 @@ from .. import decode as D
 from ..counter import W_LAST_ADDR
 from ..exitinfo import VmExit
 from ...vmx.exits import Exit
-from ..native import NWRITE, FastExit
+from ..native import NWRITE, FastExit, soft_taker
 from .common import EXIT_COST, MASK64, TSC_PER_INSN, _GPR64
 
 # the registers the native hook reads in one batch before a Python trap (fastexit.c order)
@@ -66,9 +66,17 @@ class FastExitMixin:
         self.fx.attach_counter(self.counter.state)
         self._soft_here = False
         self._wall_deadline = None
+        self._fx_soft = None
         if self._fx_dlv is not None:
-            # a device timer's interrupt taken inside the engine (events.py)
-            self.counter.set_soft_fn(self._at_soft_deadline)
+            # a device timer's interrupt taken inside the engine (events.py): the turn in C
+            # when the counter's stub is native and the helper has the C API, else in Python
+            taker = soft_taker(self.fx, self._fx_dlv[1], self._soft_tick, self._soft_acked) \
+                if self.counter.native else None
+            self._fx_soft = taker[1] if taker is not None else None   # (.taken: its count)
+            if taker is not None:
+                self.counter.set_soft_native(taker[0], ctypes.addressof(taker[1]), taker[1])
+            else:
+                self.counter.set_soft_fn(self._at_soft_deadline)
         if self._fx_native:
             self.fx.set_python_trap(self._raw_trap)
             # latch ports (POST, UART scratch): the device's cell becomes the native one

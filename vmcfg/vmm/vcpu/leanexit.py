@@ -26,8 +26,10 @@ from unicorn import x86_const as X
 from ..devices import DebugExit, SystemReset
 from ..exitinfo import INTR_EXTERNAL, VmExit, interruption_info
 from ..handlers import DEFAULT_HANDLERS, ExitContext, LeanExitContext, h_external_interrupt
-from ..native import FXD_HERE, LEAN_COUNTED, LEAN_NONE, LEAN_RESUMED, LEAN_STOPPING, NWRITE
+from ..native import LEAN_COUNTED, LEAN_NONE, LEAN_RESUMED, LEAN_STOPPING, NWRITE, REFLECTED, \
+    TICK_DONE, TICK_STOP
 from ..outcome import GuestFault, RunEnd
+from .common import EXIT_COST, MASK64
 from .deviceio import device_run_end
 from .fastexit import queue_writes
 from .intercepts import _MODE_FREE
@@ -43,6 +45,7 @@ class LeanExitMixin:
 
     def _lean_attach(self) -> None:
         self.lean_extints = 0            # external-interrupt exits done by _lean_extint
+        self._extint_lean = False        # it may, this run (_lean_extint_ok)
         self._lean_capi = False
         # the bus's per-port tables (handlers.h_io looks the device up there directly)
         bus = self.platform.bus
@@ -164,21 +167,30 @@ class LeanExitMixin:
         return LEAN_NONE
 
     # ---- external-interrupt exiting at the soft deadline, default handler (events.py) ----------
-    def _lean_extint(self, vec: int, ic: int) -> bool:
+    def _lean_extint_ok(self) -> bool:
+        """Before a run (events._soft_here_ok): may `_lean_extint` do external-interrupt exits
+        this run?  What it asks changes only through the run loop (a live apply stops the
+        engine): no trace, no user handler, acknowledge-on-exit, no preemption timer, no
+        virtual-interrupt delivery, the default handler the one this path writes out."""
+        on = self._on
+        return bool(self.trace is None and _EXTINT not in self.user_handlers
+                    and on["exit.acknowledge_interrupt_on_exit"]
+                    and not on["pin.activate_vmx_preemption_timer"] and not self.apicv.vid
+                    and DEFAULT_HANDLERS[_EXTINT] is h_external_interrupt)
+
+    def _lean_extint(self, vec: int, ic: int, tsc: int) -> int:
         """External-interrupt exiting with acknowledge-on-exit, to the default handler, at
         the block counter's soft deadline (events._take_at_boundary, inside the engine): the
         exit is counted and the interrupt acknowledged and reflected as the full path
         (_exit_at_boundary + vmexit + handlers.h_external_interrupt) does it, without the
         exit record, the context or a read of the CPU mode -- nothing looks at them here (no
-        trace, no user handler) -- then the reflected interrupt is delivered through the
-        guest IDT in C when the guest can take it.  Anything else takes the full path."""
+        trace, no user handler) -- and the answer is the reflected interrupt, to be delivered
+        through the guest IDT in C (REFLECTED | vector: `_soft_acked` then takes it from
+        _virq).  Anything else takes the full path; then the answer is TICK_DONE or
+        TICK_STOP (events._soft_tick).  `tsc`: the VMM's TSC before the exit."""
         st = self.exit_stats.get(_EXTINT)
-        on = self._on
-        if st is None or self.trace is not None or _EXTINT in self.user_handlers \
-                or not on["exit.acknowledge_interrupt_on_exit"] \
-                or on["pin.activate_vmx_preemption_timer"] or self.apicv.vid \
-                or DEFAULT_HANDLERS[_EXTINT] is not h_external_interrupt:
-            return self._exit_at_boundary(vec, ic)   # (the first exit of the reason too)
+        if st is None or not self._extint_lean:      # (the first exit of the reason too)
+            return TICK_DONE if self._exit_at_boundary(vec, ic) else TICK_STOP
         self.ack_interrupt()
         fxs = self._fxs
         fxs.exit_count += 1
@@ -189,19 +201,17 @@ class LeanExitMixin:
         self._ptimer_fire = None
         plat = self.platform
         # the exit took virtual time: the devices act on it before the next boundary
-        plat.advance(self._tsc_at(ic))
+        plat.advance((tsc + EXIT_COST) & MASK64 if self.clock != "realtime" else self._tsc_at(ic))
         plat.changed = False
         if self._pending_cfg is not None or self._entry_inject is not None \
                 or self._nmi_pending or self._nmi_reflect or plat.pending_interrupt() is not None \
                 or len(self._virq) != 1:
-            return self._lean_extint_exited(vec, ic)
-        fd = self._fx_dlv
-        blk = fd[1]
-        if not fd[0](blk, self._virq[0], FXD_HERE, 0, 0):
-            return self._lean_extint_exited(vec, ic)    # IF = 0 or blocked: the run loop
-        self._virq.pop(0)
-        self.lean_extints += 1
-        return self._delivered_at_boundary(blk, ic)
+            self._lean_extint_exited(vec, ic)
+            return TICK_DONE
+        # delivered by the caller (fastexit.c fx_soft_deadline, events._at_soft_deadline):
+        # should the guest not take it there (IF = 0, blocked, a gate the C delivery leaves
+        # to Python), the engine stops and the run loop delivers it from _virq
+        return REFLECTED | self._virq[0]
 
     def _lean_extint_exited(self, vec: int, ic: int) -> bool:
         """The run loop takes over after the exit (event "exited", as _exit_at_boundary): the

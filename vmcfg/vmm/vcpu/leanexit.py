@@ -3,10 +3,15 @@
 A CPUID, RDTSC or IN/OUT exit whose reason has a user handler (``handlers=`` of run_guest,
 a profile's [handlers]) is found by the native hook (native/fastexit.c ``lean_exit``),
 which decodes it -- the reason, the instructions retired before it, the TSC at the exit,
-RAX/RCX/RDX and RIP -- reads the guest registers in one batch and calls `_lean_exit` once.
-That runs the handler with a `LeanExitContext` (handlers.py: the same API; the exit record
-is built only if the handler looks at it), and queues the register writes, which the hook
-sends back in one batch.  The engine goes on; it stops only for what the run loop must do:
+RAX/RCX/RDX and RIP -- reads those registers in one batch, puts them in the register cache
+and calls `_lean_exit` once (through the CPython C API; `_lean_exit_ctypes` where the helper
+was built without the Python headers).  That runs the handler with a `LeanExitContext`
+(handlers.py: the same API; the exit record is built only if the handler looks at it); the
+hook takes the register writes from the pending dict and sends them back in one batch.
+Every such exit runs this code, so it does as little as it can: what cannot change while
+the engine runs is not looked at again (see `_lean_exit`), and the default handlers use
+what the hook read (the TSC at the exit, the registers in the cache, the bus's port
+tables).  The engine goes on; it stops only for what the run loop must do:
 the handler ended the run, injected an exception or an event, changed the controls, a
 device now needs the next instruction boundary, or events wait (the full trap path in
 intercepts.py stops at the same points, and also after every exit while a device timer is

@@ -464,3 +464,113 @@ def test_the_soft_deadline_turn_in_c_and_in_python_agree(monkeypatch):
     assert vc.events_delivered == vp.events_delivered
     assert vc.irqs_in_engine == vp.irqs_in_engine >= 9
     assert vc._fx_soft.taken == vc.irqs_in_engine    # every one of them by the C turn
+
+
+NESTED64 = r"""
+bits 64
+org 0x100000
+        jmp start
+%include "lib64.inc"
+start:
+        gate 0x20, timer
+        gate 0x23, irq3
+        lidt [idtr]
+        mov al, 0x34                ; PIT channel 0, mode 2, period 3000
+        out 0x43, al
+        mov ax, 3000
+        out 0x40, al
+        mov al, ah
+        out 0x40, al
+        sti
+.busy:  cmp qword [rel ticks], 12
+        jb .busy
+        cli
+        mov rbx, [rel ticks]
+        mov rcx, [rel irq3_at]
+        mov rdx, [rel irq3_count]
+        mov rsi, [rel isr_bad]
+        exit 0
+timer:
+        push rax
+        push rdx
+        inc qword [rel ticks]
+        cmp qword [rel ticks], 5
+        jne .eoi
+        mov dx, 0x2003              ; pc-testdev: IRQ 3 up while IRQ 0 is in service
+        mov al, 1
+        out dx, al
+.eoi:   mov al, 0x20                ; non-specific EOI: IRQ 3 is then the one pending
+        out 0x20, al
+        pop rdx
+        pop rax
+        iretq
+irq3:
+        push rax
+        push rdx
+        mov rax, [rel ticks]        ; taken right after the timer's IRET: still tick 5
+        mov [rel irq3_at], rax
+        inc qword [rel irq3_count]
+        mov al, 0x0B                ; OCW3: read the ISR -- only IRQ 3 in service
+        out 0x20, al
+        in al, 0x20
+        cmp al, 8
+        je .ok
+        inc qword [rel isr_bad]
+.ok:    mov dx, 0x2003
+        xor al, al
+        out dx, al                  ; the line down (edge-triggered: already latched)
+        mov al, 0x0A                ; back to reading the IRR
+        out 0x20, al
+        mov al, 0x20
+        out 0x20, al
+        pop rdx
+        pop rax
+        iretq
+align 16
+idtr:   dw 256 * 16 - 1
+        dq idt
+align 4096
+idt:    times 256 * 16 db 0
+ticks:  dq 0
+irq3_at: dq 0
+irq3_count: dq 0
+isr_bad: dq 0
+"""
+
+
+def test_the_eoi_in_c_leaves_a_second_request_to_the_run_loop(monkeypatch):
+    """The master 8259's plain EOI is done in C (fastexit.c pic_eoi) only when nothing is left
+    to deliver: an IRQ raised inside the timer's handler is pending at its EOI, so that EOI
+    takes the Python path and the interrupt is taken right after the handler's IRET -- the
+    same instructions, registers and counts as the pure-Python VMM."""
+    img = _image(NESTED64, 64)
+    res, g, _c = _both(_cfg(), img, 64, monkeypatch)
+    assert res.status == "debug-exit" and res.guest_exit_code == 0, res.message
+    assert g["rbx"] == 12 and g["rdx"] == 1
+    assert g["rcx"] == 5                    # taken before the busy loop ran again
+    assert g["rsi"] == 0
+    if BUILT:
+        _r, _g, _c2, v = _run(_cfg(), img, 64, monkeypatch, python=False)
+        if v._fx_soft is not None:
+            # plain EOIs were done in C (the first ones, while the run loop still steps
+            # around the start-up, take the trap path)
+            assert v._fx_soft.eoi_done > 0
+            assert v._fx_soft.taken > 0
+
+
+def test_the_eoi_in_c_and_the_python_path_agree(monkeypatch):
+    """The same run with the EOI in C and with every EOI through the Python device path."""
+    if not BUILT:
+        pytest.skip("the C helper is not built")
+    import vmcfg.vmm.vcpu.fastexit as fxmod
+    img = _image(NESTED64, 64)
+    rc, gc, _cc, vc = _run(_cfg(), img, 64, monkeypatch, python=False)
+    if vc._fx_soft is None:
+        pytest.skip("this build has no C API")
+    real = fxmod.soft_taker
+    monkeypatch.setattr(fxmod, "soft_taker", lambda fx, dlv, tick, acked, *_a: real(fx, dlv, tick, acked))
+    rp, gp, _cp, vp = _run(_cfg(), img, 64, monkeypatch, python=False)
+    assert vp._fx_soft.eoi_done == 0 and vc._fx_soft.eoi_done > 0
+    assert (rc.status, rc.instructions, rc.tsc, rc.exits) == (rp.status, rp.instructions, rp.tsc, rp.exits)
+    assert gc == gp
+    assert vc.events_delivered == vp.events_delivered

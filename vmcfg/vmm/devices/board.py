@@ -170,7 +170,7 @@ class Board:
         if irq < 16:
             self.pic.set_irq(irq, level)
         self.ioapic.set_irq(isa_to_gsi(irq), level)
-        self.changed = True
+        self._changed = True                # (interrupt state: no deadline moved)
 
     def pulse_irq(self, irq: int) -> None:
         """An edge device pulses line `irq`: set_irq(irq, True) then set_irq(irq, False)."""
@@ -181,8 +181,7 @@ class Board:
         if irq < 16:
             self.pic.pulse(irq)
         self.ioapic.pulse(isa_to_gsi(irq))
-        self._changed = True
-        self.clock.rescheduled = True
+        self._changed = True                # (interrupt state: no deadline moved)
 
     def _pit_pulse(self) -> None:
         """The PIT's IRQ 0 edge at each expiry (cut off as _legacy_irq says): pulse_irq(0)
@@ -194,8 +193,7 @@ class Board:
             return
         self.pic.master.pulse(PIT_IRQ)      # (PicPair.pulse: a master line, no cascade)
         self.ioapic.pulse(isa_to_gsi(PIT_IRQ))
-        self._changed = True
-        self.clock.rescheduled = True
+        self._changed = True                # (interrupt state: no deadline moved)
 
     def _legacy_irq(self, irq: int, level: bool) -> None:
         """The PIT's IRQ 0 and the RTC's IRQ 8: cut off while the HPET's legacy replacement
@@ -225,8 +223,7 @@ class Board:
             v = self.pic.ack_pending()      # (pic.ack() if pic.pending() is not None)
             if v is None:
                 return None
-        self._changed = True
-        self.clock.rescheduled = True
+        self._changed = True                # (interrupt state: no deadline moved)
         return v
 
     # ---- time ----------------------------------------------------------------------------

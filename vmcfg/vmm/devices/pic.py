@@ -167,7 +167,8 @@ class I8259:
 class PicPair:
     """Master and slave 8259A as wired in a PC."""
 
-    PORTS = ((0x20, 2), (0xA0, 2), (0x4D0, 2))
+    MASTER_PORT, SLAVE_PORT = 0x20, 0xA0         # command; data at +1
+    PORTS = ((MASTER_PORT, 2), (SLAVE_PORT, 2), (0x4D0, 2))
 
     def __init__(self, changed: Callable[[], None] = lambda: None):
         self.master = I8259(0x20, 0x00, master=True)

@@ -440,7 +440,7 @@ def event_deliverer(uch: int, ctx_addr: int, env_offset: int, mem_size: int,
 
 
 # ---- a device timer's interrupt at the block counter's soft deadline (fastexit.c fx_soft_deadline)
-FXS_VERSION = 1
+FXS_VERSION = 2
 TICK_STOP = -1          # tick(): the run loop must look (the engine stops before the block)
 TICK_DONE = -2          # tick(): done here (the soft deadline set, or the engine stopped)
 REFLECTED = 0x100       # tick(): with the vector -- an exit's handler reflected it (not INTA)
@@ -449,15 +449,19 @@ REFLECTED = 0x100       # tick(): with the vector -- an exit's handler reflected
 class FxSoft(ctypes.Structure):
     _fields_ = [("version", _u64), ("st", ctypes.c_void_p), ("dlv", ctypes.c_void_p),
                 ("tick_obj", ctypes.c_void_p), ("acked_obj", ctypes.c_void_p),
-                ("taken", _u64)]
+                ("taken", _u64), ("vcpu_obj", ctypes.c_void_p), ("board_obj", ctypes.c_void_p),
+                ("clock_obj", ctypes.c_void_p), ("lapic_obj", ctypes.c_void_p),
+                ("master_obj", ctypes.c_void_p), ("eoi_port", _u64), ("eoi_done", _u64)]
 
 
-def soft_taker(fx: "FastExit", dlv, tick, acked):
+def soft_taker(fx: "FastExit", dlv, tick, acked, vcpu=None, board=None):
     """The soft-deadline function in C (fastexit.c fx_soft_deadline) for the vCPU whose state
     block is `fx` and whose C delivery block is `dlv`, as `(function address, FxSoft)`:
     `tick(icount, tsc)` returns the vector to deliver, TICK_STOP or TICK_DONE;
     `acked(vector, frame_phys, icount, tsc)` the next soft deadline.  The block keeps the two
-    callables alive.  None when this build has no C API (the ctypes soft function then)."""
+    callables alive.  With the vCPU and its board, the master 8259's plain EOI is done in C too
+    (fastexit.c pic_eoi, on the board's objects).  None when this build has no C API (the
+    ctypes soft function then)."""
     lib = fx.lib
     if lib is None or not fx.capi() or not hasattr(lib, "fx_soft_size") \
             or lib.fx_soft_size() != ctypes.sizeof(FxSoft) | (FXS_VERSION << 16):
@@ -468,4 +472,9 @@ def soft_taker(fx: "FastExit", dlv, tick, acked):
     s.dlv = ctypes.addressof(dlv)
     s._objs = (tick, acked)
     s.tick_obj, s.acked_obj = id(tick), id(acked)
+    if vcpu is not None and board is not None:
+        # (borrowed: the vCPU owns this block and the board; the board owns the rest)
+        s.vcpu_obj, s.board_obj, s.clock_obj = id(vcpu), id(board), id(board.clock)
+        s.lapic_obj, s.master_obj = id(board.lapic), id(board.pic.master)
+        s.eoi_port = board.pic.MASTER_PORT
     return ctypes.cast(lib.fx_soft_deadline, ctypes.c_void_p).value, s

@@ -61,7 +61,8 @@
 enum { K_NONE = 0, K_CPUID, K_RDTSC, K_OUT_IMM, K_IN_IMM, K_OUT_DX, K_IN_DX };
 
 /* block counter words (counter.py) */
-enum { W_COUNTER = 0, W_LAST_ADDR = 5, W_LAST_SIZE = 6, W_STOP = 8, W_LAST_N = 10, W_SOFT = 14 };
+enum { W_COUNTER = 0, W_LAST_ADDR = 5, W_LAST_SIZE = 6, W_STOP = 8, W_LAST_N = 10, W_SOFT = 14,
+       W_SOFT_CTX = 16 };
 #define NO_DEADLINE 0x7FFFFFFFFFFFFFFFull
 
 /* snapshot slots */
@@ -175,6 +176,25 @@ typedef struct fx_entry {
 static int64_t call_ints(PyObject *fn, const uint64_t *a, int n);
 #endif
 
+/* The soft-deadline turn's block (fx_soft_deadline below), also the master 8259's EOI done
+ * here (pic_eoi): counter word W_SOFT_CTX points at it. */
+#define FXS_VERSION 2
+typedef struct fx_soft {
+    uint64_t version;
+    struct fx_state *st;       /* exit_count, idle_ticks, tsc_adjust: the VMM's TSC */
+    struct fx_dlv *dlv;
+    void *tick_obj;            /* the Python callables (borrowed: the Python side keeps them) */
+    void *acked_obj;
+    uint64_t taken;            /* interrupts delivered here */
+    /* pic_eoi: the Python objects it reads and writes (borrowed), 0 = off */
+    void *vcpu_obj, *board_obj, *clock_obj, *lapic_obj, *master_obj;
+    uint64_t eoi_port;         /* the master's command port */
+    uint64_t eoi_done;         /* EOIs done here */
+} fx_soft;
+#ifdef FX_CAPI
+static int pic_eoi(struct fx_soft *s, uint64_t ic);
+#endif
+
 int fx_version(void) { return FX_VERSION; }
 int fx_state_size(void) { return (int)sizeof(fx_state); }
 int fx_entry_size(void) { return (int)sizeof(fx_entry); }
@@ -255,6 +275,14 @@ static int io_direct(uc_engine *uc, fx_state *st, const fx_entry *e, uint64_t po
     if (!st->py_io || io_intercepted_n(st, port, size))
         return 0;
     uint64_t rax = rd(uc, st, S_RAX);
+#ifdef FX_CAPI
+    struct fx_soft *s = (struct fx_soft *)st->counter[W_SOFT_CTX];
+    if (s && s->master_obj && !in && size == 1 && port == s->eoi_port && (rax & 0xFF) == 0x20
+            && pic_eoi(s, ic)) {
+        st->io_direct++;
+        return 1;
+    }
+#endif
     uint64_t mask = size >= 4 ? 0xFFFFFFFFull : (1ull << (8 * size)) - 1;
     uint64_t op = port | (size << 16) | ((uint64_t)in << 24), v;
 #ifdef FX_CAPI
@@ -921,28 +949,140 @@ int fx_deliver(fx_dlv *d, uint64_t vector, uint64_t how, uint64_t error_code, ui
  * vector from tick may carry REFLECTED (0x100: external-interrupt exiting's handler reflected
  * it); acked gets it back as it came.
  */
-#define FXS_VERSION 1
-enum { W_EMU_STOP = 9, W_STOPPED = 11, W_SOFT_CTX = 16 };
+enum { W_EMU_STOP = 9, W_STOPPED = 11 };
 #define TICK_STOP (-1)
 #define TICK_DONE (-2)
 typedef int (*emu_stop_t)(uc_engine *);
 
-typedef struct fx_soft {
-    uint64_t version;
-    fx_state *st;              /* exit_count, idle_ticks, tsc_adjust: the VMM's TSC */
-    fx_dlv *dlv;
-    void *tick_obj;            /* the Python callables (borrowed: the Python side keeps them) */
-    void *acked_obj;
-    uint64_t taken;            /* interrupts delivered here */
-} fx_soft;
 
 #ifdef FX_CAPI
-int fx_soft_size(void) { return (int)sizeof(fx_soft) | (FXS_VERSION << 16); }
+int fx_soft_size(void) { return (int)sizeof(struct fx_soft) | (FXS_VERSION << 16); }
+
+/* ---- the master 8259's non-specific EOI (OUT 0x20, 0x20) that changes nothing else ----------
+ *
+ * What the direct device path (vcpu/deviceio.py _dio_io -> pic.PicPair.io_write -> OCW2 ->
+ * events._device_change_needs_stop) does for this write when it ends with nothing to do --
+ * the in-service bit of the highest priority cleared, the instruction counted, the engine
+ * going on -- done on the Python objects through the C API, without running Python code.
+ * Only when that is the whole outcome: the VMM has nothing waiting (no event, NMI or live
+ * request, no device deadline it has not looked at; an interrupt-state change it has not
+ * looked at is looked at here, as the Python path does after the write), the local APIC
+ * has no request, the 8259 none left after the EOI (so no interrupt is pending), and a device
+ * deadline, if any, is one the run loop already watches MOV SS / POP SS for.  Anything else,
+ * or an attribute that is not what it should be: 0, nothing changed, and the Python path does
+ * the write.  The objects are the home of the state (pic.py, board.py, clock.py, lapic.py,
+ * the vCPU's events.py): change the two together. */
+static PyObject *N_event, *N_nmi_pending, *N_live_nmi, *N_live_irqs, *N_changed, *N_rescheduled,
+    *N_stale, *N_next, *N_irr, *N_isr, *N_imr, *N_priority_add, *N_extra_trap, *N_icount,
+    *N_ss_load;
+
+static int eoi_names(void)
+{
+    if (N_ss_load)
+        return 1;
+    static const char *const names[] = {"_event", "_nmi_pending", "_live_nmi", "_live_irqs",
+        "_changed", "rescheduled", "_stale", "_next", "irr", "isr", "imr", "priority_add",
+        "_extra_trap", "icount", "ss_load"};
+    PyObject **slots[] = {&N_event, &N_nmi_pending, &N_live_nmi, &N_live_irqs, &N_changed,
+        &N_rescheduled, &N_stale, &N_next, &N_irr, &N_isr, &N_imr, &N_priority_add,
+        &N_extra_trap, &N_icount, &N_ss_load};
+    for (unsigned i = 0; i < sizeof names / sizeof names[0]; i++)
+        if (!(*slots[i] = PyUnicode_InternFromString(names[i])))
+            return 0;
+    return 1;
+}
+
+/* attribute `name` of `o`: 1 true, 0 false, -1 missing */
+static int attr_true(PyObject *o, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (!v)
+        return -1;
+    int r = PyObject_IsTrue(v);
+    Py_DECREF(v);
+    return r;
+}
+
+/* an int attribute in 0 .. 2^63 - 1, or -1 */
+static int64_t attr_int(PyObject *o, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (!v)
+        return -1;
+    int64_t r = PyLong_Check(v) ? (int64_t)PyLong_AsLongLong(v) : -1;
+    Py_DECREF(v);
+    return r;
+}
+
+static int set_int(PyObject *o, PyObject *name, uint64_t value)
+{
+    PyObject *v = PyLong_FromUnsignedLongLong(value);
+    if (!v)
+        return -1;
+    int r = PyObject_SetAttr(o, name, v);
+    Py_DECREF(v);
+    return r;
+}
+
+static int pic_eoi(struct fx_soft *s, uint64_t ic)
+{
+    int done = 0;
+    PyGILState_STATE g = PyGILState_Ensure();
+    PyObject *vcpu = (PyObject *)s->vcpu_obj, *board = (PyObject *)s->board_obj,
+             *clock = (PyObject *)s->clock_obj, *lapic = (PyObject *)s->lapic_obj,
+             *master = (PyObject *)s->master_obj;
+    if (!eoi_names())
+        goto out;
+    PyObject *ev = PyObject_GetAttr(vcpu, N_event);
+    int quiet = ev == Py_None;
+    Py_XDECREF(ev);
+    if (!quiet || attr_true(vcpu, N_nmi_pending) || attr_true(vcpu, N_live_nmi)
+            || attr_true(vcpu, N_live_irqs) || attr_true(clock, N_rescheduled)
+            || attr_true(clock, N_stale) || attr_true(lapic, N_irr))
+        goto out;                       /* (-1, missing, is true too: the Python path) */
+    int64_t isr = attr_int(master, N_isr), irr = attr_int(master, N_irr),
+            imr = attr_int(master, N_imr), pa = attr_int(master, N_priority_add);
+    if (isr < 0 || irr < 0 || imr < 0 || pa < 0 || (irr & ~imr & 0xFF))
+        goto out;
+    PyObject *nf = PyObject_GetAttr(clock, N_next);
+    if (!nf)
+        goto out;
+    int watched = 1;
+    if (nf != Py_None) {                /* a deadline: the run loop must watch MOV SS / POP SS */
+        PyObject *extra = PyObject_GetAttr(vcpu, N_extra_trap);
+        watched = extra ? PySequence_Contains(extra, N_ss_load) == 1 : 0;
+        Py_XDECREF(extra);
+    }
+    Py_DECREF(nf);
+    if (!watched)
+        goto out;
+    /* OCW2 non-specific EOI: the in-service line of the highest priority (line `pa` first) */
+    for (int p = 0; p < 8; p++) {
+        int line = (p + (int)pa) & 7;
+        if (isr & (1 << line)) {
+            isr &= ~(1 << line);
+            break;
+        }
+    }
+    /* the Python path ends with the board's interrupt state looked at (its changed flag
+     * clear: _device_change_needs_stop), whether it was set before or by this write */
+    if (set_int(vcpu, N_icount, ic + 1) || PyObject_SetAttr(board, N_changed, Py_False)
+            || set_int(master, N_isr, (uint64_t)isr))
+        goto out;                       /* (the EOI last: when it fails, the Python path does
+                                         * the whole write, and writes the rest again) */
+    s->eoi_done++;
+    done = 1;
+out:
+    if (PyErr_Occurred())
+        PyErr_Clear();                  /* (an attribute that is not there: the Python path) */
+    PyGILState_Release(g);
+    return done;
+}
 
 void fx_soft_deadline(uc_engine *uc, uint64_t address, uint32_t size, void *user)
 {
     uint64_t *ctr = (uint64_t *)user;
-    fx_soft *s = (fx_soft *)ctr[W_SOFT_CTX];
+    struct fx_soft *s = (struct fx_soft *)ctr[W_SOFT_CTX];
     const fx_state *st = s->st;
     (void)address; (void)size;
     uint64_t ic = ctr[W_COUNTER];

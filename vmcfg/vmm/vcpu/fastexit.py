@@ -70,8 +70,8 @@ class FastExitMixin:
         if self._fx_dlv is not None:
             # a device timer's interrupt taken inside the engine (events.py): the turn in C
             # when the counter's stub is native and the helper has the C API, else in Python
-            taker = soft_taker(self.fx, self._fx_dlv[1], self._soft_tick, self._soft_acked) \
-                if self.counter.native else None
+            taker = soft_taker(self.fx, self._fx_dlv[1], self._soft_tick, self._soft_acked,
+                               self, self.platform) if self.counter.native else None
             self._fx_soft = taker[1] if taker is not None else None   # (.taken: its count)
             if taker is not None:
                 self.counter.set_soft_native(taker[0], ctypes.addressof(taker[1]), taker[1])

@@ -559,7 +559,8 @@ def test_the_eoi_in_c_leaves_a_second_request_to_the_run_loop(monkeypatch):
 
 
 def test_the_eoi_in_c_and_the_python_path_agree(monkeypatch):
-    """The same run with the EOI in C and with every EOI through the Python device path."""
+    """The same run with the EOI and the whole PIT -> 8259 turn in C (fastexit.c pic_eoi,
+    c_turn) and with both through the Python devices."""
     if not BUILT:
         pytest.skip("the C helper is not built")
     import vmcfg.vmm.vcpu.fastexit as fxmod
@@ -571,6 +572,7 @@ def test_the_eoi_in_c_and_the_python_path_agree(monkeypatch):
     monkeypatch.setattr(fxmod, "soft_taker", lambda fx, dlv, tick, acked, *_a: real(fx, dlv, tick, acked))
     rp, gp, _cp, vp = _run(_cfg(), img, 64, monkeypatch, python=False)
     assert vp._fx_soft.eoi_done == 0 and vc._fx_soft.eoi_done > 0
+    assert vp._fx_soft.turns == 0 and vc._fx_soft.turns > 0     # the whole turn in C too
     assert (rc.status, rc.instructions, rc.tsc, rc.exits) == (rp.status, rp.instructions, rp.tsc, rp.exits)
     assert gc == gp
     assert vc.events_delivered == vp.events_delivered

@@ -440,7 +440,7 @@ def event_deliverer(uch: int, ctx_addr: int, env_offset: int, mem_size: int,
 
 
 # ---- a device timer's interrupt at the block counter's soft deadline (fastexit.c fx_soft_deadline)
-FXS_VERSION = 2
+FXS_VERSION = 3
 TICK_STOP = -1          # tick(): the run loop must look (the engine stops before the block)
 TICK_DONE = -2          # tick(): done here (the soft deadline set, or the engine stopped)
 REFLECTED = 0x100       # tick(): with the vector -- an exit's handler reflected it (not INTA)
@@ -451,7 +451,13 @@ class FxSoft(ctypes.Structure):
                 ("tick_obj", ctypes.c_void_p), ("acked_obj", ctypes.c_void_p),
                 ("taken", _u64), ("vcpu_obj", ctypes.c_void_p), ("board_obj", ctypes.c_void_p),
                 ("clock_obj", ctypes.c_void_p), ("lapic_obj", ctypes.c_void_p),
-                ("master_obj", ctypes.c_void_p), ("eoi_port", _u64), ("eoi_done", _u64)]
+                ("master_obj", ctypes.c_void_p), ("eoi_port", _u64), ("eoi_done", _u64),
+                ("turn_on", _u64), ("wall_deadline_ns", _u64), ("pit_timer_obj", ctypes.c_void_p),
+                ("pit_ch0_obj", ctypes.c_void_p), ("hpet_obj", ctypes.c_void_p),
+                ("ioapic_obj", ctypes.c_void_p), ("serial_obj", ctypes.c_void_p),
+                ("slave_obj", ctypes.c_void_p), ("leg_rt_cnf", _u64), ("lvt_lint0", _u64),
+                ("lvt_masked", _u64), ("base_en", _u64), ("io_masked", _u64), ("io_level", _u64),
+                ("pit_hz", _u64), ("pit_gsi", _u64), ("turns", _u64)]
 
 
 def soft_taker(fx: "FastExit", dlv, tick, acked, vcpu=None, board=None):
@@ -473,8 +479,19 @@ def soft_taker(fx: "FastExit", dlv, tick, acked, vcpu=None, board=None):
     s._objs = (tick, acked)
     s.tick_obj, s.acked_obj = id(tick), id(acked)
     if vcpu is not None and board is not None:
+        from ..clock import PIT_HZ
+        from ..devices import hpet, ioapic, lapic
+        from ..devices.board import PIT_IRQ, isa_to_gsi
         # (borrowed: the vCPU owns this block and the board; the board owns the rest)
         s.vcpu_obj, s.board_obj, s.clock_obj = id(vcpu), id(board), id(board.clock)
         s.lapic_obj, s.master_obj = id(board.lapic), id(board.pic.master)
         s.eoi_port = board.pic.MASTER_PORT
+        # the whole turn of the PIT's interrupt through the 8259 (fastexit.c c_turn)
+        s.pit_timer_obj, s.pit_ch0_obj = id(board.pit._timer), id(board.pit.channels[0])
+        s.hpet_obj, s.ioapic_obj = id(board.hpet), id(board.ioapic)
+        s.serial_obj, s.slave_obj = id(board.serial), id(board.pic.slave)
+        s.leg_rt_cnf, s.lvt_lint0 = hpet.LEG_RT_CNF, lapic.LVT_LINT0
+        s.lvt_masked, s.base_en = lapic.LVT_MASKED, lapic.BASE_EN
+        s.io_masked, s.io_level = ioapic.MASKED, ioapic.LEVEL
+        s.pit_hz, s.pit_gsi = PIT_HZ, isa_to_gsi(PIT_IRQ)
     return ctypes.cast(lib.fx_soft_deadline, ctypes.c_void_p).value, s

@@ -178,7 +178,7 @@ static int64_t call_ints(PyObject *fn, const uint64_t *a, int n);
 
 /* The soft-deadline turn's block (fx_soft_deadline below), also the master 8259's EOI done
  * here (pic_eoi): counter word W_SOFT_CTX points at it. */
-#define FXS_VERSION 2
+#define FXS_VERSION 3
 typedef struct fx_soft {
     uint64_t version;
     struct fx_state *st;       /* exit_count, idle_ticks, tsc_adjust: the VMM's TSC */
@@ -190,6 +190,13 @@ typedef struct fx_soft {
     void *vcpu_obj, *board_obj, *clock_obj, *lapic_obj, *master_obj;
     uint64_t eoi_port;         /* the master's command port */
     uint64_t eoi_done;         /* EOIs done here */
+    /* c_turn: the plain PIT -> 8259 -> CPU interrupt, done here on the objects */
+    uint64_t turn_on;          /* this run allows it (the vCPU's _soft_here_ok, virtual clock) */
+    uint64_t wall_deadline_ns; /* CLOCK_MONOTONIC ns of the run's wall-clock limit, 0 = none */
+    void *pit_timer_obj, *pit_ch0_obj, *hpet_obj, *ioapic_obj, *serial_obj, *slave_obj;
+    /* the devices' constants, from their modules (the homes of those facts) */
+    uint64_t leg_rt_cnf, lvt_lint0, lvt_masked, base_en, io_masked, io_level, pit_hz, pit_gsi;
+    uint64_t turns;            /* interrupts the whole turn did here */
 } fx_soft;
 #ifdef FX_CAPI
 static int pic_eoi(struct fx_soft *s, uint64_t ic);
@@ -974,18 +981,33 @@ int fx_soft_size(void) { return (int)sizeof(struct fx_soft) | (FXS_VERSION << 16
  * the vCPU's events.py): change the two together. */
 static PyObject *N_event, *N_nmi_pending, *N_live_nmi, *N_live_irqs, *N_changed, *N_rescheduled,
     *N_stale, *N_next, *N_irr, *N_isr, *N_imr, *N_priority_add, *N_extra_trap, *N_icount,
-    *N_ss_load;
+    *N_ss_load, *N_pend, *N_pending_cfg, *N_rehalt, *N_virq, *N_nmi_reflect, *N_in_hook,
+    *N_input_wake, *N_events_delivered, *N_irqs_in_engine, *N_rcache, *N_data_frame, *N_first,
+    *N_armed, *N_hz, *N_deadline, *N_order, *N_lines, *N_config, *N_redir, *N_levels, *N_elcr,
+    *N_last_level, *N_special_mask, *N_sfnm, *N_auto_eoi, *N_base, *N_mode, *N_loaded,
+    *N_paused_at, *N_gate, *N_count, *N_lvt, *N_input, *N_frame_check;
 
 static int eoi_names(void)
 {
-    if (N_ss_load)
+    if (N_frame_check)
         return 1;
     static const char *const names[] = {"_event", "_nmi_pending", "_live_nmi", "_live_irqs",
         "_changed", "rescheduled", "_stale", "_next", "irr", "isr", "imr", "priority_add",
-        "_extra_trap", "icount", "ss_load"};
+        "_extra_trap", "icount", "ss_load", "_pend", "_pending_cfg", "_rehalt", "_virq",
+        "_nmi_reflect", "_in_hook", "_input_wake", "events_delivered", "irqs_in_engine",
+        "_rcache", "_data_frame", "_first", "armed", "hz", "deadline", "order", "_lines",
+        "config", "redir", "levels", "elcr", "last_level", "special_mask",
+        "special_fully_nested", "auto_eoi", "base", "mode", "loaded", "paused_at", "gate",
+        "count", "lvt", "_input", "_frame_check"};
     PyObject **slots[] = {&N_event, &N_nmi_pending, &N_live_nmi, &N_live_irqs, &N_changed,
         &N_rescheduled, &N_stale, &N_next, &N_irr, &N_isr, &N_imr, &N_priority_add,
-        &N_extra_trap, &N_icount, &N_ss_load};
+        &N_extra_trap, &N_icount, &N_ss_load, &N_pend, &N_pending_cfg, &N_rehalt, &N_virq,
+        &N_nmi_reflect, &N_in_hook, &N_input_wake, &N_events_delivered, &N_irqs_in_engine,
+        &N_rcache, &N_data_frame, &N_first, &N_armed, &N_hz, &N_deadline, &N_order, &N_lines,
+        &N_config, &N_redir, &N_levels, &N_elcr, &N_last_level, &N_special_mask, &N_sfnm,
+        &N_auto_eoi, &N_base, &N_mode, &N_loaded, &N_paused_at, &N_gate, &N_count, &N_lvt,
+        &N_input, &N_frame_check};
+    _Static_assert(sizeof names / sizeof names[0] == sizeof slots / sizeof slots[0], "names");
     for (unsigned i = 0; i < sizeof names / sizeof names[0]; i++)
         if (!(*slots[i] = PyUnicode_InternFromString(names[i])))
             return 0;
@@ -1079,6 +1101,240 @@ out:
     return done;
 }
 
+/* ---- the whole turn for the plain PIT -> 8259 -> CPU interrupt (c_turn) -----------------------
+ *
+ * What the Python turn (events._soft_tick: Board.advance -> Clock.advance -> Pit._fire ->
+ * Board._pit_pulse, Pit re-arm, Board.pending_interrupt; the delivery; events._soft_acked:
+ * Board.ack_interrupt, _after_boundary_delivery) does when its outcome is the plain one, done
+ * on the same objects through the C API: the PIT's timer is the only one due, channel 0
+ * counts periodically (modes 2 and 3), its IRQ 0 edge reaches only the 8259 (not rerouted to
+ * the HPET, the IOAPIC pin masked), the local APIC has no request and passes ExtINT, the
+ * master 8259 presents a line other than the cascade (not in auto-EOI mode), the CPU takes
+ * it through a plain gate (fx_deliver).  Every condition is read before anything changes;
+ * any other case -- or an attribute that is not what it should be -- returns 0 with nothing
+ * changed, and the Python turn runs.  The objects are the home of the state: change the two
+ * together (tests/test_irq_delivery.py runs guests both ways). */
+static int attr_none(PyObject *o, PyObject *name)
+{
+    PyObject *v = PyObject_GetAttr(o, name);
+    if (!v)
+        return -1;
+    int r = v == Py_None;
+    Py_DECREF(v);
+    return r;
+}
+
+static int long_u64(PyObject *v, uint64_t *out)
+{
+    if (!v || !PyLong_Check(v))
+        return -1;
+    unsigned long long x = PyLong_AsUnsignedLongLong(v);
+    if (x == (unsigned long long)-1 && PyErr_Occurred())
+        return -1;
+    *out = x;
+    return 0;
+}
+
+static int get_u64(PyObject *o, PyObject *name, uint64_t *out)
+{
+    PyObject *v = PyObject_GetAttr(o, name);
+    int r = long_u64(v, out);
+    Py_XDECREF(v);
+    return r;
+}
+
+static int add_int(PyObject *o, PyObject *name, uint64_t n)
+{
+    uint64_t v;
+    return get_u64(o, name, &v) ? -1 : set_int(o, name, v + n);
+}
+
+static unsigned prio(unsigned r, unsigned m)
+{
+    for (unsigned p = 0; p < 8; p++)
+        if (m & (1u << ((p + r) & 7)))
+            return p;
+    return 8;
+}
+
+/* I8259.output(): the line a chip presents, or -1 */
+static int pic_output(uint64_t irr, uint64_t imr, uint64_t isr, unsigned r, int special_mask,
+                      int sfnm)
+{
+    unsigned req = (unsigned)(irr & ~imr) & 0xFF;
+    if (!req)
+        return -1;
+    unsigned p = prio(r, req), in_service = (unsigned)isr & 0xFF;
+    if (in_service) {
+        if (special_mask)
+            in_service &= ~(unsigned)imr;
+        if (sfnm)
+            in_service &= ~(1u << 2);
+        if (p >= prio(r, in_service))
+            return -1;
+    }
+    return (int)((p + r) & 7);
+}
+
+static int c_turn(struct fx_soft *s, uint64_t *ctr, uint64_t ic, uint64_t tsc)
+{
+    PyObject *vcpu = (PyObject *)s->vcpu_obj, *board = (PyObject *)s->board_obj,
+             *clock = (PyObject *)s->clock_obj, *lapic = (PyObject *)s->lapic_obj,
+             *master = (PyObject *)s->master_obj, *slave = (PyObject *)s->slave_obj,
+             *timer = (PyObject *)s->pit_timer_obj, *ch = (PyObject *)s->pit_ch0_obj;
+    if (!s->turn_on || !timer || !eoi_names())
+        return 0;
+    if (s->wall_deadline_ns && now_ns() >= s->wall_deadline_ns)
+        return 0;
+    /* the vCPU has nothing waiting (events._soft_tick) */
+    if (attr_true(vcpu, N_in_hook) || attr_none(vcpu, N_event) != 1 || attr_true(vcpu, N_pend)
+            || attr_none(vcpu, N_pending_cfg) != 1 || attr_true(vcpu, N_rehalt)
+            || attr_true(vcpu, N_virq) || attr_true(vcpu, N_nmi_pending)
+            || attr_true(vcpu, N_nmi_reflect) || attr_true(vcpu, N_live_nmi)
+            || attr_true(vcpu, N_live_irqs) || attr_true((PyObject *)s->serial_obj, N_input))
+        return 0;
+    /* the clock: the PIT's timer first and due, every other one later (Clock.advance) */
+    if (attr_true(clock, N_stale))
+        return 0;
+    PyObject *first = PyObject_GetAttr(clock, N_first);
+    Py_XDECREF(first);
+    uint64_t due, pit_order, hz;
+    if (first != timer || get_u64(timer, N_deadline, &due) || due > tsc
+            || get_u64(timer, N_order, &pit_order) || get_u64(clock, N_hz, &hz) || !hz)
+        return 0;
+    PyObject *armed = PyObject_GetAttr(clock, N_armed);
+    if (!armed || !PyList_Check(armed)) {
+        Py_XDECREF(armed);
+        return 0;
+    }
+    PyObject *other_t = 0;
+    uint64_t other = 0, other_order = 0;
+    int ok = 1;
+    for (Py_ssize_t i = 0; ok && i < PyList_GET_SIZE(armed); i++) {
+        PyObject *t = PyList_GET_ITEM(armed, i);
+        uint64_t d, o;
+        if (t == timer)
+            continue;
+        if (get_u64(t, N_deadline, &d) || get_u64(t, N_order, &o)) {
+            ok = 0;
+        } else if (!other_t || d < other || (d == other && o < other_order)) {
+            other_t = t;
+            other = d;
+            other_order = o;
+        }
+    }
+    if (!ok || (other_t && other <= tsc))
+        goto no;
+    /* the PIT's channel 0 counting periodically: its next rising edge (Channel.next_rise) */
+    uint64_t mode, loaded, count;
+    if (attr_none(ch, N_paused_at) != 1 || get_u64(ch, N_mode, &mode) || (mode & 3) < 2
+            || mode > 7 || attr_true(ch, N_gate) != 1 || get_u64(ch, N_loaded, &loaded)
+            || get_u64(ch, N_count, &count) || !count)
+        goto no;
+    unsigned __int128 d = (unsigned __int128)(tsc > loaded ? tsc - loaded : 0) * s->pit_hz / hz;
+    unsigned __int128 k = (d / count + 1) * count;
+    unsigned __int128 nt = loaded + (k * hz + s->pit_hz - 1) / s->pit_hz;
+    if (nt > UINT64_MAX)
+        goto no;
+    uint64_t t = (uint64_t)nt;
+    /* IRQ 0's edge reaches the 8259 only (Board._pit_pulse, IoApic.pulse, I8259.pulse) */
+    uint64_t config, lines, levels, e;
+    if (get_u64((PyObject *)s->hpet_obj, N_config, &config) || (config & s->leg_rt_cnf)
+            || get_u64(board, N_lines, &lines) || (lines & 1)
+            || get_u64((PyObject *)s->ioapic_obj, N_levels, &levels)
+            || (levels >> s->pit_gsi) & 1)
+        goto no;
+    PyObject *redir = PyObject_GetAttr((PyObject *)s->ioapic_obj, N_redir);
+    int masked = redir && PyList_Check(redir) && (Py_ssize_t)s->pit_gsi < PyList_GET_SIZE(redir)
+                 && !long_u64(PyList_GET_ITEM(redir, s->pit_gsi), &e)
+                 && (e & s->io_masked) && !(e & s->io_level);
+    Py_XDECREF(redir);
+    if (!masked)
+        goto no;
+    uint64_t irr, imr, isr, elcr, last, pa, mbase, sirr;
+    int smm, sfnm, aeoi;
+    if (get_u64(master, N_irr, &irr) || get_u64(master, N_imr, &imr)
+            || get_u64(master, N_isr, &isr) || get_u64(master, N_elcr, &elcr)
+            || get_u64(master, N_last_level, &last) || get_u64(master, N_priority_add, &pa)
+            || get_u64(master, N_base, &mbase) || get_u64(slave, N_irr, &sirr) || sirr
+            || (elcr & 1) || pa > 7 || (smm = attr_true(master, N_special_mask)) < 0
+            || (sfnm = attr_true(master, N_sfnm)) < 0 || (aeoi = attr_true(master, N_auto_eoi))
+            || aeoi < 0)
+        goto no;
+    if (!(last & 1))
+        irr |= 1;                       /* the rising edge is latched */
+    last &= ~1ull;
+    /* the local APIC: no request of its own, ExtINT passed through (LocalApic.accepts_extint) */
+    uint64_t lirr, lbase;
+    if (get_u64(lapic, N_irr, &lirr) || lirr || get_u64(lapic, N_base, &lbase))
+        goto no;
+    if (lbase & s->base_en) {
+        PyObject *lvt = PyObject_GetAttr(lapic, N_lvt), *key = PyLong_FromUnsignedLongLong(s->lvt_lint0);
+        PyObject *v = lvt && key && PyDict_Check(lvt) ? PyDict_GetItem(lvt, key) : 0;
+        uint64_t lint0 = 0;
+        int pass = v && !long_u64(v, &lint0) && !(lint0 & s->lvt_masked) && ((lint0 >> 8) & 7) == 7;
+        Py_XDECREF(lvt);
+        Py_XDECREF(key);
+        if (!pass)
+            goto no;
+    }
+    int line = pic_output(irr, imr, isr, (unsigned)pa, smm, sfnm);
+    if (line < 0 || line == 2)
+        goto no;
+    /* the CPU takes it: the plain gate, RFLAGS.IF = 1, no blocking */
+    if (!fx_deliver(s->dlv, (mbase + (uint64_t)line) & 0xFF, FXD_HERE, 0, 0))
+        goto no;
+    Py_DECREF(armed);
+    /* ---- done: the objects as the Python turn leaves them ---- */
+    uint64_t m = 1ull << line;
+    isr |= m;                           /* INTA (I8259.acknowledge, PicPair.ack_pending) */
+    if (!(elcr & m))
+        irr &= ~m;
+    last &= ~4ull;
+    int first_pit = !other_t || t < other || (t == other && pit_order < other_order);
+    uint64_t next = first_pit ? t : other;
+    set_int(timer, N_deadline, t);
+    set_int(clock, N_next, next);
+    PyObject_SetAttr(clock, N_first, first_pit ? timer : other_t);
+    PyObject_SetAttr(clock, N_stale, Py_False);
+    PyObject_SetAttr(clock, N_rescheduled, Py_False);
+    PyObject_SetAttr(board, N_changed, Py_True);
+    set_int(master, N_irr, irr);
+    set_int(master, N_isr, isr);
+    set_int(master, N_last_level, last);
+    set_int(vcpu, N_icount, ic);
+    PyObject_SetAttr(vcpu, N_input_wake, Py_False);
+    add_int(vcpu, N_events_delivered, 1);
+    add_int(vcpu, N_irqs_in_engine, 1);
+    PyObject *rc = PyObject_GetAttr(vcpu, N_rcache);
+    if (rc && PyDict_Check(rc) && PyDict_GET_SIZE(rc))
+        PyDict_Clear(rc);
+    Py_XDECREF(rc);
+    uint64_t page = s->dlv->frame_phys & ~0xFFFull, known;
+    if (get_u64(vcpu, N_data_frame, &known) || known != page) {
+        PyErr_Clear();                  /* (None: no page known yet) */
+        PyObject *a = PyLong_FromUnsignedLongLong(page);
+        PyObject *r = a ? PyObject_CallMethodOneArg(vcpu, N_frame_check, a) : 0;
+        Py_XDECREF(a);                  /* (the frame may land on code: its unit becomes data) */
+        Py_XDECREF(r);
+    }
+    /* the next soft deadline (events._after_boundary_delivery, the virtual clock) */
+    uint64_t left = next - tsc;
+    uint64_t soft = (int64_t)left <= (int64_t)s->st->tsc_per_insn ? ic + 1
+                    : ic + (left + s->st->tsc_per_insn - 1) / s->st->tsc_per_insn;
+    ctr[W_SOFT] = soft < NO_DEADLINE ? soft : NO_DEADLINE;
+    s->turns++;
+    s->taken++;
+    if (PyErr_Occurred())
+        PyErr_WriteUnraisable(vcpu);    /* (a write that failed: a bug, reported) */
+    return 1;
+no:
+    Py_DECREF(armed);
+    if (PyErr_Occurred())
+        PyErr_Clear();
+    return 0;
+}
+
 void fx_soft_deadline(uc_engine *uc, uint64_t address, uint32_t size, void *user)
 {
     uint64_t *ctr = (uint64_t *)user;
@@ -1089,6 +1345,10 @@ void fx_soft_deadline(uc_engine *uc, uint64_t address, uint32_t size, void *user
     uint64_t tsc = ic * st->tsc_per_insn + st->exit_count * st->exit_cost + st->idle_ticks
                    + st->tsc_adjust;
     PyGILState_STATE g = PyGILState_Ensure();
+    if (c_turn(s, ctr, ic, tsc)) {
+        PyGILState_Release(g);
+        return;
+    }
     uint64_t a[4] = {ic, tsc, 0, 0};
     int64_t v = call_ints((PyObject *)s->tick_obj, a, 2);
     if (v >= 0) {

@@ -156,6 +156,7 @@ class CodePagesMixin:
         self._code_phys[page] = ppage
         self._phys_code.setdefault(ppage, set()).add(page)
         self._unit_lins.setdefault(self._unit(ppage)[0], set()).add(page)
+        self._data_frame = None            # (a unit may be code now: _drop_phys must look)
         self._scanned.setdefault(page, {})
 
     def _forget_page(self, page: int) -> None:
@@ -203,6 +204,13 @@ class CodePagesMixin:
         if ppage < self.memory:
             self._make_data_unit(self._unit(ppage)[0])
         self._forget_page(page)
+
+    def _frame_check(self, ppage: int) -> None:
+        """An interrupt frame was written to guest-physical page `ppage`: `_drop_phys`, and the
+        page remembered as data (`_data_frame`) until a unit becomes code again -- the frame of
+        the next interrupt, on the same stack page, needs no look (fastexit.c c_turn)."""
+        self._drop_phys(ppage)
+        self._data_frame = ppage
 
     def _drop_phys(self, ppage: int) -> None:
         """Guest-physical page `ppage` is written by the VMM: if its unit is code, data."""
@@ -402,6 +410,7 @@ class CodePagesMixin:
             lo, hi = ppage, ppage + PAGE
         if lo not in self._code_units:
             self._code_units.add(lo)
+            self._data_frame = None        # (a unit may be code now: _drop_phys must look)
             self.uc.mem_protect(lo, hi - lo, self._unit_perms(lo, True))
             self._guard_unit(lo)
             if split:

@@ -147,6 +147,7 @@ class Vcpu(RunLoopMixin, ReconfigMixin, EventsMixin, InterceptsMixin, CodePagesM
         self._code_phys: dict[int, int] = {}          # scanned linear page -> physical page
         self._phys_code: dict[int, set[int]] = {}     # physical page -> scanned linear pages
         self._code_units: set[int] = set()            # engine regions that are code (RX)
+        self._data_frame: int | None = None           # a page known data (_frame_check)
         self._unit_lins: dict[int, set[int]] = {}     # region -> linear pages run from it
         self._unit_bounds: list[tuple[int, int]] | None = None
         self._unit_starts: list[int] = []

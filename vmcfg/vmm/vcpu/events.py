@@ -359,13 +359,21 @@ class EventsMixin:
         no virtual-interrupt delivery, no event from the VMM waiting."""
         on = self._on
         self._extint_lean = on["pin.external_interrupt_exiting"] and self._lean_extint_ok()
-        return bool(self._fx_dlv is not None and not count and not mtf_native
-                    and self._smc_page is None and self._skip_once is None
-                    and not self._iw_steps and self._ptimer_fire is None
-                    and self.nmi_at is None and self._entry_inject is None
-                    and not on["primary.interrupt_window_exiting"]
-                    and not on["primary.nmi_window_exiting"]
-                    and not self.apicv.vid and self.apicv_late is None)
+        ok = bool(self._fx_dlv is not None and not count and not mtf_native
+                  and self._smc_page is None and self._skip_once is None
+                  and not self._iw_steps and self._ptimer_fire is None
+                  and self.nmi_at is None and self._entry_inject is None
+                  and not on["primary.interrupt_window_exiting"]
+                  and not on["primary.nmi_window_exiting"]
+                  and not self.apicv.vid and self.apicv_late is None)
+        s = self._fx_soft
+        if s is not None:
+            # the whole turn in C (fastexit.c c_turn) this run: the virtual clock, no exiting
+            s.turn_on = ok and self.clock != "realtime" and \
+                not on["pin.external_interrupt_exiting"]
+            wd = self._wall_deadline
+            s.wall_deadline_ns = 0 if wd is None else max(1, int(wd * 1e9))
+        return ok
 
     def _at_soft_deadline(self, _uch, _address, _size, _user) -> None:
         """The block counter reached the soft deadline (a device timer) at the start of a
@@ -461,7 +469,9 @@ class EventsMixin:
         self.events_delivered += 1
         self.irqs_in_engine += 1
         self._rcache.clear()
-        self._drop_phys(frame_phys & ~0xFFF)        # the frame may land on code
+        page = frame_phys & ~0xFFF
+        if page != self._data_frame:
+            self._frame_check(page)                 # the frame may land on code
         nf = plat.clock.next_deadline()             # (plat.next_event())
         if nf is None:
             self._event = ("resume",)

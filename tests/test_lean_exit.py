@@ -279,3 +279,80 @@ def test_the_hook_calls_handlers_through_the_c_api_where_built(monkeypatch):
     assert log2 == log
     assert (res2.instructions, res2.tsc, res2.exit_counts()) == \
         (res.instructions, res.tsc, res.exit_counts())
+
+
+def test_contexts_kept_by_a_handler_keep_their_exit(monkeypatch):
+    """A handler that keeps every context it gets and looks at them only after the run: each
+    is its own object and still describes its own exit (number, retired instructions, TSC,
+    I/O data, the RDTSC result written), the same with and without the helper."""
+    def run(python):
+        kept = []
+
+        def h(ctx):
+            kept.append(ctx)
+            ctx.emulate()
+        res, regs, v = _run(_mixed_cfg(), _image(LOOP.format(n=60, body=MIXED)), monkeypatch,
+                            python=python,
+                            handlers={Exit.CPUID: h, Exit.RDTSC: h, Exit.IO_INSTRUCTION: h})
+        assert len({id(c) for c in kept}) == len(kept) == 6 * 60
+        return res, regs, v, [(c.reason, c.name, c.instruction_length, c.qualification,
+                               c.exit.to_json()) for c in kept]
+    rp, gp, vp, sp = run(True)
+    rn, gn, vn, sn = run(False)
+    assert sn == sp and gn == gp and (rn.instructions, rn.tsc) == (rp.instructions, rp.tsc)
+    assert [s[4]["seq"] for s in sn] == sorted(s[4]["seq"] for s in sn)
+    if BUILT:
+        assert _lean(vn) >= 6 * 60 - 12
+
+
+def test_a_handler_that_moves_rip_resumes_there(monkeypatch):
+    """A CPUID handler that answers the exit itself and resumes past the next instruction
+    (`inc r9`, 3 bytes): the guest never runs it, both ways, and from the hook."""
+    def make(log):
+        def h(ctx):
+            ctx.regs.rbx = 7
+            ctx.regs.rip = ctx.exit.rip + ctx.instruction_length + 3
+            log.append(ctx.regs.rip)
+        return {Exit.CPUID: h}
+    body = "xor eax, eax\ncpuid\ninc r9\nadd r8, rbx"
+    res, v, log = _both(_cfg(), _image(LOOP.format(n=100, body=body)), monkeypatch, make)
+    assert res.status == "debug-exit" and res.exit_counts()["CPUID"] == 100
+    assert v.gpr(9) == 0 and v.gpr(8) == 700
+    if BUILT:
+        assert _lean(v) >= 95
+
+
+IO_MIX = ("mov eax, esi\nout 0x80, al\nin al, 0x80\nadd r9, rax\n"
+          "mov dx, 0x3ff\nmov eax, esi\nout dx, al\nin al, dx\nadd r9, rax\n"
+          "mov dx, 0x3fe\nin ax, dx\nadd r9, rax\n"
+          "mov dx, 0x2f0\nmov eax, esi\nout dx, eax\nin eax, dx\nadd r9, rax\nin ax, dx\n"
+          "add r9, rax\nin al, dx\nadd r9, rax\n"
+          "mov dx, 0xcf8\nmov eax, esi\nshl eax, 8\nout dx, eax\nin eax, dx\nadd r9, rax\n"
+          "mov dx, 0xcfc\nin eax, dx\nadd r9, rax\n")
+
+
+def test_io_exits_do_what_the_devices_do_without_exits(monkeypatch):
+    """IN and OUT of every size to claimed ports (POST latch, UART scratch, PCI config
+    address), an unclaimed one and one a wide access splits: with every one of them exiting
+    to a handler that emulates it (from the hook, or the full path) the guest reads what it
+    reads when no control intercepts them (the devices called straight) -- with and without
+    the helper."""
+    ports = [(0x80, 0x80), (0x2F0, 0x2F3), (0x3F8, 0x3FF), (0xCF8, 0xCFF)]
+    image = _image(LOOP.format(n=50, body=IO_MIX))
+    free = [_run(_cfg(), image, monkeypatch, python=p) for p in (False, True)]
+    assert free[0][1] == free[1][1] and free[0][0].exit_counts() == {}
+    counts = []
+
+    def make(log):
+        def h(ctx):
+            counts.append(ctx.exit.data["size"])
+            ctx.emulate()
+        return {Exit.IO_INSTRUCTION: h}
+    res, v, _log = _both(_cfg("baseline", io_ports=ports), image, monkeypatch, make)
+    assert res.status == "debug-exit" and res.exit_counts()["IO_INSTRUCTION"] == 50 * 12
+    assert sorted(set(counts)) == [1, 2, 4]
+    regs = {n: v.gpr(i) for i, n in enumerate(("rax", "rcx", "rdx", "rbx", "rsp", "rbp",
+                                                "rsi", "rdi", "r8", "r9"))}
+    assert regs == free[0][1] and regs["r9"] != 0
+    if BUILT:
+        assert _lean(v) > 0

@@ -91,6 +91,8 @@ class ExitContext:
         self.ended = None            # RunEnd to raise after the handler
         self.fault = None            # GuestFault to deliver after the handler
 
+    _at = None    # LeanExitContext: what the native hook read at the exit
+
     @property
     def regs(self) -> Registers:
         return Registers(self.vcpu)
@@ -235,13 +237,11 @@ class LeanExitContext(ExitContext):
     ended = None
     fault = None
 
-    # (vcpu/leanexit.py builds these without calling __init__: keep the two in step)
-    def __init__(self, vcpu, reason: int, insn, seq: int, icount: int, tsc: int, rax: int,
-                 rdx: int):
-        self.vcpu = vcpu
-        self._reason = reason
-        self._insn = insn
-        self._at = (seq, icount, tsc, rax, rdx)
+    # Made once per exit by vcpu/leanexit.py, which sets its fields itself -- vcpu, _reason,
+    # _insn (the decoded instruction), _at = (seq, icount, tsc, rax, rdx) (what the hook read
+    # at the exit), ended = fault = None -- so no Python __init__ runs (object's own: the
+    # cheapest way to make an instance).
+    __init__ = object.__init__
 
     @property
     def exit(self) -> VmExit:
@@ -314,17 +314,12 @@ def h_cpuid(ctx: ExitContext) -> None:
     v = ctx.vcpu
     g = v._gprs
     pend = v._pend
-    rc = v._rcache            # (v.rr written out: the lean path has RAX and RCX there)
-    leaf = pend.get(g[0])
-    if leaf is None:
-        leaf = rc.get(g[0])
-        if leaf is None:
-            leaf = v.rr(g[0])
-    sub = pend.get(g[1])
-    if sub is None:
-        sub = rc.get(g[1])
-        if sub is None:
-            sub = v.rr(g[1])
+    rc = v._rcache
+    ra, rcx = g[0], g[1]
+    if not pend and ra in rc and rcx in rc:
+        leaf, sub = rc[ra], rc[rcx]     # (v.rr written out: the lean path has RAX and RCX there)
+    else:
+        leaf, sub = v.rr(ra), v.rr(rcx)
     leaf &= 0xFFFFFFFF
     sub &= 0xFFFFFFFF
     fx = v.fx
@@ -341,9 +336,9 @@ def h_cpuid(ctx: ExitContext) -> None:
     if leaf == 1 and ecx & (1 << 26):
         ecx = (ecx & ~(1 << 27)) | ((v.cr(4) >> 18 & 1) << 27)    # OSXSAVE mirrors CR4
     # 32-bit results zero-extend into the 64-bit registers
-    pend[g[0]] = eax
+    pend[ra] = eax
     pend[g[3]] = ebx
-    pend[g[1]] = ecx
+    pend[rcx] = ecx
     pend[g[2]] = edx
     ctx.skip()
 
@@ -353,8 +348,11 @@ def h_rdtsc(ctx: ExitContext) -> None:
     v = ctx.vcpu
     ins = ctx._insn
     if v.mode == 64 and ins is not None and ins.kind == "rdtsc":
-        # emulate_rdtsc written out (an exit of every RDTSC): EAX and EDX zero-extended
-        t = v.guest_tsc(v._tsc_at(v.icount))
+        # emulate_rdtsc written out (an exit of every RDTSC): EAX and EDX zero-extended.  The
+        # VMM's TSC at the exit: the lean path's hook computed it already (ctx._at), the same
+        # value (the exit counted, the instructions retired before it)
+        at = ctx._at
+        t = v.guest_tsc(v._tsc_at(v.icount) if at is None else at[2])
         g = v._gprs
         pend = v._pend
         pend[g[0]] = t & 0xFFFFFFFF
@@ -392,8 +390,30 @@ def h_io(ctx: ExitContext) -> None:
     ins = ctx._insn
     if ins.io_string:
         v.emulate_io(ins)
-    else:                     # (emulate_io's first case, one call less)
-        v._io_access(ins, ins.port_imm if ins.port_imm is not None else v.gpr(2, 2))
+    else:
+        # (emulate_io's first case and the bus's port lookup written out: an exit of every
+        # IN/OUT) a device that claims the port, or the bus (wide accesses, unclaimed ports)
+        port = ins.port_imm
+        if port is None:
+            port = v.gpr(2, 2)
+        size = ins.io_size
+        mask = (1 << (8 * size)) - 1
+        if ins.io_in:
+            f = v._io_readers.get(port)
+            v.set_gpr(0, f(port, size) & mask if f is not None else
+                      v.platform.io_read(port, size), size)
+        else:
+            r = v._gprs[0]
+            value = v._pend.get(r)
+            if value is None:
+                value = v._rcache.get(r)
+                if value is None:
+                    value = v.rr(r)
+            f = v._io_writers.get(port)
+            if f is not None:
+                f(port, size, value & mask)
+            else:
+                v.platform.io_write(port, size, value & mask)
     if ctx.fault is None and ctx.ended is None:
         ctx.skip()
 

@@ -22,7 +22,7 @@ import ctypes
 import importlib.machinery
 import os
 
-FX_VERSION = 8
+FX_VERSION = 9
 NSNAP = 18
 NWRITE = 32
 NREASONS = 128
@@ -55,6 +55,7 @@ _EXIT_CB = ctypes.CFUNCTYPE(ctypes.c_uint64, *(ctypes.c_uint64,) * 9)
 LEAN_RESUMED = 0        # the guest resumes at the RIP queued; the hook counts the instruction
 LEAN_COUNTED = 1        # the exit happened; the Python side set the count (end, fault, ...)
 LEAN_NONE = 2           # the Python side took its full trap path (exit_count given back)
+LEAN_STOPPING = 3       # as LEAN_RESUMED, but the engine stops (the run loop sets the timers)
 
 
 class FxCpuid(ctypes.Structure):
@@ -83,7 +84,8 @@ class FxState(ctypes.Structure):
                 ("py_io", ctypes.c_void_p), ("bits", _u64), ("io_direct", _u64),
                 ("py_io_obj", ctypes.c_void_p),
                 ("lean_mask", _u64 * (NREASONS // 64)), ("py_exit", ctypes.c_void_p),
-                ("lean", _u64), ("py_exit_obj", ctypes.c_void_p)]
+                ("lean", _u64), ("py_exit_obj", ctypes.c_void_p), ("py_pend", ctypes.c_void_p),
+                ("py_rcache", ctypes.c_void_p)]
 
 
 class FxEntry(ctypes.Structure):
@@ -214,14 +216,16 @@ class FastExit:
         lib = self.lib
         return lib is not None and hasattr(lib, "fx_capi") and bool(lib.fx_capi())
 
-    def set_python_exit_capi(self, fn) -> None:
+    def set_python_exit_capi(self, fn, pend: dict, rcache: dict) -> None:
         """The lean exit path through the C API (only when `capi()`): `fn(reason, address,
-        icount, seq, tsc, rax, rcx, rdx, rip)` returns `(pc, writes)` -- the RIP to resume at
-        and a dict {register id: value}, which the hook sends in one batch and empties -- when
-        the guest resumes, otherwise LEAN_COUNTED or LEAN_NONE.  The hook holds no reference:
-        this object keeps `fn`."""
-        self._exit_obj = fn
-        self.state.py_exit_obj = id(fn)
+        icount, at)`, at = (seq, icount, tsc, rax, rdx), called with the registers the hook
+        read (RAX RCX RDX RIP) in `rcache`; it returns LEAN_*, and when the guest resumes the
+        hook sends the writes in `pend` (the RIP's among them, if it moved) and empties both
+        dicts.  The hook holds no references: this object keeps all three."""
+        self._exit_refs = (fn, pend, rcache)
+        st = self.state
+        st.py_pend, st.py_rcache = id(pend), id(rcache)
+        st.py_exit_obj = id(fn)
 
     # ---- per-address entries -------------------------------------------------------------
     def entry(self, address: int) -> FxEntry:

@@ -42,7 +42,7 @@
 #include <string.h>
 #include <time.h>
 
-#define FX_VERSION 8
+#define FX_VERSION 9
 #define FX_NSNAP 18            /* RAX..R15, RIP, RFLAGS */
 #define FX_NWRITE 32
 #define FX_NREASONS 128
@@ -149,11 +149,15 @@ typedef struct fx_state {
     uint64_t lean_mask[FX_NREASONS / 64];  /* reasons whose Python handler runs from here */
     py_exit_t py_exit;
     uint64_t lean;             /* exits py_exit served */
-    /* the same handler as a Python callable (a borrowed reference: the Python side keeps it),
-     * called through the C API when this build has it (fx_capi); it returns (pc, writes) --
-     * the RIP to resume at and a dict {register id: value} this side sends and empties --
-     * when the guest resumes, otherwise LEAN_COUNTED or LEAN_NONE */
+    /* the same handler as a Python callable, called through the C API when this build has
+     * it (fx_capi): fn(reason, address, icount, at) with at = (seq, icount, tsc, rax, rdx)
+     * and the registers read (RAX RCX RDX RIP) put in the vCPU's register cache first;
+     * it returns LEAN_*, its register writes in the vCPU's pending dict (the RIP among them
+     * when it moved), which this side sends and empties (call_py_exit).  All three are
+     * borrowed references: the Python side keeps them. */
     void *py_exit_obj;
+    void *py_pend;             /* dict {register id: value}: the writes */
+    void *py_rcache;           /* dict {register id: value}: registers known */
 } fx_state;
 
 typedef struct fx_entry {
@@ -363,6 +367,11 @@ int fx_capi(void)
 #endif
 }
 
+/* What the Python side may also answer (next to LEAN_RESUMED...): the guest resumes as with
+ * LEAN_RESUMED, but the engine stops first (emu_stop: the run loop must look at something),
+ * so the device timer's soft deadline is the run loop's to set again. */
+enum { LEAN_STOPPING = 3 };
+
 #ifdef FX_CAPI
 /* fn(*a) with n (at most 4) unsigned ints, the GIL held; the answer as a signed int (-1 on any
  * error, which is a bug in the VMM: the Python side catches everything and reports it through
@@ -403,37 +412,63 @@ static void queue_write(uc_engine *uc, fx_state *st, uint64_t id, uint64_t value
 }
 
 /* The handler through the C API: the GIL taken here (the binding released it around
- * emu_start), nine ints in, and the answer read back: (pc, {id: value}) -> LEAN_RESUMED with
- * the writes queued, or an int.  A Python error here is a bug in the VMM (the handler catches
- * everything): it is reported as unraisable and the exit counted (the run loop ends the run). */
-static uint64_t call_py_exit(uc_engine *uc, fx_state *st, const uint64_t a[9])
+ * emu_start); the registers read go into the vCPU's register cache, the call gets four
+ * arguments (reason, address, icount, (seq, icount, tsc, rax, rdx)), and when the guest
+ * resumes the writes come from the vCPU's pending dict: the RIP's (if the handler moved it)
+ * becomes st->pc, the others are queued; both dicts are emptied.  A Python error here is a
+ * bug in the VMM (the handler catches everything): it is reported as unraisable and the
+ * exit counted (the run loop ends the run). */
+static uint64_t call_py_exit(uc_engine *uc, fx_state *st, uint64_t reason, uint64_t address,
+                             uint64_t ic, uint64_t seq, uint64_t tsc)
 {
+    static const int slot[4] = {S_RAX, S_RCX, S_RDX, S_RIP};
     uint64_t r = LEAN_COUNTED;
     PyGILState_STATE g = PyGILState_Ensure();
-    PyObject *slots[10], **args = slots + 1;   /* slots[0]: room for a bound method's self */
-    int n = 0;
-    for (; n < 9; n++)
-        if (!(args[n] = PyLong_FromUnsignedLongLong(a[n])))
-            break;
-    PyObject *res = n == 9 ? PyObject_Vectorcall((PyObject *)st->py_exit_obj, args,
-                                                 9 | PY_VECTORCALL_ARGUMENTS_OFFSET, 0) : 0;
-    for (int i = 0; i < n; i++)
-        Py_DECREF(args[i]);
-    if (res && PyTuple_Check(res) && PyTuple_GET_SIZE(res) == 2
-            && PyDict_Check(PyTuple_GET_ITEM(res, 1))) {
-        PyObject *d = PyTuple_GET_ITEM(res, 1), *k, *v;
-        Py_ssize_t pos = 0;
-        st->pc = PyLong_AsUnsignedLongLongMask(PyTuple_GET_ITEM(res, 0));
-        st->pc_write = 1;
-        while (PyDict_Next(d, &pos, &k, &v))
-            queue_write(uc, st, PyLong_AsUnsignedLongLongMask(k),
-                        PyLong_AsUnsignedLongLongMask(v));
-        PyDict_Clear(d);
-        st->pc_write = 0;              /* (lean_exit sets it for LEAN_RESUMED) */
-        r = LEAN_RESUMED;
-    } else if (res && PyLong_Check(res)) {
-        r = PyLong_AsUnsignedLongLongMask(res);
+    PyObject *rc = (PyObject *)st->py_rcache, *pend = (PyObject *)st->py_pend;
+    PyObject *val[4] = {0, 0, 0, 0}, *slots[5] = {0, 0, 0, 0, 0}, **args = slots + 1;
+    PyObject *res = 0;
+    int ok = 1;
+    for (int i = 0; i < 4 && ok; i++) {
+        PyObject *k = PyLong_FromUnsignedLongLong(st->reg_ids[slot[i]]);
+        val[i] = PyLong_FromUnsignedLongLong(st->snap[slot[i]]);
+        ok = k && val[i] && PyDict_SetItem(rc, k, val[i]) == 0;
+        Py_XDECREF(k);
     }
+    if (ok) {
+        PyObject *s = PyLong_FromUnsignedLongLong(seq), *t = PyLong_FromUnsignedLongLong(tsc);
+        args[0] = PyLong_FromUnsignedLongLong(reason);
+        args[1] = PyLong_FromUnsignedLongLong(address);
+        args[2] = PyLong_FromUnsignedLongLong(ic);
+        if (s && t && args[2])
+            args[3] = PyTuple_Pack(5, s, args[2], t, val[0], val[2]);
+        Py_XDECREF(s);
+        Py_XDECREF(t);
+        if (args[0] && args[1] && args[3])
+            res = PyObject_Vectorcall((PyObject *)st->py_exit_obj, args,
+                                      4 | PY_VECTORCALL_ARGUMENTS_OFFSET, 0);
+        for (int i = 0; i < 4; i++)
+            Py_XDECREF(args[i]);
+    }
+    for (int i = 0; i < 4; i++)
+        Py_XDECREF(val[i]);
+    if (res && PyLong_Check(res)) {
+        r = PyLong_AsUnsignedLongLongMask(res);
+        if (r == LEAN_RESUMED || r == LEAN_STOPPING) {
+            PyObject *k, *v;
+            Py_ssize_t pos = 0;
+            uint64_t rip_id = st->reg_ids[S_RIP];
+            st->pc = st->snap[S_RIP];  /* RIP unchanged: the instruction runs again */
+            while (PyDict_Next(pend, &pos, &k, &v)) {
+                uint64_t id = PyLong_AsUnsignedLongLongMask(k);
+                if (id == rip_id)
+                    st->pc = PyLong_AsUnsignedLongLongMask(v);
+                else
+                    queue_write(uc, st, id, PyLong_AsUnsignedLongLongMask(v));
+            }
+            PyDict_Clear(pend);
+        }
+    }
+    PyDict_Clear(rc);
     if (PyErr_Occurred())
         PyErr_WriteUnraisable((PyObject *)st->py_exit_obj);
     Py_XDECREF(res);
@@ -444,12 +479,13 @@ static uint64_t call_py_exit(uc_engine *uc, fx_state *st, const uint64_t a[9])
 
 /* An exit whose handler is a Python one (lean_mask): one call of py_exit from the hook, the
  * exit decoded here (reason, the instructions retired before it, the TSC at the exit) and the
- * guest registers read in one batch (snap: the Python side reads what it needs from there);
- * the writes it queued go back in one batch.  The exit is counted here (exit_count, and the
- * per-reason count and host time: the whole call).  The engine goes on unless the Python
- * side stopped it (something only the run loop can do: an event to deliver, changed
- * controls, the end of the run).  The Python side may still take its full trap path: then
- * it takes exit_count back and returns LEAN_NONE. */
+ * guest registers it depends on read in one batch; the writes the handler made go back in
+ * one batch.  The exit is counted here (exit_count, and the per-reason count and host time:
+ * the whole call).  The engine goes on unless the Python side stopped it (something only
+ * the run loop can do: an event to deliver, changed controls, the end of the run); when it
+ * goes on, the exit's virtual time moves the device timer's soft deadline sooner, as for the
+ * exits done in C (fast below).  The Python side may still take its full trap path: then it
+ * takes exit_count back and returns LEAN_NONE. */
 static int lean_exit(uc_engine *uc, fx_state *st, uint64_t address, unsigned reason, uint64_t ic)
 {
     /* only what the call passes: should the Python side take its full trap path, it reads
@@ -471,15 +507,14 @@ static int lean_exit(uc_engine *uc, fx_state *st, uint64_t address, unsigned rea
     uint64_t tsc = ic * st->tsc_per_insn + seq * st->exit_cost + st->idle_ticks + st->tsc_adjust;
     uint64_t r;
 #ifdef FX_CAPI
-    if (st->py_exit_obj) {
-        uint64_t a[9] = {reason, address, ic, seq, tsc, st->snap[S_RAX], st->snap[S_RCX],
-                         st->snap[S_RDX], st->snap[S_RIP]};
-        r = call_py_exit(uc, st, a);
-    } else
+    if (st->py_exit_obj && st->py_pend && st->py_rcache)
+        r = call_py_exit(uc, st, reason, address, ic, seq, tsc);
+    else
 #endif
     r = st->py_exit(reason, address, ic, seq, tsc, st->snap[S_RAX], st->snap[S_RCX],
                     st->snap[S_RDX], st->snap[S_RIP]);
-    if (r == LEAN_RESUMED)
+    int resumed = r == LEAN_RESUMED || r == LEAN_STOPPING;
+    if (resumed)
         st->pc_write = 1;              /* st->pc: the RIP to resume at, always set then */
     flush_queued(uc, st);
     if (r != LEAN_NONE) {
@@ -488,10 +523,15 @@ static int lean_exit(uc_engine *uc, fx_state *st, uint64_t address, unsigned rea
     } else {
         st->stats[reason]--;
     }
-    if (r == LEAN_RESUMED) {
+    if (resumed) {
         uint64_t *ctr = st->counter;
         ctr[W_COUNTER] = ic + 1;
         ctr[W_LAST_ADDR] = ctr[W_LAST_SIZE] = ctr[W_LAST_N] = 0;
+        uint64_t soft = ctr[W_SOFT];
+        if (r == LEAN_RESUMED && soft != NO_DEADLINE) {
+            uint64_t d = st->exit_cost / st->tsc_per_insn;
+            ctr[W_SOFT] = soft > d ? soft - d : 0;
+        }
     }
     return 1;
 }

@@ -3,10 +3,15 @@
 A CPUID, RDTSC or IN/OUT exit whose reason has a user handler (``handlers=`` of run_guest,
 a profile's [handlers]) is found by the native hook (native/fastexit.c ``lean_exit``),
 which decodes it -- the reason, the instructions retired before it, the TSC at the exit,
-RAX/RCX/RDX and RIP -- reads the guest registers in one batch and calls `_lean_exit` once.
-That runs the handler with a `LeanExitContext` (handlers.py: the same API; the exit record
-is built only if the handler looks at it), and queues the register writes, which the hook
-sends back in one batch.  The engine goes on; it stops only for what the run loop must do:
+RAX/RCX/RDX and RIP -- reads those registers in one batch, puts them in the register cache
+and calls `_lean_exit` once (through the CPython C API; `_lean_exit_ctypes` where the helper
+was built without the Python headers).  That runs the handler with a `LeanExitContext`
+(handlers.py: the same API; the exit record is built only if the handler looks at it); the
+hook takes the register writes from the pending dict and sends them back in one batch.
+Every such exit runs this code, so it does as little as it can: what cannot change while
+the engine runs is not looked at again (see `_lean_exit`), and the default handlers use
+what the hook read (the TSC at the exit, the registers in the cache, the bus's port
+tables).  The engine goes on; it stops only for what the run loop must do:
 the handler ended the run, injected an exception or an event, changed the controls, a
 device now needs the next instruction boundary, or events wait (the full trap path in
 intercepts.py stops at the same points, and also after every exit while a device timer is
@@ -24,13 +29,12 @@ from __future__ import annotations
 import time
 from unicorn import x86_const as X
 from ..devices import DebugExit, SystemReset
-from ..counter import NO_DEADLINE, W_SOFT
 from ..exitinfo import INTR_EXTERNAL, VmExit, interruption_info
 from ..handlers import DEFAULT_HANDLERS, ExitContext, LeanExitContext, h_external_interrupt
-from ..native import LEAN_COUNTED, LEAN_NONE, LEAN_RESUMED, NWRITE, REFLECTED, TICK_DONE, \
-    TICK_STOP
+from ..native import LEAN_COUNTED, LEAN_NONE, LEAN_RESUMED, LEAN_STOPPING, NWRITE, REFLECTED, \
+    TICK_DONE, TICK_STOP
 from ..outcome import GuestFault, RunEnd
-from .common import EXIT_COST, MASK64, TSC_PER_INSN
+from .common import EXIT_COST, MASK64
 from .deviceio import device_run_end
 from .fastexit import queue_writes
 from .intercepts import _MODE_FREE
@@ -39,7 +43,6 @@ from ...vmx.exits import Exit
 _RAX, _RCX, _RDX, _RIP = X.UC_X86_REG_RAX, X.UC_X86_REG_RCX, X.UC_X86_REG_RDX, X.UC_X86_REG_RIP
 _EXTINT = Exit.EXTERNAL_INTERRUPT
 _clock = time.perf_counter_ns
-_new = object.__new__
 
 
 class LeanExitMixin:
@@ -49,37 +52,39 @@ class LeanExitMixin:
         self.lean_extints = 0            # external-interrupt exits done by _lean_extint
         self._extint_lean = False        # it may, this run (_lean_extint_ok)
         self._lean_capi = False
+        # the bus's per-port tables (handlers.h_io looks the device up there directly)
+        bus = self.platform.bus
+        self._io_readers, self._io_writers = bus.readers, bus.writers
         if self._fx_native:
             st = self._fxs
             self._lean_wids, self._lean_wvals = st.wids, st.wvals
-            self.fx.set_python_exit(self._lean_exit)
+            self.fx.set_python_exit(self._lean_exit_ctypes)
             if self.fx.capi():
-                # the hook calls the handler through the C API and takes the writes back as
-                # the pending dict itself (fastexit.c call_py_exit)
+                # the hook calls _lean_exit through the C API: it fills the register cache
+                # and takes the writes from the pending dict itself (fastexit.c call_py_exit)
                 self._lean_capi = True
-                self.fx.set_python_exit_capi(self._lean_exit)
+                self.fx.set_python_exit_capi(self._lean_exit, self._pend, self._rcache)
 
-    def _lean_exit(self, reason, address, ic, seq, tsc, rax, rcx, rdx, rip):
-        """One exit from the hook (fastexit.c lean_exit), which has counted it; returns what
-        the hook does next (native.LEAN_*)."""
+    def _lean_exit(self, reason, address, ic, at):
+        """One exit from the hook (fastexit.c lean_exit), which has counted it and put the
+        registers it read (RAX RCX RDX RIP) in the register cache; at = (the exit's number,
+        `ic`: the instructions retired before it, the VMM's TSC at the exit, RAX, RDX).
+        Returns what the hook does next (native.LEAN_*); when the guest resumes, the hook
+        sends the pending writes -- the RIP too, if it moved -- and empties both dicts.
+        Every such exit runs this: each step counts."""
         ins = self._insns.get(address)
         if ins is None or self._in_hook or ins.raw not in _MODE_FREE:
             # not decoded here, or an operand size that follows the code size: the full path
             return self._lean_full(address)
-        rc = self._rcache
-        rc[_RAX] = rax
-        rc[_RCX] = rcx
-        rc[_RDX] = rdx
-        rc[_RIP] = rip
         self._in_hook = True
         self.icount = ic
-        pend = self._pend
         try:
-            ctx = _new(LeanExitContext)      # (LeanExitContext.__init__ written out)
+            ctx = LeanExitContext()          # (its fields set here: no __init__ to run)
             ctx.vcpu = self
             ctx._reason = reason
             ctx._insn = ins
-            ctx._at = (seq, ic, tsc, rax, rdx)
+            ctx._at = at
+            ctx.ended = ctx.fault = None
             try:
                 self.user_handlers[reason](ctx)
             except (RunEnd, GuestFault):
@@ -94,47 +99,28 @@ class LeanExitMixin:
             if ctx.fault is not None:
                 raise ctx.fault
             # resume at the RIP the handler left (intercepts._on_trap: _rip_value(self.rip),
-            # which in 64-bit code is the RIP register's value itself)
-            pc = self._pc_reg
+            # which in 64-bit code is the RIP register's value itself: the hook's default)
             if self.mode != 64:
-                pend[pc] = self._rip_value(self.rip)
-            elif pc not in pend:
-                pend[pc] = rip
+                self._pend[self._pc_reg] = self._rip_value(self.rip)
             ic += 1
             self.icount = ic
             plat = self.platform
-            # (plat.changed and _events_waiting() written out: this runs at every exit)
+            # the run loop must look (intercepts._on_trap's conditions; plat.changed and
+            # _events_waiting() written out).  Not here: _reentry (window exiting, MTF), which
+            # only a new configuration sets -- the hook takes this path only when it is off.
+            # Otherwise the engine goes on, and the hook moves a device timer's soft deadline
+            # (retired instructions) sooner by the exit's EXIT_COST ticks, as for the exits it
+            # does itself; the full path stops here and the run loop sets the same deadline.
             if self._pending_cfg is not None or self._event is not None or \
-                    self._input_wake or ((plat._changed or plat.clock.rescheduled)
-                                         and self._device_change_needs_stop(ic)) \
-                    or self._reentry or self._virq or self._nmi_reflect or self._nmi_pending \
+                    self._input_wake or self._virq or self._nmi_reflect or self._nmi_pending \
+                    or ((plat._changed or plat.clock.rescheduled)
+                        and self._device_change_needs_stop(ic)) \
                     or (self.apicv.vid and self._events_waiting()):
-                if self._event is None:              # (intercepts._on_trap's conditions)
+                if self._event is None:
                     self._event = ("resume", ins.kind)
                 self.uc.emu_stop()
-            else:
-                # a device timer, unchanged by the handler: the exit moved virtual time by
-                # EXIT_COST ticks, so its soft deadline (retired instructions) comes that much
-                # sooner -- as fastexit.c does for the exits it does itself; the full path
-                # stops here and the run loop sets the same deadline
-                cs = self.counter.state
-                soft = cs[W_SOFT]
-                if soft != NO_DEADLINE and plat.next_event() is not None:
-                    cs[W_SOFT] = max(0, soft - EXIT_COST // TSC_PER_INSN)
-            # for the hook to send in one batch: the RIP, the other writes (_trap_flush)
-            if self._lean_capi:
-                rc.clear()
                 self._in_hook = False
-                return (pend.pop(pc), pend)          # (sent and emptied by the hook)
-            st = self._fxs
-            st.pc = pend.pop(pc)
-            if pend:
-                if len(pend) <= NWRITE:
-                    st.nwrite = queue_writes(pend, self._lean_wids, self._lean_wvals)
-                    pend.clear()
-                else:
-                    self.flush()                     # more than the hook's batch holds
-            rc.clear()
+                return LEAN_STOPPING
             self._in_hook = False
             return LEAN_RESUMED
         except RunEnd as e:
@@ -154,6 +140,29 @@ class LeanExitMixin:
             self._event = ("error", e)
         self._in_hook = False
         return LEAN_COUNTED
+
+    def _lean_exit_ctypes(self, reason, address, ic, seq, tsc, rax, rcx, rdx, rip):
+        """`_lean_exit` for the ctypes callback (a build without the CPython headers): the
+        register cache filled here, the RIP and the writes put in the state block's batch,
+        which the hook sends."""
+        rc = self._rcache
+        rc[_RAX] = rax
+        rc[_RCX] = rcx
+        rc[_RDX] = rdx
+        rc[_RIP] = rip
+        r = self._lean_exit(reason, address, ic, (seq, ic, tsc, rax, rdx))
+        rc.clear()
+        if r == LEAN_RESUMED or r == LEAN_STOPPING:
+            st = self._fxs
+            pend = self._pend
+            st.pc = pend.pop(self._pc_reg, rip)
+            if pend:
+                if len(pend) <= NWRITE:
+                    st.nwrite = queue_writes(pend, self._lean_wids, self._lean_wvals)
+                    pend.clear()
+                else:
+                    self.flush()                     # more than the hook's batch holds
+        return r
 
     def _lean_full(self, address: int) -> int:
         """The full trap path (intercepts.py) for this exit, which counts it itself."""

@@ -440,7 +440,7 @@ def event_deliverer(uch: int, ctx_addr: int, env_offset: int, mem_size: int,
 
 
 # ---- a device timer's interrupt at the block counter's soft deadline (fastexit.c fx_soft_deadline)
-FXS_VERSION = 4
+FXS_VERSION = 5
 TICK_STOP = -1          # tick(): the run loop must look (the engine stops before the block)
 TICK_DONE = -2          # tick(): done here (the soft deadline set, or the engine stopped)
 REFLECTED = 0x100       # tick(): with the vector -- an exit's handler reflected it (not INTA)
@@ -458,7 +458,9 @@ class FxSoft(ctypes.Structure):
                 ("slave_obj", ctypes.c_void_p), ("leg_rt_cnf", _u64), ("lvt_lint0", _u64),
                 ("lvt_masked", _u64), ("base_en", _u64), ("io_masked", _u64), ("io_level", _u64),
                 ("pit_hz", _u64), ("pit_gsi", _u64), ("turns", _u64), ("turn_exit", _u64),
-                ("extint_reason", _u64)]
+                ("extint_reason", _u64)] + [
+        (n + "_d", ctypes.c_void_p) for n in ("vcpu", "board", "clock", "lapic", "master", "slave",
+                                              "ch0", "hpet", "ioapic", "serial")]
 
 
 def soft_taker(fx: "FastExit", dlv, tick, acked, vcpu=None, board=None):
@@ -497,4 +499,10 @@ def soft_taker(fx: "FastExit", dlv, tick, acked, vcpu=None, board=None):
         s.pit_hz, s.pit_gsi = PIT_HZ, isa_to_gsi(PIT_IRQ)
         from ...vmx.exits import Exit
         s.extint_reason = Exit.EXTERNAL_INTERRUPT
+        # their instance dicts: the C side reads and writes their plain attributes there
+        for name, obj in (("vcpu", vcpu), ("board", board), ("clock", board.clock),
+                          ("lapic", board.lapic), ("master", board.pic.master),
+                          ("slave", board.pic.slave), ("ch0", board.pit.channels[0]),
+                          ("hpet", board.hpet), ("ioapic", board.ioapic), ("serial", board.serial)):
+            setattr(s, name + "_d", id(vars(obj)))
     return ctypes.cast(lib.fx_soft_deadline, ctypes.c_void_p).value, s

@@ -178,7 +178,7 @@ static int64_t call_ints(PyObject *fn, const uint64_t *a, int n);
 
 /* The soft-deadline turn's block (fx_soft_deadline below), also the master 8259's EOI done
  * here (pic_eoi): counter word W_SOFT_CTX points at it. */
-#define FXS_VERSION 4
+#define FXS_VERSION 5
 typedef struct fx_soft {
     uint64_t version;
     struct fx_state *st;       /* exit_count, idle_ticks, tsc_adjust: the VMM's TSC */
@@ -201,6 +201,10 @@ typedef struct fx_soft {
      * interrupt (leanexit._lean_extint): the exit is counted here under `extint_reason` */
     uint64_t turn_exit;        /* this run exits on it (the vCPU's _extint_lean) */
     uint64_t extint_reason;
+    /* the same objects' instance dicts (their plain attributes, read and written without the
+     * type's attribute lookup: none of the names used here is a property or a slot) */
+    void *vcpu_d, *board_d, *clock_d, *lapic_d, *master_d, *slave_d, *ch0_d, *hpet_d,
+         *ioapic_d, *serial_d;
 } fx_soft;
 #ifdef FX_CAPI
 static int pic_eoi(struct fx_soft *s, uint64_t ic);
@@ -1053,32 +1057,84 @@ static int set_int(PyObject *o, PyObject *name, uint64_t value)
     return r;
 }
 
+/* An object's plain attributes through its instance dict (fx_soft's *_d): a missing one is
+ * NULL / -1, as a failed attribute read is. */
+static inline PyObject *dnew(void *d, PyObject *name)
+{
+    PyObject *v = PyDict_GetItemWithError((PyObject *)d, name);
+    Py_XINCREF(v);
+    return v;
+}
+
+static int d_true(void *d, PyObject *name)
+{
+    PyObject *v = PyDict_GetItemWithError((PyObject *)d, name);
+    return v ? PyObject_IsTrue(v) : -1;
+}
+
+static int d_none(void *d, PyObject *name)
+{
+    PyObject *v = PyDict_GetItemWithError((PyObject *)d, name);
+    return v ? v == Py_None : -1;
+}
+
+static int long_u64(PyObject *v, uint64_t *out);
+
+static int d_u64(void *d, PyObject *name, uint64_t *out)
+{
+    return long_u64(PyDict_GetItemWithError((PyObject *)d, name), out);
+}
+
+static int64_t d_int(void *d, PyObject *name)
+{
+    uint64_t v;
+    return d_u64(d, name, &v) || v > INT64_MAX ? -1 : (int64_t)v;
+}
+
+static int d_set(void *d, PyObject *name, PyObject *v)
+{
+    return PyDict_SetItem((PyObject *)d, name, v);
+}
+
+static int d_set_u64(void *d, PyObject *name, uint64_t x)
+{
+    PyObject *v = PyLong_FromUnsignedLongLong(x);
+    if (!v)
+        return -1;
+    int r = d_set(d, name, v);
+    Py_DECREF(v);
+    return r;
+}
+
+static int d_add(void *d, PyObject *name, uint64_t n)
+{
+    uint64_t v;
+    return d_u64(d, name, &v) ? -1 : d_set_u64(d, name, v + n);
+}
+
 static int pic_eoi(struct fx_soft *s, uint64_t ic)
 {
     int done = 0;
     PyGILState_STATE g = PyGILState_Ensure();
-    PyObject *vcpu = (PyObject *)s->vcpu_obj, *board = (PyObject *)s->board_obj,
-             *clock = (PyObject *)s->clock_obj, *lapic = (PyObject *)s->lapic_obj,
-             *master = (PyObject *)s->master_obj;
-    if (!eoi_names())
+    if (!s->vcpu_d || !eoi_names())
         goto out;
-    PyObject *ev = PyObject_GetAttr(vcpu, N_event);
+    PyObject *ev = dnew(s->vcpu_d, N_event);
     int quiet = ev == Py_None;
     Py_XDECREF(ev);
-    if (!quiet || attr_true(vcpu, N_nmi_pending) || attr_true(vcpu, N_live_nmi)
-            || attr_true(vcpu, N_live_irqs) || attr_true(clock, N_rescheduled)
-            || attr_true(clock, N_stale) || attr_true(lapic, N_irr))
+    if (!quiet || d_true(s->vcpu_d, N_nmi_pending) || d_true(s->vcpu_d, N_live_nmi)
+            || d_true(s->vcpu_d, N_live_irqs) || d_true(s->clock_d, N_rescheduled)
+            || d_true(s->clock_d, N_stale) || d_true(s->lapic_d, N_irr))
         goto out;                       /* (-1, missing, is true too: the Python path) */
-    int64_t isr = attr_int(master, N_isr), irr = attr_int(master, N_irr),
-            imr = attr_int(master, N_imr), pa = attr_int(master, N_priority_add);
+    int64_t isr = d_int(s->master_d, N_isr), irr = d_int(s->master_d, N_irr),
+            imr = d_int(s->master_d, N_imr), pa = d_int(s->master_d, N_priority_add);
     if (isr < 0 || irr < 0 || imr < 0 || pa < 0 || (irr & ~imr & 0xFF))
         goto out;
-    PyObject *nf = PyObject_GetAttr(clock, N_next);
+    PyObject *nf = dnew(s->clock_d, N_next);
     if (!nf)
         goto out;
     int watched = 1;
     if (nf != Py_None) {                /* a deadline: the run loop must watch MOV SS / POP SS */
-        PyObject *extra = PyObject_GetAttr(vcpu, N_extra_trap);
+        PyObject *extra = dnew(s->vcpu_d, N_extra_trap);
         watched = extra ? PySequence_Contains(extra, N_ss_load) == 1 : 0;
         Py_XDECREF(extra);
     }
@@ -1095,8 +1151,8 @@ static int pic_eoi(struct fx_soft *s, uint64_t ic)
     }
     /* the Python path ends with the board's interrupt state looked at (its changed flag
      * clear: _device_change_needs_stop), whether it was set before or by this write */
-    if (set_int(vcpu, N_icount, ic + 1) || PyObject_SetAttr(board, N_changed, Py_False)
-            || set_int(master, N_isr, (uint64_t)isr))
+    if (d_set_u64(s->vcpu_d, N_icount, ic + 1) || d_set(s->board_d, N_changed, Py_False)
+            || d_set_u64(s->master_d, N_isr, (uint64_t)isr))
         goto out;                       /* (the EOI last: when it fails, the Python path does
                                          * the whole write, and writes the rest again) */
     s->eoi_done++;
@@ -1185,11 +1241,8 @@ static int pic_output(uint64_t irr, uint64_t imr, uint64_t isr, unsigned r, int 
 
 static int c_turn(struct fx_soft *s, uint64_t *ctr, uint64_t ic, uint64_t tsc)
 {
-    PyObject *vcpu = (PyObject *)s->vcpu_obj, *board = (PyObject *)s->board_obj,
-             *clock = (PyObject *)s->clock_obj, *lapic = (PyObject *)s->lapic_obj,
-             *master = (PyObject *)s->master_obj, *slave = (PyObject *)s->slave_obj,
-             *timer = (PyObject *)s->pit_timer_obj, *ch = (PyObject *)s->pit_ch0_obj;
-    if (!s->turn_on || !timer || !eoi_names())
+    PyObject *vcpu = (PyObject *)s->vcpu_obj, *timer = (PyObject *)s->pit_timer_obj;
+    if (!s->turn_on || !timer || !s->vcpu_d || !eoi_names())
         return 0;
     int exiting = s->turn_exit != 0;
     const fx_state *fst = s->st;
@@ -1199,30 +1252,30 @@ static int c_turn(struct fx_soft *s, uint64_t *ctr, uint64_t ic, uint64_t tsc)
     if (s->wall_deadline_ns && now_ns() >= s->wall_deadline_ns)
         return 0;
     /* the vCPU has nothing waiting (events._soft_tick) */
-    if (attr_true(vcpu, N_in_hook) || attr_none(vcpu, N_event) != 1 || attr_true(vcpu, N_pend)
-            || attr_none(vcpu, N_pending_cfg) != 1 || attr_true(vcpu, N_rehalt)
-            || attr_true(vcpu, N_virq) || attr_true(vcpu, N_nmi_pending)
-            || attr_true(vcpu, N_nmi_reflect) || attr_true(vcpu, N_live_nmi)
-            || attr_true(vcpu, N_live_irqs) || attr_true((PyObject *)s->serial_obj, N_input))
+    if (d_true(s->vcpu_d, N_in_hook) || d_none(s->vcpu_d, N_event) != 1 || d_true(s->vcpu_d, N_pend)
+            || d_none(s->vcpu_d, N_pending_cfg) != 1 || d_true(s->vcpu_d, N_rehalt)
+            || d_true(s->vcpu_d, N_virq) || d_true(s->vcpu_d, N_nmi_pending)
+            || d_true(s->vcpu_d, N_nmi_reflect) || d_true(s->vcpu_d, N_live_nmi)
+            || d_true(s->vcpu_d, N_live_irqs) || d_true(s->serial_d, N_input))
         return 0;
     if (exiting) {                      /* not the reason's first exit; nothing to inject */
-        PyObject *st = PyObject_GetAttr(vcpu, N_exit_stats), *key = PyLong_FromUnsignedLongLong(s->extint_reason);
+        PyObject *st = dnew(s->vcpu_d, N_exit_stats), *key = PyLong_FromUnsignedLongLong(s->extint_reason);
         int seen = st && key && PyDict_Check(st) && PyDict_GetItem(st, key) != 0;
         Py_XDECREF(st);
         Py_XDECREF(key);
-        if (!seen || attr_none(vcpu, N_entry_inject) != 1)
+        if (!seen || d_none(s->vcpu_d, N_entry_inject) != 1)
             return 0;
     }
     /* the clock: the PIT's timer first and due, every other one later (Clock.advance) */
-    if (attr_true(clock, N_stale))
+    if (d_true(s->clock_d, N_stale))
         return 0;
-    PyObject *first = PyObject_GetAttr(clock, N_first);
+    PyObject *first = dnew(s->clock_d, N_first);
     Py_XDECREF(first);
     uint64_t due, pit_order, hz;
     if (first != timer || get_u64(timer, N_deadline, &due) || due > tsc
-            || get_u64(timer, N_order, &pit_order) || get_u64(clock, N_hz, &hz) || !hz)
+            || get_u64(timer, N_order, &pit_order) || d_u64(s->clock_d, N_hz, &hz) || !hz)
         return 0;
-    PyObject *armed = PyObject_GetAttr(clock, N_armed);
+    PyObject *armed = dnew(s->clock_d, N_armed);
     if (!armed || !PyList_Check(armed)) {
         Py_XDECREF(armed);
         return 0;
@@ -1247,9 +1300,9 @@ static int c_turn(struct fx_soft *s, uint64_t *ctr, uint64_t ic, uint64_t tsc)
         goto no;
     /* the PIT's channel 0 counting periodically: its next rising edge (Channel.next_rise) */
     uint64_t mode, loaded, count;
-    if (attr_none(ch, N_paused_at) != 1 || get_u64(ch, N_mode, &mode) || (mode & 3) < 2
-            || mode > 7 || attr_true(ch, N_gate) != 1 || get_u64(ch, N_loaded, &loaded)
-            || get_u64(ch, N_count, &count) || !count)
+    if (d_none(s->ch0_d, N_paused_at) != 1 || d_u64(s->ch0_d, N_mode, &mode) || (mode & 3) < 2
+            || mode > 7 || d_true(s->ch0_d, N_gate) != 1 || d_u64(s->ch0_d, N_loaded, &loaded)
+            || d_u64(s->ch0_d, N_count, &count) || !count)
         goto no;
     unsigned __int128 d = (unsigned __int128)(tsc > loaded ? tsc - loaded : 0) * s->pit_hz / hz;
     unsigned __int128 k = (d / count + 1) * count;
@@ -1261,12 +1314,12 @@ static int c_turn(struct fx_soft *s, uint64_t *ctr, uint64_t ic, uint64_t tsc)
         goto no;
     /* IRQ 0's edge reaches the 8259 only (Board._pit_pulse, IoApic.pulse, I8259.pulse) */
     uint64_t config, lines, levels, e;
-    if (get_u64((PyObject *)s->hpet_obj, N_config, &config) || (config & s->leg_rt_cnf)
-            || get_u64(board, N_lines, &lines) || (lines & 1)
-            || get_u64((PyObject *)s->ioapic_obj, N_levels, &levels)
+    if (d_u64(s->hpet_d, N_config, &config) || (config & s->leg_rt_cnf)
+            || d_u64(s->board_d, N_lines, &lines) || (lines & 1)
+            || d_u64(s->ioapic_d, N_levels, &levels)
             || (levels >> s->pit_gsi) & 1)
         goto no;
-    PyObject *redir = PyObject_GetAttr((PyObject *)s->ioapic_obj, N_redir);
+    PyObject *redir = dnew(s->ioapic_d, N_redir);
     int masked = redir && PyList_Check(redir) && (Py_ssize_t)s->pit_gsi < PyList_GET_SIZE(redir)
                  && !long_u64(PyList_GET_ITEM(redir, s->pit_gsi), &e)
                  && (e & s->io_masked) && !(e & s->io_level);
@@ -1275,12 +1328,12 @@ static int c_turn(struct fx_soft *s, uint64_t *ctr, uint64_t ic, uint64_t tsc)
         goto no;
     uint64_t irr, imr, isr, elcr, last, pa, mbase, sirr;
     int smm, sfnm, aeoi;
-    if (get_u64(master, N_irr, &irr) || get_u64(master, N_imr, &imr)
-            || get_u64(master, N_isr, &isr) || get_u64(master, N_elcr, &elcr)
-            || get_u64(master, N_last_level, &last) || get_u64(master, N_priority_add, &pa)
-            || get_u64(master, N_base, &mbase) || get_u64(slave, N_irr, &sirr) || sirr
-            || (elcr & 1) || pa > 7 || (smm = attr_true(master, N_special_mask)) < 0
-            || (sfnm = attr_true(master, N_sfnm)) < 0 || (aeoi = attr_true(master, N_auto_eoi))
+    if (d_u64(s->master_d, N_irr, &irr) || d_u64(s->master_d, N_imr, &imr)
+            || d_u64(s->master_d, N_isr, &isr) || d_u64(s->master_d, N_elcr, &elcr)
+            || d_u64(s->master_d, N_last_level, &last) || d_u64(s->master_d, N_priority_add, &pa)
+            || d_u64(s->master_d, N_base, &mbase) || d_u64(s->slave_d, N_irr, &sirr) || sirr
+            || (elcr & 1) || pa > 7 || (smm = d_true(s->master_d, N_special_mask)) < 0
+            || (sfnm = d_true(s->master_d, N_sfnm)) < 0 || (aeoi = d_true(s->master_d, N_auto_eoi))
             || aeoi < 0)
         goto no;
     if (!(last & 1))
@@ -1288,10 +1341,10 @@ static int c_turn(struct fx_soft *s, uint64_t *ctr, uint64_t ic, uint64_t tsc)
     last &= ~1ull;
     /* the local APIC: no request of its own, ExtINT passed through (LocalApic.accepts_extint) */
     uint64_t lirr, lbase;
-    if (get_u64(lapic, N_irr, &lirr) || lirr || get_u64(lapic, N_base, &lbase))
+    if (d_u64(s->lapic_d, N_irr, &lirr) || lirr || d_u64(s->lapic_d, N_base, &lbase))
         goto no;
     if (lbase & s->base_en) {
-        PyObject *lvt = PyObject_GetAttr(lapic, N_lvt), *key = PyLong_FromUnsignedLongLong(s->lvt_lint0);
+        PyObject *lvt = dnew(s->lapic_d, N_lvt), *key = PyLong_FromUnsignedLongLong(s->lvt_lint0);
         PyObject *v = lvt && key && PyDict_Check(lvt) ? PyDict_GetItem(lvt, key) : 0;
         uint64_t lint0 = 0;
         int pass = v && !long_u64(v, &lint0) && !(lint0 & s->lvt_masked) && ((lint0 >> 8) & 7) == 7;
@@ -1318,32 +1371,32 @@ static int c_turn(struct fx_soft *s, uint64_t *ctr, uint64_t ic, uint64_t tsc)
     int first_pit = !other_t || t < other || (t == other && pit_order < other_order);
     uint64_t next = first_pit ? t : other;
     set_int(timer, N_deadline, t);
-    set_int(clock, N_next, next);
-    PyObject_SetAttr(clock, N_first, first_pit ? timer : other_t);
-    PyObject_SetAttr(clock, N_stale, Py_False);
-    PyObject_SetAttr(clock, N_rescheduled, Py_False);
-    PyObject_SetAttr(board, N_changed, Py_True);
-    set_int(master, N_irr, irr);
-    set_int(master, N_isr, isr);
-    set_int(master, N_last_level, last);
-    set_int(vcpu, N_icount, ic);
-    PyObject_SetAttr(vcpu, N_input_wake, Py_False);
-    add_int(vcpu, N_events_delivered, 1);
-    add_int(vcpu, N_irqs_in_engine, 1);
+    d_set_u64(s->clock_d, N_next, next);
+    d_set(s->clock_d, N_first, first_pit ? timer : other_t);
+    d_set(s->clock_d, N_stale, Py_False);
+    d_set(s->clock_d, N_rescheduled, Py_False);
+    d_set(s->board_d, N_changed, Py_True);
+    d_set_u64(s->master_d, N_irr, irr);
+    d_set_u64(s->master_d, N_isr, isr);
+    d_set_u64(s->master_d, N_last_level, last);
+    d_set_u64(s->vcpu_d, N_icount, ic);
+    d_set(s->vcpu_d, N_input_wake, Py_False);
+    d_add(s->vcpu_d, N_events_delivered, 1);
+    d_add(s->vcpu_d, N_irqs_in_engine, 1);
     if (exiting) {                      /* the exit, counted as the native paths count theirs */
         struct fx_state *w = s->st;
         w->exit_count++;
         w->stats[s->extint_reason]++;
         w->stats_ns[s->extint_reason] += now_ns() - t0;
-        add_int(vcpu, N_lean_extints, 1);
-        PyObject_SetAttr(vcpu, N_ptimer_fire, Py_None);
+        d_add(s->vcpu_d, N_lean_extints, 1);
+        d_set(s->vcpu_d, N_ptimer_fire, Py_None);
     }
-    PyObject *rc = PyObject_GetAttr(vcpu, N_rcache);
+    PyObject *rc = dnew(s->vcpu_d, N_rcache);
     if (rc && PyDict_Check(rc) && PyDict_GET_SIZE(rc))
         PyDict_Clear(rc);
     Py_XDECREF(rc);
     uint64_t page = s->dlv->frame_phys & ~0xFFFull, known;
-    if (get_u64(vcpu, N_data_frame, &known) || known != page) {
+    if (d_u64(s->vcpu_d, N_data_frame, &known) || known != page) {
         PyErr_Clear();                  /* (None: no page known yet) */
         PyObject *a = PyLong_FromUnsignedLongLong(page);
         PyObject *r = a ? PyObject_CallMethodOneArg(vcpu, N_frame_check, a) : 0;

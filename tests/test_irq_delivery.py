@@ -25,6 +25,16 @@ RESULTS = ("rbx", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12")
 REG_INDEX = {"rax": 0, "rcx": 1, "rdx": 2, "rbx": 3, "rsp": 4, "rbp": 5, "rsi": 6, "rdi": 7,
              "r8": 8, "r9": 9, "r10": 10, "r11": 11, "r12": 12}
 
+# PIT channel 0 in mode 2, period 3000 (both guests' timer)
+PIT_3000 = """\
+        mov al, 0x34                ; PIT channel 0, mode 2, period 3000
+        out 0x43, al
+        mov ax, 3000
+        out 0x40, al
+        mov al, ah
+        out 0x40, al
+"""
+
 GUEST64 = r"""
 bits 64
 org 0x100000
@@ -43,12 +53,7 @@ start:
         gate 0x40, int40
         mov word [idt + 0x40 * 16 + 4], 0x8F00      ; vector 0x40: a trap gate
         lidt [idtr]
-        mov al, 0x34                ; PIT channel 0, mode 2, period 3000
-        out 0x43, al
-        mov ax, 3000
-        out 0x40, al
-        mov al, ah
-        out 0x40, al
+%PIT%
         sub rsp, 8                  ; RSP not 16-byte aligned: the CPU aligns it for a frame
         mov [rel base_rsp], rsp
         sti
@@ -237,7 +242,7 @@ gp_ec:  dq 0
 frames: dq 0
 eoi_check: dq 0
 r12_at_irq: dq 0
-"""
+""".replace("%PIT%\n", PIT_3000)
 
 
 def _cfg():
@@ -447,19 +452,26 @@ ist_top:
 """
 
 
+def _native_twice(monkeypatch, src: str, taker):
+    """The guest `src` run natively as built, then again with the soft-deadline function
+    `taker(real soft_taker)` gives (skipped without the C helper or its C API)."""
+    if not BUILT:
+        pytest.skip("the C helper is not built")
+    import vmcfg.vmm.vcpu.fastexit as fxmod
+    img = _image(src, 64)
+    first = _run(_cfg(), img, 64, monkeypatch, python=False)
+    if first[3]._fx_soft is None:
+        pytest.skip("this build has no C API: the ctypes soft-deadline function is the one")
+    monkeypatch.setattr(fxmod, "soft_taker", taker(fxmod.soft_taker))
+    return first, _run(_cfg(), img, 64, monkeypatch, python=False)
+
+
 def test_the_soft_deadline_turn_in_c_and_in_python_agree(monkeypatch):
     """A device timer's interrupt at the soft deadline: fastexit.c's fx_soft_deadline (the
     turn in C, Python called through the C API) and the ctypes soft-deadline function of a
     build without the C API take the same interrupts at the same instructions."""
-    if not BUILT:
-        pytest.skip("the C helper is not built")
-    import vmcfg.vmm.vcpu.fastexit as fxmod
-    img = _image(GUEST64, 64)
-    rc, gc, _cc, vc = _run(_cfg(), img, 64, monkeypatch, python=False)
-    if vc._fx_soft is None:
-        pytest.skip("this build has no C API: the ctypes soft-deadline function is the one")
-    monkeypatch.setattr(fxmod, "soft_taker", lambda *a: None)
-    rp, gp, _cp, vp = _run(_cfg(), img, 64, monkeypatch, python=False)
+    (rc, gc, _cc, vc), (rp, gp, _cp, vp) = _native_twice(monkeypatch, GUEST64,
+                                                        lambda real: lambda *a: None)
     assert vp._fx_soft is None
     assert rc.status == rp.status == "debug-exit", (rc.message, rp.message)
     assert (rc.instructions, rc.tsc, rc.exits) == (rp.instructions, rp.tsc, rp.exits)
@@ -478,12 +490,7 @@ start:
         gate 0x20, timer
         gate 0x23, irq3
         lidt [idtr]
-        mov al, 0x34                ; PIT channel 0, mode 2, period 3000
-        out 0x43, al
-        mov ax, 3000
-        out 0x40, al
-        mov al, ah
-        out 0x40, al
+%PIT%
         sti
 .busy:  cmp qword [rel ticks], 12
         jb .busy
@@ -529,16 +536,12 @@ irq3:
         pop rdx
         pop rax
         iretq
-align 16
-idtr:   dw 256 * 16 - 1
-        dq idt
-align 4096
-idt:    times 256 * 16 db 0
+        idt_table
 ticks:  dq 0
 irq3_at: dq 0
 irq3_count: dq 0
 isr_bad: dq 0
-"""
+""".replace("%PIT%\n", PIT_3000)
 
 
 def test_the_eoi_in_c_leaves_a_second_request_to_the_run_loop(monkeypatch):
@@ -564,16 +567,10 @@ def test_the_eoi_in_c_leaves_a_second_request_to_the_run_loop(monkeypatch):
 def test_the_eoi_in_c_and_the_python_path_agree(monkeypatch):
     """The same run with the EOI and the whole PIT -> 8259 turn in C (fastexit.c pic_eoi,
     c_turn) and with both through the Python devices."""
-    if not BUILT:
-        pytest.skip("the C helper is not built")
-    import vmcfg.vmm.vcpu.fastexit as fxmod
-    img = _image(NESTED64, 64)
-    rc, gc, _cc, vc = _run(_cfg(), img, 64, monkeypatch, python=False)
-    if vc._fx_soft is None:
-        pytest.skip("this build has no C API")
-    real = fxmod.soft_taker
-    monkeypatch.setattr(fxmod, "soft_taker", lambda fx, dlv, tick, acked, *_a: real(fx, dlv, tick, acked))
-    rp, gp, _cp, vp = _run(_cfg(), img, 64, monkeypatch, python=False)
+    # (the taker without the vCPU and its board: no c_turn, no pic_eoi)
+    (rc, gc, _cc, vc), (rp, gp, _cp, vp) = _native_twice(
+        monkeypatch, NESTED64,
+        lambda real: lambda fx, dlv, tick, acked, *_a: real(fx, dlv, tick, acked))
     assert vp._fx_soft.eoi_done == 0 and vc._fx_soft.eoi_done > 0
     assert vp._fx_soft.turns == 0 and vc._fx_soft.turns > 0     # the whole turn in C too
     assert (rc.status, rc.instructions, rc.tsc, rc.exits) == (rp.status, rp.instructions, rp.tsc, rp.exits)

@@ -969,7 +969,6 @@ enum { W_EMU_STOP = 9, W_STOPPED = 11 };
 #define TICK_DONE (-2)
 typedef int (*emu_stop_t)(uc_engine *);
 
-
 #ifdef FX_CAPI
 int fx_soft_size(void) { return (int)sizeof(struct fx_soft) | (FXS_VERSION << 16); }
 
@@ -1025,34 +1024,13 @@ static int eoi_names(void)
     return 1;
 }
 
-/* attribute `name` of `o`: 1 true, 0 false, -1 missing */
-static int attr_true(PyObject *o, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(o, name);
-    if (!v)
-        return -1;
-    int r = PyObject_IsTrue(v);
-    Py_DECREF(v);
-    return r;
-}
-
-/* an int attribute in 0 .. 2^63 - 1, or -1 */
-static int64_t attr_int(PyObject *o, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(o, name);
-    if (!v)
-        return -1;
-    int64_t r = PyLong_Check(v) ? (int64_t)PyLong_AsLongLong(v) : -1;
-    Py_DECREF(v);
-    return r;
-}
-
-static int set_int(PyObject *o, PyObject *name, uint64_t value)
+/* target.name = value; `dict`: target is an instance dict (fx_soft's *_d) */
+static int put_u64(PyObject *target, PyObject *name, uint64_t value, int dict)
 {
     PyObject *v = PyLong_FromUnsignedLongLong(value);
     if (!v)
         return -1;
-    int r = PyObject_SetAttr(o, name, v);
+    int r = dict ? PyDict_SetItem(target, name, v) : PyObject_SetAttr(target, name, v);
     Py_DECREF(v);
     return r;
 }
@@ -1098,12 +1076,7 @@ static int d_set(void *d, PyObject *name, PyObject *v)
 
 static int d_set_u64(void *d, PyObject *name, uint64_t x)
 {
-    PyObject *v = PyLong_FromUnsignedLongLong(x);
-    if (!v)
-        return -1;
-    int r = d_set(d, name, v);
-    Py_DECREF(v);
-    return r;
+    return put_u64((PyObject *)d, name, x, 1);
 }
 
 static int d_add(void *d, PyObject *name, uint64_t n)
@@ -1177,16 +1150,6 @@ out:
  * any other case -- or an attribute that is not what it should be -- returns 0 with nothing
  * changed, and the Python turn runs.  The objects are the home of the state: change the two
  * together (tests/test_irq_delivery.py runs guests both ways). */
-static int attr_none(PyObject *o, PyObject *name)
-{
-    PyObject *v = PyObject_GetAttr(o, name);
-    if (!v)
-        return -1;
-    int r = v == Py_None;
-    Py_DECREF(v);
-    return r;
-}
-
 static int long_u64(PyObject *v, uint64_t *out)
 {
     if (!v || !PyLong_Check(v))
@@ -1204,12 +1167,6 @@ static int get_u64(PyObject *o, PyObject *name, uint64_t *out)
     int r = long_u64(v, out);
     Py_XDECREF(v);
     return r;
-}
-
-static int add_int(PyObject *o, PyObject *name, uint64_t n)
-{
-    uint64_t v;
-    return get_u64(o, name, &v) ? -1 : set_int(o, name, v + n);
 }
 
 static unsigned prio(unsigned r, unsigned m)
@@ -1370,7 +1327,7 @@ static int c_turn(struct fx_soft *s, uint64_t *ctr, uint64_t ic, uint64_t tsc)
     /* ---- done: the objects as the Python turn leaves them ---- */
     int first_pit = !other_t || t < other || (t == other && pit_order < other_order);
     uint64_t next = first_pit ? t : other;
-    set_int(timer, N_deadline, t);
+    put_u64(timer, N_deadline, t, 0);
     d_set_u64(s->clock_d, N_next, next);
     d_set(s->clock_d, N_first, first_pit ? timer : other_t);
     d_set(s->clock_d, N_stale, Py_False);

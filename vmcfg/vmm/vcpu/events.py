@@ -16,7 +16,7 @@ from ..cpu.state import HF_INHIBIT_IRQ, old_exception_offset
 from ..exitinfo import (INTR_EXTERNAL, INTR_HW_EXCEPTION, INTR_NMI, INTR_PRIV_SW_EXCEPTION,
                         INTR_SW_EXCEPTION, INTR_SW_INTERRUPT, VmExit, interruption_info)
 from ..native import FXD_EC, FXD_FAULT, FXD_HERE, FXD_SOFT, REFLECTED, TICK_DONE, TICK_STOP
-from .common import EXIT_COST, MASK64, TSC_PER_INSN, _ERROR_CODE_VECTORS
+from .common import EXIT_COST, MASK64, _ERROR_CODE_VECTORS
 from .intercepts import trapped_kinds
 from ...vmx.exits import Exit, FAULT_VECTORS, FIRST_EXTERNAL_VECTOR, LAST_VECTOR, Vector
 
@@ -481,11 +481,7 @@ class EventsMixin:
             return NO_DEADLINE
         if self._input_wake:                        # serial input came meanwhile (_device_wake)
             self.counter.request_stop()
-        if tsc is None or self.clock == "realtime":
-            return min(self._soft_at(ic, nf), NO_DEADLINE)
-        t = nf - tsc                                # (_soft_at, the virtual clock)
-        return min(ic + 1 if t <= TSC_PER_INSN else ic + (t + TSC_PER_INSN - 1) // TSC_PER_INSN,
-                   NO_DEADLINE)
+        return min(self._soft_at(ic, nf, tsc), NO_DEADLINE)
 
     def _exit_at_boundary(self, vec: int, ic: int) -> bool:
         """External-interrupt exiting at the soft deadline, to the default handler: the exit

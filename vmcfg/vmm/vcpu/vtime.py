@@ -72,14 +72,17 @@ class TimeMixin:
                     + st.tsc_adjust) & MASK64
         return self.tsc + (self._mmio_ic() - self.icount) * TSC_PER_INSN
 
-    def _soft_at(self, icount: int, deadline: int) -> int:
+    def _soft_at(self, icount: int, deadline: int, tsc: int | None = None) -> int:
         """The block counter's soft deadline (retired instructions) for the device deadline
-        `deadline` (virtual TSC), `icount` instructions retired: at least one more."""
+        `deadline` (virtual TSC), `icount` instructions retired: at least one more.  `tsc`:
+        the VMM's TSC at `icount` when the caller has it (the virtual clock)."""
         if self.clock == "realtime":
             return icount + max(1, self._insns_for(deadline - self._tsc_at(icount)))
-        st = self._fxs
-        t = deadline - ((icount * TSC_PER_INSN + st.exit_count * EXIT_COST + st.idle_ticks
-                         + st.tsc_adjust) & MASK64)
+        if tsc is None:
+            st = self._fxs                   # (_tsc_at written out)
+            tsc = (icount * TSC_PER_INSN + st.exit_count * EXIT_COST + st.idle_ticks
+                   + st.tsc_adjust) & MASK64
+        t = deadline - tsc
         if t <= TSC_PER_INSN:
             return icount + 1
         return icount + (t + TSC_PER_INSN - 1) // TSC_PER_INSN

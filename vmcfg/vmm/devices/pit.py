@@ -199,10 +199,11 @@ class Pit:
         self.channels = [Channel(self, i) for i in range(3)]
         self._timer = clock.timer("pit", self._fire)
 
-    def _rearm(self, ch: Channel) -> None:
+    def _rearm(self, ch: Channel, now: int | None = None) -> None:
+        """Channel 0's next rising edge after `now` (default: the clock's now) armed."""
         if ch.index != 0:
             return
-        t = ch.next_rise(self.clock.now())
+        t = ch.next_rise(self.clock.now() if now is None else now)
         if t is None:
             self._timer.cancel()
         else:
@@ -215,12 +216,7 @@ class Pit:
         else:
             self._irq0(True)
             self._irq0(False)               # an edge: the PIC latches it in IRR
-        # (_rearm at the expiry's time, which is the clock's now: this runs on every tick)
-        t = self.channels[0].next_rise(now)
-        if t is None:
-            self._timer.cancel()
-        else:
-            self._timer.arm(t)
+        self._rearm(self.channels[0], now)     # (at the expiry's time: the clock's now)
 
     @property
     def next_fire(self) -> int | None:
